@@ -1,0 +1,90 @@
+"""Backend registry: which implementations of the recurrence exist, which can run, which `auto` picks.
+
+A kernel backend is a module with `unavailable_reason(device)` and the four recurrence functions of
+`fastrnn.backends.reference` (lstm_forward, lstm_backward, gru_forward, gru_backward), same
+arguments and results. `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
+(cuDNN on GPU), run whole by the layer modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+from .. import _cuda
+
+KERNEL_BACKENDS = ("cuda", "triton", "reference")
+BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
+
+# auto's preference on a CUDA device; on any other device torch's own code path is fastest.
+_AUTO_ORDER_CUDA = ("cuda", "triton")
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run here; the message says why."""
+
+
+def check_name(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    return backend
+
+
+def _triton_reason(device: torch.device) -> str | None:
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return "triton is not installed (pip install triton)"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"Triton kernels run on CUDA tensors (or on the CPU under TRITON_INTERPRET=1); got a {device.type} tensor"
+    return "this version of fastrnn has no Triton kernels"
+
+
+def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
+    """None if `backend` can run on `device`, otherwise the reason it cannot."""
+    device = torch.device(device)
+    if check_name(backend) in ("auto", "aten", "reference"):
+        return None
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend runs on CUDA tensors; got a {device.type} tensor"
+        return _cuda.unavailable_reason() or "this version of fastrnn has no CUDA kernels"
+    return _triton_reason(device)
+
+
+def resolve(backend: str, device: torch.device | str) -> str:
+    """The concrete backend that runs for a request on `device`; raises if an explicit one can't."""
+    device = torch.device(device)
+    if check_name(backend) == "auto":
+        if device.type == "cuda":
+            for candidate in _AUTO_ORDER_CUDA:
+                if unavailable_reason(candidate, device) is None:
+                    return candidate
+        return "aten"
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend={backend!r} cannot run: {reason}")
+    return backend
+
+
+def kernels(backend: str) -> ModuleType:
+    """The module implementing the recurrence for a resolved kernel backend."""
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"{backend!r} is not a kernel backend ({', '.join(KERNEL_BACKENDS)})")
+    return importlib.import_module(f".{backend}", __name__)
+
+
+def explain(device: torch.device | str | None = None) -> str:
+    """A short report: each backend on `device` (default: cuda if present, else cpu), and auto's pick."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    lines = [f"fastrnn backends on {device}:"]
+    for name in (*KERNEL_BACKENDS, "aten"):
+        reason = unavailable_reason(name, device)
+        lines.append(f"  {name:<9} {'available' if reason is None else 'unavailable: ' + reason}")
+    lines.append(f"  auto ->   {resolve('auto', device)}")
+    return "\n".join(lines)

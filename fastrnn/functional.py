@@ -1,0 +1,237 @@
+"""One layer in one direction: input projection GEMM, fused recurrence, weight-gradient GEMMs.
+
+The recurrence is a pair of `torch.library` custom ops per cell (forward and backward, opaque to
+torch.compile through their fake implementations) dispatched to a kernel backend, joined by a thin
+`torch.autograd.Function`. Only the sequential part runs in the backend: the input projection of all
+T steps, and every weight gradient, are single large GEMMs here, shared by all backends.
+
+Tensors are time-major: x (T, B, I), states (B, H). `lengths` is None (every sequence runs all T
+steps) or a CPU int64 tensor (B,) sorted non-increasing; sequence b then runs only t < lengths[b],
+its outputs past that are 0 and its final state is the one at its last step.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .backends import kernels
+
+
+# --- custom ops: the recurrence, forward and backward ---------------------------------------
+
+
+@torch.library.custom_op("fastrnn::lstm_forward", mutates_args=())
+def lstm_forward(
+    xp: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    lengths: Optional[Tensor],
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """LSTM recurrence. xp (T, B, 4H) = x W_ih^T + b_ih + b_hh; h0 (B, R); c0 (B, H); w_hh (4H, R);
+    w_hr (R, H) or None (then R = H). Returns y (T, B, R), h_n, c_n, and for the backward the
+    activated gates (T, B, 4H) and cell states (T, B, H)."""
+    return kernels(backend).lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse)
+
+
+@lstm_forward.register_fake
+def _(xp, h0, c0, w_hh, w_hr, lengths, reverse, backend):
+    seq_len, batch, _ = xp.shape
+    return (
+        xp.new_empty(seq_len, batch, h0.shape[-1]),
+        torch.empty_like(h0),
+        torch.empty_like(c0),
+        torch.empty_like(xp),
+        xp.new_empty(seq_len, batch, c0.shape[-1]),
+    )
+
+
+@torch.library.custom_op("fastrnn::lstm_backward", mutates_args=())
+def lstm_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    dc_n: Tensor,
+    c_prev: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    gates: Tensor,
+    c_all: Tensor,
+    lengths: Optional[Tensor],
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reverse LSTM recurrence. c_prev (T, B, H) is the cell state entering each step. Returns the
+    pre-activation gate gradients (T, B, 4H) (= dxp), the gradient of each step's hidden output
+    before the carry into the previous step (T, B, R; empty without projection), dh0 and dc0."""
+    return kernels(backend).lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
+
+
+@lstm_backward.register_fake
+def _(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, backend):
+    dh_all = torch.empty_like(dy) if w_hr is not None else dy.new_empty(0)
+    return torch.empty_like(gates), dh_all, torch.empty_like(dh_n), torch.empty_like(dc_n)
+
+
+@torch.library.custom_op("fastrnn::gru_forward", mutates_args=())
+def gru_forward(
+    xp: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor],
+    lengths: Optional[Tensor],
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """GRU recurrence. xp (T, B, 3H) = x W_ih^T + b_ih + (b_hr, b_hz, 0); h0 (B, H); w_hh (3H, H);
+    b_hn (H,) or None. Returns y (T, B, H), h_n and, for the backward, r, z, n and h W_hn^T + b_hn
+    of every step (T, B, 4H)."""
+    return kernels(backend).gru_forward(xp, h0, w_hh, b_hn, lengths, reverse)
+
+
+@gru_forward.register_fake
+def _(xp, h0, w_hh, b_hn, lengths, reverse, backend):
+    seq_len, batch, hidden = xp.shape[0], xp.shape[1], h0.shape[-1]
+    return xp.new_empty(seq_len, batch, hidden), torch.empty_like(h0), xp.new_empty(seq_len, batch, 4 * hidden)
+
+
+@torch.library.custom_op("fastrnn::gru_backward", mutates_args=())
+def gru_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    h_prev: Tensor,
+    w_hh: Tensor,
+    saved: Tensor,
+    lengths: Optional[Tensor],
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reverse GRU recurrence. h_prev (T, B, H) is the hidden state entering each step. Returns
+    dxp (T, B, 3H), the gradient of h W_hn^T + b_hn (T, B, H), and dh0."""
+    return kernels(backend).gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse)
+
+
+@gru_backward.register_fake
+def _(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, backend):
+    seq_len, batch, hidden = dy.shape
+    return dy.new_empty(seq_len, batch, 3 * hidden), torch.empty_like(dy), torch.empty_like(dh_n)
+
+
+# --- autograd ---------------------------------------------------------------------------------
+
+
+def previous_states(states: Tensor, initial: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """The state entering each step (T, B, X), from the states each step produced and the initial one.
+
+    Forward in time that is the previous step's state (initial at t = 0); in reverse it is the next
+    step's, except at each sequence's own last step t = lengths[b] - 1, where the reverse pass starts.
+    """
+    if not reverse:
+        return torch.cat((initial.unsqueeze(0), states[:-1]))
+    shifted = torch.cat((states[1:], initial.unsqueeze(0)))
+    if lengths is None:
+        return shifted
+    steps = torch.arange(states.shape[0], device=states.device).unsqueeze(1)
+    starts = (steps == lengths.to(states.device).unsqueeze(0) - 1).unsqueeze(-1)
+    return torch.where(starts, initial.unsqueeze(0), shifted)
+
+
+def _outer_sum(grads: Tensor, inputs: Tensor) -> Tensor:
+    """sum over all steps and rows of grads_t^T inputs_t: one (G, T*B) x (T*B, X) GEMM."""
+    return grads.flatten(0, 1).T @ inputs.flatten(0, 1)
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend):
+        y, h_n, c_n, gates, c_all = lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, backend)
+        ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all)
+        ctx.reverse, ctx.backend = reverse, backend
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):
+        h0, c0, w_hh, w_hr, lengths, y, gates, c_all = ctx.saved_tensors
+        c_prev = previous_states(c_all, c0, lengths, ctx.reverse)
+        dgates, dh_all, dh0, dc0 = lstm_backward(
+            dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), c_prev, w_hh, w_hr, gates, c_all,
+            lengths, ctx.reverse, ctx.backend,
+        )
+        dw_hh = _outer_sum(dgates, previous_states(y, h0, lengths, ctx.reverse))
+        dw_hr = None
+        if w_hr is not None:
+            hidden = c_all.shape[-1]
+            dw_hr = _outer_sum(dh_all, gates[..., 3 * hidden :] * torch.tanh(c_all))
+        return dgates, dh0, dc0, dw_hh, dw_hr, None, None, None
+
+
+class GRURecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend):
+        y, h_n, saved = gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, backend)
+        ctx.save_for_backward(h0, w_hh, lengths, y, saved)
+        ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_hn is not None
+        return y, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n):
+        h0, w_hh, lengths, y, saved = ctx.saved_tensors
+        h_prev = previous_states(y, h0, lengths, ctx.reverse)
+        dxp, dhn, dh0 = gru_backward(
+            dy.contiguous(), dh_n.contiguous(), h_prev, w_hh, saved, lengths, ctx.reverse, ctx.backend
+        )
+        hidden = h0.shape[-1]
+        dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
+        db_hn = dhn.sum((0, 1)) if ctx.has_bias else None
+        return dxp, dh0, dw_hh, db_hn, None, None, None
+
+
+# --- one layer, one direction -----------------------------------------------------------------
+
+
+def lstm_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: tuple[Tensor | None, ...],
+    lengths: Tensor | None,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """x (T, B, I); weights (w_ih, w_hh, b_ih, b_hh, w_hr), biases and w_hr may be None.
+    Returns (y (T, B, R), h_n, c_n)."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    xp = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+    return LSTMRecurrence.apply(
+        xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+        None if w_hr is None else w_hr.contiguous(), lengths, reverse, backend,
+    )
+
+
+def gru_layer(
+    x: Tensor,
+    h0: Tensor,
+    weights: tuple[Tensor | None, ...],
+    lengths: Tensor | None,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """x (T, B, I); weights (w_ih, w_hh, b_ih, b_hh), biases may be None. Returns (y (T, B, H), h_n)."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    if b_ih is None:
+        xp, b_hn = F.linear(x, w_ih), None
+    else:
+        hidden = w_hh.shape[-1]
+        # b_hr and b_hz add to the input projection; b_hn must stay inside the reset product.
+        xp = F.linear(x, w_ih, b_ih + torch.cat((b_hh[: 2 * hidden], b_hh.new_zeros(hidden))))
+        b_hn = b_hh[2 * hidden :].contiguous()
+    return GRURecurrence.apply(xp, h0.contiguous(), w_hh.contiguous(), b_hn, lengths, reverse, backend)

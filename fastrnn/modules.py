@@ -1,0 +1,327 @@
+"""fastrnn.LSTM and fastrnn.GRU: drop-in nn.LSTM / nn.GRU whose recurrence runs on a chosen backend.
+
+Same constructor arguments, parameter names, shapes, initialisation, state_dict, inputs and outputs
+as nn.LSTM / nn.GRU. They are plain nn.Modules rather than subclasses because torch.compile refuses
+to trace any nn.RNNBase; the `aten` backend runs torch's own nn.LSTM/nn.GRU code on a private,
+unregistered twin that shares these Parameter objects.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import backends, functional
+
+_GATES = {"LSTM": 4, "GRU": 3}
+_TORCH_TWIN = {"LSTM": nn.LSTM, "GRU": nn.GRU}
+
+
+class _RNNBase(nn.Module):
+    mode: str  # "LSTM" or "GRU", set by the subclass
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.backend = backends.check_name(backend)
+        self.last_backend: str | None = None  # the backend that ran the latest forward
+
+        factory = {"device": device, "dtype": dtype}
+        gate_size = _GATES[self.mode] * hidden_size
+        state_size = proj_size or hidden_size
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        for layer in range(num_layers):
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}{'_reverse' if direction else ''}"
+                layer_input = input_size if layer == 0 else state_size * self.num_directions
+                shapes = {"weight_ih": (gate_size, layer_input), "weight_hh": (gate_size, state_size)}
+                if bias:
+                    shapes.update(bias_ih=(gate_size,), bias_hh=(gate_size,))
+                if proj_size:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
+                names = [name + suffix for name in shapes]
+                for name, shape in zip(names, shapes.values()):
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """Uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) for every parameter, as nn.LSTM/nn.GRU."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.input_size}, {self.hidden_size}"]
+        defaults = dict(proj_size=0, num_layers=1, bias=True, batch_first=False, dropout=0.0, bidirectional=False)
+        parts += [f"{key}={getattr(self, key)}" for key, default in defaults.items() if getattr(self, key) != default]
+        return ", ".join([*parts, f"backend={self.backend!r}"])
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNBase, backend: str = "auto"):
+        """A fastrnn layer sharing `module`'s parameters (the same Parameter objects, so an
+        optimizer built on `module` keeps training the new layer)."""
+        if module.mode != cls.mode:
+            raise TypeError(f"fastrnn.{cls.__name__}.from_torch needs an nn.{cls.mode}, got {type(module).__name__}")
+        args = {k: getattr(module, k) for k in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")}
+        if cls.mode == "LSTM":
+            args["proj_size"] = module.proj_size
+        new = cls(**args, device="meta", dtype=module.weight_ih_l0.dtype, backend=backend)
+        for name in new._flat_weights_names:
+            new.register_parameter(name, getattr(module, name))
+        return new.train(module.training)
+
+    def selected_backend(self, device: torch.device | str | None = None) -> str:
+        """The backend a forward on `device` (default: the parameters' device) would run."""
+        return self._backend_for(torch.device(device) if device is not None else self.weight_ih_l0.device)
+
+    def _backend_for(self, device: torch.device) -> str:
+        backend = backends.resolve(self.backend, device)
+        if backend == "aten" and self.backend == "auto" and torch.compiler.is_compiling():
+            return "reference"  # torch.compile cannot trace torch's RNN modules; our custom op it can
+        return backend
+
+    def flatten_parameters(self) -> None:
+        """Pack the parameters into one buffer for cuDNN (backend "aten" on a GPU); no-op elsewhere."""
+        if self.weight_ih_l0.is_cuda:
+            self._torch_twin().flatten_parameters()
+
+    def _torch_twin(self) -> nn.RNNBase:
+        """An nn.LSTM/nn.GRU holding this module's Parameter objects, kept out of the module tree."""
+        twin = self.__dict__.get("_twin")
+        if twin is None:
+            args = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                        dropout=self.dropout, bidirectional=self.bidirectional, device="meta")
+            if self.mode == "LSTM":
+                args["proj_size"] = self.proj_size
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # nn's dropout warning was already given by our constructor
+                twin = _TORCH_TWIN[self.mode](self.input_size, self.hidden_size, **args)
+            self.__dict__["_twin"] = twin
+        for name in self._flat_weights_names:  # re-read: .to()/load_state_dict may have replaced them
+            twin._parameters[name] = self._parameters[name]
+        twin._init_flat_weights()
+        twin.dropout = self.dropout
+        return twin.train(self.training)
+
+    # --- forward ---------------------------------------------------------------------------------
+
+    def forward(self, input, hx=None):
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        backend = self._backend_for(data.device)
+        self.last_backend = backend
+        batch_sizes = input.batch_sizes if packed else None
+        states, batched_input = self._checked_states(input, data, hx, batch_sizes)
+        if backend == "aten":
+            return self._torch_twin()(input, hx)
+
+        if packed:
+            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
+            # Padded in the packed (length-sorted) order, so the live sequences are a prefix at every step.
+            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        else:
+            sorted_indices = unsorted_indices = lengths = None
+            x = batched_input.transpose(0, 1) if self.batch_first else batched_input
+        states = _permute(states, sorted_indices)
+
+        dtype = _compute_dtype(x)
+        output, finals = self._run_layers(x.to(dtype).contiguous(), [s.to(dtype) for s in states], lengths, backend, dtype)
+
+        if packed:
+            output = PackedSequence(pack_padded_sequence(output, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
+        else:
+            if self.batch_first:
+                output = output.transpose(0, 1).contiguous()
+            if input.dim() == 2:
+                output = output.squeeze(0 if self.batch_first else 1)
+                finals = [s.squeeze(1) for s in finals]
+        finals = _permute(finals, unsorted_indices)
+        return output, (tuple(finals) if self.mode == "LSTM" else finals[0])
+
+    def _checked_states(self, input, data: Tensor, hx, batch_sizes):
+        """Validate input and hx as nn.LSTM/nn.GRU do (same exception types), plus devices and dtypes.
+
+        Returns the initial states as 3-D tensors (L*D, B, size), in the caller's batch order, and
+        the input with a batch dimension."""
+        if batch_sizes is None:
+            if data.dim() not in (2, 3):
+                raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {data.dim()}D instead")
+            batched = data if data.dim() == 3 else data.unsqueeze(0 if self.batch_first else 1)
+            batch = batched.shape[0 if self.batch_first else 1]
+            if batched.shape[1 if self.batch_first else 0] == 0:
+                raise RuntimeError(f"{self.mode}: Expected sequence length to be larger than 0, got input of shape {tuple(data.shape)}")
+        else:
+            if data.dim() != 2:
+                raise RuntimeError(f"{self.mode}: packed input data must have 2 dimensions, got {data.dim()}")
+            batched, batch = data, int(batch_sizes[0])
+        if data.dtype != self.weight_ih_l0.dtype and not torch.is_autocast_enabled(data.device.type):
+            raise ValueError(
+                f"{self.mode}: input dtype ({data.dtype}) does not match weight dtype ({self.weight_ih_l0.dtype}). "
+                f"Convert input: input.to({self.weight_ih_l0.dtype}), or convert model: model.to({data.dtype})"
+            )
+        if data.shape[-1] != self.input_size:
+            raise RuntimeError(f"{self.mode}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.shape[-1]}")
+        if self.weight_ih_l0.device != data.device:
+            raise RuntimeError(
+                f"{self.mode}: input is on {data.device} but the parameters are on {self.weight_ih_l0.device}; "
+                f"move the input (input.to('{self.weight_ih_l0.device}')) or the model (model.to('{data.device}'))"
+            )
+
+        names = ("h_0", "c_0") if self.mode == "LSTM" else ("h_0",)
+        sizes = (self.proj_size or self.hidden_size, self.hidden_size)
+        expected = [(self.num_layers * self.num_directions, batch, size) for size in sizes[: len(names)]]
+        if hx is None:
+            return [data.new_zeros(shape) for shape in expected], batched
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
+                raise RuntimeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}")
+            states = list(hx)
+        else:
+            if not isinstance(hx, Tensor):
+                raise RuntimeError(f"GRU: hx must be a tensor h_0, got {_describe(hx)}")
+            states = [hx]
+        want_dim = 2 if (batch_sizes is None and data.dim() == 2) else 3
+        if any(s.dim() != want_dim for s in states):
+            kind = "unbatched 2-D" if want_dim == 2 else "batched 3-D"
+            got = ", ".join(f"{name} {s.dim()}-D" for name, s in zip(names, states))
+            raise RuntimeError(f"{self.mode}: for {kind} input the hidden states must be {want_dim}-D, got {got}")
+        if want_dim == 2:
+            states = [s.unsqueeze(1) for s in states]
+        for name, state, shape in zip(names, states, expected):
+            if tuple(state.shape) != shape:
+                raise RuntimeError(f"{self.mode}: Expected {name} of size {shape} (num_layers * num_directions, batch, size), got {tuple(state.shape)}")
+            if state.device != data.device:
+                raise RuntimeError(f"{self.mode}: Input and hidden tensors are not at the same device, found input tensor at {data.device} and {name} at {state.device}")
+            if state.dtype != data.dtype and not torch.is_autocast_enabled(data.device.type):
+                raise RuntimeError(f"{self.mode}: {name} has dtype {state.dtype} but the input has dtype {data.dtype}; pass {name}.to({data.dtype})")
+        return states, batched
+
+    # --- the layer stack -------------------------------------------------------------------------
+
+    def _layer_weights(self, layer: int, direction: int, dtype: torch.dtype) -> tuple[Tensor | None, ...]:
+        suffix = f"_l{layer}{'_reverse' if direction else ''}"
+
+        def get(name: str) -> Tensor:
+            return getattr(self, name + suffix).to(dtype)
+
+        biases = (get("bias_ih"), get("bias_hh")) if self.bias else (None, None)
+        weights = (get("weight_ih"), get("weight_hh"), *biases)
+        if self.mode == "GRU":
+            return weights
+        return (*weights, get("weight_hr") if self.proj_size else None)
+
+    def _run_layers(self, x: Tensor, states: list[Tensor], lengths, backend: str, dtype: torch.dtype):
+        layer_fn = functional.lstm_layer if self.mode == "LSTM" else functional.gru_layer
+        finals: list[list[Tensor]] = [[] for _ in states]
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                initial = [s[index] for s in states]
+                y, *last = layer_fn(layer_input, *initial, self._layer_weights(layer, direction, dtype), lengths, bool(direction), backend)
+                outputs.append(y)
+                for collected, state in zip(finals, last):
+                    collected.append(state)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        return layer_input, [torch.stack(collected) for collected in finals]
+
+
+class LSTM(_RNNBase):
+    """Drop-in nn.LSTM. Extra keyword: backend = "auto" | "cuda" | "triton" | "reference" | "aten"."""
+
+    mode = "LSTM"
+
+
+class GRU(_RNNBase):
+    """Drop-in nn.GRU. Extra keyword: backend = "auto" | "cuda" | "triton" | "reference" | "aten"."""
+
+    mode = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, backend: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype, backend)
+
+
+def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
+    """The constructor checks of nn.RNNBase, with the same exception types."""
+    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        raise ValueError(f"dropout should be a number in range [0, 1] (the probability of zeroing an element), got {dropout!r}")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            f"dropout applies between recurrent layers, so non-zero dropout expects num_layers greater than 1, "
+            f"but got dropout={dropout} and num_layers={num_layers}",
+            stacklevel=3,
+        )
+    for name, value, kind in (("bias", bias, bool), ("batch_first", batch_first, bool),
+                              ("input_size", input_size, int), ("hidden_size", hidden_size, int),
+                              ("num_layers", num_layers, int), ("proj_size", proj_size, int)):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} should be of type {kind.__name__}, got: {type(value).__name__}")
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if value <= 0:
+            raise ValueError(f"{name} must be greater than zero, got {value}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size}, hidden_size={hidden_size}")
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """Under autocast the recurrence runs in the autocast dtype, as nn.LSTM does; else in x's dtype."""
+    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _permute(states: list[Tensor], indices: Tensor | None) -> list[Tensor]:
+    """Reorder the batch dimension (1) of each state, as nn.RNNBase.permute_hidden does."""
+    return states if indices is None else [s.index_select(1, indices) for s in states]
+
+
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(type(v).__name__ for v in value)})"
+    return f"a {type(value).__name__}"

@@ -1,0 +1,144 @@
+"""The LSTM and GRU math, stated once, in plain PyTorch (any dtype, float64 included).
+
+Gate order and bias layout are PyTorch's, so weights are interchangeable with nn.LSTM/nn.GRU:
+
+LSTM (gates i, f, g, o)::
+
+    gates = x W_ih^T + b_ih + h W_hh^T + b_hh
+    i, f, o = sigmoid(.) ; g = tanh(.)
+    c' = f * c + i * g
+    h' = o * tanh(c')              (with proj_size: h' = (o * tanh(c')) W_hr^T)
+
+GRU (gates r, z, n; b_hn sits inside the reset product)::
+
+    r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+    z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+    n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+    h' = (1 - z) * n + z * h
+
+The pointwise parts (`lstm_pointwise`, `gru_pointwise`) are shared by the reference backend; the
+cells and the single-layer loops below are the plain autograd-differentiated statement of the
+math that the tests use as an independent oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """LSTM cell after the matmuls.
+
+    gates: pre-activations (..., 4H) in order i, f, g, o; c: previous cell state (..., H).
+    Returns (activated gates (..., 4H), new cell state, unprojected hidden state o * tanh(c')).
+    """
+    i, f, g, o = gates.chunk(4, dim=-1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c_new = f * c + i * g
+    return torch.cat((i, f, g, o), dim=-1), c_new, o * torch.tanh(c_new)
+
+
+def gru_pointwise(x_gates: Tensor, h_gates: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """GRU cell after the matmuls.
+
+    x_gates: x W_ih^T + b_ih (..., 3H); h_gates: h W_hh^T + b_hh (..., 3H), both in order r, z, n;
+    h: previous hidden state (..., H).
+    Returns (activated r, z, n and the reset operand h W_hn^T + b_hn, as (..., 4H); new hidden state).
+    """
+    xr, xz, xn = x_gates.chunk(3, dim=-1)
+    hr, hz, hn = h_gates.chunk(3, dim=-1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    h_new = (1 - z) * n + z * h
+    return torch.cat((r, z, n, hn), dim=-1), h_new
+
+
+def lstm_cell(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    w_hr: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One LSTM step: returns (h', c')."""
+    gates = x @ w_ih.T + h @ w_hh.T
+    if b_ih is not None:
+        gates = gates + b_ih + b_hh
+    _, c_new, h_new = lstm_pointwise(gates, c)
+    if w_hr is not None:
+        h_new = h_new @ w_hr.T
+    return h_new, c_new
+
+
+def gru_cell(
+    x: Tensor,
+    h: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+) -> Tensor:
+    """One GRU step: returns h'."""
+    x_gates = x @ w_ih.T
+    h_gates = h @ w_hh.T
+    if b_ih is not None:
+        x_gates = x_gates + b_ih
+        h_gates = h_gates + b_hh
+    return gru_pointwise(x_gates, h_gates, h)[1]
+
+
+def _time_steps(lengths: Tensor | None, seq_len: int, reverse: bool):
+    """Yield (t, mask) over the steps in processing order; mask (B, 1) marks live sequences."""
+    order = range(seq_len - 1, -1, -1) if reverse else range(seq_len)
+    for t in order:
+        yield t, None if lengths is None else (lengths > t).unsqueeze(-1)
+
+
+def lstm_layer(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: tuple[Tensor | None, ...],
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer in one direction over a time-major sequence x (T, B, I).
+
+    weights: (w_ih, w_hh, b_ih, b_hh, w_hr), biases and w_hr may be None. lengths (B,): sequence
+    b only runs steps t < lengths[b]; its output there is 0 and its state is carried unchanged.
+    Returns (outputs (T, B, R), h_n, c_n).
+    """
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    h, c, outputs = h0, c0, [None] * x.shape[0]
+    for t, live in _time_steps(lengths.to(x.device) if lengths is not None else None, x.shape[0], reverse):
+        h_new, c_new = lstm_cell(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
+        if live is not None:
+            h_new, c_new = torch.where(live, h_new, h), torch.where(live, c_new, c)
+        h, c = h_new, c_new
+        outputs[t] = h if live is None else h * live
+    return torch.stack(outputs), h, c
+
+
+def gru_layer(
+    x: Tensor,
+    h0: Tensor,
+    weights: tuple[Tensor | None, ...],
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """One GRU layer in one direction; as `lstm_layer`, weights (w_ih, w_hh, b_ih, b_hh).
+
+    Returns (outputs (T, B, H), h_n).
+    """
+    w_ih, w_hh, b_ih, b_hh = weights
+    h, outputs = h0, [None] * x.shape[0]
+    for t, live in _time_steps(lengths.to(x.device) if lengths is not None else None, x.shape[0], reverse):
+        h_new = gru_cell(x[t], h, w_ih, w_hh, b_ih, b_hh)
+        h = h_new if live is None else torch.where(live, h_new, h)
+        outputs[t] = h if live is None else h * live
+    return torch.stack(outputs), h
