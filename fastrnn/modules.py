@@ -162,8 +162,10 @@ class _RNNBase(nn.Module):
             x = batched_input.transpose(0, 1) if self.batch_first else batched_input
         states = _permute(states, sorted_indices)
 
-        dtype = _compute_dtype(x)
-        output, finals = self._run_layers(x.to(dtype).contiguous(), [s.to(dtype) for s in states], lengths, backend, dtype)
+        dtype = _compute_dtype(x, self.mode)
+        # The dtype is chosen once here; autocast must not re-cast the layer's own matmuls.
+        with torch.autocast(x.device.type, enabled=False):
+            output, finals = self._run_layers(x.to(dtype).contiguous(), [s.to(dtype) for s in states], lengths, backend, dtype)
 
         if packed:
             output = PackedSequence(pack_padded_sequence(output, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
@@ -280,7 +282,9 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, backend: str = "auto") -> None:
+                 device=None, dtype=None, backend: str = "auto", *, proj_size: int | None = None) -> None:
+        if proj_size is not None:
+            raise ValueError(f"proj_size is only supported by LSTM, not GRU (got proj_size={proj_size})")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, backend)
 
@@ -309,10 +313,13 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
         raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size}, hidden_size={hidden_size}")
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """Under autocast the recurrence runs in the autocast dtype, as nn.LSTM does; else in x's dtype."""
-    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
-        return torch.get_autocast_dtype(x.device.type)
+def _compute_dtype(x: Tensor, mode: str) -> torch.dtype:
+    """The dtype the layer computes in: as torch does for nn.LSTM/nn.GRU, autocast's low-precision
+    dtype where autocast lists the op (every RNN on CUDA; on the CPU the LSTM but not the GRU),
+    otherwise the input's dtype."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.is_floating_point() and (device != "cpu" or mode == "LSTM"):
+        return torch.get_autocast_dtype(device)
     return x.dtype
 
 

@@ -1,0 +1,103 @@
+"""Shared helpers: build a fastrnn layer and its torch twin with equal weights, run both, compare."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fastrnn
+
+CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_SKIP)]
+CELLS = {"LSTM": (fastrnn.LSTM, nn.LSTM), "GRU": (fastrnn.GRU, nn.GRU)}
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64; NaN/inf anywhere make it inf, so they never pass."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("inf")
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def make_pair(cell: str, backend: str, device="cpu", dtype=torch.float64, **config):
+    """A fastrnn layer and an nn layer of the same config holding equal weights."""
+    ours_cls, torch_cls = CELLS[cell]
+    ours = ours_cls(device=device, dtype=dtype, backend=backend, **config)
+    theirs = torch_cls(device=device, dtype=dtype, **config)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def random_inputs(module: nn.Module, batch: int, seq_len: int, *, lengths=None, unbatched=False,
+                  with_state=True, enforce_sorted=False, device="cpu", dtype=torch.float64, seed=None):
+    """Fresh random (input, hx) for `module`; input is a PackedSequence when lengths are given."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    h_size = getattr(module, "proj_size", 0) or module.hidden_size
+    if unbatched:
+        x = randn(seq_len, module.input_size)
+        state_shapes = [(layers, h_size), (layers, module.hidden_size)]
+    else:
+        shape = (batch, seq_len) if module.batch_first else (seq_len, batch)
+        x = randn(*shape, module.input_size)
+        state_shapes = [(layers, batch, h_size), (layers, batch, module.hidden_size)]
+    if lengths is not None:
+        x = pack_padded_sequence(x, torch.tensor(lengths), batch_first=module.batch_first, enforce_sorted=enforce_sorted)
+    hx = None
+    if with_state:
+        states = [randn(*shape) for shape in state_shapes[: 2 if module.mode == "LSTM" else 1]]
+        hx = tuple(states) if module.mode == "LSTM" else states[0]
+    return x, hx
+
+
+def leaves(x, hx) -> list[torch.Tensor]:
+    """Mark input and states as requiring grad; returns them (the tensors gradients are taken of)."""
+    tensors = [x.data if isinstance(x, PackedSequence) else x]
+    if hx is not None:
+        tensors += list(hx) if isinstance(hx, tuple) else [hx]
+    for t in tensors:
+        t.requires_grad_(True)
+    return tensors
+
+
+def run(module: nn.Module, x, hx, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Output, final states and the gradient of every input, state and parameter under a random
+    linear loss (so every output element and state contributes with its own weight)."""
+    inputs = leaves(x, hx)
+    output, states = module(x, hx)
+    states = list(states) if isinstance(states, tuple) else [states]
+    out = output.data if isinstance(output, PackedSequence) else output
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t)).sum() for t in [out, *states])
+    params = [p for _, p in module.named_parameters()]
+    grads = torch.autograd.grad(loss, inputs + params, allow_unused=False)
+    result = {"output": out, **{f"state{i}": s for i, s in enumerate(states)}}
+    # A torch.compile wrapper prefixes parameter names with "_orig_mod."; compare by the layer's own names.
+    names = ["d_input", "d_h0", "d_c0"][: len(inputs)] + [
+        f"d_{n.removeprefix('_orig_mod.')}" for n, _ in module.named_parameters()
+    ]
+    result.update(zip(names, grads))
+    return result
+
+
+def detached(x, hx):
+    """Copies of (x, hx) that are independent leaves, so two modules can each take gradients."""
+    if isinstance(x, PackedSequence):
+        x = PackedSequence(x.data.detach().clone(), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    else:
+        x = x.detach().clone()
+    if hx is not None:
+        hx = tuple(h.detach().clone() for h in hx) if isinstance(hx, tuple) else hx.detach().clone()
+    return x, hx
+
+
+def compare(ours: dict, theirs: dict) -> dict[str, float]:
+    assert ours.keys() == theirs.keys()
+    return {name: rel_error(ours[name], theirs[name]) for name in theirs}

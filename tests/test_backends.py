@@ -1,0 +1,68 @@
+"""Backend selection, its report, torch.compile tracing, and autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn import backends
+
+from conftest import CUDA_SKIP, compare, detached, make_pair, random_inputs, rel_error, run
+
+
+def test_auto_on_cpu_runs_torchs_own_code_and_says_so():
+    model = fastrnn.LSTM(3, 4)
+    assert model.selected_backend() == "aten"
+    model(torch.randn(2, 1, 3))
+    assert model.last_backend == "aten"
+    report = fastrnn.explain("cpu")
+    for name in ("cuda", "triton", "reference", "aten"):
+        assert name in report
+    assert "auto ->   aten" in report
+
+
+def test_explicit_backend_is_used_and_recorded():
+    model = fastrnn.GRU(3, 4, backend="reference")
+    model(torch.randn(2, 1, 3))
+    assert model.last_backend == "reference" and "backend='reference'" in repr(model)
+
+
+@CUDA_SKIP
+def test_auto_on_cuda_prefers_our_kernels_when_they_run():
+    expected = next((n for n in ("cuda", "triton") if backends.unavailable_reason(n, "cuda") is None), "aten")
+    assert backends.resolve("auto", "cuda") == expected
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_torch_compile_traces_without_graph_break(cell, backend):
+    """fullgraph=True fails on any graph break; aot_eager traces forward and backward through the
+    custom ops' fake implementations without generating code."""
+    torch.manual_seed(0)
+    ours, _ = make_pair(cell, backend, dtype=torch.float32, input_size=3, hidden_size=5, num_layers=2,
+                        bidirectional=True, batch_first=True)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x, hx = random_inputs(ours, 4, 6, dtype=torch.float32, seed=1)
+    eager = run(ours, *detached(x, hx))
+    traced = run(compiled, *detached(x, hx))
+    errors = compare(traced, eager)
+    assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_autocast_runs_in_low_precision_like_torch(cell):
+    """Under CPU autocast (bfloat16) outputs and states come back in the dtype nn.LSTM/nn.GRU give, and
+    their error against float32 is of the size of torch's own."""
+    torch.manual_seed(0)
+    ours, theirs = make_pair(cell, "reference", dtype=torch.float32, input_size=6, hidden_size=8, num_layers=2)
+    x, hx = random_inputs(ours, 3, 9, dtype=torch.float32, seed=2)
+    exact = run(theirs, *detached(x, hx))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_ours = run(ours, *detached(x, hx))
+        low_torch = run(theirs, *detached(x, hx))
+    assert low_ours["output"].dtype == low_torch["output"].dtype == (torch.bfloat16 if cell == "LSTM" else torch.float32)
+    for name in ("output", "state0"):
+        assert rel_error(low_ours[name], exact[name]) <= 2 * rel_error(low_torch[name], exact[name]) + 1e-3
+    for name in exact:
+        assert rel_error(low_ours[name], exact[name]) < 5e-2, name

@@ -1,0 +1,126 @@
+"""Every backend against nn.LSTM / nn.GRU on every configuration axis: outputs, final states and the
+gradients of the input, the initial states and every parameter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastrnn
+from fastrnn.backends import unavailable_reason
+
+from conftest import DEVICES, compare, detached, make_pair, random_inputs, rel_error, run
+
+BACKENDS = ["reference", "aten", "triton", "cuda"]
+
+# Awkward sizes on purpose: 1, primes, nothing a multiple of 16.
+CONFIGS = [
+    ("LSTM", dict(input_size=1, hidden_size=1)),
+    ("LSTM", dict(input_size=13, hidden_size=17)),
+    ("LSTM", dict(input_size=5, hidden_size=7, num_layers=3)),
+    ("LSTM", dict(input_size=5, hidden_size=7, bidirectional=True)),
+    ("LSTM", dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True)),
+    ("LSTM", dict(input_size=5, hidden_size=7, bias=False)),
+    ("LSTM", dict(input_size=5, hidden_size=7, proj_size=3)),
+    ("LSTM", dict(input_size=5, hidden_size=7, proj_size=1, num_layers=2, bidirectional=True)),
+    ("GRU", dict(input_size=1, hidden_size=1)),
+    ("GRU", dict(input_size=13, hidden_size=17)),
+    ("GRU", dict(input_size=5, hidden_size=7, num_layers=3)),
+    ("GRU", dict(input_size=5, hidden_size=7, bidirectional=True)),
+    ("GRU", dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True)),
+    ("GRU", dict(input_size=5, hidden_size=7, bias=False)),
+]
+CONFIG_IDS = [cell + "-" + "-".join(f"{k}={v}" for k, v in config.items()) for cell, config in CONFIGS]
+MODES = ["batched", "no_state", "unbatched", "packed_sorted", "packed_unsorted"]
+
+
+def skip_unavailable(backend: str, device: str) -> None:
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
+
+
+def inputs_for(module, mode: str, batch: int, seq_len: int, device, dtype, seed: int):
+    if mode == "unbatched":
+        return random_inputs(module, batch, seq_len, unbatched=True, device=device, dtype=dtype, seed=seed)
+    lengths = None
+    if mode.startswith("packed"):
+        gen = torch.Generator().manual_seed(seed)
+        lengths = [seq_len] + torch.randint(1, seq_len + 1, (batch - 1,), generator=gen).tolist()
+        lengths = sorted(lengths, reverse=True) if mode == "packed_sorted" else lengths[1:] + lengths[:1]
+    return random_inputs(module, batch, seq_len, lengths=lengths, with_state=mode != "no_state",
+                         enforce_sorted=mode == "packed_sorted", device=device, dtype=dtype, seed=seed)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell,config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch,seq_len", [(1, 1), (3, 11)])
+def test_matches_torch_in_float64(device, backend, cell, config, mode, batch, seq_len):
+    skip_unavailable(backend, device)
+    seed = hash((cell, mode, batch, seq_len, tuple(config.items()))) % 2**31
+    torch.manual_seed(seed)
+    ours, theirs = make_pair(cell, backend, device, torch.float64, **config)
+    x, hx = inputs_for(ours, mode, batch, seq_len, device, torch.float64, seed)
+    errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert ours.last_backend == backend
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell,config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("mode", ["batched", "packed_unsorted"])
+def test_float32_error_bounded_by_torch_error(device, backend, cell, config, mode):
+    """In float32 each result's error against the float64 answer is at most about torch's own."""
+    skip_unavailable(backend, device)
+    torch.manual_seed(7)
+    ours, theirs = make_pair(cell, backend, device, torch.float32, **config)
+    oracle = make_pair(cell, "reference", device, torch.float64, **config)[1]
+    oracle.load_state_dict(theirs.state_dict())
+    x, hx = inputs_for(oracle, mode, 5, 23, device, torch.float64, seed=11)
+    exact = run(oracle, *detached(x, hx))
+    x32, hx32 = detached(x, hx)
+    x32 = x32.to(torch.float32) if not hasattr(x32, "batch_sizes") else type(x32)(x32.data.float(), *x32[1:])
+    hx32 = None if hx32 is None else (tuple(h.float() for h in hx32) if isinstance(hx32, tuple) else hx32.float())
+    ours_err = compare(run(ours, *detached(x32, hx32)), exact)
+    torch_err = compare(run(theirs, *detached(x32, hx32)), exact)
+    for name in exact:
+        assert ours_err[name] <= 2 * torch_err[name] + 1e-6, (name, ours_err[name], torch_err[name])
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_long_sequence_does_not_drift(cell):
+    torch.manual_seed(3)
+    ours, theirs = make_pair(cell, "reference", "cpu", torch.float64, input_size=4, hidden_size=6, bidirectional=True)
+    x, hx = random_inputs(ours, 2, 1500, seed=5)
+    errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_dropout_sits_between_layers(cell):
+    """Training-mode dropout is applied to every layer's output but the last, as in nn.LSTM: the
+    3-layer module equals three 1-layer modules with F.dropout between them under the same seed."""
+    torch.manual_seed(0)
+    cls = fastrnn.LSTM if cell == "LSTM" else fastrnn.GRU
+    stacked = cls(4, 6, num_layers=3, dropout=0.5, bidirectional=True, dtype=torch.float64, backend="reference")
+    singles = [cls(4 if i == 0 else 12, 6, bidirectional=True, dtype=torch.float64, backend="reference") for i in range(3)]
+    for i, single in enumerate(singles):
+        single.load_state_dict({k.replace(f"_l{i}", "_l0"): v for k, v in stacked.state_dict().items() if f"_l{i}" in k})
+    x = torch.randn(9, 2, 4, dtype=torch.float64)
+
+    torch.manual_seed(1)
+    out = stacked(x)[0]
+    torch.manual_seed(1)
+    manual = x
+    for i, single in enumerate(singles):
+        manual = single(manual)[0]
+        if i < 2:
+            manual = F.dropout(manual, 0.5, training=True)
+    assert rel_error(out, manual) < 1e-12
+    assert rel_error(stacked.eval()(x)[0], out) > 1e-3  # eval mode switches dropout off
+    torch.manual_seed(1)
+    assert rel_error(stacked.train()(x)[0], out) == 0.0
