@@ -113,6 +113,8 @@ class _RNNBase(nn.Module):
         return self._backend_for(torch.device(device) if device is not None else self.weight_ih_l0.device)
 
     def _backend_for(self, device: torch.device) -> str:
+        if self.backend == "auto" and device.type != "cuda" and not torch.compiler.is_compiling():
+            return "aten"  # the common CPU case, decided without the registry
         backend = backends.resolve(self.backend, device)
         if backend == "aten" and self.backend == "auto" and torch.compiler.is_compiling():
             return "reference"  # torch.compile cannot trace torch's RNN modules; our custom op it can
@@ -124,7 +126,10 @@ class _RNNBase(nn.Module):
             self._torch_twin().flatten_parameters()
 
     def _torch_twin(self) -> nn.RNNBase:
-        """An nn.LSTM/nn.GRU holding this module's Parameter objects, kept out of the module tree."""
+        """An nn.LSTM/nn.GRU holding this module's Parameter objects, kept out of the module tree.
+
+        Re-pointed at our Parameters only when they have been replaced (.to(), load_state_dict with
+        assign=True, ...), so that the aten path costs next to nothing over calling nn.LSTM."""
         twin = self.__dict__.get("_twin")
         if twin is None:
             args = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
@@ -135,11 +140,16 @@ class _RNNBase(nn.Module):
                 warnings.simplefilter("ignore")  # nn's dropout warning was already given by our constructor
                 twin = _TORCH_TWIN[self.mode](self.input_size, self.hidden_size, **args)
             self.__dict__["_twin"] = twin
-        for name in self._flat_weights_names:  # re-read: .to()/load_state_dict may have replaced them
-            twin._parameters[name] = self._parameters[name]
-        twin._init_flat_weights()
-        twin.dropout = self.dropout
-        return twin.train(self.training)
+        params = tuple(self._parameters.values())
+        if self.__dict__.get("_twin_params") != tuple(map(id, params)):
+            for name in self._flat_weights_names:
+                twin._parameters[name] = self._parameters[name]
+            twin._init_flat_weights()
+            self.__dict__["_twin_params"] = tuple(map(id, params))
+        if twin.training != self.training or twin.dropout != self.dropout:
+            twin.dropout = self.dropout
+            twin.train(self.training)
+        return twin
 
     # --- forward ---------------------------------------------------------------------------------
 
@@ -147,11 +157,11 @@ class _RNNBase(nn.Module):
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         backend = self._backend_for(data.device)
-        self.last_backend = backend
+        self.__dict__["last_backend"] = backend  # plain attribute; skips nn.Module.__setattr__ on the hot path
         batch_sizes = input.batch_sizes if packed else None
-        states, batched_input = self._checked_states(input, data, hx, batch_sizes)
         if backend == "aten":
-            return self._torch_twin()(input, hx)
+            return self._forward_aten(input, data, hx, batch_sizes)
+        states, batched_input = self._checked_states(input, data, hx, batch_sizes)
 
         if packed:
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
@@ -177,6 +187,18 @@ class _RNNBase(nn.Module):
                 finals = [s.squeeze(1) for s in finals]
         finals = _permute(finals, unsorted_indices)
         return output, (tuple(finals) if self.mode == "LSTM" else finals[0])
+
+    def _forward_aten(self, input, data: Tensor, hx, batch_sizes):
+        """torch's own code, which validates its arguments itself; only when it rejects them do our
+        checks run, to replace its message with a clearer one (same exception type)."""
+        try:
+            return self._torch_twin().forward(input, hx)
+        except Exception:
+            try:
+                self._checked_states(input, data, hx, batch_sizes)
+            except (ValueError, RuntimeError) as clearer:
+                raise clearer from None
+            raise
 
     def _checked_states(self, input, data: Tensor, hx, batch_sizes):
         """Validate input and hx as nn.LSTM/nn.GRU do (same exception types), plus devices and dtypes.

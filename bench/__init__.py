@@ -1,0 +1,1 @@
+"""Benchmarks and demos for fastrnn (run from the repository root, e.g. `python -m bench.demo`)."""
