@@ -120,6 +120,11 @@ class _RNNBase(nn.Module):
             return "reference"  # torch.compile cannot trace torch's RNN modules; our custom op it can
         return backend
 
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self.flatten_parameters()  # as nn.RNNBase does after .cuda()/.to(): cuDNN wants one weight buffer
+        return result
+
     def flatten_parameters(self) -> None:
         """Pack the parameters into one buffer for cuDNN (backend "aten" on a GPU); no-op elsewhere."""
         if self.weight_ih_l0.is_cuda:

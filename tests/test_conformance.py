@@ -3,6 +3,8 @@ gradients of the input, the initial states and every parameter."""
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,7 +62,7 @@ def inputs_for(module, mode: str, batch: int, seq_len: int, device, dtype, seed:
 @pytest.mark.parametrize("batch,seq_len", [(1, 1), (3, 11)])
 def test_matches_torch_in_float64(device, backend, cell, config, mode, batch, seq_len):
     skip_unavailable(backend, device)
-    seed = hash((cell, mode, batch, seq_len, tuple(config.items()))) % 2**31
+    seed = zlib.crc32(repr((cell, mode, batch, seq_len, config)).encode())  # reproducible across runs
     torch.manual_seed(seed)
     ours, theirs = make_pair(cell, backend, device, torch.float64, **config)
     x, hx = inputs_for(ours, mode, batch, seq_len, device, torch.float64, seed)
