@@ -113,10 +113,10 @@ class _RNNBase(nn.Module):
         return self._backend_for(torch.device(device) if device is not None else self.weight_ih_l0.device)
 
     def _backend_for(self, device: torch.device) -> str:
-        if self.backend == "auto" and device.type != "cuda" and not torch.compiler.is_compiling():
-            return "aten"  # the common CPU case, decided without the registry
-        backend = backends.resolve(self.backend, device)
-        if backend == "aten" and self.backend == "auto" and torch.compiler.is_compiling():
+        auto = self.backend == "auto"
+        # Off the GPU auto always means torch's own code: decided here, without the registry, on the hot path.
+        backend = "aten" if auto and device.type != "cuda" else backends.resolve(self.backend, device)
+        if auto and backend == "aten" and torch.compiler.is_compiling():
             return "reference"  # torch.compile cannot trace torch's RNN modules; our custom op it can
         return backend
 
@@ -145,12 +145,12 @@ class _RNNBase(nn.Module):
                 warnings.simplefilter("ignore")  # nn's dropout warning was already given by our constructor
                 twin = _TORCH_TWIN[self.mode](self.input_size, self.hidden_size, **args)
             self.__dict__["_twin"] = twin
-        params = tuple(self._parameters.values())
-        if self.__dict__.get("_twin_params") != tuple(map(id, params)):
+        param_ids = tuple(map(id, self._parameters.values()))
+        if self.__dict__.get("_twin_param_ids") != param_ids:
             for name in self._flat_weights_names:
                 twin._parameters[name] = self._parameters[name]
             twin._init_flat_weights()
-            self.__dict__["_twin_params"] = tuple(map(id, params))
+            self.__dict__["_twin_param_ids"] = param_ids
         if twin.training != self.training or twin.dropout != self.dropout:
             twin.dropout = self.dropout
             twin.train(self.training)

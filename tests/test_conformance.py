@@ -17,22 +17,20 @@ from conftest import DEVICES, compare, detached, make_pair, random_inputs, rel_e
 BACKENDS = ["reference", "aten", "triton", "cuda"]
 
 # Awkward sizes on purpose: 1, primes, nothing a multiple of 16.
-CONFIGS = [
-    ("LSTM", dict(input_size=1, hidden_size=1)),
-    ("LSTM", dict(input_size=13, hidden_size=17)),
-    ("LSTM", dict(input_size=5, hidden_size=7, num_layers=3)),
-    ("LSTM", dict(input_size=5, hidden_size=7, bidirectional=True)),
-    ("LSTM", dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True)),
-    ("LSTM", dict(input_size=5, hidden_size=7, bias=False)),
-    ("LSTM", dict(input_size=5, hidden_size=7, proj_size=3)),
-    ("LSTM", dict(input_size=5, hidden_size=7, proj_size=1, num_layers=2, bidirectional=True)),
-    ("GRU", dict(input_size=1, hidden_size=1)),
-    ("GRU", dict(input_size=13, hidden_size=17)),
-    ("GRU", dict(input_size=5, hidden_size=7, num_layers=3)),
-    ("GRU", dict(input_size=5, hidden_size=7, bidirectional=True)),
-    ("GRU", dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True)),
-    ("GRU", dict(input_size=5, hidden_size=7, bias=False)),
+SHARED_CONFIGS = [
+    dict(input_size=1, hidden_size=1),
+    dict(input_size=13, hidden_size=17),
+    dict(input_size=5, hidden_size=7, num_layers=3),
+    dict(input_size=5, hidden_size=7, bidirectional=True),
+    dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True),
+    dict(input_size=5, hidden_size=7, bias=False),
 ]
+LSTM_ONLY_CONFIGS = [
+    dict(input_size=5, hidden_size=7, proj_size=3),
+    dict(input_size=5, hidden_size=7, proj_size=1, num_layers=2, bidirectional=True),
+]
+CONFIGS = [(cell, config) for cell in ("LSTM", "GRU") for config in SHARED_CONFIGS]
+CONFIGS += [("LSTM", config) for config in LSTM_ONLY_CONFIGS]
 CONFIG_IDS = [cell + "-" + "-".join(f"{k}={v}" for k, v in config.items()) for cell, config in CONFIGS]
 MODES = ["batched", "no_state", "unbatched", "packed_sorted", "packed_unsorted"]
 
