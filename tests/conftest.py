@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
-from torch import nn
+
+# Without a GPU the Triton kernels run in Triton's interpreter; it must be chosen before they are defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn

@@ -29,8 +29,8 @@ def test_explicit_backend_is_used_and_recorded():
 
 
 @CUDA_SKIP
-def test_auto_on_cuda_prefers_our_kernels_when_they_run():
-    expected = next((n for n in ("cuda", "triton") if backends.unavailable_reason(n, "cuda") is None), "aten")
+def test_auto_on_cuda_takes_the_first_measured_kernel_that_runs():
+    expected = next((n for n in backends._AUTO_ORDER_CUDA if backends.unavailable_reason(n, "cuda") is None), "aten")
     assert backends.resolve("auto", "cuda") == expected
 
 

@@ -319,7 +319,8 @@ _UNAVAILABLE = {
 
 
 @pytest.mark.parametrize("name", ["cuda", "triton"])
-def test_unavailable_backend_raises_at_forward(cell, name):
+def test_unavailable_backend_raises_at_forward(cell, name, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # on the CPU triton runs only in its interpreter
     module = getattr(fastrnn, cell)(INPUT, HIDDEN, backend=name)  # construction succeeds
     assert module.backend == name
     x = torch.randn(SEQ, BATCH, INPUT)
@@ -343,7 +344,8 @@ def test_backend_unavailable_error_is_runtime_error():
     assert issubclass(fastrnn.BackendUnavailableError, RuntimeError)
 
 
-def test_explain_cpu_reports_reasons():
+def test_explain_cpu_reports_reasons(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # on the CPU triton runs only in its interpreter
     report = fastrnn.explain("cpu")
     assert "cpu" in report
     lines = {line.split()[0]: line for line in report.splitlines()[1:]}

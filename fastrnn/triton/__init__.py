@@ -1,0 +1,1 @@
+"""Triton kernels of the `triton` backend (launched by fastrnn.backends.triton)."""

@@ -1,0 +1,45 @@
+"""Device helpers shared by the LSTM and GRU kernels."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(x):
+    return 2 * tl.sigmoid(2 * x) - 1
+
+
+@triton.jit
+def _step_index(s, T, REVERSE: tl.constexpr):
+    """The time index of processing step s."""
+    if REVERSE:
+        t = T - 1 - s
+    else:
+        t = s
+    return t
+
+
+@triton.jit
+def _matmul_rows(a_ptr, a_stride, rows, row_ok, b_ptr, b_stride_k, b_stride_n, cols, col_ok, K,
+                 ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """sum_k A[rows, k] * B[k, cols] over k < K, as a (BLOCK_B, BLOCK_N) tile in ACC."""
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    for k_start in range(0, K, BLOCK_K):
+        ks = k_start + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(a_ptr + rows[:, None] * a_stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptr + ks[:, None] * b_stride_k + cols[None, :] * b_stride_n,
+                    mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _copy_rows(src_ptr, dst_ptr, rows, mask_rows, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dst[rows, :N] = src[rows, :N] for the rows in mask_rows (both row-major with stride N)."""
+    for n_start in range(0, N, BLOCK_N):
+        cols = n_start + tl.arange(0, BLOCK_N)
+        mask = mask_rows[:, None] & (cols < N)[None, :]
+        offsets = rows[:, None] * N + cols[None, :]
+        tl.store(dst_ptr + offsets, tl.load(src_ptr + offsets, mask=mask), mask=mask)

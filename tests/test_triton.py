@@ -1,0 +1,195 @@
+"""The Triton kernels against the reference recurrence and float64, op by op.
+
+Without a GPU they run in Triton's interpreter (conftest sets TRITON_INTERPRET=1) on tiny shapes.
+The full shape grid, bf16, the no-recompile check and the 4096-step run need the GPU and skip here.
+(Module-level agreement with nn.LSTM/nn.GRU on every layer option: tests/test_conformance.py.)
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fastrnn import functional
+from fastrnn.backends import reference, unavailable_reason
+
+from conftest import CUDA_SKIP, compare, detached, make_pair, random_inputs, rel_error, run
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if unavailable_reason("triton", DEVICE) is not None:
+    pytest.skip(f"triton backend unavailable: {unavailable_reason('triton', DEVICE)}", allow_module_level=True)
+
+from fastrnn.backends import triton as triton_backend  # noqa: E402
+
+# Error floor per dtype on top of the bound (2 x the reference's own error in that dtype).
+FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+BF16 = pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    INTERPRETED, reason="Triton's interpreter computes bf16 tl.dot wrongly (a 16x16 product comes out ~1e10 off); "
+                        "bf16 is checked on the GPU"))
+DTYPES = [torch.float64, torch.float32, torch.float16, BF16]
+
+
+def _lstm_case(seq_len, batch, hidden, proj, seed):
+    gen = torch.Generator().manual_seed(seed)
+    state = proj or hidden
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(DEVICE)
+
+    return (randn(seq_len, batch, 4 * hidden), randn(batch, state), randn(batch, hidden),
+            randn(4 * hidden, state, scale=state ** -0.5), randn(state, hidden, scale=hidden ** -0.5) if proj else None)
+
+
+def _gru_case(seq_len, batch, hidden, bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(DEVICE)
+
+    return (randn(seq_len, batch, 3 * hidden), randn(batch, hidden), randn(3 * hidden, hidden, scale=hidden ** -0.5),
+            randn(hidden) if bias else None)
+
+
+def _cast(tensors, dtype):
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def _assert_bounded(ours, low_reference, exact, dtype, what):
+    """Each result's error against float64 is at most twice the reference's own in `dtype`."""
+    for index, (a, b, e) in enumerate(zip(ours, low_reference, exact)):
+        if e.numel() == 0:
+            continue
+        mine, theirs = rel_error(a, e), rel_error(b, e)
+        assert mine <= 2 * theirs + FLOOR[dtype], f"{what} result {index}: error {mine:.2e} vs reference's {theirs:.2e}"
+
+
+def _lengths(batch, seq_len, ragged, seed):
+    if not ragged:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, seq_len + 1, (batch,), generator=gen)
+    lengths[0] = seq_len
+    return lengths.sort(descending=True).values
+
+
+def check_lstm(dtype, seq_len, batch, hidden, proj, reverse, ragged, seed=0):
+    xp, h0, c0, w_hh, w_hr = _lstm_case(seq_len, batch, hidden, proj, seed)
+    lengths = _lengths(batch, seq_len, ragged, seed)
+    exact = reference.lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse)
+    low = _cast((xp, h0, c0, w_hh, w_hr), dtype)
+    ours = triton_backend.lstm_forward(*low, lengths, reverse)
+    _assert_bounded(ours, reference.lstm_forward(*low, lengths, reverse), exact, dtype, "forward")
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in exact[:3]]
+
+    def run_backward(impl, outputs, dtype_grads, w_hh, w_hr, c0):
+        y, h_n, c_n, gates, c_all = outputs
+        c_prev = functional.previous_states(c_all, c0, lengths, reverse)
+        return impl.lstm_backward(*dtype_grads, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
+
+    exact_grads = run_backward(reference, exact, grads, w_hh, w_hr, c0)
+    low_grads = _cast(grads, dtype)
+    ours_grads = run_backward(triton_backend, ours, low_grads, low[3], low[4], low[2])
+    reference_grads = run_backward(reference, reference.lstm_forward(*low, lengths, reverse), low_grads, low[3], low[4], low[2])
+    _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+
+
+def check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed=0):
+    xp, h0, w_hh, b_hn = _gru_case(seq_len, batch, hidden, bias, seed)
+    lengths = _lengths(batch, seq_len, ragged, seed)
+    exact = reference.gru_forward(xp, h0, w_hh, b_hn, lengths, reverse)
+    low = _cast((xp, h0, w_hh, b_hn), dtype)
+    ours = triton_backend.gru_forward(*low, lengths, reverse)
+    low_reference = reference.gru_forward(*low, lengths, reverse)
+    _assert_bounded(ours, low_reference, exact, dtype, "forward")
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in exact[:2]]
+
+    def run_backward(impl, outputs, dtype_grads, w_hh, h0):
+        y, h_n, saved = outputs
+        h_prev = functional.previous_states(y, h0, lengths, reverse)
+        return impl.gru_backward(*dtype_grads, h_prev, w_hh, saved, lengths, reverse)
+
+    exact_grads = run_backward(reference, exact, grads, w_hh, h0)
+    low_grads = _cast(grads, dtype)
+    ours_grads = run_backward(triton_backend, ours, low_grads, low[2], low[1])
+    reference_grads = run_backward(reference, low_reference, low_grads, low[2], low[1])
+    _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+
+
+# --- tiny shapes: in CI under the interpreter, and on the GPU --------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("proj", [0, 3])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_lstm_kernels_match_reference(dtype, proj, reverse, ragged):
+    check_lstm(dtype, seq_len=7, batch=5, hidden=19, proj=proj, reverse=reverse, ragged=ragged)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_gru_kernels_match_reference(dtype, bias, reverse, ragged):
+    check_gru(dtype, seq_len=7, batch=5, hidden=19, bias=bias, reverse=reverse, ragged=ragged)
+
+
+def test_more_rows_and_units_than_one_tile():
+    """Batch and hidden size past one tile (BLOCK_B=16, BLOCK_H=32), in several programs and chunks."""
+    check_lstm(torch.float64, seq_len=3, batch=18, hidden=37, proj=0, reverse=False, ragged=True)
+    check_gru(torch.float64, seq_len=3, batch=18, hidden=37, bias=True, reverse=True, ragged=True)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_long_sequence_does_not_drift(cell):
+    torch.manual_seed(3)
+    seq_len = 4096 if DEVICE == "cuda" else 200
+    ours, theirs = make_pair(cell, "triton", DEVICE, torch.float64, input_size=4, hidden_size=6)
+    x, hx = random_inputs(ours, 2, seq_len, device=DEVICE, seed=5)
+    errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert max(errors.values()) < 1e-10, errors
+
+
+# --- the GPU grid ----------------------------------------------------------------------------------
+
+GPU_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+@CUDA_SKIP
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("batch", [1, 3, 64, 257])
+@pytest.mark.parametrize("hidden", [1, 17, 64, 256, 1024])
+@pytest.mark.parametrize("seq_len", [1, 7, 256])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_gpu_grid(cell, seq_len, hidden, batch, dtype):
+    if cell == "LSTM":
+        check_lstm(dtype, seq_len, batch, hidden, proj=0, reverse=False, ragged=batch > 1, seed=seq_len + hidden)
+    else:
+        check_gru(dtype, seq_len, batch, hidden, bias=True, reverse=True, ragged=batch > 1, seed=seq_len + hidden)
+
+
+def _compiled_variants(kernel) -> int:
+    caches = getattr(kernel, "device_caches", None)
+    if caches is not None:
+        return sum(len(entry[0]) for entry in caches.values())
+    if hasattr(kernel, "cache"):
+        return sum(len(entry) for entry in kernel.cache.values())
+    pytest.skip("this Triton version exposes no kernel cache to count")
+
+
+@CUDA_SKIP
+def test_no_recompile_across_batch_and_length():
+    from fastrnn.triton import lstm as lstm_kernels
+
+    check_lstm(torch.float32, seq_len=5, batch=3, hidden=64, proj=0, reverse=False, ragged=False)
+    before = _compiled_variants(lstm_kernels.lstm_forward_kernel)
+    for seq_len, batch in [(9, 7), (33, 64), (2, 257)]:
+        check_lstm(torch.float32, seq_len=seq_len, batch=batch, hidden=64, proj=0, reverse=False, ragged=False)
+    assert _compiled_variants(lstm_kernels.lstm_forward_kernel) == before
