@@ -1,1 +1,1 @@
-"""Benchmarks and demos for fastrnn (run from the repository root, e.g. `python -m bench.demo`)."""
+"""fastrnn's benchmarks: the CLI (`python -m bench`, see bench/cli.py) and the pytest-benchmark micro-suite."""

@@ -1,0 +1,63 @@
+"""What to time: one Case per (cell, dtype, shape, layout), and the named presets of the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    cell: str  # "lstm" | "gru"
+    dtype: str  # a key of DTYPES
+    batch: int
+    seq_len: int
+    hidden: int
+    input_size: int
+    layers: int = 1
+    bidirectional: bool = False
+    # Variable-length batch: lengths drawn uniformly from [min_fraction * seq_len, seq_len] (PackedSequence).
+    min_length_fraction: float | None = None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def label(self) -> str:
+        parts = [self.cell, self.dtype, f"B={self.batch}", f"T={self.seq_len}", f"H={self.hidden}", f"I={self.input_size}"]
+        if self.layers != 1:
+            parts.append(f"L={self.layers}")
+        if self.bidirectional:
+            parts.append("bidir")
+        if self.min_length_fraction is not None:
+            parts.append(f"varlen>={self.min_length_fraction:g}T")
+        return " ".join(parts)
+
+
+# Each preset: lists per axis (input size None = the hidden size). "paper" is the grid of the issues.
+PRESETS: dict[str, dict] = {
+    "quick": dict(cells=["lstm", "gru"], dtypes=["float32"], batch=[4, 16], seq_len=[32], hidden=[64]),
+    "paper": dict(cells=["lstm", "gru"], dtypes=["bfloat16", "float16", "float32"], batch=[1, 16, 64, 256],
+                  seq_len=[256, 1024], hidden=[256, 512, 1024]),
+    "varlen": dict(cells=["lstm", "gru"], dtypes=["bfloat16", "float32"], batch=[16, 64], seq_len=[256],
+                   hidden=[256, 1024], min_length_fraction=[0.25]),
+}
+
+
+def grid(cells, dtypes, batch, seq_len, hidden, input_size=(None,), layers=(1,), bidirectional=(False,),
+         min_length_fraction=(None,)) -> list[Case]:
+    """Every combination of the axes, as Cases (input size None means equal to the hidden size)."""
+    cases = []
+    for cell, dtype, b, t, h, i, layer, bidir, fraction in itertools.product(
+        cells, dtypes, batch, seq_len, hidden, input_size, layers, bidirectional, min_length_fraction
+    ):
+        cases.append(Case(cell, dtype, b, t, h, h if i is None else i, layer, bidir, fraction))
+    return cases

@@ -1,0 +1,194 @@
+"""python -m bench: time fastrnn against torch's nn.LSTM/nn.GRU (cuDNN on GPU) and the other ways to
+run an RNN, in one process, on this machine's device; every competitor is checked against float64
+before its time is reported.
+
+    python -m bench                          # the quick preset: seconds, on whatever device is present
+    python -m bench --preset paper           # B in {1,16,64,256}, H in {256,512,1024}, T in {256,1024}, 3 dtypes
+    python -m bench --preset varlen          # PackedSequence batches with lengths drawn from [T/4, T]
+    python -m bench --cells lstm --dtypes bfloat16 --batch 1 64 --hidden 1024 --seq-len 256 --modes train
+    python -m bench --list                   # the competitors, and why any cannot run here
+
+Writes results.json, results.csv and time_vs_batch.png to --out (default results/bench-<date>-<time>).
+Exits 1 when a competitor gave a wrong answer or failed, so a wrong fast answer is never just a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import fastrnn
+
+from . import measure, report
+from .cases import DTYPES, PRESETS, Case, grid
+from .implementations import all_implementations
+
+MODES = ("forward", "train")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--cells", nargs="+", choices=["lstm", "gru"])
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
+    parser.add_argument("--batch", nargs="+", type=int)
+    parser.add_argument("--seq-len", nargs="+", type=int)
+    parser.add_argument("--hidden", nargs="+", type=int)
+    parser.add_argument("--input-size", nargs="+", type=int, help="default: equal to the hidden size")
+    parser.add_argument("--layers", nargs="+", type=int)
+    parser.add_argument("--bidirectional", nargs="+", type=int, choices=[0, 1])
+    parser.add_argument("--min-length-fraction", nargs="+", type=float,
+                        help="variable-length batches: lengths drawn from [fraction*T, T]")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="forward = inference under no_grad; train = forward + backward")
+    parser.add_argument("--impls", nargs="+", help="competitors to run (default: all; see --list)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    parser.add_argument("--min-seconds", type=float, default=0.3, help="time spent per measurement")
+    parser.add_argument("--no-check", action="store_true", help="skip the correctness check (not recommended)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--list", action="store_true", help="list the competitors and exit")
+    return parser.parse_args(argv)
+
+
+def select_cases(args) -> list[Case]:
+    axes = dict(PRESETS[args.preset])
+    overrides = dict(cells=args.cells, dtypes=args.dtypes, batch=args.batch, seq_len=args.seq_len, hidden=args.hidden,
+                     input_size=args.input_size, layers=args.layers, min_length_fraction=args.min_length_fraction,
+                     bidirectional=None if args.bidirectional is None else [bool(b) for b in args.bidirectional])
+    axes.update({k: v for k, v in overrides.items() if v is not None})
+    return grid(**axes)
+
+
+def environment(device: torch.device, argv: list[str]) -> dict:
+    def command_output(*command):
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = command_output("git", "rev-parse", "--short", "HEAD") or "unknown"
+    if command_output("git", "status", "--porcelain", "--untracked-files=no"):
+        commit += " (+uncommitted changes)"
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "driver": command_output("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader") if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "triton": triton_version,
+        "fastrnn": fastrnn.__version__,
+        "python": platform.python_version(),
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m bench " + " ".join(argv),
+    }
+    if device.type == "cuda":
+        info["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+    return info
+
+
+def run_case(case: Case, impls, device, modes, min_seconds: float, checking: bool, floor: measure.Floor) -> list[dict]:
+    """All competitors on one case; nn runs first so every other row carries its ratio to nn."""
+    torch.manual_seed(0)
+    torch_rnn = measure.torch_module(case, device)
+    x = measure.make_input(case, device)
+    base = dict(case=case.label(), cell=case.cell, dtype=case.dtype, batch=case.batch, seq_len=case.seq_len,
+                hidden=case.hidden, input_size=case.input_size, layers=case.layers, bidirectional=case.bidirectional)
+    nn_ms: dict[str, float] = {}
+    rows = []
+    for impl in impls:
+        status, error, nn_error, timings = "ok", None, None, {}
+        reason = impl.unavailable_reason(case, device)
+        try:
+            if reason is not None:
+                status = f"skipped: {reason}"
+            else:
+                module = impl.build(torch_rnn)
+                if checking and impl.name != "nn":
+                    verdict = measure.check(module, torch_rnn, x)
+                    error, nn_error = verdict.error, verdict.torch_error
+                    if not verdict.ok:
+                        status = f"WRONG: error {verdict.error:.1e} vs nn's {verdict.torch_error:.1e}"
+                if status == "ok":
+                    for mode in modes:
+                        fn = measure.forward_fn(module, x) if mode == "forward" else measure.train_step_fn(module, x)
+                        timings[mode] = measure.time_fn(fn, device, min_seconds)
+        except Exception as failure:  # a competitor that crashes is reported, not fatal to the run
+            status = f"FAILED: {type(failure).__name__}: {str(failure).splitlines()[0][:160]}"
+        for mode in modes:
+            row = dict(base, impl=impl.name, mode=mode, status=status, error=error, nn_error=nn_error,
+                       ms=None, low_ms=None, high_ms=None, x_nn=None, us_per_step=None, tokens_per_s=None,
+                       peak_mb=None, floor_ms=floor.ms(case, mode))
+            timing = timings.get(mode)
+            if timing is not None:
+                if impl.name == "nn":
+                    nn_ms[mode] = timing.median_ms
+                row.update(ms=timing.median_ms, low_ms=timing.low_ms, high_ms=timing.high_ms,
+                           us_per_step=timing.median_ms * 1e3 / case.seq_len,
+                           tokens_per_s=case.batch * case.seq_len / (timing.median_ms / 1e3),
+                           peak_mb=timing.peak_mb, x_nn=nn_ms[mode] / timing.median_ms if mode in nn_ms else None)
+            rows.append(row)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU is visible", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    impls = all_implementations()
+    if args.list:
+        for impl in impls:
+            print(f"{impl.name:<20} {impl.description}")
+        print()
+        print(fastrnn.explain(device))
+        return 0
+    if args.impls:
+        unknown = set(args.impls) - {impl.name for impl in impls}
+        if unknown:
+            print(f"unknown implementation(s) {sorted(unknown)}; see --list", file=sys.stderr)
+            return 2
+        impls = [impl for impl in impls if impl.name == "nn" or impl.name in args.impls]  # nn: the ratio's base
+
+    cases = select_cases(args)
+    env = environment(device, argv)
+    print("\n".join(f"{key:>8}: {value}" for key, value in env.items() if value is not None))
+    print(fastrnn.explain(device))
+    floors = {}
+    for dtype in sorted({case.dtype for case in cases}):
+        floors[dtype] = measure.measure_floor(device, DTYPES[dtype])
+        print(f"floor ({dtype}): matmul peak {floors[dtype].matmul_tflops:.1f} TFLOP/s, "
+              f"one dependent step {floors[dtype].step_latency_us:.2f} us")
+
+    from tqdm import tqdm
+
+    rows = []
+    for case in tqdm(cases, desc="cases", unit="case", file=sys.stderr):
+        rows += run_case(case, impls, device, args.modes, args.min_seconds, not args.no_check, floors[case.dtype])
+    print(report.table(rows))
+    out_dir = args.out or Path("results") / datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S")
+    for path in report.write_all(out_dir, env, rows):
+        print(f"wrote {path}")
+    bad = [row for row in rows if row["status"].startswith(("WRONG", "FAILED"))]
+    if bad:
+        print(f"{len(bad)} row(s) WRONG or FAILED", file=sys.stderr)
+    return 1 if bad else 0

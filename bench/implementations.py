@@ -1,0 +1,129 @@
+"""The competitors: each builds a module with nn.LSTM's call signature from the torch reference
+module of a case (sharing its Parameters), or says why it cannot run here."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch import nn
+
+import fastrnn
+from fastrnn import backends, reference
+
+from .cases import Case
+
+
+class Implementation:
+    name: str = ""
+    description: str = ""
+
+    def unavailable_reason(self, case: Case, device: torch.device) -> str | None:
+        return None
+
+    def build(self, torch_module: nn.RNNBase) -> nn.Module:
+        raise NotImplementedError
+
+
+class TorchRNN(Implementation):
+    name = "nn"
+    description = "torch.nn.LSTM/GRU (cuDNN on GPU, ATen on CPU): the baseline of every ratio"
+
+    def build(self, torch_module):
+        return torch_module
+
+
+class FastRNN(Implementation):
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.name = f"fastrnn-{backend}"
+        self.description = f"fastrnn.{{LSTM,GRU}}(backend={backend!r})"
+
+    def unavailable_reason(self, case, device):
+        return backends.unavailable_reason(self.backend, device)
+
+    def build(self, torch_module):
+        twin = fastrnn.LSTM if torch_module.mode == "LSTM" else fastrnn.GRU
+        return twin.from_torch(torch_module, backend=self.backend)
+
+
+class CellLoop(Implementation):
+    """The naive way: one nn.LSTMCell/GRUCell-equivalent step per time step, from Python."""
+
+    def __init__(self, compiled: bool):
+        self.compiled = compiled
+        self.name = "cell-loop-compiled" if compiled else "cell-loop"
+        self.description = ("torch.compile of the per-step cell, looped in Python" if compiled
+                            else "the cell stepped in a Python loop (as nn.LSTMCell)")
+
+    def unavailable_reason(self, case, device):
+        if case.min_length_fraction is not None:
+            return "a plain cell loop takes no PackedSequence"
+        return None
+
+    def build(self, torch_module):
+        return _CellLoopRNN(torch_module, self.compiled)
+
+
+class _CellLoopRNN(nn.Module):
+    def __init__(self, torch_module: nn.RNNBase, compiled: bool):
+        super().__init__()
+        self.rnn = torch_module
+        step = _lstm_step if torch_module.mode == "LSTM" else _gru_step
+        self.step = torch.compile(step, dynamic=True) if compiled else step  # one compile for every shape
+
+    def forward(self, x, hx=None):
+        rnn = self.rnn
+        directions = 2 if rnn.bidirectional else 1
+        batch = x.shape[1]
+        finals = []
+        layer_input = x
+        for layer in range(rnn.num_layers):
+            outputs = []
+            for direction in range(directions):
+                suffix = f"_l{layer}{'_reverse' if direction else ''}"
+                weights = [getattr(rnn, f"{name}{suffix}") if rnn.bias or "bias" not in name else None
+                           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                state = [x.new_zeros(batch, rnn.hidden_size) for _ in range(2 if rnn.mode == "LSTM" else 1)]
+                steps = range(x.shape[0] - 1, -1, -1) if direction else range(x.shape[0])
+                ys = [None] * x.shape[0]
+                for t in steps:
+                    state = self.step(layer_input[t], state, weights)
+                    ys[t] = state[0]
+                outputs.append(torch.stack(ys))
+                finals.append(state)
+            layer_input = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
+        stacked = [torch.stack([f[i] for f in finals]) for i in range(len(finals[0]))]
+        return layer_input, (tuple(stacked) if rnn.mode == "LSTM" else stacked[0])
+
+
+def _lstm_step(x, state, weights):
+    return list(reference.lstm_cell(x, state[0], state[1], *weights))
+
+
+def _gru_step(x, state, weights):
+    return [reference.gru_cell(x, state[0], *weights)]
+
+
+class NotAdapted(Implementation):
+    """Another fast RNN library: timed only where an adapter for its API exists."""
+
+    def __init__(self, name: str, module: str):
+        self.name, self.module = name, module
+        self.description = f"{name} (python package {module})"
+
+    def unavailable_reason(self, case, device):
+        if importlib.util.find_spec(self.module) is None:
+            return f"{self.module} is not installed"
+        return f"{self.module} is installed, but this version of the bench has no adapter for its weight layout"
+
+
+def all_implementations() -> list[Implementation]:
+    return [
+        TorchRNN(),
+        *(FastRNN(b) for b in ("triton", "cuda", "reference")),
+        CellLoop(compiled=False),
+        CellLoop(compiled=True),
+        NotAdapted("flashrnn", "flashrnn"),
+        NotAdapted("haste", "haste_pytorch"),
+    ]

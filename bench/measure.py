@@ -1,0 +1,213 @@
+"""How things are measured: inputs, the correctness check, timing, peak memory and the floor."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import statistics
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.utils import benchmark
+
+from .cases import Case
+
+# Error allowed on top of "3 x nn's own error against float64", per dtype.
+ERROR_FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+def torch_module(case: Case, device: torch.device) -> nn.RNNBase:
+    cls = nn.LSTM if case.cell == "lstm" else nn.GRU
+    return cls(case.input_size, case.hidden, num_layers=case.layers, bidirectional=case.bidirectional,
+               device=device, dtype=case.torch_dtype)
+
+
+def make_input(case: Case, device: torch.device, seed: int = 0):
+    """Random time-major input; a PackedSequence (unsorted lengths) for variable-length cases."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.seq_len, case.batch, case.input_size, generator=gen).to(device, case.torch_dtype)
+    if case.min_length_fraction is None:
+        return x
+    shortest = max(1, math.ceil(case.min_length_fraction * case.seq_len))
+    lengths = torch.randint(shortest, case.seq_len + 1, (case.batch,), generator=gen)
+    lengths[0] = case.seq_len
+    return pack_padded_sequence(x, lengths, enforce_sorted=False)
+
+
+def input_tensor(x) -> torch.Tensor:
+    return x.data if isinstance(x, PackedSequence) else x
+
+
+def with_grad(x):
+    """A copy of the input that requires grad (a PackedSequence keeps its batch sizes and order)."""
+    data = input_tensor(x).detach().clone().requires_grad_(True)
+    return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices) if isinstance(x, PackedSequence) else data
+
+
+def to_dtype(x, dtype: torch.dtype):
+    if isinstance(x, PackedSequence):
+        return PackedSequence(x.data.to(dtype), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    return x.to(dtype)
+
+
+# --- what each mode runs ----------------------------------------------------------------------
+
+
+def forward_fn(module: nn.Module, x):
+    def run():
+        with torch.no_grad():
+            module(x)
+    return run
+
+
+def train_step_fn(module: nn.Module, x):
+    """Forward and backward to the input and every parameter (gradients are not accumulated)."""
+    x = with_grad(x)
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def run():
+        out, state = module(x)
+        states = state if isinstance(state, tuple) else (state,)
+        loss = input_tensor(out).float().sum() + sum(s.float().sum() for s in states)
+        torch.autograd.grad(loss, [input_tensor(x), *params])
+    return run
+
+
+# --- correctness --------------------------------------------------------------------------------
+
+
+def results(module: nn.Module, x, seed: int = 1) -> list[torch.Tensor]:
+    """Output, final states and the gradients of input and parameters under a random linear loss."""
+    x = with_grad(x)
+    out, state = module(x)
+    tensors = [input_tensor(out), *(state if isinstance(state, tuple) else (state,))]
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((t.double() * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device)).sum() for t in tensors)
+    grads = torch.autograd.grad(loss, [input_tensor(x), *module.parameters()])
+    return [t.detach() for t in tensors] + list(grads)
+
+
+def max_relative_error(got: list[torch.Tensor], exact: list[torch.Tensor]) -> float:
+    worst = 0.0
+    for a, b in zip(got, exact):
+        a, b = a.double(), b.double()
+        if not torch.isfinite(a).all():
+            return math.inf
+        worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-300)).item())
+    return worst
+
+
+@dataclasses.dataclass
+class Check:
+    error: float  # max relative error over outputs, states and every gradient, against float64
+    torch_error: float  # the same for nn in the case's dtype: the bar
+    ok: bool
+
+
+def check(module: nn.Module, torch_rnn: nn.RNNBase, x) -> Check:
+    """Compare against float64 nn; pass when the error is at most 3x nn's own in this dtype (+ a floor)."""
+    exact_module = copy.deepcopy(torch_rnn).double()
+    exact = results(exact_module, to_dtype(x, torch.float64))
+    dtype = input_tensor(x).dtype
+    error = max_relative_error(results(module, x), exact)
+    torch_error = max_relative_error(results(torch_rnn, x), exact)
+    return Check(error, torch_error, error <= 3 * torch_error + ERROR_FLOOR[dtype])
+
+
+# --- timing and memory --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timing:
+    median_ms: float
+    low_ms: float  # 20th percentile
+    high_ms: float  # 80th percentile
+    peak_mb: float | None  # peak GPU memory allocated by one call, beyond what was allocated before
+
+
+def time_fn(fn, device: torch.device, min_seconds: float) -> Timing:
+    if device.type == "cuda":
+        return _time_cuda(fn, min_seconds)
+    measurement = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_seconds)
+    times = sorted(t * 1e3 for t in measurement.times)
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), None)
+
+
+def _time_cuda(fn, min_seconds: float) -> Timing:
+    """CUDA events around each call, after warm-up; at least 10 calls and min_seconds of them."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    peak_mb = (torch.cuda.max_memory_allocated() - before) / 2**20
+    times, spent = [], 0.0
+    while len(times) < 10 or spent < min_seconds * 1e3:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        spent += times[-1]
+        if len(times) >= 1000:
+            break
+    times.sort()
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), peak_mb)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+# --- the floor ----------------------------------------------------------------------------------
+
+
+def case_flops(case: Case, mode: str) -> float:
+    """Matmul FLOPs: per layer-direction 2*T*B*G*(I_l + H); a training step is ~3x the forward."""
+    gates = (4 if case.cell == "lstm" else 3) * case.hidden
+    total = 0.0
+    for layer in range(case.layers):
+        layer_input = case.input_size if layer == 0 else case.hidden * case.directions
+        total += case.directions * 2.0 * case.seq_len * case.batch * gates * (layer_input + case.hidden)
+    return total * (3 if mode == "train" else 1)
+
+
+@dataclasses.dataclass
+class Floor:
+    matmul_tflops: float  # measured on a large square matmul in the case's dtype
+    step_latency_us: float  # measured: one dependent tiny kernel (GPU: replayed from a CUDA graph)
+
+    def ms(self, case: Case, mode: str) -> float:
+        """No implementation beats both the compute at matmul peak and T dependent steps per layer."""
+        compute = case_flops(case, mode) / (self.matmul_tflops * 1e12) * 1e3
+        steps = case.seq_len * case.layers * (2 if mode == "train" else 1)
+        return max(compute, steps * self.step_latency_us / 1e3)
+
+
+def measure_floor(device: torch.device, dtype: torch.dtype) -> Floor:
+    size = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    matmul = time_fn(lambda: a @ b, device, 0.2).median_ms
+    tiny = torch.zeros(1, device=device)
+    if device.type == "cuda":
+        steps = 256
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            tiny.add_(1)
+            with torch.cuda.graph(graph, stream=stream):
+                for _ in range(steps):
+                    tiny.add_(1)
+        step_ms = time_fn(graph.replay, device, 0.2).median_ms / steps
+    else:
+        step_ms = time_fn(lambda: tiny.add_(1), device, 0.2).median_ms
+    return Floor(2 * size**3 / (matmul / 1e3) / 1e12, step_ms * 1e3)
