@@ -193,3 +193,15 @@ def test_no_recompile_across_batch_and_length():
     for seq_len, batch in [(9, 7), (33, 64), (2, 257)]:
         check_lstm(torch.float32, seq_len=seq_len, batch=batch, hidden=64, proj=0, reverse=False, ragged=False)
     assert _compiled_variants(lstm_kernels.lstm_forward_kernel) == before
+
+
+@CUDA_SKIP
+def test_offsets_past_two_to_the_31():
+    """T * B * 4H > 2**31 elements: every per-step offset must be computed in 64 bits."""
+    seq_len, batch, hidden = 2100, 257, 1024
+    assert seq_len * batch * 4 * hidden > 2**31
+    xp, h0, c0, w_hh, _ = _lstm_case(seq_len, batch, hidden, 0, seed=9)
+    xp, h0, c0, w_hh = _cast((xp, h0, c0, w_hh), torch.bfloat16)
+    y, h_n, c_n, gates, c_all = triton_backend.lstm_forward(xp, h0, c0, w_hh, None, None, False)
+    tail = reference.lstm_forward(xp[-3:].float(), y[-4].float(), c_all[-4].float(), w_hh.float(), None, None, False)
+    assert rel_error(y[-3:], tail[0]) < 2e-2 and rel_error(c_n, tail[2]) < 2e-2

@@ -11,12 +11,12 @@ def _tanh(x):
 
 @triton.jit
 def _step_index(s, T, REVERSE: tl.constexpr):
-    """The time index of processing step s."""
+    """The time index of processing step s, as int64: offsets like t * B * 4H pass 2**31 on long sequences."""
     if REVERSE:
         t = T - 1 - s
     else:
         t = s
-    return t
+    return t.to(tl.int64)
 
 
 @triton.jit
