@@ -10,6 +10,14 @@ def _tanh(x):
 
 
 @triton.jit
+def _program_rows(len_ptr, B, BLOCK_B: tl.constexpr):
+    """The batch rows this program owns, which of them exist, and their sequence lengths."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    return rows, row_ok, tl.load(len_ptr + rows, mask=row_ok, other=0)
+
+
+@triton.jit
 def _step_index(s, T, REVERSE: tl.constexpr):
     """The time index of processing step s, as int64: offsets like t * B * 4H pass 2**31 on long sequences."""
     if REVERSE:

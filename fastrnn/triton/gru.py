@@ -7,7 +7,7 @@ b_hn stays inside the reset product: n = tanh(xp_n + r * (h W_hn^T + b_hn)).
 import triton
 import triton.language as tl
 
-from .common import _copy_rows, _matmul_rows, _step_index, _tanh
+from .common import _copy_rows, _matmul_rows, _program_rows, _step_index, _tanh
 
 
 @triton.jit(do_not_specialize=["T", "B"])  # one compiled kernel for every batch size and length
@@ -18,9 +18,7 @@ def gru_forward_kernel(
     HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    lengths = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    rows, row_ok, lengths = _program_rows(len_ptr, B, BLOCK_B)
     for s in range(0, T):
         t = _step_index(s, T, REVERSE)
         live = row_ok & (t < lengths)
@@ -60,9 +58,7 @@ def gru_backward_kernel(
     REVERSE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    lengths = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    rows, row_ok, lengths = _program_rows(len_ptr, B, BLOCK_B)
     for s in range(0, T):
         t = _step_index(s, T, not REVERSE)  # walk the forward's steps backwards
         live = row_ok & (t < lengths)
