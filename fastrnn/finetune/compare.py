@@ -1,0 +1,96 @@
+"""Train the fastrnn head, the same head on torch's nn.LSTM/nn.GRU code, and the linear baseline with
+the same data, seed and settings, and tabulate dev accuracy, F1 and time."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .checkpoint import write_json
+from .config import TrainConfig
+from .train import TrainResult, train
+
+COLUMNS = ("variant", "rnn backend", "dev accuracy", "dev F1", "s/epoch", "ms/step", "steps")
+
+
+def variants(config: TrainConfig, linear_pooling: str = "cls") -> list[tuple[str, TrainConfig]]:
+    """(name, config) of the three runs, each in its own folder under config.output."""
+    base = Path(config.output)
+    rnn = config.head if config.head != "linear" else "lstm"
+    torch_name = "nn.LSTM" if rnn == "lstm" else "nn.GRU"
+    return [
+        (f"fastrnn {rnn.upper()} head (backend={config.backend})",
+         dataclasses.replace(config, head=rnn, output=str(base / f"fastrnn-{rnn}"))),
+        (f"{torch_name} head (backend=aten)",
+         dataclasses.replace(config, head=rnn, backend="aten", output=str(base / f"aten-{rnn}"))),
+        (f"linear head ({linear_pooling} pooling)",
+         dataclasses.replace(config, head="linear", pooling=linear_pooling, output=str(base / "linear"))),
+    ]
+
+
+def compare(config: TrainConfig, *, linear_pooling: str = "cls", overwrite: bool = False,
+            context: distributed.Context | None = None) -> list[dict]:
+    """Run every variant; the main process writes compare.json and compare.md to config.output."""
+    ctx = context or distributed.setup(config.device)
+    rows = []
+    for name, variant in variants(config, linear_pooling):
+        if ctx.is_main:
+            print(f"== {name}", flush=True)
+        rows.append(summarise(name, train(variant, overwrite=overwrite, context=ctx)))
+    if ctx.is_main:
+        output = Path(config.output)
+        write_json(output / "compare.json", {"rows": rows, "environment": environment(ctx), "config": dataclasses.asdict(config)})
+        (output / "compare.md").write_text(markdown_table(rows) + "\n")
+        print(markdown_table(rows))
+    return rows
+
+
+def summarise(name: str, result: TrainResult) -> dict:
+    """One table row: dev metrics of the model the run kept, and its training time per epoch and per step."""
+    full = [record for record in result.history if not record["partial"]]
+    timed = full or result.history  # a run stopped inside its first epoch is timed on that partial epoch
+    kept = next((record for record in result.history if result.best and record["epoch"] == result.best["epoch"]
+                 and not record["partial"]), result.history[-1] if result.history else None)
+    dev = (kept or {}).get("dev") or {}
+    steps = sum(record["steps"] for record in timed)
+    seconds = sum(record["seconds"] for record in timed)
+    return {
+        "variant": name,
+        "rnn backend": result.rnn_backend or "-",
+        "dev accuracy": dev.get("accuracy"),
+        "dev F1": dev.get("f1"),
+        "s/epoch": seconds / len(timed) if timed else None,
+        "partial epoch": not full,
+        "ms/step": 1000 * seconds / steps if steps else None,
+        "steps": result.global_step,
+        "stopped": result.stopped,
+        "output": str(result.output),
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def cell(row: dict, column: str) -> str:
+        value = row[column]
+        if value is None:
+            return "-"
+        if column.startswith("dev"):
+            return f"{value:.4f}"
+        if column == "s/epoch":
+            return f"{value:.2f}{' (partial)' if row['partial epoch'] else ''}"
+        if column == "ms/step":
+            return f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell(row, column) for column in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def environment(ctx: distributed.Context) -> dict:
+    return {"device": str(ctx.device), "gpu": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None,
+            "world_size": ctx.world_size, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "machine": platform.machine()}

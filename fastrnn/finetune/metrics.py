@@ -1,0 +1,42 @@
+"""Classification metrics from predicted and true label ids."""
+
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """counts[true, predicted]."""
+    flat = targets.long() * num_labels + predictions.long()
+    return torch.bincount(flat, minlength=num_labels * num_labels).reshape(num_labels, num_labels)
+
+
+def classification_metrics(predictions: torch.Tensor, targets: torch.Tensor, num_labels: int) -> dict:
+    """accuracy, precision, recall, f1 and the confusion matrix (rows: true label, columns: predicted).
+
+    With two labels precision/recall/F1 are those of label id 1 (the positive class, as for
+    SST-2); with more they are macro averages. Macro F1 and per-label figures are always included.
+    A ratio with an empty denominator counts as 0."""
+    counts = confusion_matrix(predictions, targets, num_labels).double()
+    true_positive = counts.diagonal()
+    predicted = counts.sum(dim=0)
+    actual = counts.sum(dim=1)
+    precision = _ratio(true_positive, predicted)
+    recall = _ratio(true_positive, actual)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    total = counts.sum()
+    binary = num_labels == 2
+    return {
+        "accuracy": (true_positive.sum() / total).item() if total > 0 else 0.0,
+        "precision": (precision[1] if binary else precision.mean()).item(),
+        "recall": (recall[1] if binary else recall.mean()).item(),
+        "f1": (f1[1] if binary else f1.mean()).item(),
+        "f1_macro": f1.mean().item(),
+        "per_label": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "support": actual.long().tolist()},
+        "confusion_matrix": counts.long().tolist(),
+        "examples": int(total.item()),
+    }
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-12), torch.zeros_like(numerator))
