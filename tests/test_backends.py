@@ -66,3 +66,10 @@ def test_autocast_runs_in_low_precision_like_torch(cell):
         assert rel_error(low_ours[name], exact[name]) <= 2 * rel_error(low_torch[name], exact[name]) + 1e-3
     for name in exact:
         assert rel_error(low_ours[name], exact[name]) < 5e-2, name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
+def test_kernel_backends_on_cuda_without_a_gpu_say_so():
+    for name in ("cuda", "triton"):
+        assert backends.unavailable_reason(name, "cuda") == "no CUDA GPU is visible to torch"
+    assert backends.resolve("auto", "cuda") == "aten"

@@ -50,6 +50,8 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
     device = torch.device(device)
     if check_name(backend) in ("auto", "aten", "reference"):
         return None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch"
     if backend == "cuda":
         if device.type != "cuda":
             return f"the cuda backend runs on CUDA tensors; got a {device.type} tensor"
