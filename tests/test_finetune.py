@@ -523,6 +523,15 @@ def test_early_stopping_keeps_the_best_model(tiny_dir, sst2_files, tmp_path):
 
 # --- the command line --------------------------------------------------------------------------------------
 
+def test_without_a_progress_bar_progress_is_logged_as_lines(tiny_dir, sst2_files, tmp_path, capsys):
+    train_file, dev_file = sst2_files
+    assert cli.main(["train", "--train", str(train_file), "--dev", str(dev_file), "--limit", "40", "--max-steps", "2",
+                     "--encoder", str(tiny_dir), "--hidden-size", "8", "--batch-size", "8", "--log-every", "1",
+                     "--output", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"]) == 0
+    out = capsys.readouterr().out
+    assert "step 1: train loss " in out and "step 2: train loss " in out and "lr/" in out
+
+
 def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
     train_file, dev_file = sst2_files
     output = tmp_path / "run"

@@ -239,6 +239,9 @@ class Trainer:
     def _log_training(self, bar, loss: float) -> None:
         lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if bar.disable:  # without a progress bar (--no-progress, logs to a file) report progress as lines
+            rates = ", ".join(f"lr/{name} {lr:.2e}" for name, lr in lrs.items())
+            self.log.print(f"step {self.progress['global_step']}: train loss {loss:.4f}, {rates}")
         self.log.scalars(self.progress["global_step"], {"train/loss": loss, **{f"lr/{name}": lr for name, lr in lrs.items()}})
 
     # --- timing ----------------------------------------------------------------------------------
