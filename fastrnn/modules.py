@@ -100,10 +100,7 @@ class _RNNBase(nn.Module):
         optimizer built on `module` keeps training the new layer)."""
         if module.mode != cls.mode:
             raise TypeError(f"fastrnn.{cls.__name__}.from_torch needs an nn.{cls.mode}, got {type(module).__name__}")
-        args = {k: getattr(module, k) for k in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")}
-        if cls.mode == "LSTM":
-            args["proj_size"] = module.proj_size
-        new = cls(**args, device="meta", dtype=module.weight_ih_l0.dtype, backend=backend)
+        new = cls(**_constructor_args(module), device="meta", dtype=module.weight_ih_l0.dtype, backend=backend)
         for name in new._flat_weights_names:
             new.register_parameter(name, getattr(module, name))
         return new.train(module.training)
@@ -137,13 +134,9 @@ class _RNNBase(nn.Module):
         assign=True, ...), so that the aten path costs next to nothing over calling nn.LSTM."""
         twin = self.__dict__.get("_twin")
         if twin is None:
-            args = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                        dropout=self.dropout, bidirectional=self.bidirectional, device="meta")
-            if self.mode == "LSTM":
-                args["proj_size"] = self.proj_size
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # nn's dropout warning was already given by our constructor
-                twin = _TORCH_TWIN[self.mode](self.input_size, self.hidden_size, **args)
+                twin = _TORCH_TWIN[self.mode](**_constructor_args(self), device="meta")
             self.__dict__["_twin"] = twin
         param_ids = tuple(map(id, self._parameters.values()))
         if self.__dict__.get("_twin_param_ids") != param_ids:
@@ -338,6 +331,14 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
         raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size}")
     if proj_size >= hidden_size:
         raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size}, hidden_size={hidden_size}")
+
+
+def _constructor_args(module) -> dict:
+    """The constructor arguments that rebuild an RNN layer's shape (nn.LSTM/nn.GRU or ours)."""
+    names = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional"]
+    if module.mode == "LSTM":
+        names.append("proj_size")
+    return {name: getattr(module, name) for name in names}
 
 
 def _compute_dtype(x: Tensor, mode: str) -> torch.dtype:
