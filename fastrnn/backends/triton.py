@@ -17,8 +17,12 @@ from ..triton import lstm as lstm_kernels
 BLOCK_B, BLOCK_H, BLOCK_K = 16, 32, 32
 
 
-def _accumulator(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """fp32 accumulation and carried cell state, fp64 for fp64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+_TRITON_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -40,7 +44,7 @@ def _launch(kernel, batch: int, *args, **flags) -> None:
 def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
     seq_len, batch, gate_size = xp.shape
     hidden, state = gate_size // 4, h0.shape[-1]
-    acc_dtype = torch.float64 if xp.dtype == torch.float64 else torch.float32
+    acc_dtype = _accumulator(xp.dtype)
     y = xp.new_zeros(seq_len, batch, state)
     gates = torch.zeros_like(xp)
     c_all = xp.new_zeros(seq_len, batch, hidden)
@@ -51,14 +55,14 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
             xp, h, c, w_hh, w_hr if w_hr is not None else xp.new_empty(0), hu,
             _lengths(lengths, seq_len, batch, xp.device), y, gates, c_all,
             seq_len, batch, hidden, state,
-            HAS_PROJ=w_hr is not None, REVERSE=reverse, ACC=_accumulator(xp.dtype), PRECISION=_dot_precision(xp.dtype))
+            HAS_PROJ=w_hr is not None, REVERSE=reverse, ACC=_TRITON_DTYPE[acc_dtype], PRECISION=_dot_precision(xp.dtype))
     return y, h, c.to(c0.dtype), gates, c_all
 
 
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
     seq_len, batch, state = dy.shape
     hidden = c_all.shape[-1]
-    acc_dtype = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    acc_dtype = _accumulator(dy.dtype)
     dgates = torch.zeros_like(gates)
     dh_all = torch.zeros_like(dy) if w_hr is not None else dy.new_empty(0)
     dhu = dy.new_empty(batch, hidden, dtype=acc_dtype) if w_hr is not None else dy.new_empty(0)
@@ -68,7 +72,7 @@ def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, rev
             dy, c_prev, w_hh, w_hr if w_hr is not None else dy.new_empty(0), gates, c_all,
             _lengths(lengths, seq_len, batch, dy.device), dh, dc, dgates, dh_all, dhu,
             seq_len, batch, hidden, state,
-            HAS_PROJ=w_hr is not None, REVERSE=reverse, ACC=_accumulator(dy.dtype), PRECISION=_dot_precision(dy.dtype))
+            HAS_PROJ=w_hr is not None, REVERSE=reverse, ACC=_TRITON_DTYPE[acc_dtype], PRECISION=_dot_precision(dy.dtype))
     return dgates, dh_all, dh, dc.to(dc_n.dtype)
 
 
@@ -81,7 +85,7 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
     _launch(gru_kernels.gru_forward_kernel, batch,
             xp, h, w_hh, b_hn if b_hn is not None else xp.new_empty(0),
             _lengths(lengths, seq_len, batch, xp.device), y, saved, seq_len, batch, hidden,
-            HAS_BIAS=b_hn is not None, REVERSE=reverse, ACC=_accumulator(xp.dtype), PRECISION=_dot_precision(xp.dtype))
+            HAS_BIAS=b_hn is not None, REVERSE=reverse, ACC=_TRITON_DTYPE[_accumulator(xp.dtype)], PRECISION=_dot_precision(xp.dtype))
     return y, h, saved
 
 
@@ -93,5 +97,5 @@ def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
     _launch(gru_kernels.gru_backward_kernel, batch,
             dy, h_prev, w_hh, saved, _lengths(lengths, seq_len, batch, dy.device), dh, dxp, dhn,
             seq_len, batch, hidden,
-            REVERSE=reverse, ACC=_accumulator(dy.dtype), PRECISION=_dot_precision(dy.dtype))
+            REVERSE=reverse, ACC=_TRITON_DTYPE[_accumulator(dy.dtype)], PRECISION=_dot_precision(dy.dtype))
     return dxp, dhn, dh
