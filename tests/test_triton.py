@@ -32,23 +32,24 @@ BF16 = pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
 DTYPES = [torch.float64, torch.float32, torch.float16, BF16]
 
 
-def _lstm_case(seq_len, batch, hidden, proj, seed):
+def _seeded_randn(seed):
+    """randn(*shape, scale=1) drawing float64 values from one seeded generator, on DEVICE."""
     gen = torch.Generator().manual_seed(seed)
-    state = proj or hidden
 
     def randn(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(DEVICE)
 
+    return randn
+
+
+def _lstm_case(seq_len, batch, hidden, proj, seed):
+    randn, state = _seeded_randn(seed), proj or hidden
     return (randn(seq_len, batch, 4 * hidden), randn(batch, state), randn(batch, hidden),
             randn(4 * hidden, state, scale=state ** -0.5), randn(state, hidden, scale=hidden ** -0.5) if proj else None)
 
 
 def _gru_case(seq_len, batch, hidden, bias, seed):
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(DEVICE)
-
+    randn = _seeded_randn(seed)
     return (randn(seq_len, batch, 3 * hidden), randn(batch, hidden), randn(3 * hidden, hidden, scale=hidden ** -0.5),
             randn(hidden) if bias else None)
 
@@ -81,7 +82,8 @@ def check_lstm(dtype, seq_len, batch, hidden, proj, reverse, ragged, seed=0):
     exact = reference.lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse)
     low = _cast((xp, h0, c0, w_hh, w_hr), dtype)
     ours = triton_backend.lstm_forward(*low, lengths, reverse)
-    _assert_bounded(ours, reference.lstm_forward(*low, lengths, reverse), exact, dtype, "forward")
+    low_reference = reference.lstm_forward(*low, lengths, reverse)
+    _assert_bounded(ours, low_reference, exact, dtype, "forward")
 
     gen = torch.Generator().manual_seed(seed + 1)
     grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in exact[:3]]
@@ -94,7 +96,7 @@ def check_lstm(dtype, seq_len, batch, hidden, proj, reverse, ragged, seed=0):
     exact_grads = run_backward(reference, exact, grads, w_hh, w_hr, c0)
     low_grads = _cast(grads, dtype)
     ours_grads = run_backward(triton_backend, ours, low_grads, low[3], low[4], low[2])
-    reference_grads = run_backward(reference, reference.lstm_forward(*low, lengths, reverse), low_grads, low[3], low[4], low[2])
+    reference_grads = run_backward(reference, low_reference, low_grads, low[3], low[4], low[2])
     _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
 
 
