@@ -108,6 +108,7 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
     base = dict(case=case.label(), cell=case.cell, dtype=case.dtype, batch=case.batch, seq_len=case.seq_len,
                 hidden=case.hidden, input_size=case.input_size, layers=case.layers, bidirectional=case.bidirectional)
     nn_ms: dict[str, float] = {}
+    bar = None  # the float64 baseline, computed for the first competitor that is checked
     rows = []
     for impl in impls:
         status, error, nn_error, timings = "ok", None, None, {}
@@ -118,7 +119,8 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
             else:
                 module = impl.build(torch_rnn)
                 if checking and impl.name != "nn":
-                    verdict = measure.check(module, torch_rnn, x)
+                    bar = bar or measure.baseline(torch_rnn, x)
+                    verdict = measure.check(module, x, bar)
                     error, nn_error = verdict.error, verdict.torch_error
                     if not verdict.ok:
                         status = f"WRONG: error {verdict.error:.1e} vs nn's {verdict.torch_error:.1e}"

@@ -103,20 +103,30 @@ def max_relative_error(got: list[torch.Tensor], exact: list[torch.Tensor]) -> fl
 
 
 @dataclasses.dataclass
+class Baseline:
+    """What every competitor of a case is checked against: nn's float64 answer, and nn's own error in
+    the case's dtype (the bar). Computed once per case."""
+
+    exact: list[torch.Tensor]
+    torch_error: float
+
+
+def baseline(torch_rnn: nn.RNNBase, x) -> Baseline:
+    exact = results(copy.deepcopy(torch_rnn).double(), to_dtype(x, torch.float64))
+    return Baseline(exact, max_relative_error(results(torch_rnn, x), exact))
+
+
+@dataclasses.dataclass
 class Check:
     error: float  # max relative error over outputs, states and every gradient, against float64
     torch_error: float  # the same for nn in the case's dtype: the bar
     ok: bool
 
 
-def check(module: nn.Module, torch_rnn: nn.RNNBase, x) -> Check:
+def check(module: nn.Module, x, bar: Baseline) -> Check:
     """Compare against float64 nn; pass when the error is at most 3x nn's own in this dtype (+ a floor)."""
-    exact_module = copy.deepcopy(torch_rnn).double()
-    exact = results(exact_module, to_dtype(x, torch.float64))
-    dtype = input_tensor(x).dtype
-    error = max_relative_error(results(module, x), exact)
-    torch_error = max_relative_error(results(torch_rnn, x), exact)
-    return Check(error, torch_error, error <= 3 * torch_error + ERROR_FLOOR[dtype])
+    error = max_relative_error(results(module, x), bar.exact)
+    return Check(error, bar.torch_error, error <= 3 * bar.torch_error + ERROR_FLOOR[input_tensor(x).dtype])
 
 
 # --- timing and memory --------------------------------------------------------------------------
