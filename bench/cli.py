@@ -120,14 +120,16 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
                 module = impl.build(torch_rnn)
                 if checking and impl.name != "nn":
                     bar = bar or measure.baseline(torch_rnn, x)
-                    verdict = measure.check(module, x, bar)
+                    with impl.scope():
+                        verdict = measure.check(module, x, bar)
                     error, nn_error = verdict.error, verdict.torch_error
                     if not verdict.ok:
                         status = f"WRONG: error {verdict.error:.1e} vs nn's {verdict.torch_error:.1e}"
                 if status == "ok":
                     for mode in modes:
                         fn = measure.forward_fn(module, x) if mode == "forward" else measure.train_step_fn(module, x)
-                        timings[mode] = measure.time_fn(fn, device, min_seconds)
+                        with impl.scope():
+                            timings[mode] = measure.time_fn(fn, device, min_seconds)
         except Exception as failure:  # a competitor that crashes is reported, not fatal to the run
             status = f"FAILED: {type(failure).__name__}: {str(failure).splitlines()[0][:160]}"
         for mode in modes:

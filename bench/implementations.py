@@ -3,6 +3,7 @@ module of a case (sharing its Parameters), or says why it cannot run here."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import torch
@@ -20,6 +21,10 @@ class Implementation:
 
     def unavailable_reason(self, case: Case, device: torch.device) -> str | None:
         return None
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Entered around this competitor's check and timings (forward and backward)."""
+        return contextlib.nullcontext()
 
     def build(self, torch_module: nn.RNNBase) -> nn.Module:
         raise NotImplementedError
@@ -45,6 +50,21 @@ class FastRNN(Implementation):
     def build(self, torch_module):
         twin = fastrnn.LSTM if torch_module.mode == "LSTM" else fastrnn.GRU
         return twin.from_torch(torch_module, backend=self.backend)
+
+
+class TritonStrategy(FastRNN):
+    """The Triton backend held to one launch strategy (tiles still tuned), to show what each contributes."""
+
+    def __init__(self, strategy: str):
+        super().__init__("triton")
+        self.strategy = strategy
+        self.name = f"fastrnn-triton-{strategy}"
+        self.description = f"fastrnn backend='triton', {strategy} launch plans only"
+
+    def scope(self):
+        from fastrnn.triton import plans
+
+        return plans.only(self.strategy)
 
 
 class CellLoop(Implementation):
@@ -122,6 +142,7 @@ def all_implementations() -> list[Implementation]:
     return [
         TorchRNN(),
         *(FastRNN(b) for b in ("triton", "cuda", "reference")),
+        *(TritonStrategy(s) for s in ("persistent", "stepwise")),
         CellLoop(compiled=False),
         CellLoop(compiled=True),
         NotAdapted("flashrnn", "flashrnn"),

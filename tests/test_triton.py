@@ -23,6 +23,13 @@ if unavailable_reason("triton", DEVICE) is not None:
     pytest.skip(f"triton backend unavailable: {unavailable_reason('triton', DEVICE)}", allow_module_level=True)
 
 from fastrnn.backends import triton as triton_backend  # noqa: E402
+from fastrnn.triton import plans  # noqa: E402
+
+@pytest.fixture(params=plans.STRATEGIES)
+def strategy(request):
+    """Run the test under each launch strategy, with its default tiles."""
+    with plans.forced(request.param):
+        yield request.param
 
 # Error floor per dtype on top of the bound (2 x the reference's own error in that dtype).
 FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
@@ -131,7 +138,7 @@ def check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed=0):
 @pytest.mark.parametrize("proj", [0, 3])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_lstm_kernels_match_reference(dtype, proj, reverse, ragged):
+def test_lstm_kernels_match_reference(strategy, dtype, proj, reverse, ragged):
     check_lstm(dtype, seq_len=7, batch=5, hidden=19, proj=proj, reverse=reverse, ragged=ragged)
 
 
@@ -139,20 +146,41 @@ def test_lstm_kernels_match_reference(dtype, proj, reverse, ragged):
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_gru_kernels_match_reference(dtype, bias, reverse, ragged):
+def test_gru_kernels_match_reference(strategy, dtype, bias, reverse, ragged):
     check_gru(dtype, seq_len=7, batch=5, hidden=19, bias=bias, reverse=reverse, ragged=ragged)
 
 
-def test_more_rows_and_units_than_one_tile():
-    """Batch and hidden size past one tile (BLOCK_B=16, BLOCK_H=32), in several programs and chunks."""
-    check_lstm(torch.float64, seq_len=3, batch=18, hidden=37, proj=0, reverse=False, ragged=True)
-    check_gru(torch.float64, seq_len=3, batch=18, hidden=37, bias=True, reverse=True, ragged=True)
+def _every_candidate():
+    prob = plans.problem("lstm", "forward", 64, 64, torch.float32, "ieee", 64, torch.device("cpu"))
+    return [pytest.param(plan, id=str(plan)) for plan in plans.candidates(prob)]
+
+
+@pytest.mark.parametrize("plan", _every_candidate())
+def test_every_tuning_candidate_is_correct(plan):
+    """Whatever tuning picks must be right: each candidate plan, on batch and hidden sizes past one tile
+    (several programs, unit tiles and reduction chunks), ragged, with a projection."""
+    with plans.forced(plan):
+        check_lstm(torch.float64, seq_len=3, batch=70, hidden=37, proj=33, reverse=False, ragged=True)
+        check_gru(torch.float64, seq_len=3, batch=70, hidden=37, bias=True, reverse=True, ragged=True)
+
+
+@pytest.mark.parametrize("cell,config", [
+    ("LSTM", dict(input_size=5, hidden_size=19, proj_size=3, num_layers=2, bidirectional=True)),
+    ("GRU", dict(input_size=5, hidden_size=19, num_layers=2, bidirectional=True, batch_first=True)),
+])
+def test_module_matches_torch_under_each_strategy(strategy, cell, config):
+    """The layer modules end to end (stacked, both directions, packed unsorted, initial states)."""
+    torch.manual_seed(2)
+    ours, theirs = make_pair(cell, "triton", DEVICE, torch.float64, **config)
+    x, hx = random_inputs(ours, 4, 9, lengths=[7, 9, 1, 4], device=DEVICE, seed=2)
+    errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert max(errors.values()) < 1e-10, errors
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_long_sequence_does_not_drift(cell):
+def test_long_sequence_does_not_drift(strategy, cell):
     torch.manual_seed(3)
-    seq_len = 4096 if DEVICE == "cuda" else 200
+    seq_len = 4096 if DEVICE == "cuda" else 120
     ours, theirs = make_pair(cell, "triton", DEVICE, torch.float64, input_size=4, hidden_size=6)
     x, hx = random_inputs(ours, 2, seq_len, device=DEVICE, seed=5)
     errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
@@ -170,7 +198,7 @@ GPU_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 @pytest.mark.parametrize("hidden", [1, 17, 64, 256, 1024])
 @pytest.mark.parametrize("seq_len", [1, 7, 256])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_gpu_grid(cell, seq_len, hidden, batch, dtype):
+def test_gpu_grid(strategy, cell, seq_len, hidden, batch, dtype):
     if cell == "LSTM":
         check_lstm(dtype, seq_len, batch, hidden, proj=0, reverse=False, ragged=batch > 1, seed=seq_len + hidden)
     else:
@@ -187,18 +215,19 @@ def _compiled_variants(kernel) -> int:
 
 
 @CUDA_SKIP
-def test_no_recompile_across_batch_and_length():
+def test_no_recompile_across_batch_and_length(strategy):
     from fastrnn.triton import lstm as lstm_kernels
 
-    check_lstm(torch.float32, seq_len=5, batch=3, hidden=64, proj=0, reverse=False, ragged=False)
-    before = _compiled_variants(lstm_kernels.lstm_forward_kernel)
+    kernels = [getattr(lstm_kernels, name) for name in dir(lstm_kernels) if name.endswith("_kernel")]
+    check_lstm(torch.float32, seq_len=5, batch=3, hidden=64, proj=0, reverse=False, ragged=True)
+    before = sum(_compiled_variants(kernel) for kernel in kernels)
     for seq_len, batch in [(9, 7), (33, 64), (2, 257)]:
-        check_lstm(torch.float32, seq_len=seq_len, batch=batch, hidden=64, proj=0, reverse=False, ragged=False)
-    assert _compiled_variants(lstm_kernels.lstm_forward_kernel) == before
+        check_lstm(torch.float32, seq_len=seq_len, batch=batch, hidden=64, proj=0, reverse=False, ragged=True)
+    assert sum(_compiled_variants(kernel) for kernel in kernels) == before
 
 
 @CUDA_SKIP
-def test_offsets_past_two_to_the_31():
+def test_offsets_past_two_to_the_31(strategy):
     """T * B * 4H > 2**31 elements: every per-step offset must be computed in 64 bits."""
     seq_len, batch, hidden = 2100, 257, 1024
     assert seq_len * batch * 4 * hidden > 2**31
@@ -207,3 +236,23 @@ def test_offsets_past_two_to_the_31():
     y, h_n, c_n, gates, c_all = triton_backend.lstm_forward(xp, h0, c0, w_hh, None, None, False)
     tail = reference.lstm_forward(xp[-3:].float(), y[-4].float(), c_all[-4].float(), w_hh.float(), None, None, False)
     assert rel_error(y[-3:], tail[0]) < 2e-2 and rel_error(c_n, tail[2]) < 2e-2
+
+
+@CUDA_SKIP
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_replays_from_a_cuda_graph(strategy, cell):
+    """Dense inputs run under CUDA-graph capture (no host sync, no tuning inside a capture): the stepwise
+    strategy's per-step launches are then replayed as one graph."""
+    torch.manual_seed(4)
+    ours = make_pair(cell, "triton", "cuda", torch.float32, input_size=16, hidden_size=64, num_layers=2)[0]
+    static_x = torch.randn(33, 5, 16, device="cuda")
+    with torch.no_grad():
+        ours(static_x)  # warm-up outside the capture: compiles the kernels, tunes the plan
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out, _ = ours(static_x)
+        for _ in range(2):
+            static_x.copy_(torch.randn_like(static_x))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(static_out, ours(static_x)[0])  # same kernels, same plan: bit for bit

@@ -91,4 +91,9 @@ def explain(device: torch.device | str | None = None) -> str:
         reason = unavailable_reason(name, device)
         lines.append(f"  {name:<9} {'available' if reason is None else 'unavailable: ' + reason}")
     lines.append(f"  auto ->   {resolve('auto', device)}")
+    if unavailable_reason("triton", device) is None:
+        from ..triton import plans
+
+        lines.append(f"  triton launch plans: on a GPU measured per problem on first use, cached in {plans.cache_path()} "
+                     "(FASTRNN_TRITON_STRATEGY / FASTRNN_TRITON_AUTOTUNE override; see fastrnn/triton/plans.py)")
     return "\n".join(lines)

@@ -21,14 +21,14 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-def _live_rows(lengths: Tensor | None, seq_len: int, batch: int) -> list[int]:
+def live_rows(lengths: Tensor | None, seq_len: int, batch: int) -> list[int]:
     if lengths is None:
         return [batch] * seq_len
     steps = torch.arange(seq_len, device=lengths.device).unsqueeze(1)
     return (lengths.unsqueeze(0) > steps).sum(1).tolist()
 
 
-def _order(seq_len: int, reverse: bool) -> range:
+def step_order(seq_len: int, reverse: bool) -> range:
     return range(seq_len - 1, -1, -1) if reverse else range(seq_len)
 
 
@@ -39,8 +39,8 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
     gates = xp.new_zeros(seq_len, batch, 4 * hidden)
     c_all = xp.new_zeros(seq_len, batch, hidden)
     h, c = h0.clone(), c0.clone()
-    live = _live_rows(lengths, seq_len, batch)
-    for t in _order(seq_len, reverse):
+    live = live_rows(lengths, seq_len, batch)
+    for t in step_order(seq_len, reverse):
         n = live[t]
         if n == 0:
             continue
@@ -57,8 +57,8 @@ def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, rev
     dgates = torch.zeros_like(gates)
     dh_all = torch.zeros_like(dy) if w_hr is not None else dy.new_empty(0)
     dh, dc = dh_n.clone(), dc_n.clone()
-    live = _live_rows(lengths, seq_len, batch)
-    for t in reversed(_order(seq_len, reverse)):
+    live = live_rows(lengths, seq_len, batch)
+    for t in reversed(step_order(seq_len, reverse)):
         n = live[t]
         if n == 0:
             continue
@@ -91,8 +91,8 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
     saved = xp.new_zeros(seq_len, batch, 4 * hidden)
     h_bias = None if b_hn is None else torch.cat((b_hn.new_zeros(2 * hidden), b_hn))
     h = h0.clone()
-    live = _live_rows(lengths, seq_len, batch)
-    for t in _order(seq_len, reverse):
+    live = live_rows(lengths, seq_len, batch)
+    for t in step_order(seq_len, reverse):
         n = live[t]
         if n == 0:
             continue
@@ -108,9 +108,9 @@ def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
     dxp = dy.new_zeros(seq_len, batch, 3 * hidden)
     dhn = torch.zeros_like(dy)
     dh = dh_n.clone()
-    live = _live_rows(lengths, seq_len, batch)
+    live = live_rows(lengths, seq_len, batch)
     w_rz, w_n = w_hh[: 2 * hidden], w_hh[2 * hidden :]
-    for t in reversed(_order(seq_len, reverse)):
+    for t in reversed(step_order(seq_len, reverse)):
         n = live[t]
         if n == 0:
             continue

@@ -1,7 +1,8 @@
 """Triton backend: the recurrence contract of `fastrnn.backends.reference`, on fused Triton kernels.
 
-One launch per layer-direction and pass (see fastrnn/triton/lstm.py for the kernel design). Runs on
-CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (how CI exercises it).
+Each call picks a launch plan (fastrnn/triton/plans.py: persistent or stepwise, and tile sizes) for
+its shape, then runs the kernels of fastrnn/triton/lstm.py or gru.py. Runs on CUDA tensors, and on
+CPU tensors under TRITON_INTERPRET=1 (how CI exercises it).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import triton.language as tl
 
 from ..triton import gru as gru_kernels
 from ..triton import lstm as lstm_kernels
-
-# Tile sizes: tl.dot needs every dimension >= 16. Autotuning per (cell, H, dtype, arch) comes with GPU timing.
-BLOCK_B, BLOCK_H, BLOCK_K = 16, 32, 32
+from ..triton import plans
+from .reference import live_rows, step_order
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -30,72 +30,187 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
-def _lengths(lengths: torch.Tensor | None, seq_len: int, batch: int, device) -> torch.Tensor:
+def _flags(dtype: torch.dtype) -> dict:
+    return {"ACC": _TRITON_DTYPE[_accumulator(dtype)], "PRECISION": _dot_precision(dtype)}
+
+
+def _device_lengths(lengths: torch.Tensor | None, seq_len: int, batch: int, device) -> torch.Tensor:
     if lengths is None:
         return torch.full((batch,), seq_len, dtype=torch.int32, device=device)
     return lengths.to(device=device, dtype=torch.int32)
 
 
-def _launch(kernel, batch: int, *args, **flags) -> None:
+def _plan(cell, pass_, hidden, state, dtype, batch, device, run) -> plans.Plan:
+    prob = plans.problem(cell, pass_, hidden, state, dtype, _dot_precision(dtype), batch, device)
+    return plans.choose(prob, run)
+
+
+def _persistent(kernel, plan: plans.Plan, batch: int, *args, **flags) -> None:
     if batch:
-        kernel[(triton.cdiv(batch, BLOCK_B),)](*args, **flags, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K)
+        kernel[(triton.cdiv(batch, plan.block_b),)](*args, **flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+                                                   BLOCK_K=plan.block_k, num_warps=plan.num_warps)
+
+
+class _Steps:
+    """Host side of the stepwise strategy: the steps that have live rows, in processing order, and a
+    launcher whose grid covers only the batch tiles holding live rows (lengths are sorted)."""
+
+    def __init__(self, plan: plans.Plan, lengths: torch.Tensor | None, seq_len: int, batch: int, reverse: bool):
+        self.plan = plan
+        live = live_rows(lengths, seq_len, batch)
+        self.forward_order = [(t, live[t]) for t in step_order(seq_len, reverse) if live[t]]
+
+    def launch(self, kernel, live: int, units: int, *args, tiles_k: bool = True, **flags) -> None:
+        plan = self.plan
+        grid = (triton.cdiv(live, plan.block_b), triton.cdiv(units, plan.block_h))
+        extra = {"BLOCK_K": plan.block_k} if tiles_k else {}
+        kernel[grid](*args, **flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, num_warps=plan.num_warps, **extra)
+
+
+def _final_state(y, h_buffers, steps: _Steps, h0, lengths, reverse):
+    """h_n after a stepwise forward. Without lengths it is the last-written buffer. With lengths, tiles of
+    finished rows stop being launched, so a row's final state is read from y at its last step instead."""
+    if lengths is None:
+        return h_buffers[len(steps.forward_order) % 2]
+    lengths = lengths.to(y.device)
+    last = torch.zeros_like(lengths) if reverse else (lengths - 1).clamp(min=0)
+    final = y[last, torch.arange(y.shape[1], device=y.device)]
+    return torch.where((lengths > 0)[:, None], final, h0)
+
+
+# --- LSTM ------------------------------------------------------------------------------------------
 
 
 def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
     seq_len, batch, gate_size = xp.shape
     hidden, state = gate_size // 4, h0.shape[-1]
-    acc_dtype = _accumulator(xp.dtype)
+    plan = _plan("lstm", "forward", hidden, state, xp.dtype, batch, xp.device,
+                 lambda p: _lstm_forward(p, xp, h0, c0, w_hh, w_hr, lengths, reverse))
+    return _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse)
+
+
+def _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse):
+    seq_len, batch, gate_size = xp.shape
+    hidden, state = gate_size // 4, h0.shape[-1]
     y = xp.new_zeros(seq_len, batch, state)
     gates = torch.zeros_like(xp)
     c_all = xp.new_zeros(seq_len, batch, hidden)
-    h = h0.clone()
-    c = c0.to(acc_dtype, copy=True)  # the carried cell state stays in fp32 whatever the dtype
+    c = c0.to(_accumulator(xp.dtype), copy=True)  # the carried cell state stays in fp32 whatever the dtype
     hu = xp.new_empty(batch, hidden) if w_hr is not None else xp.new_empty(0)
-    _launch(lstm_kernels.lstm_forward_kernel, batch,
-            xp, h, c, w_hh, w_hr if w_hr is not None else xp.new_empty(0), hu,
-            _lengths(lengths, seq_len, batch, xp.device), y, gates, c_all,
-            seq_len, batch, hidden, state,
-            HAS_PROJ=w_hr is not None, REVERSE=reverse, ACC=_TRITON_DTYPE[acc_dtype], PRECISION=_dot_precision(xp.dtype))
+    w_hr_arg = w_hr if w_hr is not None else xp.new_empty(0)
+    lens = _device_lengths(lengths, seq_len, batch, xp.device)
+    flags = _flags(xp.dtype)
+    if plan.strategy == "persistent":
+        h = h0.clone()
+        _persistent(lstm_kernels.lstm_forward_kernel, plan, batch,
+                    xp, h, c, w_hh, w_hr_arg, hu, lens, y, gates, c_all, seq_len, batch, hidden, state,
+                    HAS_PROJ=w_hr is not None, REVERSE=reverse, **flags)
+    else:
+        steps = _Steps(plan, lengths, seq_len, batch, reverse)
+        h_buffers = (h0.clone(), h0.clone())
+        for s, (t, live) in enumerate(steps.forward_order):
+            h_in, h_out = h_buffers[s % 2], h_buffers[(s + 1) % 2]
+            steps.launch(lstm_kernels.lstm_cell_step_kernel, live, hidden,
+                         xp, h_in, h_out, c, w_hh, hu, lens, y, gates, c_all, t, batch, hidden, state,
+                         HAS_PROJ=w_hr is not None, **flags)
+            if w_hr is not None:
+                steps.launch(lstm_kernels.lstm_project_step_kernel, live, state,
+                             hu, w_hr, h_in, h_out, lens, y, t, batch, hidden, state, **flags)
+        h = _final_state(y, h_buffers, steps, h0, lengths, reverse)
     return y, h, c.to(c0.dtype), gates, c_all
 
 
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
+    batch, hidden, state = dy.shape[1], c_all.shape[-1], dy.shape[-1]
+    args = (dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
+    plan = _plan("lstm", "backward", hidden, state, dy.dtype, batch, dy.device, lambda p: _lstm_backward(p, *args))
+    return _lstm_backward(plan, *args)
+
+
+def _lstm_backward(plan, dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
     seq_len, batch, state = dy.shape
     hidden = c_all.shape[-1]
-    acc_dtype = _accumulator(dy.dtype)
     dgates = torch.zeros_like(gates)
     dh_all = torch.zeros_like(dy) if w_hr is not None else dy.new_empty(0)
-    dhu = dy.new_empty(batch, hidden, dtype=acc_dtype) if w_hr is not None else dy.new_empty(0)
+    w_hr_arg = w_hr if w_hr is not None else dy.new_empty(0)
     dh = dh_n.clone()
-    dc = dc_n.to(acc_dtype, copy=True)
-    _launch(lstm_kernels.lstm_backward_kernel, batch,
-            dy, c_prev, w_hh, w_hr if w_hr is not None else dy.new_empty(0), gates, c_all,
-            _lengths(lengths, seq_len, batch, dy.device), dh, dc, dgates, dh_all, dhu,
-            seq_len, batch, hidden, state,
-            HAS_PROJ=w_hr is not None, REVERSE=reverse, ACC=_TRITON_DTYPE[acc_dtype], PRECISION=_dot_precision(dy.dtype))
+    dc = dc_n.to(_accumulator(dy.dtype), copy=True)
+    lens = _device_lengths(lengths, seq_len, batch, dy.device)
+    flags = _flags(dy.dtype)
+    if plan.strategy == "persistent":
+        _persistent(lstm_kernels.lstm_backward_kernel, plan, batch,
+                    dy, c_prev, w_hh, w_hr_arg, gates, c_all, lens, dh, dc, dgates, dh_all,
+                    seq_len, batch, hidden, state, HAS_PROJ=w_hr is not None, REVERSE=reverse, **flags)
+    else:
+        steps = _Steps(plan, lengths, seq_len, batch, reverse)
+        for t, live in reversed(steps.forward_order):
+            if w_hr is not None:
+                steps.launch(lstm_kernels.lstm_dh_sum_step_kernel, live, state,
+                             dy, dh, dh_all, lens, t, batch, state, ACC=flags["ACC"], tiles_k=False)
+            steps.launch(lstm_kernels.lstm_cell_backward_step_kernel, live, hidden,
+                         dy, dh, dh_all, w_hr_arg, c_prev, gates, c_all, lens, dc, dgates, t, batch, hidden, state,
+                         HAS_PROJ=w_hr is not None, **flags)
+            steps.launch(lstm_kernels.lstm_carry_step_kernel, live, state,
+                         dgates, w_hh, dh, lens, t, batch, hidden, state, **flags)
     return dgates, dh_all, dh, dc.to(dc_n.dtype)
 
 
+# --- GRU -------------------------------------------------------------------------------------------
+
+
 def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
+    batch, hidden = xp.shape[1], h0.shape[-1]
+    plan = _plan("gru", "forward", hidden, hidden, xp.dtype, batch, xp.device,
+                 lambda p: _gru_forward(p, xp, h0, w_hh, b_hn, lengths, reverse))
+    return _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse)
+
+
+def _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse):
     seq_len, batch, _ = xp.shape
     hidden = h0.shape[-1]
     y = xp.new_zeros(seq_len, batch, hidden)
     saved = xp.new_zeros(seq_len, batch, 4 * hidden)
-    h = h0.clone()
-    _launch(gru_kernels.gru_forward_kernel, batch,
-            xp, h, w_hh, b_hn if b_hn is not None else xp.new_empty(0),
-            _lengths(lengths, seq_len, batch, xp.device), y, saved, seq_len, batch, hidden,
-            HAS_BIAS=b_hn is not None, REVERSE=reverse, ACC=_TRITON_DTYPE[_accumulator(xp.dtype)], PRECISION=_dot_precision(xp.dtype))
+    b_hn_arg = b_hn if b_hn is not None else xp.new_empty(0)
+    lens = _device_lengths(lengths, seq_len, batch, xp.device)
+    flags = _flags(xp.dtype)
+    if plan.strategy == "persistent":
+        h = h0.clone()
+        _persistent(gru_kernels.gru_forward_kernel, plan, batch,
+                    xp, h, w_hh, b_hn_arg, lens, y, saved, seq_len, batch, hidden,
+                    HAS_BIAS=b_hn is not None, REVERSE=reverse, **flags)
+    else:
+        steps = _Steps(plan, lengths, seq_len, batch, reverse)
+        h_buffers = (h0.clone(), h0.clone())
+        for s, (t, live) in enumerate(steps.forward_order):
+            steps.launch(gru_kernels.gru_cell_step_kernel, live, hidden,
+                         xp, h_buffers[s % 2], h_buffers[(s + 1) % 2], w_hh, b_hn_arg, lens, y, saved, t, batch, hidden,
+                         HAS_BIAS=b_hn is not None, **flags)
+        h = _final_state(y, h_buffers, steps, h0, lengths, reverse)
     return y, h, saved
 
 
 def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
+    batch, hidden = dy.shape[1], dy.shape[-1]
+    args = (dy, dh_n, h_prev, w_hh, saved, lengths, reverse)
+    plan = _plan("gru", "backward", hidden, hidden, dy.dtype, batch, dy.device, lambda p: _gru_backward(p, *args))
+    return _gru_backward(plan, *args)
+
+
+def _gru_backward(plan, dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
     seq_len, batch, hidden = dy.shape
     dxp = dy.new_zeros(seq_len, batch, 3 * hidden)
     dhn = torch.zeros_like(dy)
     dh = dh_n.clone()
-    _launch(gru_kernels.gru_backward_kernel, batch,
-            dy, h_prev, w_hh, saved, _lengths(lengths, seq_len, batch, dy.device), dh, dxp, dhn,
-            seq_len, batch, hidden,
-            REVERSE=reverse, ACC=_TRITON_DTYPE[_accumulator(dy.dtype)], PRECISION=_dot_precision(dy.dtype))
+    lens = _device_lengths(lengths, seq_len, batch, dy.device)
+    flags = _flags(dy.dtype)
+    if plan.strategy == "persistent":
+        _persistent(gru_kernels.gru_backward_kernel, plan, batch,
+                    dy, h_prev, w_hh, saved, lens, dh, dxp, dhn, seq_len, batch, hidden, REVERSE=reverse, **flags)
+    else:
+        steps = _Steps(plan, lengths, seq_len, batch, reverse)
+        for t, live in reversed(steps.forward_order):
+            steps.launch(gru_kernels.gru_cell_backward_step_kernel, live, hidden,
+                         dy, dh, h_prev, saved, lens, dxp, dhn, t, batch, hidden, ACC=flags["ACC"], tiles_k=False)
+            steps.launch(gru_kernels.gru_carry_step_kernel, live, hidden,
+                         dxp, dhn, w_hh, dh, lens, t, batch, hidden, **flags)
     return dxp, dhn, dh

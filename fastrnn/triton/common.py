@@ -11,15 +11,25 @@ def _tanh(x):
 
 @triton.jit
 def _program_rows(len_ptr, B, BLOCK_B: tl.constexpr):
-    """The batch rows this program owns, which of them exist, and their sequence lengths."""
+    """The batch rows this program owns (grid axis 0), which of them exist, and their sequence lengths."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     return rows, row_ok, tl.load(len_ptr + rows, mask=row_ok, other=0)
 
 
 @triton.jit
+def _step_tile(len_ptr, t, B, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A stepwise program's tile at step t: t as int64, its batch rows (grid axis 0), which exist and
+    which are live, and its columns (hidden or projected units, grid axis 1) and which exist."""
+    rows, row_ok, lengths = _program_rows(len_ptr, B, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    t = t.to(tl.int64)
+    return t, rows, row_ok, row_ok & (t < lengths), cols, cols < N
+
+
+@triton.jit
 def _step_index(s, T, REVERSE: tl.constexpr):
-    """The time index of processing step s, as int64: offsets like t * B * 4H pass 2**31 on long sequences."""
+    """The time index of processing step s of T, as int64: offsets like t * B * 4H pass 2**31 on long sequences."""
     if REVERSE:
         t = T - 1 - s
     else:
@@ -51,3 +61,16 @@ def _copy_rows(src_ptr, dst_ptr, rows, mask_rows, N, BLOCK_B: tl.constexpr, BLOC
         mask = mask_rows[:, None] & (cols < N)[None, :]
         offsets = rows[:, None] * N + cols[None, :]
         tl.store(dst_ptr + offsets, tl.load(src_ptr + offsets, mask=mask), mask=mask)
+
+
+@triton.jit
+def _store_step_output(y_t_ptr, h_in_ptr, h_out_ptr, h_new, rows, row_ok, live, cols, col_ok, N):
+    """Stepwise launches: y_t = h_new for live rows; h_out = h_new for live rows and h_in for finished ones.
+
+    h_in/h_out are two state buffers used in turn, so no program overwrites an h_{t-1} another still reads.
+    """
+    offsets = rows[:, None] * N + cols[None, :]
+    tl.store(y_t_ptr + offsets, h_new, mask=live[:, None] & col_ok[None, :])
+    mask = row_ok[:, None] & col_ok[None, :]
+    carried = tl.load(h_in_ptr + offsets, mask=mask, other=0.0)
+    tl.store(h_out_ptr + offsets, tl.where(live[:, None], h_new.to(carried.dtype), carried), mask=mask)
