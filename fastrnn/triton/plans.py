@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.testing
+from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
 log = logging.getLogger(__name__)
@@ -238,8 +239,8 @@ def _measure(plans: list[Plan], run: Callable[[Plan], object]) -> tuple[Plan, di
     for plan in plans:
         try:
             times[plan] = triton.testing.do_bench(lambda: run(plan), warmup=5, rep=25, return_mode="median")
-        except (RuntimeError, OutOfResources) as error:  # e.g. too much shared memory
-            log.info("fastrnn: plan %s cannot run here (%s)", plan, error)
+        except (RuntimeError, OutOfResources, CompilationError) as error:  # e.g. too much shared memory
+            log.warning("fastrnn: launch plan %s cannot run here, skipped (%s)", plan, error)
     if not times:
         raise RuntimeError(f"no Triton launch plan could run; tried {', '.join(map(str, plans))}")
     return min(times, key=times.get), times
