@@ -479,6 +479,7 @@ def test_resume_after_max_steps_equals_an_uninterrupted_run(tiny_dir, sst2_files
 
 
 def test_ctrl_c_checkpoints_and_resume_continues_exactly(tiny_dir, sst2_files, tmp_path, monkeypatch):
+    handler_before = signal.getsignal(signal.SIGINT)  # not always the default: a background job ignores SIGINT
     whole = train(tiny_config(tiny_dir, sst2_files, tmp_path / "whole", epochs=1))
     original_step = Trainer._step
     calls = []
@@ -498,7 +499,7 @@ def test_ctrl_c_checkpoints_and_resume_continues_exactly(tiny_dir, sst2_files, t
     resumed = train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", epochs=1), resume=True)
     assert resumed.stopped == "completed" and resumed.global_step == whole.global_step == 5
     assert_same_run(tmp_path / "split", tmp_path / "whole")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
 
 def test_resume_refuses_changed_options_and_fresh_runs_refuse_to_overwrite(tiny_dir, sst2_files, tmp_path):
