@@ -13,18 +13,18 @@ COLUMNS = ["case", "impl", "mode", "status", "ms", "low_ms", "high_ms", "x_nn", 
 
 def table(rows: list[dict]) -> str:
     """One line per (case, implementation, mode); 'x nn' > 1 means faster than torch's nn module."""
-    header = f"{'case':<44} {'impl':<19} {'mode':<7} {'ms':>9} {'p20-p80':>15} {'x nn':>6} {'us/step':>8} " \
+    header = f"{'case':<44} {'impl':<25} {'mode':<7} {'ms':>9} {'p20-p80':>15} {'x nn':>6} {'us/step':>8} " \
              f"{'floor ms':>8} {'peak MB':>8}  status"
     lines = [header, "-" * len(header)]
     for row in rows:
         if row["ms"] is None:
-            lines.append(f"{row['case']:<44} {row['impl']:<19} {row['mode']:<7} {'':>9} {'':>15} {'':>6} {'':>8} "
+            lines.append(f"{row['case']:<44} {row['impl']:<25} {row['mode']:<7} {'':>9} {'':>15} {'':>6} {'':>8} "
                          f"{'':>8} {'':>8}  {row['status']}")
             continue
         spread = f"{row['low_ms']:.3f}-{row['high_ms']:.3f}"
         ratio = f"{row['x_nn']:.2f}" if row["x_nn"] is not None else "-"
         peak = f"{row['peak_mb']:.0f}" if row["peak_mb"] is not None else "-"
-        lines.append(f"{row['case']:<44} {row['impl']:<19} {row['mode']:<7} {row['ms']:>9.3f} {spread:>15} {ratio:>6} "
+        lines.append(f"{row['case']:<44} {row['impl']:<25} {row['mode']:<7} {row['ms']:>9.3f} {spread:>15} {ratio:>6} "
                      f"{row['us_per_step']:>8.2f} {row['floor_ms']:>8.3f} {peak:>8}  {row['status']}")
     return "\n".join(lines)
 
