@@ -67,15 +67,16 @@ class _Steps:
         kernel[grid](*args, **flags, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, num_warps=plan.num_warps, **extra)
 
 
-def _final_state(y, h_buffers, steps: _Steps, h0, lengths, reverse):
+def _final_state(y, h_buffers, steps: _Steps, h0, lengths, lens, reverse):
     """h_n after a stepwise forward. Without lengths it is the last-written buffer. With lengths, tiles of
-    finished rows stop being launched, so a row's final state is read from y at its last step instead."""
+    finished rows stop being launched, so a row's final state is read from y at its last step instead
+    (`lens`: the lengths already on the device)."""
     if lengths is None:
         return h_buffers[len(steps.forward_order) % 2]
-    lengths = lengths.to(y.device)
-    last = torch.zeros_like(lengths) if reverse else (lengths - 1).clamp(min=0)
+    lens = lens.long()
+    last = torch.zeros_like(lens) if reverse else (lens - 1).clamp(min=0)
     final = y[last, torch.arange(y.shape[1], device=y.device)]
-    return torch.where((lengths > 0)[:, None], final, h0)
+    return torch.where((lens > 0)[:, None], final, h0)
 
 
 # --- LSTM ------------------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse):
             if w_hr is not None:
                 steps.launch(lstm_kernels.lstm_project_step_kernel, live, state,
                              hu, w_hr, h_in, h_out, lens, y, t, batch, hidden, state, **flags)
-        h = _final_state(y, h_buffers, steps, h0, lengths, reverse)
+        h = _final_state(y, h_buffers, steps, h0, lengths, lens, reverse)
     return y, h, c.to(c0.dtype), gates, c_all
 
 
@@ -185,7 +186,7 @@ def _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse):
             steps.launch(gru_kernels.gru_cell_step_kernel, live, hidden,
                          xp, h_buffers[s % 2], h_buffers[(s + 1) % 2], w_hh, b_hn_arg, lens, y, saved, t, batch, hidden,
                          HAS_BIAS=b_hn is not None, **flags)
-        h = _final_state(y, h_buffers, steps, h0, lengths, reverse)
+        h = _final_state(y, h_buffers, steps, h0, lengths, lens, reverse)
     return y, h, saved
 
 

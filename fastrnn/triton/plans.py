@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -83,13 +84,17 @@ class Problem:
 
 def problem(cell: str, pass_: str, hidden: int, state: int, dtype: torch.dtype, precision: str, batch: int,
             device: torch.device) -> Problem:
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        device_name = f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
-    else:
-        device_name = "interpreter"
+    device_name = _gpu_label(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else "interpreter"
     bucket = 1 << max(batch - 1, 0).bit_length()
     return Problem(cell, pass_, hidden, state, str(dtype).removeprefix("torch."), precision, bucket, device_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_label(index: int) -> str:
+    """GPU name and compute capability; asked once per device, since a plan is chosen on every call."""
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{torch.cuda.get_device_name(index)} sm_{major}{minor}"
 
 
 def default_plan(prob: Problem) -> Plan:
@@ -174,9 +179,14 @@ def _autotune_enabled() -> bool:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("FASTRNN_CACHE_DIR")
+    return _cache_path(os.environ.get("FASTRNN_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"))
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_path(root: str | None, xdg_cache_home: str | None, home: str | None) -> Path:
+    """Built once per environment: resolving the home folder costs more than the rest of choosing a plan."""
     if root is None:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastrnn"
+        root = Path(xdg_cache_home or Path.home() / ".cache") / "fastrnn"
     return Path(root) / "triton-plans.json"
 
 
@@ -225,7 +235,7 @@ _cache: PlanCache | None = None
 
 def cache() -> PlanCache:
     global _cache
-    if _cache is None or _cache.path != cache_path():
+    if _cache is None or _cache.path is not cache_path():
         _cache = PlanCache(cache_path())
     return _cache
 
