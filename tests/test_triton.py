@@ -25,6 +25,7 @@ if unavailable_reason("triton", DEVICE) is not None:
 from fastrnn.backends import triton as triton_backend  # noqa: E402
 from fastrnn.triton import plans  # noqa: E402
 
+
 @pytest.fixture(params=plans.STRATEGIES)
 def strategy(request):
     """Run the test under each launch strategy, with its default tiles."""
@@ -180,7 +181,7 @@ def test_module_matches_torch_under_each_strategy(strategy, cell, config):
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_long_sequence_does_not_drift(strategy, cell):
     torch.manual_seed(3)
-    seq_len = 4096 if DEVICE == "cuda" else 120
+    seq_len = 4096 if DEVICE == "cuda" else 200
     ours, theirs = make_pair(cell, "triton", DEVICE, torch.float64, input_size=4, hidden_size=6)
     x, hx = random_inputs(ours, 2, seq_len, device=DEVICE, seed=5)
     errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
