@@ -277,6 +277,21 @@ def test_optimizer_groups_split_learning_rates_and_decay(make_model):
     assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
 
 
+def test_layer_lr_decay_scales_each_encoder_layer_by_its_depth(make_model):
+    model = make_model()  # the tiny encoder has 2 layers
+    groups = build_optimizer(model, 1e-4, 1e-3, 0.1, layer_lr_decay=0.5).param_groups
+    lr_of = {id(p): group["lr"] for group in groups for p in group["params"]}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:  # the unused pooler
+            continue
+        expected = (1e-3 if not name.startswith("encoder.") else
+                    1e-4 * 0.25 if ".embeddings." in name else
+                    1e-4 * 0.5 if ".layer.0." in name else 1e-4)  # layer 1, the top one, trains at the full rate
+        assert lr_of[id(param)] == pytest.approx(expected), name
+    with pytest.raises(OptionError, match="layer_lr_decay must be in"):
+        build_optimizer(model, 1e-4, 1e-3, 0.1, layer_lr_decay=0.0)
+
+
 @pytest.mark.parametrize("head", ["lstm", "linear"])
 def test_save_load_round_trip(make_model, tokenizer, tmp_path, head):
     model = make_model(head=head, labels=["negative", "positive"], num_layers=2, bidirectional=False).eval()
@@ -520,6 +535,35 @@ def test_early_stopping_keeps_the_best_model(tiny_dir, sst2_files, tmp_path):
     for record in metrics["history"]:
         assert record["seconds"] > 0 and record["ms_per_step"] > 0 and record["steps"] == 5
         assert set(record["dev"]) >= {"accuracy", "precision", "recall", "f1", "confusion_matrix"}
+
+
+def test_eval_every_keeps_the_best_of_all_dev_evaluations(tiny_dir, sst2_files, tmp_path):
+    # 5 steps an epoch, evaluated every 2 global steps (2, 4, 6, 8) and at the ends of the epochs (5, 10).
+    options = dict(epochs=2, eval_every=2, metric="loss", patience=None)
+    result = train(tiny_config(tiny_dir, sst2_files, tmp_path / "run", **options))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    curve = metrics["evaluations"]
+    assert [e["global_step"] for e in curve] == [2, 4, 5, 6, 8, 10]
+    assert [e["epoch"] for e in curve] == [1, 1, 1, 2, 2, 2]
+    best = min(curve, key=lambda e: e["dev"]["loss"])
+    assert result.best["global_step"] == best["global_step"] and result.best["value"] == best["dev"]["loss"]
+    # model/ holds that evaluation's weights: evaluating it again gives its loss
+    evaluated = tmp_path / "eval.json"
+    assert cli.main(["eval", "--model", str(tmp_path / "run"), "--data", str(sst2_files[1]), "--output", str(evaluated)]) == 0
+    assert json.loads(evaluated.read_text())["loss"] == pytest.approx(best["dev"]["loss"], rel=1e-5)
+    # interrupted between two evaluations and resumed: the same curve, the same kept model
+    train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", **options, max_steps=3))
+    resumed = train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", **options), resume=True)
+    resumed_curve = json.loads((tmp_path / "split" / "metrics.json").read_text())["evaluations"]
+    assert [e["global_step"] for e in resumed_curve] == [2, 4, 5, 6, 8, 10]
+    for ours, theirs in zip(resumed_curve, curve):
+        assert ours["dev"]["loss"] == pytest.approx(theirs["dev"]["loss"], rel=1e-6)
+    assert resumed.best["global_step"] == result.best["global_step"]
+
+
+def test_negative_eval_every_is_an_error(tiny_dir, sst2_files, tmp_path):
+    with pytest.raises(OptionError, match="eval_every must be >= 0"):
+        tiny_config(tiny_dir, sst2_files, tmp_path / "run", eval_every=-1)
 
 
 # --- the command line --------------------------------------------------------------------------------------

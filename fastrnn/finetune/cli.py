@@ -251,6 +251,8 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
     optim.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     optim.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr)
     optim.add_argument("--head-lr", type=float, default=defaults.head_lr)
+    optim.add_argument("--layer-lr-decay", type=float, default=defaults.layer_lr_decay,
+                       help="encoder layer i of L trains at encoder-lr x this^(L-1-i), the embeddings at x this^L (1: off)")
     optim.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="not applied to biases and LayerNorm")
     optim.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio, help="of all scheduled steps")
     optim.add_argument("--warmup-steps", type=int, help="overrides --warmup-ratio")
@@ -268,6 +270,8 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
     run.add_argument("--metric", choices=METRICS, default=defaults.metric, help="dev metric for best model and early stopping")
     run.add_argument("--patience", type=int, default=defaults.patience,
                      help="stop after N epochs without dev improvement (-1: never)")
+    run.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                     help="also evaluate on dev every N steps inside an epoch; the best evaluation is the kept model (0: epoch ends only)")
     run.add_argument("--save-every", type=int, default=defaults.save_every, help="checkpoint every N steps (0: epochs only)")
     run.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between loss logs")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)

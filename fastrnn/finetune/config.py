@@ -53,6 +53,7 @@ class TrainConfig:
     encoder_lr: float = 2e-5
     head_lr: float = 1e-3
     weight_decay: float = 0.01
+    layer_lr_decay: float = 1.0  # encoder layer i of L trains at encoder_lr * this**(L-1-i); 1: no decay
     warmup_ratio: float = 0.06
     warmup_steps: int | None = None  # overrides warmup_ratio
     max_grad_norm: float = 1.0  # 0: no clipping
@@ -62,6 +63,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps in all; the schedule still spans --epochs
     metric: str = "accuracy"
     patience: int | None = 2  # epochs without dev improvement before stopping; None: never stop early
+    eval_every: int = 0  # steps between dev evaluations inside an epoch (each can become the kept model); 0: epoch ends only
     save_every: int = 500  # steps between checkpoints (also written each epoch and on stop); 0: epochs only
     log_every: int = 20
     device: str = "auto"
@@ -77,6 +79,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise OptionError(f"layer_lr_decay must be in (0, 1] (1: no decay), got {self.layer_lr_decay}")
+        if self.eval_every < 0:
+            raise OptionError(f"eval_every must be >= 0 (0: evaluate at epoch ends only), got {self.eval_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise OptionError(f"max_steps must be at least 1, got {self.max_steps}")
 

@@ -4,30 +4,52 @@ from __future__ import annotations
 
 import torch
 
+from .encoder import embeddings_module, transformer_layers
 from .errors import OptionError
 from .model import BertRNNClassifier
 
 
-def parameter_groups(model: BertRNNClassifier, encoder_lr: float, head_lr: float, weight_decay: float) -> list[dict]:
-    """Trainable parameters in up to four groups: (encoder | head) x (decayed | not decayed).
+def parameter_groups(model: BertRNNClassifier, encoder_lr: float, head_lr: float, weight_decay: float,
+                     layer_lr_decay: float = 1.0) -> list[dict]:
+    """Trainable parameters grouped by learning rate and by (decayed | not decayed).
 
     Biases and normalisation weights (every parameter of fewer than 2 dimensions: BERT's LayerNorm,
-    the RNN's biases) are not decayed; frozen parameters are left out."""
-    groups = []
-    for part, lr, named in (("encoder", encoder_lr, model.encoder_parameters()), ("head", head_lr, model.head_parameters())):
-        trainable = [(name, p) for name, p in named if p.requires_grad]
-        decayed = [p for _, p in trainable if p.ndim >= 2]
-        plain = [p for _, p in trainable if p.ndim < 2]
-        for params, decay, kind in ((decayed, weight_decay, "decay"), (plain, 0.0, "no_decay")):
-            if params:
-                groups.append({"params": params, "lr": lr, "weight_decay": decay, "name": f"{part}/{kind}"})
-    if not groups:
+    the RNN's biases) are not decayed; frozen parameters are left out. With layer_lr_decay < 1 the
+    encoder's learning rate shrinks with depth below the top: layer i of L trains at
+    encoder_lr * layer_lr_decay**(L-1-i) and the embeddings at encoder_lr * layer_lr_decay**L, so the
+    lower, more general layers move less (layer-wise learning-rate decay)."""
+    if not 0.0 < layer_lr_decay <= 1.0:
+        raise OptionError(f"layer_lr_decay must be in (0, 1] (1: the same rate for every encoder layer), got {layer_lr_decay}")
+    depth = _depth_below_top(model) if layer_lr_decay != 1.0 else {}
+    buckets: dict[tuple[str, float, bool], list] = {}
+    for part, base_lr, named in (("encoder", encoder_lr, model.encoder_parameters()), ("head", head_lr, model.head_parameters())):
+        for name, p in named:
+            if p.requires_grad:
+                key = (part, depth.get(id(p), 0), p.ndim >= 2)
+                buckets.setdefault(key, []).append(p)
+    if not buckets:
         raise OptionError("the model has no trainable parameters (is everything frozen?)")
+    groups = []
+    for (part, below_top, decayed), params in buckets.items():
+        lr = (encoder_lr * layer_lr_decay ** below_top) if part == "encoder" else head_lr
+        where = f"{part}-{below_top}" if below_top else part
+        groups.append({"params": params, "lr": lr, "weight_decay": weight_decay if decayed else 0.0,
+                       "name": f"{where}/{'decay' if decayed else 'no_decay'}", "part": part})
     return groups
 
 
-def build_optimizer(model: BertRNNClassifier, encoder_lr: float, head_lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, encoder_lr, head_lr, weight_decay))
+def _depth_below_top(model: BertRNNClassifier) -> dict[int, int]:
+    """id(parameter) -> how many layers below the encoder's top layer it sits (embeddings: one below the lowest)."""
+    layers = transformer_layers(model.encoder)
+    depth = {id(p): len(layers) for p in embeddings_module(model.encoder).parameters()}
+    for index, layer in enumerate(layers):
+        depth.update({id(p): len(layers) - 1 - index for p in layer.parameters()})
+    return depth
+
+
+def build_optimizer(model: BertRNNClassifier, encoder_lr: float, head_lr: float, weight_decay: float,
+                    layer_lr_decay: float = 1.0) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameter_groups(model, encoder_lr, head_lr, weight_decay, layer_lr_decay))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):

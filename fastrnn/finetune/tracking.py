@@ -58,3 +58,12 @@ def describe_epoch(record: dict, metric: str) -> str:
         text += (f"; dev accuracy {dev['accuracy']:.4f}, F1 {dev['f1']:.4f}, loss {dev['loss']:.4f}"
                  f"{'' if metric in ('accuracy', 'f1', 'loss') else f', {metric} {dev[metric]:.4f}'}")
     return text
+
+
+def describe_evaluation(evaluation: dict, steps_in_epoch: int, metric: str, *, best: bool) -> str:
+    """One console line for a dev evaluation inside an epoch (--eval-every)."""
+    dev = evaluation["dev"]
+    return (f"step {evaluation['global_step']} (epoch {evaluation['epoch']}, {evaluation['step_in_epoch']}/{steps_in_epoch}): "
+            f"dev accuracy {dev['accuracy']:.4f}, F1 {dev['f1']:.4f}, loss {dev['loss']:.4f}"
+            f"{'' if metric in ('accuracy', 'f1', 'loss') else f', {metric} {dev[metric]:.4f}'}"
+            f"{' (best so far, kept)' if best else ''}")

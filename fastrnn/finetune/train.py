@@ -29,7 +29,7 @@ from .inference import MODEL_INPUTS, autocast_for, evaluate, move
 from .model import BertRNNClassifier
 from .optim import build_optimizer, build_scheduler
 from .stopping import StopRequest
-from .tracking import RunLog, describe_epoch
+from .tracking import RunLog, describe_epoch, describe_evaluation
 
 MODEL_DIR = "model"
 
@@ -53,7 +53,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
 def _fresh_progress() -> dict:
     return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_seconds": 0.0, "epoch_loss_sum": 0.0,
-            "history": [], "best": None, "bad_epochs": 0, "finished": None, "model_holds": None}
+            "history": [], "evaluations": [], "best": None, "bad_epochs": 0, "finished": None, "model_holds": None}
 
 
 class Trainer:
@@ -76,7 +76,8 @@ class Trainer:
         self.steps_per_epoch = len(self._plan(0))
         self.total_steps = config.epochs * self.steps_per_epoch
         warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_ratio * self.total_steps)
-        self.optimizer = build_optimizer(self.model, config.encoder_lr, config.head_lr, config.weight_decay)
+        self.optimizer = build_optimizer(self.model, config.encoder_lr, config.head_lr, config.weight_decay,
+                                         config.layer_lr_decay)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.progress = _fresh_progress()
@@ -137,6 +138,7 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.progress = saved["progress"]
+        self.progress.setdefault("evaluations", [])  # absent from checkpoints written before --eval-every
         self.saved_plan = saved["plans"][self.ctx.rank]
 
     # --- the run ---------------------------------------------------------------------------------
@@ -206,7 +208,9 @@ class Trainer:
                 reason = self._stop_reason(stop)
                 if reason and mid_epoch:
                     return reason
-                if config.save_every and p["global_step"] % config.save_every == 0 and mid_epoch:
+                if mid_epoch and config.eval_every and p["global_step"] % config.eval_every == 0:
+                    self._evaluate_mid_epoch(plan)  # checkpoints as well
+                elif mid_epoch and config.save_every and p["global_step"] % config.save_every == 0:
                     self._lap()
                     self._save_checkpoint(plan)
         return None
@@ -237,7 +241,10 @@ class Trainer:
         return None
 
     def _log_training(self, bar, loss: float) -> None:
-        lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+        lrs = {}  # each part's highest rate (the encoder's top layer under --layer-lr-decay)
+        for group in self.optimizer.param_groups:
+            part = group.get("part") or group["name"].split("/")[0]  # checkpoints from before "part" lack it
+            lrs[part] = max(lrs.get(part, 0.0), group["lr"])
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if bar.disable:  # without a progress bar (--no-progress, logs to a file) report progress as lines
             rates = ", ".join(f"lr/{name} {lr:.2e}" for name, lr in lrs.items())
@@ -282,11 +289,8 @@ class Trainer:
         reason = None
         if record["dev"] is None:
             self._save_model(f"epoch {record['epoch']}, the latest (no dev set)")
-        elif self._improves(record["dev"]):
-            p["best"] = {"epoch": record["epoch"], "metric": config.metric, "value": record["dev"][config.metric],
-                         "global_step": p["global_step"]}
-            p["bad_epochs"] = 0
-            self._save_model(f"epoch {record['epoch']}, best dev {config.metric}")
+        elif self._record_evaluation(record["dev"], at_epoch_end=True) or p["best"]["epoch"] == record["epoch"]:
+            p["bad_epochs"] = 0  # this epoch's end, or an evaluation inside it (--eval-every), improved on the best
         else:
             p["bad_epochs"] += 1
             if config.patience is not None and p["bad_epochs"] >= config.patience and record["epoch"] < config.epochs:
@@ -300,9 +304,33 @@ class Trainer:
             p["finished"] = reason
         self._save_checkpoint(self._plan(p["epoch"]))
         self.log.print(describe_epoch(record, config.metric))
-        self.log.scalars(p["global_step"], _dev_scalars(record))
+        self.log.scalars(p["global_step"], _epoch_scalars(record))
         self.log.write_metrics(self._summary("running", p["history"]))
         return reason
+
+    def _evaluate_mid_epoch(self, plan: list[list[int]]) -> None:
+        """A dev evaluation between two steps (--eval-every). It is checkpointed at once, so that a resumed run
+        agrees with model/ on which evaluation is the best."""
+        self._lap()  # evaluating is not training time
+        dev = self._evaluate()
+        self._record_evaluation(dev, at_epoch_end=False)
+        self.log.print(describe_evaluation(self.progress["evaluations"][-1], len(plan), self.config.metric,
+                                           best=self.progress["best"]["global_step"] == self.progress["global_step"]))
+        self.log.scalars(self.progress["global_step"], _dev_scalars(dev))
+        self._save_checkpoint(plan)
+
+    def _record_evaluation(self, dev: dict, *, at_epoch_end: bool) -> bool:
+        """Adds a dev evaluation to the run's curve; when it beats the best so far, it becomes the kept model."""
+        p, metric = self.progress, self.config.metric
+        epoch = p["epoch"] + 1
+        p["evaluations"].append({"epoch": epoch, "step_in_epoch": p["step_in_epoch"], "global_step": p["global_step"],
+                                 "dev": dev})
+        if not self._improves(dev):
+            return False
+        p["best"] = {"epoch": epoch, "metric": metric, "value": dev[metric], "global_step": p["global_step"]}
+        where = f"epoch {epoch}" if at_epoch_end else f"epoch {epoch} at step {p['global_step']}"
+        self._save_model(f"{where}, best dev {metric}")
+        return True
 
     def _stop_mid_epoch(self, reason: str, plan: list[list[int]]) -> TrainResult:
         p = self.progress
@@ -380,14 +408,15 @@ class Trainer:
     def _summary(self, stopped: str, history: list[dict]) -> dict:
         p = self.progress
         return {"stopped": stopped, "global_step": p["global_step"], "steps_per_epoch": self.steps_per_epoch,
-                "total_steps": self.total_steps, "history": history, "best": p["best"],
+                "total_steps": self.total_steps, "history": history, "evaluations": p["evaluations"], "best": p["best"],
                 "model": {"path": MODEL_DIR, "holds": p["model_holds"]}, "labels": self.labels,
                 "rnn_backend": self._rnn_backend(), "world_size": self.ctx.world_size,
                 "device": str(self.ctx.device), "config": dataclasses.asdict(self.config)}
 
 
-def _dev_scalars(record: dict) -> dict[str, float]:
-    values = {"epoch/seconds": record["seconds"], "epoch/train_loss": record["train_loss"]}
-    if record.get("dev"):
-        values.update({f"dev/{name}": record["dev"][name] for name in ("accuracy", "precision", "recall", "f1", "loss")})
-    return values
+def _epoch_scalars(record: dict) -> dict[str, float]:
+    return {"epoch/seconds": record["seconds"], "epoch/train_loss": record["train_loss"], **_dev_scalars(record["dev"])}
+
+
+def _dev_scalars(dev: dict | None) -> dict[str, float]:
+    return {f"dev/{name}": dev[name] for name in ("accuracy", "precision", "recall", "f1", "loss")} if dev else {}
