@@ -561,9 +561,45 @@ def test_eval_every_keeps_the_best_of_all_dev_evaluations(tiny_dir, sst2_files, 
     assert resumed.best["global_step"] == result.best["global_step"]
 
 
-def test_negative_eval_every_is_an_error(tiny_dir, sst2_files, tmp_path):
+def test_ema_is_what_dev_scores_and_model_holds_and_resumes_exactly(tiny_dir, sst2_files, tmp_path, monkeypatch):
+    decay = 0.6
+    original_step = Trainer._step
+    weights = []  # the raw weights after each step
+
+    def step_and_record(self, batch):
+        loss = original_step(self, batch)
+        weights.append({name: p.detach().clone() for name, p in self.model.named_parameters()})
+        return loss
+
+    monkeypatch.setattr(Trainer, "_step", step_and_record)
+    options = dict(epochs=1, ema_decay=decay, metric="loss")
+    result = train(tiny_config(tiny_dir, sst2_files, tmp_path / "run", **options))
+    monkeypatch.setattr(Trainer, "_step", original_step)
+    assert result.global_step == len(weights) == 5
+    expected = dict(weights[0])  # the average starts at the first step's weights
+    for step in weights[1:]:
+        expected = {name: decay * expected[name] + (1 - decay) * step[name] for name in expected}
+    kept = BertRNNClassifier.from_pretrained(tmp_path / "run" / "model")
+    for name, param in kept.named_parameters():
+        torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(weights[-1]["classifier.weight"], expected["classifier.weight"])
+    # dev scores the average: evaluating model/ again gives the run's dev loss
+    evaluated = tmp_path / "eval.json"
+    assert cli.main(["eval", "--model", str(tmp_path / "run"), "--data", str(sst2_files[1]), "--output", str(evaluated)]) == 0
+    assert json.loads(evaluated.read_text())["loss"] == pytest.approx(result.history[0]["dev"]["loss"], rel=1e-5)
+    # stopped after step 3 and resumed: the average continues exactly
+    train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", **options, max_steps=3))
+    train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", **options), resume=True)
+    ours, theirs = load_checkpoint(tmp_path / "split")["ema"], load_checkpoint(tmp_path / "run")["ema"]
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_out_of_range_eval_every_and_ema_decay_are_errors(tiny_dir, sst2_files, tmp_path):
     with pytest.raises(OptionError, match="eval_every must be >= 0"):
         tiny_config(tiny_dir, sst2_files, tmp_path / "run", eval_every=-1)
+    with pytest.raises(OptionError, match=r"ema_decay must be in \[0, 1\)"):
+        tiny_config(tiny_dir, sst2_files, tmp_path / "run", ema_decay=1.0)
 
 
 # --- the command line --------------------------------------------------------------------------------------

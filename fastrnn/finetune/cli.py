@@ -256,6 +256,9 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
     optim.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="not applied to biases and LayerNorm")
     optim.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio, help="of all scheduled steps")
     optim.add_argument("--warmup-steps", type=int, help="overrides --warmup-ratio")
+    optim.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
+                       help="evaluate and keep an exponential moving average of the weights, updated every step "
+                            "(e.g. 0.999; 0: off)")
     optim.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="0: no clipping")
     optim.add_argument("--seed", type=int, default=defaults.seed)
     optim.add_argument("--precision", choices=PRECISIONS, default=defaults.precision, help="auto: bf16 autocast on GPU, fp32 on CPU")

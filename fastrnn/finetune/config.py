@@ -56,6 +56,7 @@ class TrainConfig:
     layer_lr_decay: float = 1.0  # encoder layer i of L trains at encoder_lr * this**(L-1-i); 1: no decay
     warmup_ratio: float = 0.06
     warmup_steps: int | None = None  # overrides warmup_ratio
+    ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights (e.g. 0.999); 0: off
     max_grad_norm: float = 1.0  # 0: no clipping
     seed: int = 42
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -81,6 +82,8 @@ class TrainConfig:
                 raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise OptionError(f"layer_lr_decay must be in (0, 1] (1: no decay), got {self.layer_lr_decay}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise OptionError(f"ema_decay must be in [0, 1) (0: no moving average), got {self.ema_decay}")
         if self.eval_every < 0:
             raise OptionError(f"eval_every must be >= 0 (0: evaluate at epoch ends only), got {self.eval_every}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -80,6 +81,10 @@ class Trainer:
                                          config.layer_lr_decay)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # --ema-decay: an exponential moving average of the weights, updated after every step; it is what
+        # dev evaluation scores and what model/ holds (the raw weights stay in the checkpoint for resuming)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+                    if config.ema_decay else None)
         self.progress = _fresh_progress()
         self.saved_plan: list[list[int]] | None = None
         if saved:
@@ -135,6 +140,8 @@ class Trainer:
             raise CheckpointError(f"the checkpoint planned {saved['total_steps']} steps but the data now gives "
                                   f"{self.total_steps}: the data files changed since it was written")
         self.model.load_state_dict(saved["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.progress = saved["progress"]
@@ -226,6 +233,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss.detach()
 
     def _stop_reason(self, stop: StopRequest) -> str | None:
@@ -357,7 +366,7 @@ class Trainer:
             return None
         metrics = None
         if self.ctx.is_main:
-            metrics = evaluate(self.model, self.dev_set, self.collator, batch_size=self.config.eval_batch_size,
+            metrics = evaluate(self._kept_model(), self.dev_set, self.collator, batch_size=self.config.eval_batch_size,
                                device=self.ctx.device, precision=self.config.precision, lengths=self.dev_lengths)
         return self.ctx.broadcast(metrics)
 
@@ -372,15 +381,21 @@ class Trainer:
                 "total_steps": self.total_steps, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng, "plans": plans, "progress": self.progress,
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             })
         self.ctx.barrier()
         self._start_clock()  # checkpoint writing is not training time
 
     def _save_model(self, holds: str) -> None:
         if self.ctx.is_main:
-            replace_directory(self.output / MODEL_DIR, lambda folder: self.model.save_pretrained(folder, self.tokenizer))
+            model = self._kept_model()
+            replace_directory(self.output / MODEL_DIR, lambda folder: model.save_pretrained(folder, self.tokenizer))
         self.progress["model_holds"] = holds
         self.ctx.barrier()
+
+    def _kept_model(self) -> BertRNNClassifier:
+        """The weights dev evaluation scores and model/ holds: their moving average under --ema-decay."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _finish(self, reason: str, history: list[dict]) -> TrainResult:
         p = self.progress
