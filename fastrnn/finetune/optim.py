@@ -21,20 +21,19 @@ def parameter_groups(model: BertRNNClassifier, encoder_lr: float, head_lr: float
     if not 0.0 < layer_lr_decay <= 1.0:
         raise OptionError(f"layer_lr_decay must be in (0, 1] (1: the same rate for every encoder layer), got {layer_lr_decay}")
     depth = _depth_below_top(model) if layer_lr_decay != 1.0 else {}
-    buckets: dict[tuple[str, float, bool], list] = {}
-    for part, base_lr, named in (("encoder", encoder_lr, model.encoder_parameters()), ("head", head_lr, model.head_parameters())):
-        for name, p in named:
+    buckets: dict[tuple[str, int, bool], list] = {}  # (part, layers below the top, decayed) -> parameters
+    for part, named in (("encoder", model.encoder_parameters()), ("head", model.head_parameters())):
+        for _, p in named:
             if p.requires_grad:
-                key = (part, depth.get(id(p), 0), p.ndim >= 2)
-                buckets.setdefault(key, []).append(p)
+                buckets.setdefault((part, depth.get(id(p), 0), p.ndim >= 2), []).append(p)
     if not buckets:
         raise OptionError("the model has no trainable parameters (is everything frozen?)")
     groups = []
     for (part, below_top, decayed), params in buckets.items():
         lr = (encoder_lr * layer_lr_decay ** below_top) if part == "encoder" else head_lr
-        where = f"{part}-{below_top}" if below_top else part
+        where = f"{part}/{below_top}-below-top" if below_top else part  # a name starts with its part
         groups.append({"params": params, "lr": lr, "weight_decay": weight_decay if decayed else 0.0,
-                       "name": f"{where}/{'decay' if decayed else 'no_decay'}", "part": part})
+                       "name": f"{where}/{'decay' if decayed else 'no_decay'}"})
     return groups
 
 

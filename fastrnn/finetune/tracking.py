@@ -53,17 +53,18 @@ def describe_epoch(record: dict, metric: str) -> str:
     """One console line for an epoch record."""
     text = (f"epoch {record['epoch']}{' (partial)' if record.get('partial') else ''}: {record['steps']} steps in "
             f"{record['seconds']:.1f}s ({record['ms_per_step']:.0f} ms/step), train loss {record['train_loss']:.4f}")
-    dev = record.get("dev")
-    if dev:
-        text += (f"; dev accuracy {dev['accuracy']:.4f}, F1 {dev['f1']:.4f}, loss {dev['loss']:.4f}"
-                 f"{'' if metric in ('accuracy', 'f1', 'loss') else f', {metric} {dev[metric]:.4f}'}")
+    if record.get("dev"):
+        text += f"; {_describe_dev(record['dev'], metric)}"
     return text
 
 
 def describe_evaluation(evaluation: dict, steps_in_epoch: int, metric: str, *, best: bool) -> str:
     """One console line for a dev evaluation inside an epoch (--eval-every)."""
-    dev = evaluation["dev"]
     return (f"step {evaluation['global_step']} (epoch {evaluation['epoch']}, {evaluation['step_in_epoch']}/{steps_in_epoch}): "
-            f"dev accuracy {dev['accuracy']:.4f}, F1 {dev['f1']:.4f}, loss {dev['loss']:.4f}"
-            f"{'' if metric in ('accuracy', 'f1', 'loss') else f', {metric} {dev[metric]:.4f}'}"
-            f"{' (best so far, kept)' if best else ''}")
+            f"{_describe_dev(evaluation['dev'], metric)}{' (best so far, kept)' if best else ''}")
+
+
+def _describe_dev(dev: dict, metric: str) -> str:
+    """Dev accuracy, F1 and loss, plus the selection metric when it is none of those."""
+    return (f"dev accuracy {dev['accuracy']:.4f}, F1 {dev['f1']:.4f}, loss {dev['loss']:.4f}"
+            f"{'' if metric in ('accuracy', 'f1', 'loss') else f', {metric} {dev[metric]:.4f}'}")

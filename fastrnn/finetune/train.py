@@ -252,7 +252,7 @@ class Trainer:
     def _log_training(self, bar, loss: float) -> None:
         lrs = {}  # each part's highest rate (the encoder's top layer under --layer-lr-decay)
         for group in self.optimizer.param_groups:
-            part = group.get("part") or group["name"].split("/")[0]  # checkpoints from before "part" lack it
+            part = group["name"].split("/")[0]  # "encoder" or "head" (optim.parameter_groups)
             lrs[part] = max(lrs.get(part, 0.0), group["lr"])
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if bar.disable:  # without a progress bar (--no-progress, logs to a file) report progress as lines
@@ -298,12 +298,14 @@ class Trainer:
         reason = None
         if record["dev"] is None:
             self._save_model(f"epoch {record['epoch']}, the latest (no dev set)")
-        elif self._record_evaluation(record["dev"], at_epoch_end=True) or p["best"]["epoch"] == record["epoch"]:
-            p["bad_epochs"] = 0  # this epoch's end, or an evaluation inside it (--eval-every), improved on the best
         else:
-            p["bad_epochs"] += 1
-            if config.patience is not None and p["bad_epochs"] >= config.patience and record["epoch"] < config.epochs:
-                reason = "early_stopping"
+            self._record_evaluation(record["dev"], at_epoch_end=True)
+            if p["best"]["epoch"] == record["epoch"]:  # its end, or an evaluation inside it, improved on the best
+                p["bad_epochs"] = 0
+            else:
+                p["bad_epochs"] += 1
+                if config.patience is not None and p["bad_epochs"] >= config.patience and record["epoch"] < config.epochs:
+                    reason = "early_stopping"
         if record["epoch"] == config.epochs:
             reason = "completed"
         elif not reason and config.max_steps is not None and p["global_step"] >= config.max_steps:
@@ -322,9 +324,8 @@ class Trainer:
         agrees with model/ on which evaluation is the best."""
         self._lap()  # evaluating is not training time
         dev = self._evaluate()
-        self._record_evaluation(dev, at_epoch_end=False)
-        self.log.print(describe_evaluation(self.progress["evaluations"][-1], len(plan), self.config.metric,
-                                           best=self.progress["best"]["global_step"] == self.progress["global_step"]))
+        improved = self._record_evaluation(dev, at_epoch_end=False)
+        self.log.print(describe_evaluation(self.progress["evaluations"][-1], len(plan), self.config.metric, best=improved))
         self.log.scalars(self.progress["global_step"], _dev_scalars(dev))
         self._save_checkpoint(plan)
 
