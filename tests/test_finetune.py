@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -643,14 +644,21 @@ def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
 def test_cli_compare_writes_a_table(tiny_dir, sst2_files, tmp_path, capsys):
     train_file, dev_file = sst2_files
     assert cli.main(["compare", "--train", str(train_file), "--dev", str(dev_file), "--max-steps", "2",
-                     "--encoder", str(tiny_dir), "--hidden-size", "8", "--batch-size", "8", "--max-length", "64",
-                     "--backend", "reference", "--output", str(tmp_path / "cmp"), "--no-progress"]) == 0
+                     "--eval-every", "1", "--encoder", str(tiny_dir), "--hidden-size", "8", "--batch-size", "8",
+                     "--max-length", "64", "--backend", "reference", "--output", str(tmp_path / "cmp"),
+                     "--no-progress"]) == 0
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
     assert [row["rnn backend"] for row in rows] == ["reference", "aten", "-"]
     for row in rows:
         assert 0 <= row["dev accuracy"] <= 1 and row["ms/step"] > 0 and row["steps"] == 2
+        # The model kept is the one evaluated at step 1 (the only evaluation); the row reports its metrics,
+        # and the last weights' separately.
+        metrics = json.loads((Path(row["output"]) / "metrics.json").read_text())
+        assert row["kept step"] == metrics["best"]["global_step"] == 1
+        assert row["dev accuracy"] == metrics["evaluations"][0]["dev"]["accuracy"]
+        assert row["last accuracy"] == metrics["history"][-1]["dev"]["accuracy"]
     # fastrnn's reference recurrence and torch's code compute the same model from the same start
     assert rows[0]["dev accuracy"] == rows[1]["dev accuracy"]
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert len(table.splitlines()) == 2 + 3 and "| variant | rnn backend | dev accuracy |" in table
+    assert len(table.splitlines()) == 2 + 3 and "| variant | rnn backend | dev accuracy | dev F1 | kept step |" in table
     assert table in capsys.readouterr().out

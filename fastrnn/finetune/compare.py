@@ -14,7 +14,8 @@ from .checkpoint import write_json
 from .config import TrainConfig
 from .train import TrainResult, train
 
-COLUMNS = ("variant", "rnn backend", "dev accuracy", "dev F1", "s/epoch", "ms/step", "steps")
+# dev accuracy/F1: the kept model's; last accuracy: the weights the run ended with
+COLUMNS = ("variant", "rnn backend", "dev accuracy", "dev F1", "kept step", "last accuracy", "s/epoch", "ms/step", "steps")
 
 
 def variants(config: TrainConfig, linear_pooling: str = "cls") -> list[tuple[str, TrainConfig]]:
@@ -50,12 +51,13 @@ def compare(config: TrainConfig, *, linear_pooling: str = "cls", overwrite: bool
 
 
 def summarise(name: str, result: TrainResult) -> dict:
-    """One table row: dev metrics of the model the run kept, and its training time per epoch and per step."""
+    """One table row: dev metrics of the model the run kept (which --eval-every may have taken inside an epoch)
+    and of the run's last weights, and its training time per epoch and per step."""
     full = [record for record in result.history if not record["partial"]]
     timed = full or result.history  # a run stopped inside its first epoch is timed on that partial epoch
-    kept = next((record for record in result.history if result.best and record["epoch"] == result.best["epoch"]
-                 and not record["partial"]), result.history[-1] if result.history else None)
-    dev = (kept or {}).get("dev") or {}
+    last = (result.history[-1] if result.history else {}).get("dev") or {}
+    kept = kept_evaluation(result)
+    dev = kept["dev"] if kept else last  # no evaluation kept a model (stopped before any): the last weights
     steps = sum(record["steps"] for record in timed)
     seconds = sum(record["seconds"] for record in timed)
     return {
@@ -63,6 +65,8 @@ def summarise(name: str, result: TrainResult) -> dict:
         "rnn backend": result.rnn_backend or "-",
         "dev accuracy": dev.get("accuracy"),
         "dev F1": dev.get("f1"),
+        "kept step": kept["global_step"] if kept else result.global_step,
+        "last accuracy": last.get("accuracy"),
         "s/epoch": seconds / len(timed) if timed else None,
         "partial epoch": not full,
         "ms/step": 1000 * seconds / steps if steps else None,
@@ -72,12 +76,21 @@ def summarise(name: str, result: TrainResult) -> dict:
     }
 
 
+def kept_evaluation(result: TrainResult) -> dict | None:
+    """The dev evaluation whose model the run kept as model/ (None before any evaluation)."""
+    if result.best is None:
+        return None
+    return next((evaluation for evaluation in result.evaluations
+                 if evaluation["global_step"] == result.best["global_step"] and evaluation["epoch"] == result.best["epoch"]),
+                None)
+
+
 def markdown_table(rows: list[dict]) -> str:
     def cell(row: dict, column: str) -> str:
         value = row[column]
         if value is None:
             return "-"
-        if column.startswith("dev"):
+        if column.startswith("dev") or column == "last accuracy":
             return f"{value:.4f}"
         if column == "s/epoch":
             return f"{value:.2f}{' (partial)' if row['partial epoch'] else ''}"

@@ -42,6 +42,7 @@ class TrainResult:
     global_step: int
     history: list[dict]  # one record per epoch (the last one marked partial when stopped mid-epoch)
     best: dict | None  # {"epoch", "metric", "value", "global_step"} of the best dev evaluation
+    evaluations: list[dict]  # every dev evaluation: {"epoch", "step_in_epoch", "global_step", "dev"}
     rnn_backend: str | None  # the backend the RNN head ran on (None for the linear head)
     metrics_path: Path
 
@@ -414,7 +415,8 @@ class Trainer:
         return result
 
     def _result(self, reason: str, history: list[dict]) -> TrainResult:
-        return TrainResult(self.output, reason, self.progress["global_step"], history, self.progress["best"],
+        p = self.progress
+        return TrainResult(self.output, reason, p["global_step"], history, p["best"], p["evaluations"],
                            self._rnn_backend(), self.output / "metrics.json")
 
     def _rnn_backend(self) -> str | None:
