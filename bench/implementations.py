@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fastrnn
-from fastrnn import backends, reference
+from fastrnn import backends, cell_math
 
 from .cases import Case
 
@@ -118,11 +118,11 @@ class _CellLoopRNN(nn.Module):
 
 
 def _lstm_step(x, state, weights):
-    return list(reference.lstm_cell(x, state[0], state[1], *weights))
+    return list(cell_math.lstm_cell(x, state[0], state[1], *weights))
 
 
 def _gru_step(x, state, weights):
-    return [reference.gru_cell(x, state[0], *weights)]
+    return [cell_math.gru_cell(x, state[0], *weights)]
 
 
 class NotAdapted(Implementation):

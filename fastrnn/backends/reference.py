@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..reference import gru_pointwise, lstm_pointwise
+from ..cell_math import gru_pointwise, lstm_pointwise
 
 
 def unavailable_reason(device: torch.device) -> str | None:

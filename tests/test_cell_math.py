@@ -1,8 +1,8 @@
 """The math and the explicit-backward algorithm, proven on the CPU in float64.
 
-- reference cells equal nn.LSTMCell / nn.GRUCell;
+- the cells of fastrnn.cell_math equal nn.LSTMCell / nn.GRUCell;
 - the recurrence op's explicit backward (the algorithm every kernel follows) equals autograd through
-  the plain step loop of fastrnn.reference, with lengths and in reverse;
+  the plain step loop of fastrnn.cell_math, with lengths and in reverse;
 - torch.autograd.gradcheck on the recurrence, torch.library.opcheck on the custom ops.
 """
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastrnn import functional, reference
+from fastrnn import cell_math, functional
 
 from conftest import rel_error
 
@@ -25,14 +25,14 @@ def test_lstm_cell_matches_torch(proj_size, bias):
     torch.manual_seed(0)
     cell = nn.LSTMCell(5, 7, bias=bias, **F64)
     x, h, c = torch.randn(3, 5, **F64), torch.randn(3, 7, **F64), torch.randn(3, 7, **F64)
-    h1, c1 = reference.lstm_cell(x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    h1, c1 = cell_math.lstm_cell(x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
     h2, c2 = cell(x, (h, c))
     assert rel_error(h1, h2) < 1e-14 and rel_error(c1, c2) < 1e-14
     if proj_size:  # projection: h' = (o * tanh(c')) W_hr^T, checked against a 1-step nn.LSTM
         lstm = nn.LSTM(5, 7, proj_size=proj_size, bias=bias, **F64)
         w = dict(lstm.named_parameters())
         hp = torch.randn(3, proj_size, **F64)
-        h1, c1 = reference.lstm_cell(x, hp, c, w["weight_ih_l0"], w["weight_hh_l0"], w.get("bias_ih_l0"),
+        h1, c1 = cell_math.lstm_cell(x, hp, c, w["weight_ih_l0"], w["weight_hh_l0"], w.get("bias_ih_l0"),
                                      w.get("bias_hh_l0"), w["weight_hr_l0"])
         _, (h2, c2) = lstm(x.unsqueeze(0), (hp.unsqueeze(0), c.unsqueeze(0)))
         assert rel_error(h1, h2[0]) < 1e-14 and rel_error(c1, c2[0]) < 1e-14
@@ -43,7 +43,7 @@ def test_gru_cell_matches_torch(bias):
     torch.manual_seed(1)
     cell = nn.GRUCell(5, 7, bias=bias, **F64)
     x, h = torch.randn(3, 5, **F64), torch.randn(3, 7, **F64)
-    ours = reference.gru_cell(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    ours = cell_math.gru_cell(x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
     assert rel_error(ours, cell(x, h)) < 1e-14
 
 
@@ -83,7 +83,7 @@ def test_lstm_explicit_backward_equals_autograd_of_the_loop(lengths, reverse, pr
     lengths = None if lengths is None else torch.tensor(lengths)
     tensors = [x, h0, c0] + [w for w in weights if w is not None]
     ours = functional.lstm_layer(x, h0, c0, tuple(weights), lengths, reverse, "reference")
-    oracle = reference.lstm_layer(x, h0, c0, tuple(weights), lengths, reverse)
+    oracle = cell_math.lstm_layer(x, h0, c0, tuple(weights), lengths, reverse)
     for a, b in zip(ours, oracle):
         assert rel_error(a, b) < 1e-13
     for a, b in zip(_grads(ours, tensors), _grads(oracle, tensors)):
@@ -102,7 +102,7 @@ def test_gru_explicit_backward_equals_autograd_of_the_loop(lengths, reverse, bia
     lengths = None if lengths is None else torch.tensor(lengths)
     tensors = [x, h0] + [w for w in weights if w is not None]
     ours = functional.gru_layer(x, h0, tuple(weights), lengths, reverse, "reference")
-    oracle = reference.gru_layer(x, h0, tuple(weights), lengths, reverse)
+    oracle = cell_math.gru_layer(x, h0, tuple(weights), lengths, reverse)
     for a, b in zip(ours, oracle):
         assert rel_error(a, b) < 1e-13
     for a, b in zip(_grads(ours, tensors), _grads(oracle, tensors)):
