@@ -1,49 +1,55 @@
-"""Builds fastrnn, and its CUDA extension fastrnn._C where that is possible.
+"""Builds fastrnn and its compiled kernels, the extension fastrnn._C.
 
-The extension is compiled only when torch is importable here as a CUDA build, the CUDA toolkit
-(nvcc) is found and csrc/ holds kernel sources; otherwise this says why and installs the pure
-Python package, whose `cuda` backend then reports itself unavailable with the reason.
+fastrnn._C always holds the fused C++ CPU kernels (csrc/cpu/) when torch is importable here and a C++
+compiler is found; it also holds the CUDA kernels (csrc/cuda/) when torch is a CUDA build and the CUDA
+toolkit (nvcc) is found. Whatever cannot be built is said, and the package installs without it: the
+kernels are then compiled on first use (fastrnn/_ext.py), or their backends report why they cannot run.
 Arch list: TORCH_CUDA_ARCH_LIST (default "8.0;9.0"); parallel jobs: MAX_JOBS.
 """
 
-import glob
 import os
+import shutil
 import sys
 
 from setuptools import setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastrnn"))
+import _build  # noqa: E402  (fastrnn/_build.py: the source lists and flags, shared with the on-first-use build)
 
 
 def _say(message: str) -> None:
     print(f"fastrnn setup: {message}", file=sys.stderr)
 
 
-def cuda_extension_kwargs() -> dict:
-    sources = sorted(glob.glob("csrc/*.cu")) + sorted(glob.glob("csrc/*.cpp"))
-    if not sources:
-        _say("csrc/ has no kernel sources; installing without the CUDA extension")
-        return {}
+def extension_kwargs() -> dict:
     try:
         import torch
-        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:
         _say("torch is not importable while building (install torch first and use --no-build-isolation); "
-             "installing without the CUDA extension")
+             "installing without fastrnn._C (it will be compiled on first use)")
         return {}
-    if torch.version.cuda is None:
-        _say(f"torch {torch.__version__} is a CPU build; installing without the CUDA extension")
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        _say(f"no C++ compiler ({compiler}) found; installing without fastrnn._C")
         return {}
-    if CUDA_HOME is None:
-        _say("no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH); installing without the CUDA extension")
-        return {}
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    _say(f"building fastrnn._C for arch {os.environ['TORCH_CUDA_ARCH_LIST']} with CUDA at {CUDA_HOME}")
-    extension = CUDAExtension(
-        name="fastrnn._C",
-        sources=sources,
-        include_dirs=[os.path.abspath("csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
-    )
+    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and bool(_build.cuda_sources())
+    if not with_cuda:
+        why = ("torch is a CPU build" if torch.version.cuda is None else
+               "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)" if CUDA_HOME is None else
+               "csrc/ has no CUDA sources")
+        _say(f"building fastrnn._C with the CPU kernels only: {why}")
+        extension = CppExtension(name="fastrnn._C", sources=_build.cpu_sources(), include_dirs=[_build.CSRC],
+                                 extra_compile_args=_build.CXX_FLAGS, extra_link_args=_build.LINK_FLAGS)
+    else:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        _say(f"building fastrnn._C with the CPU and CUDA kernels for arch {os.environ['TORCH_CUDA_ARCH_LIST']} "
+             f"(CUDA at {CUDA_HOME})")
+        extension = CUDAExtension(name="fastrnn._C", sources=_build.cpu_sources() + _build.cuda_sources(),
+                                  include_dirs=[_build.CSRC], define_macros=[("FASTRNN_WITH_CUDA", None)],
+                                  extra_compile_args={"cxx": _build.CXX_FLAGS, "nvcc": _build.NVCC_FLAGS},
+                                  extra_link_args=_build.LINK_FLAGS)
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)}}
 
 
-setup(**cuda_extension_kwargs())
+setup(**extension_kwargs())

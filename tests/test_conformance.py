@@ -14,7 +14,7 @@ from fastrnn.backends import unavailable_reason
 
 from conftest import DEVICES, compare, detached, make_pair, random_inputs, rel_error, run
 
-BACKENDS = ["reference", "aten", "triton", "cuda"]
+BACKENDS = ["reference", "aten", "cpp", "triton", "cuda"]
 
 # Awkward sizes on purpose: 1, primes, nothing a multiple of 16.
 SHARED_CONFIGS = [

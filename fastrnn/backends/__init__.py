@@ -14,9 +14,9 @@ from types import ModuleType
 
 import torch
 
-from .. import _cuda
+from .. import _build, _ext
 
-KERNEL_BACKENDS = ("cuda", "triton", "reference")
+KERNEL_BACKENDS = ("cuda", "triton", "cpp", "reference")
 BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
 
 # auto's preference on a CUDA device, before torch's own code (cuDNN). A kernel backend joins this
@@ -50,12 +50,16 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
     device = torch.device(device)
     if check_name(backend) in ("auto", "aten", "reference"):
         return None
+    if backend == "cpp":
+        return kernels("cpp").unavailable_reason(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU is visible to torch"
     if backend == "cuda":
         if device.type != "cuda":
             return f"the cuda backend runs on CUDA tensors; got a {device.type} tensor"
-        return _cuda.unavailable_reason() or "this version of fastrnn has no CUDA kernels"
+        if not _build.cuda_sources():
+            return "this version of fastrnn has no CUDA kernels"
+        return _ext.unavailable_reason()
     return _triton_reason(device)
 
 
@@ -69,6 +73,8 @@ def resolve(backend: str, device: torch.device | str) -> str:
                     return candidate
         return "aten"
     reason = unavailable_reason(backend, device)
+    if reason is None and backend in ("cpp", "cuda"):
+        reason = _ext.unavailable_reason()  # compiles fastrnn._C now if pip did not
     if reason is not None:
         raise BackendUnavailableError(f"backend={backend!r} cannot run: {reason}")
     return backend

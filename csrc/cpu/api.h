@@ -1,0 +1,116 @@
+// The fused C++ CPU kernels: what the binding calls (plain pointers and sizes, no torch types), and
+// the little the instruction-set variants share with the portable dispatcher.
+//
+// Each call runs one layer in one direction: the whole T-step recurrence (forward) or its reverse
+// (backward), the contract of fastrnn/backends/reference.py. Tensors are contiguous and time-major:
+// per step t the rows of batch b start at [t][b]. `live` (T entries) gives the number of sequences still
+// running at step t (lengths sorted non-increasing, so they are a prefix of the batch), or is null when
+// every sequence runs all T steps. Outputs at steps where a row does not run are not written (the
+// caller zero-fills them when there are lengths).
+#pragma once
+
+#include <cstdint>
+
+namespace fastrnn {
+namespace cpu {
+
+struct Shape {
+  int64_t steps;   // T
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  int64_t state;   // R: the hidden state's width (proj_size, or H)
+  bool reverse;
+  const int64_t* live;  // [T] or null
+  int max_threads;      // threads the kernel may use (it uses fewer when the work is small)
+};
+
+template <class T>
+struct LstmForward {
+  Shape shape;
+  const T* xp;    // [T, B, 4H]  x W_ih^T + b_ih + b_hh
+  const T* h0;    // [B, R]
+  const T* c0;    // [B, H]
+  const T* w_hh;  // [4H, R]
+  const T* w_hr;  // [R, H] or null (then R = H)
+  T* y;           // [T, B, R]
+  T* h_n;         // [B, R]
+  T* c_n;         // [B, H]
+  T* gates;       // [T, B, 4H] the activated gates i, f, g, o
+  T* c_all;       // [T, B, H] the cell state after each step
+};
+
+template <class T>
+struct LstmBackward {
+  Shape shape;
+  const T* dy;      // [T, B, R]
+  const T* dh_n;    // [B, R]
+  const T* dc_n;    // [B, H]
+  const T* c_prev;  // [T, B, H] the cell state entering each step
+  const T* w_hh;
+  const T* w_hr;
+  const T* gates;
+  const T* c_all;
+  T* dgates;  // [T, B, 4H] gradient of the gate pre-activations
+  T* dh_all;  // [T, B, R] gradient of each step's hidden output before the carry (only with w_hr)
+  T* dh0;     // [B, R]
+  T* dc0;     // [B, H]
+};
+
+template <class T>
+struct GruForward {
+  Shape shape;       // state == hidden
+  const T* xp;       // [T, B, 3H]  x W_ih^T + b_ih + (b_hr, b_hz, 0)
+  const T* h0;       // [B, H]
+  const T* w_hh;     // [3H, H]
+  const T* b_hn;     // [H] or null
+  T* y;              // [T, B, H]
+  T* h_n;            // [B, H]
+  T* saved;          // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn
+};
+
+template <class T>
+struct GruBackward {
+  Shape shape;
+  const T* dy;      // [T, B, H]
+  const T* dh_n;    // [B, H]
+  const T* h_prev;  // [T, B, H] the hidden state entering each step
+  const T* w_hh;
+  const T* saved;
+  T* dxp;  // [T, B, 3H]
+  T* dhn;  // [T, B, H] gradient of hn
+  T* dh0;  // [B, H]
+};
+
+// Entry points (dispatch.cpp): run on the best instruction set this CPU has, or the one chosen with
+// set_instruction_set.
+void lstm_forward(const LstmForward<float>& args);
+void lstm_forward(const LstmForward<double>& args);
+void lstm_backward(const LstmBackward<float>& args);
+void lstm_backward(const LstmBackward<double>& args);
+void gru_forward(const GruForward<float>& args);
+void gru_forward(const GruForward<double>& args);
+void gru_backward(const GruBackward<float>& args);
+void gru_backward(const GruBackward<double>& args);
+
+// "avx512", "avx2" or "generic": what the kernels run on now.
+const char* instruction_set();
+// The instruction sets this CPU and this build can run, best first, comma-separated.
+const char* supported_instruction_sets();
+// Chooses one of supported_instruction_sets(); false (and no change) if it is not one of them.
+bool set_instruction_set(const char* name);
+
+// --- shared by the instruction-set variants (isa_*.cpp) and dispatch.cpp --------------------------
+
+// A barrier for the threads of one parallel region (one per layer-direction call).
+struct alignas(64) Barrier {
+  int arrived = 0;
+  int generation = 0;
+};
+void barrier_wait(Barrier* barrier, int threads);
+
+// Runs body(context, thread, threads) on up to `threads` threads at once; all of them run concurrently
+// (they meet at barriers), and `threads` in the call says how many there really are.
+void run_parallel(int threads, void (*body)(void* context, int thread, int threads), void* context);
+
+}  // namespace cpu
+}  // namespace fastrnn

@@ -1,0 +1,94 @@
+// What the LSTM and GRU CPU kernels share: the workspace, the split of work between threads, and the
+// choice of how many threads a call uses. Internal linkage (see cell.h).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <new>
+
+#include "api.h"
+#include "gemm.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+// An aligned scratch buffer of T, freed on scope exit. (operator new/delete are library calls, so this
+// pulls no inline library code into an instruction-set translation unit.)
+template <class T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t count)
+      : data_(static_cast<T*>(::operator new(static_cast<std::size_t>(count > 0 ? count : 1) * sizeof(T),
+                                             std::align_val_t(64)))) {}
+  ~Scratch() { ::operator delete(data_, std::align_val_t(64)); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* get() const { return data_; }
+
+ private:
+  T* data_;
+};
+
+template <class T>
+void copy(T* dst, const T* src, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] = src[i];
+}
+
+struct Range {
+  int64_t begin, end;
+};
+
+// Thread `thread` of `threads` gets a contiguous share of `count` items, sizes differing by at most one.
+FASTRNN_HD Range share(int64_t count, int thread, int threads) {
+  const int64_t base = count / threads, extra = count % threads;
+  const int64_t begin = thread * base + (thread < extra ? thread : extra);
+  return {begin, begin + base + (thread < extra ? 1 : 0)};
+}
+
+// Below this many multiply-adds per step and thread a second thread costs more at the per-step barrier
+// than it saves (measured on the benchmark grid; see bench/RESULTS.md).
+constexpr int64_t kMinStepWorkPerThread = 8192;
+
+inline int choose_threads(const Shape& shape, int64_t step_work, int64_t blocks) {
+  int64_t threads = shape.max_threads < 1 ? 1 : shape.max_threads;
+  const int64_t by_work = step_work / kMinStepWorkPerThread;
+  if (threads > by_work) threads = by_work < 1 ? 1 : by_work;
+  if (threads > blocks) threads = blocks < 1 ? 1 : blocks;
+  return static_cast<int>(threads);
+}
+
+FASTRNN_HD int64_t live_rows(const Shape& shape, int64_t t) { return shape.live ? shape.live[t] : shape.batch; }
+FASTRNN_HD int64_t step_at(const Shape& shape, int64_t s) { return shape.reverse ? shape.steps - 1 - s : s; }
+
+// The step at which row b of a layer-direction ended (its final state was made there), or -1 if the
+// row never ran (length 0).
+inline int64_t last_step_of_row(const Shape& shape, int64_t row) {
+  if (!shape.live) return shape.reverse ? 0 : shape.steps - 1;
+  int64_t length = 0;  // rows live at step t are a prefix, so row b runs the steps with live[t] > b
+  while (length < shape.steps && shape.live[length] > row) ++length;
+  if (length == 0) return -1;
+  return shape.reverse ? 0 : length - 1;
+}
+
+// h_n: each row's hidden state at its last step (read back from the outputs, since rows finish at
+// different steps), or h0 for a row that never ran.
+template <class T>
+void gather_final_state(const Shape& shape, const T* y, const T* h0, T* h_n, int64_t width) {
+  for (int64_t row = 0; row < shape.batch; ++row) {
+    const int64_t t = last_step_of_row(shape, row);
+    const T* src = t < 0 ? h0 + row * width : y + (t * shape.batch + row) * width;
+    copy(h_n + row * width, src, width);
+  }
+}
+
+// Runs Job::run(thread, threads) on the threads of one parallel region.
+template <class Job>
+void run_job(Job& job, int threads) {
+  run_parallel(
+      threads, [](void* context, int thread, int count) { static_cast<Job*>(context)->run(thread, count); }, &job);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastrnn

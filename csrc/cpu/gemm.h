@@ -1,0 +1,121 @@
+// The per-step GEMM of the CPU kernels: a right-hand matrix packed once per call into column panels,
+// and a register-blocked microkernel whose accumulators the caller reads while they are still in
+// registers (the cell math is its epilogue; nothing of the product goes back to memory first).
+//
+// Packed layout: the output columns are cut into blocks of N (one vector), and `gates` blocks at the
+// same position of `gates` equal-sized column ranges are stored interleaved, k-major:
+//     packed[block][k][gate][lane] = B(k, gate * units + block * N + lane)     (0 past the edge)
+// For the LSTM forward (gates = 4) one block holds the i, f, g, o columns of the same N hidden units, so
+// one microkernel call produces all four gates of those units for MR batch rows. With gates = 1 this
+// is plain column panels, used for the carries of the backward and for the projections.
+#pragma once
+
+#include <cstdint>
+
+#include "simd.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+FASTRNN_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// B(k, c) = src[k * k_stride + c * c_stride], c in [0, gates * units).
+template <class T, int N>
+void pack_panels(T* packed, const T* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
+                 int64_t units) {
+  const int64_t blocks = ceil_div(units, N);
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t k = 0; k < depth; ++k) {
+      for (int64_t gate = 0; gate < gates; ++gate) {
+        T* out = packed + ((block * depth + k) * gates + gate) * N;
+        for (int lane = 0; lane < N; ++lane) {
+          const int64_t unit = block * N + lane;
+          out[lane] = unit < units ? src[k * k_stride + (gate * units + unit) * c_stride] : T(0);
+        }
+      }
+    }
+  }
+}
+
+// Where block `block` of a packing starts, and the stride from one k to the next inside it.
+template <int N>
+struct PanelGeometry {
+  int64_t depth;
+  int64_t gates;
+  FASTRNN_HD int64_t block_offset(int64_t block) const { return block * depth * gates * N; }
+  FASTRNN_HD int64_t k_stride() const { return gates * N; }
+};
+
+// acc[m][q] += sum_k a[m * lda + k] * panel[k * k_stride + q * q_stride .. + N]
+// for MR rows of `a` and NP vectors of columns.
+template <int MR, int NP, class T, int N>
+FASTRNN_HD void accumulate(Vec<T, N> (&acc)[MR][NP], const T* a, int64_t lda, int64_t depth, const T* panel,
+                           int64_t k_stride, int64_t q_stride) {
+  using V = Vec<T, N>;
+  for (int64_t k = 0; k < depth; ++k) {
+    V b[NP];
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q) b[q] = V::load(panel + k * k_stride + q * q_stride);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const V am(a[m * lda + k]);
+#pragma GCC unroll 8
+      for (int q = 0; q < NP; ++q) acc[m][q] += am * b[q];
+    }
+  }
+}
+
+template <int MR, int NP, class T, int N>
+FASTRNN_HD void zero(Vec<T, N> (&acc)[MR][NP]) {
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q) acc[m][q] = Vec<T, N>(T(0));
+}
+
+template <int V>
+struct Const {
+  static constexpr int value = V;
+};
+
+// Batch rows per microkernel call for NP vectors of columns, within `registers` vector registers
+// (NP for the right-hand side, one broadcast, the rest accumulators), at most 8.
+constexpr int rows_per_tile(int registers, int np) {
+  return (registers - np - 2) / np < 1 ? 1 : ((registers - np - 2) / np > 8 ? 8 : (registers - np - 2) / np);
+}
+
+// Calls f(Const<MR>, first_row) over rows [0, rows) in tiles of MRMAX rows, then one smaller tile.
+template <int MRMAX, class F>
+FASTRNN_HD void dispatch_tail(int64_t remaining, int64_t row, F& f) {
+  if constexpr (MRMAX > 0) {
+    if (remaining == MRMAX)
+      f(Const<MRMAX>{}, row);
+    else
+      dispatch_tail<MRMAX - 1>(remaining, row, f);
+  }
+}
+
+template <int MRMAX, class F>
+FASTRNN_HD void for_row_tiles(int64_t rows, F&& f) {
+  int64_t row = 0;
+  for (; row + MRMAX <= rows; row += MRMAX) f(Const<MRMAX>{}, row);
+  if (row < rows) dispatch_tail<MRMAX - 1>(rows - row, row, f);
+}
+
+// Calls f(Const<NP>, first_block) over column blocks [first, last) in groups of up to 4.
+template <class F>
+FASTRNN_HD void for_block_groups(int64_t first, int64_t last, F&& f) {
+  int64_t block = first;
+  for (; block + 4 <= last; block += 4) f(Const<4>{}, block);
+  switch (last - block) {
+    case 3: f(Const<3>{}, block); break;
+    case 2: f(Const<2>{}, block); break;
+    case 1: f(Const<1>{}, block); break;
+    default: break;
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastrnn
