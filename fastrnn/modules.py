@@ -105,17 +105,32 @@ class _RNNBase(nn.Module):
             new.register_parameter(name, getattr(module, name))
         return new.train(module.training)
 
-    def selected_backend(self, device: torch.device | str | None = None) -> str:
-        """The backend a forward on `device` (default: the parameters' device) would run."""
-        return self._backend_for(torch.device(device) if device is not None else self.weight_ih_l0.device)
+    def selected_backend(self, device: torch.device | str | None = None, input: Tensor | PackedSequence | None = None) -> str:
+        """The backend a forward on `device` (default: the parameters' device) would run, for `input` if
+        given (backend="auto" chooses by the input's shape; see fastrnn/backends/auto.py)."""
+        device = torch.device(device) if device is not None else self._parameter_device()
+        return self._backend_for(device, input)
 
-    def _backend_for(self, device: torch.device) -> str:
-        auto = self.backend == "auto"
-        # Off the GPU auto always means torch's own code: decided here, without the registry, on the hot path.
-        backend = "aten" if auto and device.type != "cuda" else backends.resolve(self.backend, device)
-        if auto and backend == "aten" and torch.compiler.is_compiling():
-            return "reference"  # torch.compile cannot trace torch's RNN modules; our custom op it can
-        return backend
+    def _parameter_device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _backend_for(self, device: torch.device, input=None) -> str:
+        if torch.compiler.is_compiling():
+            return _resolve_while_compiling(self.backend, str(device))
+        if self.backend != "auto":
+            return backends.resolve(self.backend, device)
+        workload = None if input is None else self._workload(input, device)
+        return backends.resolve("auto", device, workload)
+
+    def _workload(self, input, device: torch.device) -> backends.Workload:
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if packed:
+            batch = int(input.batch_sizes[0])
+        else:
+            batch = 1 if data.dim() < 3 else data.shape[0 if self.batch_first else 1]
+        dtype = _compute_dtype(data, self.mode) if data.is_floating_point() else self.weight_ih_l0.dtype
+        return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed)
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
@@ -154,7 +169,8 @@ class _RNNBase(nn.Module):
     def forward(self, input, hx=None):
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        backend = self._backend_for(data.device)
+        # Chosen for where the parameters are: an input elsewhere is reported by the input checks.
+        backend = self._backend_for(self._parameter_device(), input)
         self.__dict__["last_backend"] = backend  # plain attribute; skips nn.Module.__setattr__ on the hot path
         batch_sizes = input.batch_sizes if packed else None
         if backend == "aten":
@@ -307,6 +323,12 @@ class GRU(_RNNBase):
             raise ValueError(f"proj_size is only supported by LSTM, not GRU (got proj_size={proj_size})")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, backend)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_while_compiling(backend: str, device: str) -> str:
+    """The backend a traced forward runs: decided once while tracing, outside the graph."""
+    return backends.resolve(backend, device, None, compiling=True)
 
 
 def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:

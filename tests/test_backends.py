@@ -11,15 +11,44 @@ from fastrnn import backends
 from conftest import CUDA_SKIP, compare, detached, make_pair, random_inputs, rel_error, run
 
 
-def test_auto_on_cpu_runs_torchs_own_code_and_says_so():
-    model = fastrnn.LSTM(3, 4)
-    assert model.selected_backend() == "aten"
-    model(torch.randn(2, 1, 3))
-    assert model.last_backend == "aten"
+def _cpp_runs() -> bool:
+    return backends.unavailable_reason("cpp", "cpu") is None and fastrnn._ext.unavailable_reason() is None
+
+
+@pytest.mark.parametrize("cell,batch,hidden,packed,expected", [
+    ("GRU", 32, 512, False, "cpp"),         # torch's CPU GRU is a generic per-step path: cpp for every shape
+    ("LSTM", 8, 400, True, "cpp"),          # likewise torch's packed LSTM
+    ("LSTM", 2, 16, False, "cpp"),          # a small padded LSTM: the per-step cost dominates
+    ("LSTM", 64, 512, False, "aten"),       # a large padded one: oneDNN
+])
+def test_auto_on_cpu_follows_the_measured_rule(cell, batch, hidden, packed, expected):
+    if expected == "cpp" and not _cpp_runs():
+        pytest.skip(f"the cpp backend cannot run here: {backends.unavailable_reason('cpp', 'cpu') or fastrnn._ext.unavailable_reason()}")
+    model = getattr(fastrnn, cell)(3, hidden)
+    x = torch.randn(4, batch, 3)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.randint(1, 5, (batch,)), enforce_sorted=False)
+    assert model.selected_backend(input=x) == expected
+    model(x)
+    assert model.last_backend == expected
     report = fastrnn.explain("cpu")
-    for name in ("cuda", "triton", "reference", "aten"):
+    for name in ("cuda", "triton", "cpp", "reference", "aten"):
         assert name in report
-    assert "auto ->   aten" in report
+    assert f"batch x hidden <= {backends.auto.LSTM_CPP_MAX_BATCH_X_HIDDEN}" in report
+
+
+def test_auto_on_cpu_keeps_torchs_code_for_dtypes_the_kernels_lack():
+    model = fastrnn.LSTM(3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the CPU LSTM computes in bfloat16 under autocast
+        model(torch.randn(5, 2, 3))
+    assert model.last_backend == "aten"
+
+
+def test_auto_on_cpu_falls_back_to_torchs_code_when_the_kernels_cannot_be_built(monkeypatch):
+    monkeypatch.setattr(fastrnn._ext, "unavailable_reason", lambda: "no C++ compiler (simulated)")
+    model = fastrnn.GRU(3, 4)
+    model(torch.randn(5, 2, 3))
+    assert model.last_backend == "aten"
 
 
 def test_explicit_backend_is_used_and_recorded():
@@ -30,7 +59,7 @@ def test_explicit_backend_is_used_and_recorded():
 
 @CUDA_SKIP
 def test_auto_on_cuda_takes_the_first_measured_kernel_that_runs():
-    expected = next((n for n in backends._AUTO_ORDER_CUDA if backends.unavailable_reason(n, "cuda") is None), "aten")
+    expected = next((n for n in backends.auto.CUDA_ORDER if backends.unavailable_reason(n, "cuda") is None), "aten")
     assert backends.resolve("auto", "cuda") == expected
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fastrnn import cell_math, functional
+from fastrnn.backends import unavailable_reason
 
 from conftest import rel_error
 
@@ -109,7 +110,7 @@ def test_gru_explicit_backward_equals_autograd_of_the_loop(lengths, reverse, bia
         assert rel_error(a, b) < 1e-12
 
 
-def _recurrence_args(cell, proj, reverse, lengths, requires_grad=True):
+def _recurrence_args(cell, proj, reverse, lengths, requires_grad=True, backend="reference"):
     torch.manual_seed(4)
     seq_len, batch, hidden = 4, 3, 2
     state = proj or hidden
@@ -118,10 +119,15 @@ def _recurrence_args(cell, proj, reverse, lengths, requires_grad=True):
     if cell == "LSTM":
         return (torch.randn(seq_len, batch, 4 * hidden, **F64, **rg), torch.randn(batch, state, **F64, **rg),
                 torch.randn(batch, hidden, **F64, **rg), torch.randn(4 * hidden, state, **F64, **rg),
-                torch.randn(proj, hidden, **F64, **rg) if proj else None, lengths, reverse, "reference")
+                torch.randn(proj, hidden, **F64, **rg) if proj else None, lengths, reverse, backend)
     return (torch.randn(seq_len, batch, 3 * hidden, **F64, **rg), torch.randn(batch, hidden, **F64, **rg),
             torch.randn(3 * hidden, hidden, **F64, **rg), torch.randn(hidden, **F64, **rg) if proj else None,
-            lengths, reverse, "reference")
+            lengths, reverse, backend)
+
+
+# The backends whose backward is an explicit algorithm of its own (aten is torch's, tested in conformance).
+EXPLICIT_BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(
+    unavailable_reason("cpp", "cpu") is not None, reason=f"cpp backend unavailable: {unavailable_reason('cpp', 'cpu')}"))]
 
 
 # For GRU the `proj` axis toggles b_hn (bias) instead, the GRU's only optional recurrent tensor.
@@ -129,16 +135,18 @@ def _recurrence_args(cell, proj, reverse, lengths, requires_grad=True):
 @pytest.mark.parametrize("proj", [0, 1])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["full", "ragged"])
-def test_gradcheck_recurrence(cell, proj, reverse, lengths):
+@pytest.mark.parametrize("backend", EXPLICIT_BACKENDS)
+def test_gradcheck_recurrence(cell, proj, reverse, lengths, backend):
     function = functional.LSTMRecurrence if cell == "LSTM" else functional.GRURecurrence
-    assert torch.autograd.gradcheck(function.apply, _recurrence_args(cell, proj, reverse, lengths))
+    assert torch.autograd.gradcheck(function.apply, _recurrence_args(cell, proj, reverse, lengths, backend=backend))
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 @pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["full", "ragged"])
-def test_custom_ops_pass_opcheck(cell, lengths):
+@pytest.mark.parametrize("backend", EXPLICIT_BACKENDS)
+def test_custom_ops_pass_opcheck(cell, lengths, backend):
     """Schema, fake (meta) implementations and dispatch of the four custom ops are consistent."""
-    args = _recurrence_args(cell, 1, True, lengths, requires_grad=False)
+    args = _recurrence_args(cell, 1, True, lengths, requires_grad=False, backend=backend)
     forward = functional.lstm_forward if cell == "LSTM" else functional.gru_forward
     torch.library.opcheck(forward, args)
     outputs = forward(*args)

@@ -17,7 +17,7 @@ import fastrnn
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
-BACKENDS = ["reference", "aten"]
+BACKENDS = ["reference", "aten", "cpp"]
 CELLS = ["LSTM", "GRU"]
 
 INPUT, HIDDEN, LAYERS, BATCH, SEQ = 3, 5, 2, 3, 4
@@ -353,7 +353,8 @@ def test_explain_cpu_reports_reasons(monkeypatch):
     assert "unavailable" in lines["triton"]
     assert "available" in lines["reference"] and "unavailable" not in lines["reference"]
     assert "available" in lines["aten"] and "unavailable" not in lines["aten"]
-    assert lines["auto"].split()[-1] == "aten"
+    assert lines["auto"].split()[2] == ("cpp" if lines["cpp"].split()[1] == "available" else "aten")
+    assert "auto on cpu" in lines["auto"]  # the rule auto follows is stated
 
 
 def test_available_backends_record_last_backend(cell, backend):

@@ -15,14 +15,11 @@ from types import ModuleType
 import torch
 
 from .. import _build, _ext
+from . import auto
+from .auto import Workload
 
 KERNEL_BACKENDS = ("cuda", "triton", "cpp", "reference")
 BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
-
-# auto's preference on a CUDA device, before torch's own code (cuDNN). A kernel backend joins this
-# list only once the bench suite has measured it faster than cuDNN on a GPU; the Triton kernels have
-# not been timed on one yet. On any other device torch's own code path is the fastest.
-_AUTO_ORDER_CUDA: tuple[str, ...] = ()
 
 
 class BackendUnavailableError(RuntimeError):
@@ -63,21 +60,25 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
     return _triton_reason(device)
 
 
-def resolve(backend: str, device: torch.device | str) -> str:
-    """The concrete backend that runs for a request on `device`; raises if an explicit one can't."""
+def resolve(backend: str, device: torch.device | str, workload: Workload | None = None, compiling: bool = False) -> str:
+    """The concrete backend that runs for a request on `device` (auto: by the rule of backends/auto.py,
+    for `workload` and whether torch.compile is tracing); raises if an explicit one can't run."""
     device = torch.device(device)
     if check_name(backend) == "auto":
-        if device.type == "cuda":
-            for candidate in _AUTO_ORDER_CUDA:
-                if unavailable_reason(candidate, device) is None:
-                    return candidate
-        return "aten"
+        return auto.choose(device, workload, compiling, lambda name: _runs(name, device))
     reason = unavailable_reason(backend, device)
     if reason is None and backend in ("cpp", "cuda"):
         reason = _ext.unavailable_reason()  # compiles fastrnn._C now if pip did not
     if reason is not None:
         raise BackendUnavailableError(f"backend={backend!r} cannot run: {reason}")
     return backend
+
+
+def _runs(backend: str, device: torch.device) -> bool:
+    """Whether a kernel backend can run on `device`, compiling fastrnn._C first if it needs it."""
+    if unavailable_reason(backend, device) is not None:
+        return False
+    return backend not in ("cpp", "cuda") or _ext.unavailable_reason() is None
 
 
 def kernels(backend: str) -> ModuleType:
@@ -96,7 +97,8 @@ def explain(device: torch.device | str | None = None) -> str:
     for name in (*KERNEL_BACKENDS, "aten"):
         reason = unavailable_reason(name, device)
         lines.append(f"  {name:<9} {'available' if reason is None else 'unavailable: ' + reason}")
-    lines.append(f"  auto ->   {resolve('auto', device)}")
+    lines.append(f"  auto ->   {auto.choose(device, None, False, lambda name: unavailable_reason(name, device) is None)}"
+                 f"   ({auto.describe(device)})")
     if unavailable_reason("triton", device) is None:
         from ..triton import plans
 

@@ -1,0 +1,232 @@
+"""The fused C++ CPU kernels (backend "cpp", csrc/cpu/) against the reference recurrence, op by op.
+
+Module-level agreement with nn.LSTM/nn.GRU on every layer option is in tests/test_conformance.py; here
+the kernels' own axes: every instruction-set variant this CPU can run, one and two threads, shapes that
+cut the register tiles and the threads' unit blocks unevenly, ragged and empty sequences, and the
+errors of the binding.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from fastrnn import _ext, functional
+from fastrnn.backends import reference, unavailable_reason
+
+from conftest import compare, detached, make_pair, random_inputs, rel_error, run
+
+REASON = unavailable_reason("cpp", "cpu") or _ext.unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpp backend unavailable: {REASON}")
+
+from fastrnn.backends import cpp  # noqa: E402
+
+ISAS = _ext.extension().cpu_supported_instruction_sets().split(",") if REASON is None else []
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test on one instruction-set variant, then go back to the best one."""
+    kernels = _ext.extension()
+    best = kernels.cpu_instruction_set()
+    kernels.set_cpu_instruction_set(request.param)
+    yield request.param
+    kernels.set_cpu_instruction_set(best)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _randn(gen, *shape, scale=1.0, dtype=torch.float64):
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def _lstm_args(seq_len, batch, hidden, proj, lengths, reverse, seed, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    state = proj or hidden
+    return (_randn(gen, seq_len, batch, 4 * hidden, dtype=dtype), _randn(gen, batch, state, dtype=dtype),
+            _randn(gen, batch, hidden, dtype=dtype), _randn(gen, 4 * hidden, state, scale=state ** -0.5, dtype=dtype),
+            _randn(gen, state, hidden, scale=hidden ** -0.5, dtype=dtype) if proj else None, lengths, reverse)
+
+
+def _gru_args(seq_len, batch, hidden, bias, lengths, reverse, seed, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return (_randn(gen, seq_len, batch, 3 * hidden, dtype=dtype), _randn(gen, batch, hidden, dtype=dtype),
+            _randn(gen, 3 * hidden, hidden, scale=hidden ** -0.5, dtype=dtype),
+            _randn(gen, hidden, dtype=dtype) if bias else None, lengths, reverse)
+
+
+def _lstm_backward_args(args, outputs, seed):
+    xp, h0, c0, w_hh, w_hr, lengths, reverse = args
+    y, h_n, c_n, gates, c_all = outputs
+    gen = torch.Generator().manual_seed(seed)
+    c_prev = functional.previous_states(c_all, c0, lengths, reverse)
+    grads = [_randn(gen, *t.shape, dtype=t.dtype) for t in (y, h_n, c_n)]
+    return (*grads, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
+
+
+def _gru_backward_args(args, outputs, seed):
+    xp, h0, w_hh, b_hn, lengths, reverse = args
+    y, h_n, saved = outputs
+    gen = torch.Generator().manual_seed(seed)
+    h_prev = functional.previous_states(y, h0, lengths, reverse)
+    return (_randn(gen, *y.shape, dtype=y.dtype), _randn(gen, *h_n.shape, dtype=y.dtype), h_prev, w_hh, saved,
+            lengths, reverse)
+
+
+# Batch 13 and hidden 37 are cut unevenly by every register tile (rows) and vector width (units) the
+# variants use, and into uneven unit blocks between two threads; proj 11 likewise for the state columns.
+SHAPES = [dict(seq_len=9, batch=13, hidden=37), dict(seq_len=5, batch=2, hidden=3)]
+LENGTHS = {"full": None, "ragged": [9, 9, 7, 7, 7, 5, 4, 4, 3, 2, 1, 1, 1], "with_empty": [5, 3, 0]}
+
+
+def _lengths(name, shape):
+    lengths = LENGTHS[name]
+    if lengths is None:
+        return None
+    lengths = [min(n, shape["seq_len"]) for n in lengths][: shape["batch"]]
+    lengths += [lengths[-1]] * (shape["batch"] - len(lengths))
+    return torch.tensor(lengths)
+
+
+def _assert_close(ours, exact, tolerance, what):
+    for index, (a, b) in enumerate(zip(ours, exact)):
+        if b.numel():
+            assert rel_error(a, b) < tolerance, f"{what} result {index}: error {rel_error(a, b):.2e}"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["13x37", "2x3"])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("proj", [0, 11])
+def test_lstm_kernels_equal_the_reference_in_float64(isa, threads, shape, lengths, reverse, proj):
+    if proj >= shape["hidden"]:
+        proj = 1
+    args = _lstm_args(**shape, proj=proj, lengths=_lengths(lengths, shape), reverse=reverse, seed=1)
+    ours, exact = cpp.lstm_forward(*args), reference.lstm_forward(*args)
+    _assert_close(ours, exact, 1e-12, "forward")
+    backward = _lstm_backward_args(args, exact, seed=2)
+    _assert_close(cpp.lstm_backward(*backward), reference.lstm_backward(*backward), 1e-12, "backward")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["13x37", "2x3"])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_kernels_equal_the_reference_in_float64(isa, threads, shape, lengths, reverse, bias):
+    args = _gru_args(**shape, bias=bias, lengths=_lengths(lengths, shape), reverse=reverse, seed=3)
+    ours, exact = cpp.gru_forward(*args), reference.gru_forward(*args)
+    _assert_close(ours, exact, 1e-12, "forward")
+    backward = _gru_backward_args(args, exact, seed=4)
+    _assert_close(cpp.gru_backward(*backward), reference.gru_backward(*backward), 1e-12, "backward")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_float32_kernels_are_as_accurate_as_the_float32_reference(isa, threads, cell):
+    """Each result's error against float64 is at most twice the reference backend's own in float32."""
+    shape, lengths = SHAPES[0], _lengths("ragged", SHAPES[0])
+    if cell == "LSTM":
+        make, forward, backward, make_backward = _lstm_args, "lstm_forward", "lstm_backward", _lstm_backward_args
+        extra = dict(proj=11)
+    else:
+        make, forward, backward, make_backward = _gru_args, "gru_forward", "gru_backward", _gru_backward_args
+        extra = dict(bias=True)
+    exact_args = make(**shape, **extra, lengths=lengths, reverse=True, seed=5)
+    low_args = make(**shape, **extra, lengths=lengths, reverse=True, seed=5, dtype=torch.float32)
+    exact = getattr(reference, forward)(*exact_args)
+    ours_out, ref_out = getattr(cpp, forward)(*low_args), getattr(reference, forward)(*low_args)
+    for a, b, e in zip(ours_out, ref_out, exact):
+        assert rel_error(a, e) <= 2 * rel_error(b, e) + 1e-6, (rel_error(a, e), rel_error(b, e))
+    exact_backward = make_backward(exact_args, exact, seed=6)
+    low_backward = [t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in exact_backward]
+    exact_grads = getattr(reference, backward)(*exact_backward)
+    for a, b, e in zip(getattr(cpp, backward)(*low_backward), getattr(reference, backward)(*low_backward), exact_grads):
+        if e.numel():
+            assert rel_error(a, e) <= 2 * rel_error(b, e) + 1e-6, (rel_error(a, e), rel_error(b, e))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_two_layer_bidirectional_packed_module_matches_torch_on_every_variant(isa, cell):
+    torch.manual_seed(8)
+    ours, theirs = make_pair(cell, "cpp", input_size=6, hidden_size=21, num_layers=2, bidirectional=True)
+    x, hx = random_inputs(ours, 11, 8, lengths=[8, 3, 8, 1, 5, 5, 2, 7, 6, 8, 4], seed=9)
+    errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_compiled_module_runs_the_cpp_kernels_without_a_graph_break(cell):
+    """Under torch.compile auto runs the cpp kernels (a custom op Dynamo traces), not the slow loop."""
+    torch.manual_seed(0)
+    ours, theirs = make_pair(cell, "auto", dtype=torch.float32, input_size=3, hidden_size=5, num_layers=2,
+                             bidirectional=True)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x, hx = random_inputs(ours, 4, 6, dtype=torch.float32, seed=1)
+    errors = compare(run(compiled, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert max(errors.values()) < 1e-5, errors
+    assert ours.last_backend == "cpp"
+
+
+def test_concurrent_calls_from_several_python_threads_agree_with_torch():
+    """Each call has its own parallel region and barrier: calls from several threads at once don't mix."""
+    torch.manual_seed(0)
+    ours, theirs = make_pair("GRU", "cpp", input_size=4, hidden_size=40)
+    inputs = [random_inputs(ours, 3, 5, seed=seed) for seed in range(4)]
+    results = [None] * len(inputs)
+
+    def work(index):
+        with torch.no_grad():
+            results[index] = ours(*inputs[index])[0]
+
+    workers = [threading.Thread(target=work, args=(index,)) for index in range(len(inputs))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    with torch.no_grad():
+        expected = [theirs(*x)[0] for x in inputs]
+    assert all(r is not None and rel_error(r, e) < 1e-10 for r, e in zip(results, expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_is_refused_with_a_clear_error(dtype):
+    args = _lstm_args(3, 2, 4, 0, None, False, seed=0, dtype=dtype)
+    with pytest.raises(RuntimeError, match=r"float32 or float64, got (BFloat16|Half).*backend='aten'"):
+        cpp.lstm_forward(*args)
+
+
+def test_bad_shapes_and_lengths_are_refused_with_clear_errors():
+    xp, h0, c0, w_hh, w_hr, _, reverse = _lstm_args(4, 3, 5, 0, None, False, seed=0)
+    with pytest.raises(RuntimeError, match=r"w_hh must have shape \[20, 5\], got \[20, 4\]"):
+        cpp.lstm_forward(xp, h0, c0, w_hh[:, :4].contiguous(), None, None, reverse)
+    with pytest.raises(RuntimeError, match=r"h0 must be contiguous"):
+        cpp.lstm_forward(xp, h0.t().contiguous().t(), c0, w_hh, None, None, reverse)
+    with pytest.raises(RuntimeError, match=r"c0 has dtype Float but xp has Double"):
+        cpp.lstm_forward(xp, h0, c0.float(), w_hh, None, None, reverse)
+    with pytest.raises(RuntimeError, match=r"lengths must be sorted non-increasing"):
+        cpp.lstm_forward(xp, h0, c0, w_hh, None, torch.tensor([1, 4, 2]), reverse)
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[0, 4\], got 5"):
+        cpp.lstm_forward(xp, h0, c0, w_hh, None, torch.tensor([5, 4, 2]), reverse)
+    gru_xp, gru_h0, gru_w, b_hn, _, _ = _gru_args(4, 3, 5, True, None, False, seed=0)
+    with pytest.raises(RuntimeError, match=r"b_hn must have shape \[5\], got \[4\]"):
+        cpp.gru_forward(gru_xp, gru_h0, gru_w, b_hn[:4].contiguous(), None, False)
+
+
+def test_unknown_instruction_set_is_refused():
+    with pytest.raises(RuntimeError, match=r"instruction set 'sse9' is not available here; this CPU and build support: "):
+        _ext.extension().set_cpu_instruction_set("sse9")
+
+
+def test_module_on_cpp_backend_matches_nn_on_a_long_sequence():
+    torch.manual_seed(3)
+    ours, theirs = make_pair("LSTM", "cpp", input_size=4, hidden_size=19, proj_size=5, bidirectional=True)
+    x, hx = random_inputs(ours, 3, 600, seed=5)
+    errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert max(errors.values()) < 1e-10, errors
