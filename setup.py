@@ -22,6 +22,9 @@ def _say(message: str) -> None:
 
 
 def extension_kwargs() -> dict:
+    if _build.cuda_home() and not os.environ.get("CUDA_HOME"):
+        # torch guesses the toolkit from nvcc's folder, wrong when nvcc on PATH is a wrapper script.
+        os.environ["CUDA_HOME"] = _build.cuda_home()
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -42,7 +45,7 @@ def extension_kwargs() -> dict:
         extension = CppExtension(name="fastrnn._C", sources=_build.cpu_sources(), include_dirs=[_build.CSRC],
                                  extra_compile_args=_build.CXX_FLAGS, extra_link_args=_build.LINK_FLAGS)
     else:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _build.DEFAULT_CUDA_ARCHS)
         _say(f"building fastrnn._C with the CPU and CUDA kernels for arch {os.environ['TORCH_CUDA_ARCH_LIST']} "
              f"(CUDA at {CUDA_HOME})")
         extension = CUDAExtension(name="fastrnn._C", sources=_build.cpu_sources() + _build.cuda_sources(),

@@ -1,16 +1,26 @@
 // The Python binding of fastrnn._C: the one file that includes torch/extension.h. It checks and
 // unpacks tensors, allocates the outputs and calls the kernels, which see only pointers and sizes
-// (csrc/cpu/api.h), so that editing a kernel never recompiles the torch headers.
+// (csrc/cpu/api.h, csrc/cuda/api.h), so that editing a kernel never recompiles the torch headers.
 //
 // The functions follow the recurrence contract of fastrnn/backends/reference.py, argument for
-// argument; fastrnn/backends/cpp.py calls them.
+// argument; fastrnn/backends/cpp.py and fastrnn/backends/cuda.py call them. The CUDA section is built
+// with FASTRNN_WITH_CUDA (setup.py, where nvcc and a CUDA build of torch exist). The test suite builds
+// this same file a second time with FASTRNN_SIMT_EMULATION and without the CPU section: then the CUDA
+// entry points take CPU tensors and run the CUDA kernels' sources in the SIMT emulator (csrc/emulation/).
 #include <torch/extension.h>
-
-#include <ATen/Parallel.h>
 
 #include <optional>
 #include <string>
 #include <vector>
+
+// FASTRNN_CUDA_ONLY leaves the CPU section out: the emulated build, and the CUDA kernels compiled on
+// first use beside a fastrnn._C that has the CPU kernels already (fastrnn/_ext.py).
+#if defined(FASTRNN_SIMT_EMULATION) && !defined(FASTRNN_CUDA_ONLY)
+#define FASTRNN_CUDA_ONLY
+#endif
+
+#if !defined(FASTRNN_CUDA_ONLY)
+#include <ATen/Parallel.h>
 
 #include "cpu/api.h"
 
@@ -208,9 +218,316 @@ void set_cpu_instruction_set(const std::string& name) {
 }
 
 }  // namespace
+#endif  // !FASTRNN_CUDA_ONLY
+
+#if defined(FASTRNN_WITH_CUDA) || defined(FASTRNN_SIMT_EMULATION)
+// --- CUDA kernels (csrc/cuda/) ------------------------------------------------------------------------
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+#include "cuda/api.h"
+
+#if defined(FASTRNN_WITH_CUDA)
+// c10's CUDA headers need only the CUDA runtime's; ATen/cuda's would pull in cuBLAS and cuSPARSE.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace fastrnn_cuda_ops {
+
+using torch::Tensor;
+namespace gpu = fastrnn::cuda;
+
+#if defined(FASTRNN_SIMT_EMULATION)
+constexpr const char* kDevice = "CPU (the CUDA kernels run in the SIMT emulator)";
+bool on_device(const Tensor& tensor) { return tensor.device().is_cpu(); }
+void* stream_of(const Tensor&) { return nullptr; }
+struct DeviceGuard {
+  explicit DeviceGuard(const Tensor&) {}
+};
+// Outputs start as NaN, so an element a kernel forgets to write can never pass a comparison.
+bool poison_outputs = true;
+#else
+constexpr const char* kDevice = "CUDA";
+bool on_device(const Tensor& tensor) { return tensor.device().is_cuda(); }
+void* stream_of(const Tensor& tensor) { return c10::cuda::getCurrentCUDAStream(tensor.device().index()).stream(); }
+struct DeviceGuard {  // the kernels' launches and device queries go to the inputs' GPU
+  explicit DeviceGuard(const Tensor& tensor) : guard(tensor.device()) {}
+  c10::cuda::CUDAGuard guard;
+};
+bool poison_outputs = std::getenv("FASTRNN_CUDA_POISON") != nullptr && std::getenv("FASTRNN_CUDA_POISON")[0] == '1';
+#endif
+
+gpu::DType dtype_of(const Tensor& xp) {
+  switch (xp.scalar_type()) {
+    case at::kDouble: return gpu::DType::float64;
+    case at::kFloat: return gpu::DType::float32;
+    case at::kHalf: return gpu::DType::float16;
+    case at::kBFloat16: return gpu::DType::bfloat16;
+    default:
+      TORCH_CHECK(false, "fastrnn cuda backend: the CUDA kernels run in float64, float32, float16 or bfloat16, got ",
+                  xp.scalar_type());
+  }
+}
+
+void check_first(const Tensor& xp, const char* name) {
+  TORCH_CHECK(on_device(xp), "fastrnn cuda backend: ", name, " must be a ", kDevice, " tensor, got one on ", xp.device());
+  dtype_of(xp);
+  TORCH_CHECK(xp.dim() == 3, "fastrnn cuda backend: ", name, " must be 3-D (T, B, features), got ", xp.dim(), "-D");
+}
+
+void check_input(const Tensor& tensor, const char* name, const Tensor& like, std::vector<int64_t> shape) {
+  TORCH_CHECK(on_device(tensor) && tensor.device() == like.device(), "fastrnn cuda backend: ", name,
+              " must be on ", like.device(), " like the other inputs, got one on ", tensor.device());
+  TORCH_CHECK(tensor.scalar_type() == like.scalar_type(), "fastrnn cuda backend: ", name, " has dtype ",
+              tensor.scalar_type(), " but the other inputs have ", like.scalar_type());
+  TORCH_CHECK(tensor.sizes() == at::IntArrayRef(shape), "fastrnn cuda backend: ", name, " must have shape ",
+              at::IntArrayRef(shape), ", got ", tensor.sizes());
+  TORCH_CHECK(tensor.is_contiguous(), "fastrnn cuda backend: ", name, " must be contiguous");
+}
+
+// lengths: None, or a CPU int64 tensor (B,) sorted non-increasing in [0, T]; returned as int32 on the
+// kernels' device (an undefined tensor when None).
+Tensor device_lengths(const std::optional<Tensor>& lengths, int64_t steps, int64_t batch, const Tensor& like) {
+  if (!lengths.has_value()) return Tensor();
+  TORCH_CHECK(lengths->device().is_cpu() && lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
+                  lengths->size(0) == batch,
+              "fastrnn cuda backend: lengths must be a CPU int64 tensor of shape [", batch, "], got ",
+              lengths->scalar_type(), " ", lengths->sizes(), " on ", lengths->device());
+  const Tensor host = lengths->contiguous();
+  const int64_t* length = host.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(length[b] >= 0 && length[b] <= steps, "fastrnn cuda backend: lengths must lie in [0, ", steps,
+                "], got ", length[b]);
+    TORCH_CHECK(b == 0 || length[b] <= length[b - 1], "fastrnn cuda backend: lengths must be sorted non-increasing");
+  }
+  return host.to(at::kInt).to(like.device());
+}
+
+Tensor output(const Tensor& like, std::vector<int64_t> shape) {
+  Tensor out = at::empty(shape, like.options());
+  if (poison_outputs) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
+gpu::Options options(bool allow_tf32, int strategy, int ctas, int threads, int row_tile, int k_chunk, const Tensor& like) {
+  TORCH_CHECK(strategy >= 0 && strategy <= 2, "fastrnn cuda backend: strategy must be 0 (automatic), 1 (persistent) "
+              "or 2 (stepwise), got ", strategy);
+  gpu::Options o;
+  o.strategy = static_cast<gpu::Strategy>(strategy);
+  o.ctas = ctas;
+  o.threads = threads;
+  o.row_tile = row_tile;
+  o.k_chunk = k_chunk;
+  o.allow_tf32 = allow_tf32;
+  o.stream = stream_of(like);
+  return o;
+}
+
+gpu::Problem problem(int64_t steps, int64_t batch, int64_t hidden, int64_t state, bool projection, bool reverse,
+                     const Tensor& like, const Tensor& lengths) {
+  TORCH_CHECK(steps <= std::numeric_limits<int32_t>::max() && batch <= std::numeric_limits<int32_t>::max() &&
+                  4 * hidden <= std::numeric_limits<int32_t>::max() && state <= std::numeric_limits<int32_t>::max(),
+              "fastrnn cuda backend: sizes beyond 2**31 are not supported");
+  return {steps, batch, hidden, state, projection, reverse, dtype_of(like),
+          lengths.defined() ? lengths.data_ptr<int32_t>() : nullptr};
+}
+
+const void* data_or_null(const std::optional<Tensor>& tensor) { return tensor.has_value() ? tensor->data_ptr() : nullptr; }
+
+Tensor workspace(gpu::Kernel kernel, const gpu::Problem& p, const Tensor& like) {
+  return at::empty({static_cast<int64_t>(gpu::workspace_bytes(kernel, p))}, like.options().dtype(at::kByte));
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp, const Tensor& h0, const Tensor& c0,
+                                                                const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+                                                                const std::optional<Tensor>& lengths, bool reverse,
+                                                                bool allow_tf32, int strategy, int ctas, int threads,
+                                                                int row_tile, int k_chunk) {
+  check_first(xp, "xp");
+  const int64_t T = xp.size(0), B = xp.size(1), H = xp.size(2) / 4, R = h0.dim() == 2 ? h0.size(1) : -1;
+  TORCH_CHECK(xp.size(2) == 4 * H && H > 0, "fastrnn cuda backend: xp's last dimension must be 4 * hidden, got ", xp.size(2));
+  check_input(xp, "xp", xp, {T, B, 4 * H});
+  check_input(h0, "h0", xp, {B, R});
+  check_input(c0, "c0", xp, {B, H});
+  check_input(w_hh, "w_hh", xp, {4 * H, R});
+  if (w_hr.has_value()) check_input(*w_hr, "w_hr", xp, {R, H});
+  else TORCH_CHECK(R == H, "fastrnn cuda backend: without w_hr the state width must equal hidden (", H, "), got ", R);
+  const DeviceGuard guard(xp);
+  const Tensor lens = device_lengths(lengths, T, B, xp);
+  Tensor y = output(xp, {T, B, R}), gates = output(xp, {T, B, 4 * H}), c_all = output(xp, {T, B, H});
+  if (T == 0 || B == 0) return {y, h0.clone(), c0.clone(), gates, c_all};
+  Tensor h_n = output(h0, {B, R}), c_n = output(c0, {B, H});
+  const gpu::Problem p = problem(T, B, H, R, w_hr.has_value(), reverse, xp, lens);
+  Tensor space = workspace(gpu::Kernel::lstm_forward, p, xp);
+  const gpu::LstmForward args{p, xp.data_ptr(), h0.data_ptr(), c0.data_ptr(), w_hh.data_ptr(), data_or_null(w_hr),
+                              y.data_ptr(), h_n.data_ptr(), c_n.data_ptr(), gates.data_ptr(), c_all.data_ptr(),
+                              space.data_ptr()};
+  const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, xp);
+  {
+    pybind11::gil_scoped_release no_gil;
+    gpu::lstm_forward(args, o);
+  }
+  return {y, h_n, c_n, gates, c_all};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
+                                                         const Tensor& c_prev, const Tensor& w_hh,
+                                                         const std::optional<Tensor>& w_hr, const Tensor& gates,
+                                                         const Tensor& c_all, const std::optional<Tensor>& lengths,
+                                                         bool reverse, bool allow_tf32, int strategy, int ctas,
+                                                         int threads, int row_tile, int k_chunk) {
+  check_first(dy, "dy");
+  const int64_t T = dy.size(0), B = dy.size(1), R = dy.size(2), H = c_all.dim() == 3 ? c_all.size(2) : -1;
+  TORCH_CHECK(H > 0, "fastrnn cuda backend: c_all must be 3-D (T, B, hidden), got ", c_all.sizes());
+  check_input(dh_n, "dh_n", dy, {B, R});
+  check_input(dc_n, "dc_n", dy, {B, H});
+  check_input(c_prev, "c_prev", dy, {T, B, H});
+  check_input(w_hh, "w_hh", dy, {4 * H, R});
+  if (w_hr.has_value()) check_input(*w_hr, "w_hr", dy, {R, H});
+  else TORCH_CHECK(R == H, "fastrnn cuda backend: without w_hr the state width must equal hidden (", H, "), got ", R);
+  check_input(gates, "gates", dy, {T, B, 4 * H});
+  check_input(c_all, "c_all", dy, {T, B, H});
+  const DeviceGuard guard(dy);
+  const Tensor lens = device_lengths(lengths, T, B, dy);
+  Tensor dgates = output(dy, {T, B, 4 * H});
+  Tensor dh_all = w_hr.has_value() ? output(dy, {T, B, R}) : at::empty({0}, dy.options());
+  if (T == 0 || B == 0) return {dgates, dh_all, dh_n.clone(), dc_n.clone()};
+  Tensor dh0 = output(dh_n, {B, R}), dc0 = output(dc_n, {B, H});
+  const gpu::Problem p = problem(T, B, H, R, w_hr.has_value(), reverse, dy, lens);
+  Tensor space = workspace(gpu::Kernel::lstm_backward, p, dy);
+  const gpu::LstmBackward args{p, dy.data_ptr(), dh_n.data_ptr(), dc_n.data_ptr(), c_prev.data_ptr(), w_hh.data_ptr(),
+                               data_or_null(w_hr), gates.data_ptr(), c_all.data_ptr(), dgates.data_ptr(),
+                               w_hr.has_value() ? dh_all.data_ptr() : nullptr, dh0.data_ptr(), dc0.data_ptr(),
+                               space.data_ptr()};
+  const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, dy);
+  {
+    pybind11::gil_scoped_release no_gil;
+    gpu::lstm_backward(args, o);
+  }
+  return {dgates, dh_all, dh0, dc0};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
+                                               const std::optional<Tensor>& b_hn, const std::optional<Tensor>& lengths,
+                                               bool reverse, bool allow_tf32, int strategy, int ctas, int threads,
+                                               int row_tile, int k_chunk) {
+  check_first(xp, "xp");
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.dim() == 2 ? h0.size(1) : -1;
+  TORCH_CHECK(H > 0, "fastrnn cuda backend: h0 must be 2-D (B, hidden), got ", h0.sizes());
+  check_input(xp, "xp", xp, {T, B, 3 * H});
+  check_input(h0, "h0", xp, {B, H});
+  check_input(w_hh, "w_hh", xp, {3 * H, H});
+  if (b_hn.has_value()) check_input(*b_hn, "b_hn", xp, {H});
+  const DeviceGuard guard(xp);
+  const Tensor lens = device_lengths(lengths, T, B, xp);
+  Tensor y = output(xp, {T, B, H}), saved = output(xp, {T, B, 4 * H});
+  if (T == 0 || B == 0) return {y, h0.clone(), saved};
+  Tensor h_n = output(h0, {B, H});
+  const gpu::Problem p = problem(T, B, H, H, false, reverse, xp, lens);
+  Tensor space = workspace(gpu::Kernel::gru_forward, p, xp);
+  const gpu::GruForward args{p, xp.data_ptr(), h0.data_ptr(), w_hh.data_ptr(), data_or_null(b_hn),
+                             y.data_ptr(), h_n.data_ptr(), saved.data_ptr(), space.data_ptr()};
+  const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, xp);
+  {
+    pybind11::gil_scoped_release no_gil;
+    gpu::gru_forward(args, o);
+  }
+  return {y, h_n, saved};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& h_prev,
+                                                const Tensor& w_hh, const Tensor& saved,
+                                                const std::optional<Tensor>& lengths, bool reverse, bool allow_tf32,
+                                                int strategy, int ctas, int threads, int row_tile, int k_chunk) {
+  check_first(dy, "dy");
+  const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2);
+  TORCH_CHECK(H > 0, "fastrnn cuda backend: dy's last dimension (hidden) must be positive");
+  check_input(dh_n, "dh_n", dy, {B, H});
+  check_input(h_prev, "h_prev", dy, {T, B, H});
+  check_input(w_hh, "w_hh", dy, {3 * H, H});
+  check_input(saved, "saved", dy, {T, B, 4 * H});
+  const DeviceGuard guard(dy);
+  const Tensor lens = device_lengths(lengths, T, B, dy);
+  Tensor dxp = output(dy, {T, B, 3 * H}), dhn = output(dy, {T, B, H});
+  if (T == 0 || B == 0) return {dxp, dhn, dh_n.clone()};
+  Tensor dh0 = output(dh_n, {B, H});
+  const gpu::Problem p = problem(T, B, H, H, false, reverse, dy, lens);
+  Tensor space = workspace(gpu::Kernel::gru_backward, p, dy);
+  const gpu::GruBackward args{p, dy.data_ptr(), dh_n.data_ptr(), h_prev.data_ptr(), w_hh.data_ptr(), saved.data_ptr(),
+                              dxp.data_ptr(), dhn.data_ptr(), dh0.data_ptr(), space.data_ptr()};
+  const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, dy);
+  {
+    pybind11::gil_scoped_release no_gil;
+    gpu::gru_backward(args, o);
+  }
+  return {dxp, dhn, dh0};
+}
+
+gpu::DType dtype_named(const std::string& name) {
+  if (name == "float64") return gpu::DType::float64;
+  if (name == "float32") return gpu::DType::float32;
+  if (name == "float16") return gpu::DType::float16;
+  if (name == "bfloat16") return gpu::DType::bfloat16;
+  TORCH_CHECK(false, "fastrnn cuda backend: no CUDA kernels for dtype ", name);
+}
+
+// The plan a call would run on the current device (on the modelled one in the emulator), in words.
+std::string describe_plan(int kernel, int64_t steps, int64_t batch, int64_t hidden, int64_t state, bool projection,
+                          const std::string& dtype, bool allow_tf32, int strategy, int ctas, int threads, int row_tile,
+                          int k_chunk) {
+  TORCH_CHECK(kernel >= 0 && kernel <= 3, "fastrnn cuda backend: kernel must be 0..3 (lstm forward, lstm backward, "
+              "gru forward, gru backward)");
+  TORCH_CHECK(steps >= 1 && batch >= 1 && hidden >= 1 && state >= 1, "fastrnn cuda backend: sizes must be positive");
+  const gpu::Problem p{steps, batch, hidden, state, projection, false, dtype_named(dtype), nullptr};
+  gpu::Options o;
+  o.strategy = static_cast<gpu::Strategy>(strategy);
+  o.ctas = ctas;
+  o.threads = threads;
+  o.row_tile = row_tile;
+  o.k_chunk = k_chunk;
+  o.allow_tf32 = allow_tf32;
+  return gpu::describe_plan(static_cast<gpu::Kernel>(kernel), p, o);
+}
+
+void define(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("lstm_forward_cuda", &lstm_forward, "LSTM recurrence, one layer-direction (CUDA)", py::arg("xp"), py::arg("h0"),
+        py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
+        py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("lstm_backward_cuda", &lstm_backward, "LSTM recurrence backward (CUDA)", py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("c_prev"), py::arg("w_hh"), py::arg("w_hr"), py::arg("gates"), py::arg("c_all"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32") = true, py::arg("strategy") = 0,
+        py::arg("ctas") = 0, py::arg("threads") = 0, py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("gru_forward_cuda", &gru_forward, "GRU recurrence, one layer-direction (CUDA)", py::arg("xp"), py::arg("h0"),
+        py::arg("w_hh"), py::arg("b_hn"), py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32") = true,
+        py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0, py::arg("row_tile") = 0,
+        py::arg("k_chunk") = 0);
+  m.def("gru_backward_cuda", &gru_backward, "GRU recurrence backward (CUDA)", py::arg("dy"), py::arg("dh_n"),
+        py::arg("h_prev"), py::arg("w_hh"), py::arg("saved"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
+        py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("cuda_describe_plan", &describe_plan, "The launch plan a CUDA kernel call would run here, in words",
+        py::arg("kernel"), py::arg("steps"), py::arg("batch"), py::arg("hidden"), py::arg("state"),
+        py::arg("projection"), py::arg("dtype"), py::arg("allow_tf32") = true, py::arg("strategy") = 0,
+        py::arg("ctas") = 0, py::arg("threads") = 0, py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("cuda_set_poison_outputs", [](bool on) { poison_outputs = on; },
+        "Fill the CUDA kernels' outputs with NaN before each call (a test aid: unwritten elements then show)");
+#if defined(FASTRNN_SIMT_EMULATION)
+  m.attr("cuda_emulated") = true;
+#else
+  m.attr("cuda_emulated") = false;
+#endif
+}
+
+}  // namespace fastrnn_cuda_ops
+#endif  // FASTRNN_WITH_CUDA || FASTRNN_SIMT_EMULATION
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrnn's compiled kernels (see csrc/)";
+#if !defined(FASTRNN_CUDA_ONLY)
   m.def("lstm_forward_cpu", &lstm_forward, "LSTM recurrence, one layer-direction (CPU)");
   m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)");
   m.def("gru_forward_cpu", &gru_forward, "GRU recurrence, one layer-direction (CPU)");
@@ -221,4 +538,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The instruction sets this CPU and build support, best first, comma-separated");
   m.def("set_cpu_instruction_set", &set_cpu_instruction_set,
         "Run the CPU kernels on the named instruction set (one of cpu_supported_instruction_sets())");
+#endif
+#if defined(FASTRNN_WITH_CUDA) || defined(FASTRNN_SIMT_EMULATION)
+  fastrnn_cuda_ops::define(m);
+#endif
 }

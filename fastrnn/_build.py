@@ -3,7 +3,11 @@ time) and fastrnn/_ext.py (on first use). Imports nothing from fastrnn, so setup
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +18,10 @@ CSRC = str(ROOT / "csrc")
 CXX_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
+# The architectures the CUDA kernels are built for when TORCH_CUDA_ARCH_LIST does not say.
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+# The CUDA kernels compiled by g++ against the SIMT emulator (csrc/emulation/simt.h), for the tests.
+EMULATION_FLAGS = ["-O2", "-DFASTRNN_SIMT_EMULATION"]
 
 
 def _sources(*patterns: str) -> list[str]:
@@ -30,6 +38,51 @@ def cpu_sources() -> list[str]:
 
 def cuda_sources() -> list[str]:
     return _sources("cuda/*.cu")
+
+
+def emulation_sources() -> list[str]:
+    """The binding and the CUDA kernels as host C++: the sources of the emulated extension."""
+    return _sources("binding.cpp", "emulation/cuda_*.cpp")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_home() -> str | None:
+    """The CUDA toolkit's root: $CUDA_HOME or $CUDA_PATH, else where the nvcc on PATH says it lives (a
+    wrapper script on PATH would make torch guess its parent folder), else /usr/local/cuda; None if none."""
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:
+        try:
+            dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                                 capture_output=True, text=True, timeout=60)
+            found = re.search(r"^#\$ TOP=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
+            if found:
+                return os.path.normpath(found.group(1).strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    return "/usr/local/cuda" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+
+
+def nvcc() -> str | None:
+    home = cuda_home()
+    path = os.path.join(home, "bin", "nvcc") if home else None
+    return path if path and os.path.exists(path) else shutil.which("nvcc")
+
+
+def cuda_headers() -> list[str] | None:
+    """Include folders that give the CUDA headers the emulator compiles as host code (cuda_fp16.h,
+    cuda_bf16.h and libcu++'s cuda/atomic), or None when this machine has no CUDA toolkit."""
+    home = cuda_home()
+    if home is None:
+        return None
+    include = os.path.join(home, "include")
+    if not (os.path.exists(os.path.join(include, "cuda_bf16.h"))
+            and os.path.exists(os.path.join(include, "cccl", "cuda", "atomic"))):
+        return None
+    return [include, os.path.join(include, "cccl")]
 
 
 def absolute(sources: list[str]) -> list[str]:

@@ -1,0 +1,58 @@
+// The host side every kernel family shares: plan a call for the current device, then run the plan —
+// one cooperative launch (persistent) or one launch per phase (stepwise), in stream order.
+#pragma once
+
+#include "grid_barrier.cuh"
+#include "plan.h"
+#include "platform.cuh"
+
+namespace fastrnn {
+namespace cuda {
+
+template <class Params>
+Plan plan_for(void (*kernel)(Params), Kernel which, const Problem& problem, const Options& options) {
+  const platform::DeviceLimits limits = platform::device_limits();
+  return make_plan(which, problem, options, limits.multiprocessors, limits.shared_per_block,
+                   [kernel](int threads, size_t shared_bytes) {
+                     return platform::resident_blocks_per_multiprocessor(kernel, threads, shared_bytes);
+                   });
+}
+
+// Kernels read their Geometry (params.g) and run phases [phase_begin, phase_end).
+template <class Params>
+void run_plan(void (*kernel)(Params), Params params, const Geometry& geometry, GridBarrierState* barrier, void* stream) {
+  params.g = geometry;
+  if (geometry.persistent) {
+    platform::zero_async(barrier, sizeof(GridBarrierState), stream);
+    params.g.phase_begin = 0;
+    params.g.phase_end = geometry.phases;
+    platform::launch(kernel, geometry.grid, geometry.threads, geometry.shared_bytes, stream, true, params);
+    return;
+  }
+  for (int phase = 0; phase < geometry.phases; ++phase) {
+    params.g.phase_begin = phase;
+    params.g.phase_end = phase + 1;
+    platform::launch(kernel, stepwise_grid(geometry, phase % geometry.kinds), geometry.threads, geometry.shared_bytes,
+                     stream, false, params);
+  }
+}
+
+// Calls f.template operator()<T, M>() for the storage type and math of (dtype, allow_tf32).
+template <class F>
+auto dispatch(DType dtype, bool allow_tf32, const F& f) {
+  switch (dtype) {
+    case DType::float64: return f.template operator()<double, Math::fma>();
+    case DType::float32:
+      return allow_tf32 ? f.template operator()<float, Math::tf32>() : f.template operator()<float, Math::fma>();
+    case DType::float16: return f.template operator()<__half, Math::tensor16>();
+    default: return f.template operator()<__nv_bfloat16, Math::tensor16>();
+  }
+}
+
+template <class X>
+X* at_offset(void* base, size_t offset) {
+  return reinterpret_cast<X*>(static_cast<unsigned char*>(base) + offset);
+}
+
+}  // namespace cuda
+}  // namespace fastrnn

@@ -1,0 +1,369 @@
+// Launch plans: how one layer-direction's recurrence is cut into CTAs, tiles and launches, decided on
+// the host per shape and device and carried into the kernels as a plain struct (Geometry).
+//
+// Every kernel is a sequence of phases. A phase is a block GEMM, acc = A W^T over a reduction of length
+// k, followed by a pointwise epilogue, for one slice of hidden units (or of state columns) per CTA and
+// for every batch row. Per step there is one phase (two with an LSTM projection: the units, then the
+// state columns they project onto); a backward adds a last phase that carries the gradient into dh0.
+//
+// Two strategies run the same phases:
+//   persistent  one cooperative launch for all steps; each CTA loads its slice of W into shared memory
+//               once, walks the batch in row tiles, and meets the other CTAs at a grid barrier between
+//               phases. Needs the slice (plus a row tile of A and the accumulators) to fit in shared
+//               memory, and the grid to be co-resident.
+//   stepwise    one launch per phase (a fused GEMM + cell per step); CTAs own (slice, row tile) pairs
+//               and stream W through shared memory in chunks. Fits any shape.
+// automatic takes persistent where it fits and is co-resident, else stepwise, and says why.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+#include "api.h"
+
+namespace fastrnn {
+namespace cuda {
+
+// How a block GEMM multiplies: tensor cores on 16-bit inputs, TF32 tensor cores on float32 inputs, or
+// one fused multiply-add per product (float64, and float32 when TF32 is off).
+enum class Math : int { fma = 0, tf32 = 1, tensor16 = 2 };
+
+constexpr int kMaxThreads = 256;  // every kernel's __launch_bounds__
+constexpr int kTile = 16;         // the wmma tile edge: every padded extent is a multiple of it
+constexpr size_t kSharedAlign = 128;
+
+// One kind of phase, for the CTA that owns slice `s` of `extent`.
+struct PhaseGeometry {
+  int k;          // reduction length
+  int k_chunk;    // reduction columns staged in shared memory at once (a multiple of 16)
+  int k_padded;   // k rounded up to k_chunk
+  int gates;      // rows of W per slice member: 4 (LSTM units), 3 (GRU units), 1 (a column of W)
+  int extent;     // what the slices cover: H or R
+  int slice;      // members per CTA
+  int slices;     // ceil(extent / slice)
+  int n_padded;   // gates * slice rounded up to 16: the GEMM's N
+  int splits;     // partial sums the reduction is cut into, so that warps without a tile share the work
+  int ld_w;       // leading dimension of W in shared memory (elements)
+  size_t w_offset;  // bytes: where W (the resident slice, or the streamed chunk) lives in shared memory
+};
+
+struct Geometry {
+  int steps, batch, hidden, state;
+  bool reverse;
+  bool persistent;
+  int threads;
+  int grid;        // persistent: the CTAs; stepwise: see stepwise_grid()
+  int row_tile;    // batch rows per GEMM tile (a multiple of 16)
+  int row_blocks;  // stepwise: ceil(B / row_tile); persistent: 1 (each CTA walks every row tile)
+  int kinds;       // phase kinds per step: 1, or 2 with an LSTM projection
+  int phases;      // all phases of the call
+  PhaseGeometry phase[2];
+  int ld_a;              // leading dimension of the A tile in shared memory (elements)
+  int ld_acc;            // leading dimension of the accumulators (elements)
+  size_t a_offset;       // bytes
+  size_t acc_offset;     // bytes
+  size_t split_stride;   // elements between the partial sums of one accumulator tile
+  size_t shared_bytes;   // dynamic shared memory per CTA
+  int phase_begin, phase_end;  // the phases this launch runs
+};
+
+inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+inline int round_up(int64_t a, int64_t b) { return ceil_div(a, b) * static_cast<int>(b); }
+inline size_t align_bytes(size_t bytes) { return (bytes + kSharedAlign - 1) / kSharedAlign * kSharedAlign; }
+
+inline size_t element_size(DType dtype) {
+  switch (dtype) {
+    case DType::float64: return 8;
+    case DType::float32: return 4;
+    default: return 2;
+  }
+}
+// The accumulators and carried states: float64 for float64 data, else float32.
+inline size_t accumulator_size(DType dtype) { return dtype == DType::float64 ? 8 : 4; }
+
+inline Math math_for(DType dtype, bool allow_tf32) {
+  if (dtype == DType::float16 || dtype == DType::bfloat16) return Math::tensor16;
+  if (dtype == DType::float32 && allow_tf32) return Math::tf32;
+  return Math::fma;
+}
+
+inline int k_step(Math math) { return math == Math::tensor16 ? 16 : math == Math::tf32 ? 8 : 1; }
+
+inline const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::float64: return "float64";
+    case DType::float32: return "float32";
+    case DType::float16: return "float16";
+    default: return "bfloat16";
+  }
+}
+
+inline const char* kernel_name(Kernel kernel) {
+  switch (kernel) {
+    case Kernel::lstm_forward: return "lstm forward";
+    case Kernel::lstm_backward: return "lstm backward";
+    case Kernel::gru_forward: return "gru forward";
+    default: return "gru backward";
+  }
+}
+
+// The reduction and the slicing of each phase kind. (LSTM forward: units with their 4 gate rows of W_hh
+// over R, then state columns of W_hr over H. Backwards: columns of W_hh over its 4H or 3H rows, the
+// transposed product dG W_hh; with a projection the state columns first, then the units through W_hr.)
+struct PhaseSpec {
+  int k, gates, extent;
+};
+
+inline int phase_kinds(Kernel kernel, const Problem& p, PhaseSpec* specs) {
+  const int H = static_cast<int>(p.hidden), R = static_cast<int>(p.state);
+  switch (kernel) {
+    case Kernel::lstm_forward:
+      specs[0] = {R, 4, H};
+      specs[1] = {H, 1, R};
+      return p.projection ? 2 : 1;
+    case Kernel::lstm_backward:
+      specs[0] = {4 * H, 1, p.projection ? R : H};
+      specs[1] = {R, 1, H};
+      return p.projection ? 2 : 1;
+    case Kernel::gru_forward:
+      specs[0] = {H, 3, H};
+      return 1;
+    default:
+      specs[0] = {3 * H, 1, H};
+      return 1;
+  }
+}
+
+inline bool is_backward(Kernel kernel) { return kernel == Kernel::lstm_backward || kernel == Kernel::gru_backward; }
+
+struct Plan {
+  Geometry geometry;
+  std::string description;
+};
+
+namespace detail {
+
+inline int splits_for(Math math, int threads, int row_tile, int n_padded, int k_chunk) {
+  int splits;
+  if (math == Math::fma) {
+    splits = std::max(1, threads / (row_tile * n_padded));
+    return std::min(splits, k_chunk);
+  }
+  const int tiles = (row_tile / kTile) * (n_padded / kTile);
+  splits = std::max(1, (threads / 32) / tiles);
+  return std::min(splits, k_chunk / k_step(math));
+}
+
+// Fills the phase kinds' chunking and the shared-memory layout for a row tile and a cap on the chunk.
+inline void lay_out(Geometry& g, const PhaseSpec* specs, DType dtype, Math math, int k_cap) {
+  const size_t elem = element_size(dtype), acc = accumulator_size(dtype);
+  const int pad = static_cast<int>(16 / elem);  // 16 bytes of padding per row: spreads rows over banks
+  int max_chunk = 0, max_n = 0, max_splits = 1;
+  size_t offset = 0, stream_w = 0;
+  for (int kind = 0; kind < g.kinds; ++kind) {
+    PhaseGeometry& ph = g.phase[kind];
+    ph.k = specs[kind].k;
+    ph.gates = specs[kind].gates;
+    ph.extent = specs[kind].extent;
+    ph.k_chunk = std::min(round_up(ph.k, kTile), k_cap);
+    ph.k_padded = round_up(ph.k, ph.k_chunk);
+    ph.n_padded = round_up(static_cast<int64_t>(ph.gates) * ph.slice, kTile);
+    ph.splits = splits_for(math, g.threads, g.row_tile, ph.n_padded, ph.k_chunk);
+    ph.ld_w = (g.persistent ? ph.k_padded : ph.k_chunk) + pad;
+    max_chunk = std::max(max_chunk, ph.k_chunk);
+    max_n = std::max(max_n, ph.n_padded);
+    max_splits = std::max(max_splits, ph.splits);
+    const size_t w_bytes = align_bytes(static_cast<size_t>(ph.n_padded) * ph.ld_w * elem);
+    if (g.persistent) {
+      ph.w_offset = offset;  // each kind's slice stays resident
+      offset += w_bytes;
+    } else {
+      ph.w_offset = 0;  // the kinds take turns streaming through one region
+      stream_w = std::max(stream_w, w_bytes);
+    }
+  }
+  offset += stream_w;
+  g.ld_a = max_chunk + pad;
+  g.a_offset = offset;
+  offset += align_bytes(static_cast<size_t>(g.row_tile) * g.ld_a * elem);
+  g.ld_acc = max_n + static_cast<int>(16 / acc);
+  g.split_stride = static_cast<size_t>(g.row_tile) * g.ld_acc;
+  g.acc_offset = offset;
+  offset += align_bytes(max_splits * g.split_stride * acc);
+  g.shared_bytes = offset;
+}
+
+inline std::string kb(size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f KB", bytes / 1024.0);
+  return text;
+}
+
+inline std::string describe(const Geometry& g, Kernel kernel) {
+  std::string text = std::string(g.persistent ? "persistent" : "stepwise") + ": ";
+  if (g.persistent) {
+    text += "one cooperative launch of " + std::to_string(g.grid) + " CTAs x " + std::to_string(g.threads) +
+            " threads for " + std::to_string(g.steps) + " steps";
+  } else {
+    text += std::to_string(g.phases) + " launches of " + std::to_string(g.threads) + "-thread CTAs (one per " +
+            (g.kinds == 2 ? "phase of each step" : "step") + ")";
+  }
+  const char* member[2] = {nullptr, nullptr};
+  const bool projection = g.kinds == 2;
+  switch (kernel) {
+    case Kernel::lstm_forward: member[0] = "units"; member[1] = "state columns"; break;
+    case Kernel::lstm_backward: member[0] = projection ? "state columns" : "units"; member[1] = "units"; break;
+    default: member[0] = "units"; break;
+  }
+  for (int kind = 0; kind < g.kinds; ++kind) {
+    const PhaseGeometry& ph = g.phase[kind];
+    text += "; " + std::to_string(ph.slice) + " " + member[kind] + " per CTA (" + std::to_string(ph.slices) +
+            " slices, k " + std::to_string(ph.k) + " in chunks of " + std::to_string(ph.k_chunk) + ")";
+  }
+  text += "; row tile " + std::to_string(g.row_tile) + "; " + kb(g.shared_bytes) + " shared memory per CTA";
+  return text;
+}
+
+}  // namespace detail
+
+// resident_blocks(threads, shared_bytes): how many CTAs of the persistent kernel fit on a multiprocessor.
+inline Plan make_plan(Kernel kernel, const Problem& p, const Options& o, int multiprocessors, size_t shared_limit,
+                      const std::function<int(int, size_t)>& resident_blocks) {
+  if (o.threads < 0 || o.threads % 32 != 0 || o.threads > kMaxThreads)
+    throw std::invalid_argument("fastrnn cuda backend: threads must be a multiple of 32 up to " +
+                                std::to_string(kMaxThreads) + ", got " + std::to_string(o.threads));
+  if (o.row_tile < 0 || o.row_tile % kTile != 0 || o.k_chunk < 0 || o.k_chunk % kTile != 0 || o.ctas < 0)
+    throw std::invalid_argument("fastrnn cuda backend: row_tile and k_chunk must be multiples of 16, ctas >= 0");
+  PhaseSpec specs[2];
+  Geometry g{};
+  g.steps = static_cast<int>(p.steps);
+  g.batch = static_cast<int>(p.batch);
+  g.hidden = static_cast<int>(p.hidden);
+  g.state = static_cast<int>(p.state);
+  g.reverse = p.reverse;
+  g.kinds = phase_kinds(kernel, p, specs);
+  g.phases = g.steps * g.kinds + (is_backward(kernel) ? 1 : 0);
+  g.threads = o.threads ? o.threads : kMaxThreads;
+  const Math math = math_for(p.dtype, o.allow_tf32);
+  const int rows16 = round_up(p.batch, kTile);
+  const int first_tile = o.row_tile ? o.row_tile : std::min(64, rows16);
+  std::string why_not;
+
+  if (o.strategy != Strategy::stepwise) {
+    g.persistent = true;
+    g.row_blocks = 1;
+    int ctas = o.ctas;
+    if (ctas == 0) {
+      int need = 1;
+      for (int kind = 0; kind < g.kinds; ++kind)
+        need = std::max(need, ceil_div(specs[kind].extent, std::max(1, kTile / specs[kind].gates)));
+      ctas = std::min(multiprocessors, need);
+    }
+    g.grid = ctas;
+    for (int kind = 0; kind < g.kinds; ++kind) {
+      g.phase[kind].slice = ceil_div(specs[kind].extent, ctas);
+      g.phase[kind].slices = ceil_div(specs[kind].extent, g.phase[kind].slice);
+    }
+    bool fits = false;
+    const int caps[] = {1 << 30, 512, 256, 128, 64, 32, 16};
+    const int tiles[] = {first_tile, 32, 16};
+    for (int tile : tiles) {
+      if (fits || tile > first_tile || (tile != first_tile && o.row_tile)) continue;
+      g.row_tile = tile;
+      for (int cap : caps) {
+        if (o.k_chunk && cap != caps[0]) break;
+        detail::lay_out(g, specs, p.dtype, math, o.k_chunk ? o.k_chunk : cap);
+        if (g.shared_bytes <= shared_limit) {
+          fits = true;
+          break;
+        }
+      }
+    }
+    if (!fits) {
+      why_not = "the resident slice of W needs " + detail::kb(g.shared_bytes) + " of shared memory per CTA, more than the " +
+                detail::kb(shared_limit) + " a CTA can have";
+    } else {
+      const int resident = resident_blocks(g.threads, g.shared_bytes);
+      if (static_cast<int64_t>(resident) * multiprocessors < ctas)
+        why_not = std::to_string(ctas) + " CTAs cannot all be resident at once (" + std::to_string(resident) +
+                  " per multiprocessor x " + std::to_string(multiprocessors) + " multiprocessors)";
+    }
+    if (why_not.empty()) return {g, detail::describe(g, kernel)};
+    if (o.strategy == Strategy::persistent)
+      throw std::runtime_error(std::string("fastrnn cuda backend: the persistent ") + kernel_name(kernel) +
+                               " kernel cannot run this shape: " + why_not);
+  }
+
+  g.persistent = false;
+  g.row_tile = first_tile;
+  g.row_blocks = ceil_div(p.batch, g.row_tile);
+  for (int kind = 0; kind < g.kinds; ++kind) {
+    g.phase[kind].slice = std::max(1, 64 / specs[kind].gates);
+    g.phase[kind].slices = ceil_div(specs[kind].extent, g.phase[kind].slice);
+  }
+  detail::lay_out(g, specs, p.dtype, math, o.k_chunk ? o.k_chunk : 128);
+  if (g.shared_bytes > shared_limit)
+    throw std::runtime_error("fastrnn cuda backend: the stepwise plan needs " + detail::kb(g.shared_bytes) +
+                             " of shared memory per CTA; the device allows " + detail::kb(shared_limit));
+  g.grid = 0;  // per phase kind: stepwise_grid()
+  std::string text = detail::describe(g, kernel);
+  if (!why_not.empty()) text += " (not persistent: " + why_not + ")";
+  return {g, text};
+}
+
+// Stepwise: the CTAs of a launch of phase kind `kind`, one per (slice, row block).
+inline int stepwise_grid(const Geometry& g, int kind) { return g.phase[kind].slices * g.row_blocks; }
+
+// Where a call's device workspace keeps what lives across phases (byte offsets, 256-byte aligned).
+struct WorkspaceLayout {
+  size_t h_even, h_odd;  // [B, R] the hidden state exchanged between CTAs, double-buffered across steps
+  size_t units;          // [B, H] an LSTM's o * tanh(c) before the projection
+  size_t c_state;        // [B, H] the carried cell state (accumulator type)
+  size_t carry;          // [B, R] the carried gradient of h (accumulator type)
+  size_t dc_state;       // [B, H] the carried gradient of c (accumulator type)
+  size_t barrier;        // the grid barrier's counters
+  size_t bytes;
+};
+
+inline WorkspaceLayout workspace_layout(Kernel kernel, const Problem& p) {
+  const size_t elem = element_size(p.dtype), acc = accumulator_size(p.dtype);
+  const size_t BR = static_cast<size_t>(p.batch) * p.state, BH = static_cast<size_t>(p.batch) * p.hidden;
+  WorkspaceLayout w{};
+  size_t used = 0;
+  auto take = [&used](size_t bytes) {
+    const size_t at = used;
+    used += (bytes + 255) / 256 * 256;
+    return at;
+  };
+  switch (kernel) {
+    case Kernel::lstm_forward:
+    case Kernel::gru_forward:
+      w.h_even = take(BR * elem);
+      w.h_odd = take(BR * elem);
+      if (kernel == Kernel::lstm_forward) {
+        w.c_state = take(BH * acc);
+        if (p.projection) w.units = take(BH * elem);
+      }
+      break;
+    case Kernel::lstm_backward:
+    case Kernel::gru_backward:
+      w.carry = take(BR * acc);
+      if (kernel == Kernel::lstm_backward) w.dc_state = take(BH * acc);
+      break;
+  }
+  w.barrier = take(2 * sizeof(unsigned int));
+  w.bytes = used;
+  return w;
+}
+
+// The plan each family's launcher would run (lstm.cu, gru.cu), for describe_plan().
+Plan lstm_plan(Kernel kernel, const Problem& problem, const Options& options);
+Plan gru_plan(Kernel kernel, const Problem& problem, const Options& options);
+
+}  // namespace cuda
+}  // namespace fastrnn

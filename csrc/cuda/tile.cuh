@@ -1,0 +1,264 @@
+// Device code every kernel family shares: storage types and their conversions, the block GEMM on
+// tensor cores or FMA, and the phase runner that stages A (and streamed W) through shared memory row
+// tile by row tile and hands the accumulators to a kernel's pointwise epilogue (see plan.h).
+#pragma once
+
+#include "plan.h"
+#include "platform.cuh"
+
+namespace fastrnn {
+namespace cuda {
+
+// --- storage types ------------------------------------------------------------------------------------
+
+template <class T>
+struct Accumulator {
+  using type = float;  // float32 accumulation and carried states for float32, float16 and bfloat16 data
+};
+template <>
+struct Accumulator<double> {
+  using type = double;
+};
+template <class T>
+using Acc = typename Accumulator<T>::type;
+
+FASTRNN_HD double to_acc(double x) { return x; }
+FASTRNN_HD float to_acc(float x) { return x; }
+FASTRNN_HD float to_acc(__half x) { return __half2float(x); }
+FASTRNN_HD float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class T>
+struct Store;
+template <>
+struct Store<double> {
+  static FASTRNN_HD double from(double x) { return x; }
+};
+template <>
+struct Store<float> {
+  static FASTRNN_HD float from(float x) { return x; }
+};
+template <>
+struct Store<__half> {
+  static FASTRNN_HD __half from(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Store<__nv_bfloat16> {
+  static FASTRNN_HD __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
+};
+
+// x rounded to the storage type T (round to nearest even).
+template <class T>
+FASTRNN_HD T store(Acc<T> x) {
+  return Store<T>::from(x);
+}
+
+template <class T>
+FASTRNN_HD T zero() {
+  return Store<T>::from(Acc<T>(0));
+}
+
+FASTRNN_HD int min_int(int a, int b) { return a < b ? a : b; }
+
+// Row b takes part in step t (lengths null: every row runs every step).
+FASTRNN_HD bool row_runs(const int32_t* lengths, int b, int t) { return lengths == nullptr || t < lengths[b]; }
+
+// Whether any row of [row, row + rows) runs step t. Every thread computes it alike, so a block can
+// branch on it around its barriers.
+__device__ inline bool any_row_runs(const int32_t* lengths, int row, int rows, int t) {
+  if (lengths == nullptr) return true;
+  for (int i = 0; i < rows; ++i)
+    if (t < lengths[row + i]) return true;
+  return false;
+}
+
+// The step processed at position s of a forward pass, and of a backward pass (its reverse).
+FASTRNN_HD int forward_step(const Geometry& g, int s) { return g.reverse ? g.steps - 1 - s : s; }
+FASTRNN_HD int backward_step(const Geometry& g, int s) { return g.reverse ? s : g.steps - 1 - s; }
+
+// --- the block GEMM -----------------------------------------------------------------------------------
+
+// acc[split] (+)= A W^T for a row tile: A is rows x kc (ld_a), W is n_padded x kc (ld_w), both in shared
+// memory; acc is rows x n_padded (ld_acc) per partial sum, split_stride elements apart. The reduction is
+// cut into `splits` ranges, each summed by its own warp (tensor cores) or thread (FMA) into its own
+// partial sum, so that a tile count below the warp count still keeps every warp busy.
+template <class T, Math M>
+struct BlockGemm;
+
+template <class T>
+struct BlockGemm<T, Math::tensor16> {
+  __device__ static void run(Acc<T>* acc, int ld_acc, size_t split_stride, const T* a, int ld_a, const T* w, int ld_w,
+                             int rows, int n_padded, int kc, int splits, bool accumulate) {
+    namespace wmma = nvcuda::wmma;
+    const int warp = static_cast<int>(threadIdx.x) / 32, warps = static_cast<int>(blockDim.x) / 32;
+    const int tiles_n = n_padded / kTile, tiles = (rows / kTile) * tiles_n;
+    const int per_split = (kc / kTile + splits - 1) / splits * kTile;
+    for (int item = warp; item < tiles * splits; item += warps) {
+      const int tile = item % tiles, split = item / tiles;
+      const int m0 = tile / tiles_n * kTile, n0 = tile % tiles_n * kTile;
+      float* out = acc + split * split_stride + m0 * ld_acc + n0;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+      if (accumulate) {
+        wmma::load_matrix_sync(c, out, ld_acc, wmma::mem_row_major);
+      } else {
+        wmma::fill_fragment(c, 0.0f);
+      }
+      const int k_end = min_int(kc, (split + 1) * per_split);
+      for (int k = split * per_split; k < k_end; k += kTile) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+        wmma::load_matrix_sync(fa, a + m0 * ld_a + k, ld_a);
+        wmma::load_matrix_sync(fb, w + n0 * ld_w + k, ld_w);  // W's rows are B's columns
+        wmma::mma_sync(c, fa, fb, c);
+      }
+      wmma::store_matrix_sync(out, c, ld_acc, wmma::mem_row_major);
+    }
+  }
+};
+
+template <>
+struct BlockGemm<float, Math::tf32> {
+  __device__ static void run(float* acc, int ld_acc, size_t split_stride, const float* a, int ld_a, const float* w,
+                             int ld_w, int rows, int n_padded, int kc, int splits, bool accumulate) {
+    namespace wmma = nvcuda::wmma;
+    constexpr int kStep = 8;
+    const int warp = static_cast<int>(threadIdx.x) / 32, warps = static_cast<int>(blockDim.x) / 32;
+    const int tiles_n = n_padded / kTile, tiles = (rows / kTile) * tiles_n;
+    const int per_split = (kc / kStep + splits - 1) / splits * kStep;
+    for (int item = warp; item < tiles * splits; item += warps) {
+      const int tile = item % tiles, split = item / tiles;
+      const int m0 = tile / tiles_n * kTile, n0 = tile % tiles_n * kTile;
+      float* out = acc + split * split_stride + m0 * ld_acc + n0;
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
+      if (accumulate) {
+        wmma::load_matrix_sync(c, out, ld_acc, wmma::mem_row_major);
+      } else {
+        wmma::fill_fragment(c, 0.0f);
+      }
+      const int k_end = min_int(kc, (split + 1) * per_split);
+      for (int k = split * per_split; k < k_end; k += kStep) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+        wmma::load_matrix_sync(fa, a + m0 * ld_a + k, ld_a);
+        wmma::load_matrix_sync(fb, w + n0 * ld_w + k, ld_w);
+        // The tensor cores read TF32: round every element (uniformly, whatever the fragment layout).
+        for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+        for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+        wmma::mma_sync(c, fa, fb, c);
+      }
+      wmma::store_matrix_sync(out, c, ld_acc, wmma::mem_row_major);
+    }
+  }
+};
+
+template <class T>
+struct BlockGemm<T, Math::fma> {
+  __device__ static void run(Acc<T>* acc, int ld_acc, size_t split_stride, const T* a, int ld_a, const T* w, int ld_w,
+                             int rows, int n_padded, int kc, int splits, bool accumulate) {
+    const int outputs = rows * n_padded;
+    const int per_split = (kc + splits - 1) / splits;
+    for (int item = static_cast<int>(threadIdx.x); item < outputs * splits; item += static_cast<int>(blockDim.x)) {
+      const int output = item % outputs, split = item / outputs;
+      const int i = output / n_padded, n = output % n_padded;
+      Acc<T>* out = acc + split * split_stride + i * ld_acc + n;
+      Acc<T> sum = accumulate ? *out : Acc<T>(0);
+      const T* a_row = a + i * ld_a;
+      const T* w_row = w + n * ld_w;
+      const int k_end = min_int(kc, (split + 1) * per_split);
+      for (int k = split * per_split; k < k_end; ++k) sum += to_acc(a_row[k]) * to_acc(w_row[k]);
+      *out = sum;
+    }
+  }
+};
+
+// The accumulator (i, n) of a row tile: the sum of its partial sums.
+template <class A>
+struct TileResult {
+  const A* acc;
+  int ld;
+  size_t split_stride;
+  int splits;
+
+  __device__ A operator()(int i, int n) const {
+    A sum = acc[i * ld + n];
+    for (int s = 1; s < splits; ++s) sum += acc[s * split_stride + i * ld + n];
+    return sum;
+  }
+};
+
+// --- the phase runner ---------------------------------------------------------------------------------
+
+// Shared memory of a CTA, carved as the plan laid it out.
+template <class T>
+struct SharedTiles {
+  unsigned char* base;
+  const Geometry& g;
+
+  __device__ T* w(int kind) const { return reinterpret_cast<T*>(base + g.phase[kind].w_offset); }
+  __device__ T* a() const { return reinterpret_cast<T*>(base + g.a_offset); }
+  __device__ Acc<T>* acc() const { return reinterpret_cast<Acc<T>*>(base + g.acc_offset); }
+};
+
+// Fills W's slice for phase kind `kind`, columns [k0, k0 + columns) of the reduction, into shared
+// memory: load_w(n, k) gives the slice's row n (zero past the slice), zero past k.
+template <class T, class LoadW>
+__device__ void stage_w(T* w, int ld_w, const PhaseGeometry& ph, int k0, int columns, LoadW load_w) {
+  for (int index = static_cast<int>(threadIdx.x); index < ph.n_padded * columns; index += static_cast<int>(blockDim.x)) {
+    const int n = index / columns, k = index % columns;
+    w[n * ld_w + k] = k0 + k < ph.k ? load_w(n, k0 + k) : zero<T>();
+  }
+}
+
+// One phase of kind `kind` over rows [row_begin, row_end), in row tiles: for each tile with work
+// (has_work(row, rows)), acc = A W^T with A(b, k) = load_a(b, k), then epilogue(row, rows, result) with
+// result(i, n) the accumulator of row row + i and slice column n. A tile without work skips the GEMM
+// and gets an epilogue with work == false (it still writes its outputs). W is resident in persistent
+// plans (staged by the kernel at its start), streamed chunk by chunk in stepwise ones.
+template <class T, Math M, class LoadA, class LoadW, class HasWork, class Epilogue>
+__device__ void run_phase(const Geometry& g, const SharedTiles<T>& smem, int kind, int row_begin, int row_end,
+                          LoadA load_a, LoadW load_w, HasWork has_work, Epilogue epilogue) {
+  const PhaseGeometry& ph = g.phase[kind];
+  T* a = smem.a();
+  T* w = smem.w(kind);
+  Acc<T>* acc = smem.acc();
+  const TileResult<Acc<T>> result{acc, g.ld_acc, g.split_stride, ph.splits};
+  for (int row = row_begin; row < row_end; row += g.row_tile) {
+    const int rows = min_int(g.row_tile, row_end - row);
+    const bool work = has_work(row, rows);
+    if (work) {
+      for (int k0 = 0; k0 < ph.k_padded; k0 += ph.k_chunk) {
+        for (int index = static_cast<int>(threadIdx.x); index < g.row_tile * ph.k_chunk;
+             index += static_cast<int>(blockDim.x)) {
+          const int i = index / ph.k_chunk, k = index % ph.k_chunk;
+          a[i * g.ld_a + k] = i < rows && k0 + k < ph.k ? load_a(row + i, k0 + k) : zero<T>();
+        }
+        if (!g.persistent) stage_w(w, ph.ld_w, ph, k0, ph.k_chunk, load_w);
+        __syncthreads();
+        BlockGemm<T, M>::run(acc, g.ld_acc, g.split_stride, a, g.ld_a, g.persistent ? w + k0 : w, ph.ld_w,
+                             g.row_tile, ph.n_padded, ph.k_chunk, ph.splits, k0 > 0);
+        __syncthreads();
+      }
+    }
+    // The next tile's staging writes only A and W, never the accumulators this reads; its GEMM starts
+    // after a barrier every thread reaches only once done here.
+    epilogue(row, rows, work, result);
+  }
+}
+
+// The rows a CTA covers and its slice, for phase kind `kind` (persistent: every row, slice = the CTA;
+// stepwise: the CTA's (slice, row block) pair).
+struct Assignment {
+  int slice;  // -1: this CTA owns nothing in this phase kind (more CTAs than slices)
+  int row_begin, row_end;
+};
+
+__device__ inline Assignment assignment(const Geometry& g, int kind) {
+  const int block = static_cast<int>(blockIdx.x);
+  const PhaseGeometry& ph = g.phase[kind];
+  if (g.persistent) return {block < ph.slices ? block : -1, 0, g.batch};
+  const int slice = block % ph.slices, row_block = block / ph.slices;
+  const int row_begin = row_block * g.row_tile;
+  return {slice, row_begin, min_int(g.batch, row_begin + g.row_tile)};
+}
+
+}  // namespace cuda
+}  // namespace fastrnn
