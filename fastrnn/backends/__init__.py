@@ -14,7 +14,7 @@ from types import ModuleType
 
 import torch
 
-from .. import _build, _ext
+from .. import _ext
 from . import auto
 from .auto import Workload
 
@@ -54,9 +54,7 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
     if backend == "cuda":
         if device.type != "cuda":
             return f"the cuda backend runs on CUDA tensors; got a {device.type} tensor"
-        if not _build.cuda_sources():
-            return "this version of fastrnn has no CUDA kernels"
-        return _ext.unavailable_reason()
+        return _ext.cuda_build_reason()
     return _triton_reason(device)
 
 
@@ -68,7 +66,8 @@ def resolve(backend: str, device: torch.device | str, workload: Workload | None 
         return auto.choose(device, workload, compiling, lambda name: _runs(name, device))
     reason = unavailable_reason(backend, device)
     if reason is None and backend in ("cpp", "cuda"):
-        reason = _ext.unavailable_reason()  # compiles fastrnn._C now if pip did not
+        # compiles the kernels now if pip did not
+        reason = _ext.unavailable_reason() if backend == "cpp" else _ext.cuda_unavailable_reason()
     if reason is not None:
         raise BackendUnavailableError(f"backend={backend!r} cannot run: {reason}")
     return backend
@@ -78,7 +77,9 @@ def _runs(backend: str, device: torch.device) -> bool:
     """Whether a kernel backend can run on `device`, compiling fastrnn._C first if it needs it."""
     if unavailable_reason(backend, device) is not None:
         return False
-    return backend not in ("cpp", "cuda") or _ext.unavailable_reason() is None
+    if backend == "cuda":
+        return _ext.cuda_unavailable_reason() is None
+    return backend != "cpp" or _ext.unavailable_reason() is None
 
 
 def kernels(backend: str) -> ModuleType:
@@ -99,6 +100,8 @@ def explain(device: torch.device | str | None = None) -> str:
         lines.append(f"  {name:<9} {'available' if reason is None else 'unavailable: ' + reason}")
     lines.append(f"  auto ->   {auto.choose(device, None, False, lambda name: unavailable_reason(name, device) is None)}"
                  f"   ({auto.describe(device)})")
+    cuda = kernels("cuda")
+    lines += cuda.explain_lines() if unavailable_reason("cuda", device) is None else [f"  cuda-kernels: {cuda.VERIFIED}"]
     if unavailable_reason("triton", device) is None:
         from ..triton import plans
 

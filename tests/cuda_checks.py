@@ -1,0 +1,112 @@
+"""Checks shared by the CUDA kernels' tests: one kernel pair (forward and backward) against the reference
+recurrence and float64, on the emulator's CPU tensors (tests/test_cuda_emulated.py) or on a GPU
+(tests/test_cuda_gpu.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from fastrnn import functional
+from fastrnn.backends import reference
+
+from conftest import rel_error
+
+# Error floor per dtype on top of the bound (2 x the reference's own error in that dtype).
+FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def _to(tensors, device):
+    return [None if t is None else t.to(device) for t in tensors]
+
+
+def _cpu(tensors):
+    return [t.cpu() for t in tensors]
+
+
+def _randn(gen, *shape, scale=1.0):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+
+def _lengths(batch, seq_len, ragged, gen):
+    """None, or sorted lengths with the first at seq_len and, past two rows, the last empty."""
+    if not ragged:
+        return None
+    lengths = torch.randint(1, seq_len + 1, (batch,), generator=gen)
+    lengths[0] = seq_len
+    if batch > 2:
+        lengths[-1] = 0
+    return lengths.sort(descending=True).values
+
+
+def _cast(tensors, dtype):
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def _assert_bounded(ours, low_reference, exact, dtype, what):
+    """Each result's error against float64 is at most twice the reference's own in `dtype`."""
+    for index, (a, b, e) in enumerate(zip(ours, low_reference, exact)):
+        assert a.shape == e.shape and a.dtype == dtype, f"{what} result {index}: {a.shape} {a.dtype}"
+        if e.numel() == 0:
+            continue
+        mine, theirs = rel_error(a, e), rel_error(b, e)
+        assert mine <= 2 * theirs + FLOOR[dtype], f"{what} result {index}: error {mine:.2e} vs reference's {theirs:.2e}"
+
+
+def check_lstm(kernels, dtype, seq_len, batch, hidden, proj, reverse, ragged, seed=0, device="cpu", **knobs):
+    """The LSTM kernels (kernels.lstm_forward_cuda, lstm_backward_cuda on `device`) against the reference:
+    every output and gradient's error against float64 at most twice the reference's own in `dtype`."""
+    knobs.setdefault("allow_tf32", False)
+    gen = torch.Generator().manual_seed(seed)
+    state = proj or hidden
+    exact_in = (_randn(gen, seq_len, batch, 4 * hidden), _randn(gen, batch, state), _randn(gen, batch, hidden),
+                _randn(gen, 4 * hidden, state, scale=state ** -0.5),
+                _randn(gen, state, hidden, scale=hidden ** -0.5) if proj else None)
+    lengths = _lengths(batch, seq_len, ragged, gen)
+    exact = reference.lstm_forward(*exact_in, lengths, reverse)
+    low = _cast(exact_in, dtype)
+    ours = _cpu(kernels.lstm_forward_cuda(*_to(low, device), lengths, reverse, **knobs))
+    low_reference = reference.lstm_forward(*low, lengths, reverse)
+    _assert_bounded(ours, low_reference, exact, dtype, "forward")
+
+    grads = [_randn(gen, *t.shape) for t in exact[:3]]
+
+    def backward(impl, outputs, dtype_grads, w_hh, w_hr, c0, **kw):
+        y, h_n, c_n, gates, c_all = outputs
+        c_prev = functional.previous_states(c_all, c0, lengths, reverse)
+        return impl(*dtype_grads, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, **kw)
+
+    exact_grads = backward(reference.lstm_backward, exact, grads, exact_in[3], exact_in[4], exact_in[2])
+    low_grads = _cast(grads, dtype)
+    ours_grads = _cpu(backward(kernels.lstm_backward_cuda, _to(ours, device), _to(low_grads, device),
+                               *_to((low[3], low[4], low[2]), device), **knobs))
+    reference_grads = backward(reference.lstm_backward, low_reference, low_grads, low[3], low[4], low[2])
+    _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+
+
+def check_gru(kernels, dtype, seq_len, batch, hidden, bias, reverse, ragged, seed=0, device="cpu", **knobs):
+    """The GRU kernels against the reference, as check_lstm."""
+    knobs.setdefault("allow_tf32", False)
+    gen = torch.Generator().manual_seed(seed)
+    exact_in = (_randn(gen, seq_len, batch, 3 * hidden), _randn(gen, batch, hidden),
+                _randn(gen, 3 * hidden, hidden, scale=hidden ** -0.5), _randn(gen, hidden) if bias else None)
+    lengths = _lengths(batch, seq_len, ragged, gen)
+    exact = reference.gru_forward(*exact_in, lengths, reverse)
+    low = _cast(exact_in, dtype)
+    ours = _cpu(kernels.gru_forward_cuda(*_to(low, device), lengths, reverse, **knobs))
+    low_reference = reference.gru_forward(*low, lengths, reverse)
+    _assert_bounded(ours, low_reference, exact, dtype, "forward")
+
+    grads = [_randn(gen, *t.shape) for t in exact[:2]]
+
+    def backward(impl, outputs, dtype_grads, w_hh, h0, **kw):
+        y, h_n, saved = outputs
+        h_prev = functional.previous_states(y, h0, lengths, reverse)
+        return impl(*dtype_grads, h_prev, w_hh, saved, lengths, reverse, **kw)
+
+    exact_grads = backward(reference.gru_backward, exact, grads, exact_in[2], exact_in[1])
+    low_grads = _cast(grads, dtype)
+    ours_grads = _cpu(backward(kernels.gru_backward_cuda, _to(ours, device), _to(low_grads, device),
+                               *_to((low[2], low[1]), device), **knobs))
+    reference_grads = backward(reference.gru_backward, low_reference, low_grads, low[2], low[1])
+    _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
