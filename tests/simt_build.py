@@ -93,9 +93,23 @@ def sanitizer_runtime_reason(sanitizer: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+_failed_builds: dict[str, str] = {}
+
+
 def driver(sanitizer: str = "none") -> Path:
-    """The driver program built with `sanitizer` ("none", "thread" or "address"), compiled if need be."""
+    """The driver program built with `sanitizer` ("none", "thread" or "address"), compiled if need be (a
+    failed build is reported again without retrying it)."""
+    if sanitizer in _failed_builds:
+        raise RuntimeError(_failed_builds[sanitizer])
+    try:
+        return _driver(sanitizer)
+    except RuntimeError as error:
+        _failed_builds[sanitizer] = str(error)
+        raise
+
+
+@functools.lru_cache(maxsize=None)
+def _driver(sanitizer: str) -> Path:
     compiler = os.environ.get("CXX", "g++")
     flags = ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pthread", *SANITIZER_FLAGS[sanitizer], *_flags(),
              f"-I{CSRC}"]

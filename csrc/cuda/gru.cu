@@ -34,7 +34,7 @@ struct GruForwardParams {
 };
 
 template <class T, Math M>
-__global__ void __launch_bounds__(kMaxThreads) gru_forward_kernel(const __grid_constant__ GruForwardParams<T> p) {
+__global__ void __launch_bounds__(kMaxThreads, 1) gru_forward_kernel(const __grid_constant__ GruForwardParams<T> p) {
   FASTRNN_DYNAMIC_SHARED(shared);
   const Geometry& g = p.g;
   const SharedTiles<T> smem{shared, g};
@@ -117,7 +117,7 @@ struct GruBackwardParams {
 };
 
 template <class T, Math M>
-__global__ void __launch_bounds__(kMaxThreads) gru_backward_kernel(const __grid_constant__ GruBackwardParams<T> p) {
+__global__ void __launch_bounds__(kMaxThreads, 1) gru_backward_kernel(const __grid_constant__ GruBackwardParams<T> p) {
   FASTRNN_DYNAMIC_SHARED(shared);
   const Geometry& g = p.g;
   const SharedTiles<T> smem{shared, g};

@@ -42,7 +42,7 @@ struct LstmForwardParams {
 };
 
 template <class T, Math M>
-__global__ void __launch_bounds__(kMaxThreads) lstm_forward_kernel(const __grid_constant__ LstmForwardParams<T> p) {
+__global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __grid_constant__ LstmForwardParams<T> p) {
   FASTRNN_DYNAMIC_SHARED(shared);
   const Geometry& g = p.g;
   const SharedTiles<T> smem{shared, g};
@@ -183,7 +183,7 @@ struct LstmBackwardParams {
 };
 
 template <class T, Math M>
-__global__ void __launch_bounds__(kMaxThreads) lstm_backward_kernel(const __grid_constant__ LstmBackwardParams<T> p) {
+__global__ void __launch_bounds__(kMaxThreads, 1) lstm_backward_kernel(const __grid_constant__ LstmBackwardParams<T> p) {
   FASTRNN_DYNAMIC_SHARED(shared);
   const Geometry& g = p.g;
   const SharedTiles<T> smem{shared, g};

@@ -33,7 +33,9 @@ namespace cuda {
 // one fused multiply-add per product (float64, and float32 when TF32 is off).
 enum class Math : int { fma = 0, tf32 = 1, tensor16 = 2 };
 
-constexpr int kMaxThreads = 256;  // every kernel's __launch_bounds__
+// Every kernel's __launch_bounds__(kMaxThreads, 1): one CTA per SM is all a persistent grid needs, and
+// telling ptxas so lets it keep every value in registers (with its default target it spilled on sm_80).
+constexpr int kMaxThreads = 256;
 constexpr int kTile = 16;         // the wmma tile edge: every padded extent is a multiple of it
 constexpr size_t kSharedAlign = 128;
 

@@ -1,0 +1,130 @@
+"""The CUDA kernels compile for the GPUs they target (sm_80, sm_90) within the resources that keep the
+persistent grid co-resident, without needing a GPU.
+
+nvcc compiles each csrc/cuda/*.cu to a cubin per architecture, with torch's extension flags, ptxas'
+resource report (-Xptxas -v) and spills and local memory made errors (--warn-on-spills,
+--warn-on-local-memory-usage, -Werror all-warnings). The report is parsed per kernel and printed
+(registers, spill stores and loads, stack frame, static shared memory, constant memory) and checked:
+no spills, no local memory, and registers that let a CTA of 256 threads (the kernels' launch bound)
+be resident, so a persistent grid of one CTA per SM fits (its dynamic shared memory is the plan's,
+checked for an H100 in tests/test_cuda_emulated.py::test_anchor_shapes_run_persistent_on_an_h100).
+Reports are cached under ~/.cache/fastrnn/ptxas by a hash of the sources, flags and nvcc version.
+Also runnable alone: `python tests/test_cuda_compiles.py` prints the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "fastrnn"))
+import _build  # noqa: E402
+
+sys.path.pop(0)
+
+ARCHS = ("sm_80", "sm_90")
+THREADS = 256  # kMaxThreads in csrc/cuda/plan.h: every kernel's __launch_bounds__
+REGISTERS_PER_SM = 65536
+# What torch's CUDAExtension passes to nvcc (setup.py builds the kernels with these).
+TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
+FLAGS = ["-std=c++17", *_build.NVCC_FLAGS, *TORCH_NVCC_FLAGS, "-Xptxas", "-v,--warn-on-spills,--warn-on-local-memory-usage",
+         "-Werror", "all-warnings"]
+CACHE = Path(os.environ.get("FASTRNN_PTXAS_CACHE", Path.home() / ".cache" / "fastrnn" / "ptxas"))
+# Kernels per .cu: (cell, pass) x (float64/fma, float32/fma, float32/tf32, float16, bfloat16).
+EXPECTED_KERNELS = {"lstm.cu": 10, "gru.cu": 10, "plans.cu": 0}
+MATH = {"0": "fma", "1": "tf32", "2": "tensor16"}
+
+
+def _nvcc_version(nvcc: str) -> str:
+    return subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+
+
+def _report(nvcc: str, source: Path, arch: str) -> str:
+    """ptxas' report for one source and architecture (compiling, or from the cache)."""
+    digest = hashlib.sha256(" ".join(FLAGS).encode() + _nvcc_version(nvcc).encode())
+    for path in sorted((ROOT / "csrc" / "cuda").iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    digest.update((ROOT / "csrc" / "cell.h").read_bytes())
+    cached = CACHE / f"{digest.hexdigest()[:16]}-{arch}-{source.stem}.txt"
+    if cached.exists():
+        return cached.read_text()
+    done = subprocess.run([nvcc, *FLAGS, f"-arch={arch}", "-cubin", "-o", os.devnull, str(source)],
+                          capture_output=True, text=True, cwd=source.parent)
+    if done.returncode != 0:
+        raise AssertionError(f"nvcc -arch={arch} {source.name} failed:\n{done.stdout[-3000:]}{done.stderr[-6000:]}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cached.write_text(done.stdout + done.stderr)
+    return done.stdout + done.stderr
+
+
+def _demangle(names: list[str]) -> list[str]:
+    filt = shutil.which("c++filt")
+    if filt is None:
+        return names
+    return subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+
+
+def parse(report: str) -> list[dict]:
+    """One dict per kernel entry: name, registers, spill_stores, spill_loads, stack, smem, cmem."""
+    entries = []
+    for block in re.split(r"(?=ptxas info\s+: Compiling entry function)", report):
+        found = re.search(r"Compiling entry function '(\w+)' for '(sm_\d+)'", block)
+        if not found:
+            continue
+        frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", block)
+        used = re.search(r"Used (\d+) registers", block)
+        smem = re.search(r"(\d+) bytes smem", block)
+        cmem = re.search(r"(\d+) bytes cmem\[0\]", block)
+        entries.append(dict(mangled=found.group(1), arch=found.group(2), registers=int(used.group(1)),
+                            stack=int(frame.group(1)), spill_stores=int(frame.group(2)), spill_loads=int(frame.group(3)),
+                            smem=int(smem.group(1)) if smem else 0, cmem=int(cmem.group(1)) if cmem else 0))
+    for entry, name in zip(entries, _demangle([e["mangled"] for e in entries])):
+        short = re.search(r"(\w+_kernel)<([^,]+), \(fastrnn::cuda::Math\)(\d)>", name)
+        entry["name"] = f"{short.group(1)}<{short.group(2)}, {MATH[short.group(3)]}>" if short else name
+    return entries
+
+
+def reports() -> dict[tuple[str, str], list[dict]]:
+    nvcc = _build.nvcc()
+    sources = [ROOT / path for path in _build.cuda_sources()]
+    jobs = [(source, arch) for source in sources for arch in ARCHS]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        texts = list(pool.map(lambda job: _report(nvcc, *job), jobs))
+    return {(source.name, arch): parse(text) for (source, arch), text in zip(jobs, texts)}
+
+
+def table(found: dict) -> str:
+    lines = [f"{'kernel':<46} {'arch':<6} {'regs':>4} {'spill st/ld':>11} {'stack':>5} {'smem':>5} {'cmem':>5}"]
+    for (source, arch), entries in sorted(found.items()):
+        for e in sorted(entries, key=lambda e: e["name"]):
+            lines.append(f"{e['name']:<46} {arch:<6} {e['registers']:>4} {e['spill_stores']:>5}/{e['spill_loads']:<5} "
+                         f"{e['stack']:>5} {e['smem']:>5} {e['cmem']:>5}")
+    return "\n".join(lines)
+
+
+@pytest.mark.skipif(_build.nvcc() is None, reason="no CUDA toolkit (nvcc) to compile the kernels with")
+def test_kernels_compile_for_sm80_and_sm90_without_spills():
+    found = reports()
+    print("\n" + table(found))
+    for (source, arch), entries in found.items():
+        assert len(entries) == EXPECTED_KERNELS[source], (source, arch, [e["name"] for e in entries])
+        for e in entries:
+            what = f"{e['name']} on {arch}"
+            assert e["spill_stores"] == 0 and e["spill_loads"] == 0, f"{what} spills registers"
+            assert e["stack"] == 0, f"{what} uses {e['stack']} bytes of local memory"
+            assert e["registers"] * THREADS <= REGISTERS_PER_SM, f"{what}: {e['registers']} registers x {THREADS} threads"
+            assert e["smem"] == 0, f"{what}: static shared memory (every kernel takes its shared memory dynamically)"
+
+
+if __name__ == "__main__":
+    print(table(reports()))

@@ -1,0 +1,199 @@
+"""The emulated CUDA kernels under ThreadSanitizer and under AddressSanitizer + UndefinedBehaviorSanitizer:
+zero reports, and results that still match the reference. Then the checks themselves: each bug planted
+in csrc/emulation/selftest.h is caught, by the emulator or by the sanitizer meant for it.
+
+The sanitizers must instrument the whole program, so the kernels run in a small C++ driver without
+torch (csrc/emulation/driver.cpp, built and cached by tests/simt_build.py): the test writes each case's
+inputs to files, the driver runs the kernels on them and writes the outputs back.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from fastrnn import functional
+from fastrnn.backends import reference
+
+import simt_build
+from conftest import rel_error
+
+REASON = simt_build.skip_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"SIMT emulator unavailable: {REASON}")
+
+FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+REPORTS = ("ThreadSanitizer", "AddressSanitizer", "runtime error:", "LeakSanitizer")
+
+# A small subset of tests/test_cuda_emulated.py's grid that still walks every kernel, both strategies, the
+# tensor-core, TF32 and FMA paths, several CTAs, row tiles and reduction chunks, ragged lengths, reverse.
+CASES = {
+    "lstm-bf16-proj-persistent-3ctas": dict(cell="lstm", dtype=torch.bfloat16, steps=4, batch=5, hidden=7, extra=3,
+                                            reverse=True, ragged=True, strategy=1, ctas=3, threads=64),
+    "lstm-f64-tiles-persistent-2ctas": dict(cell="lstm", dtype=torch.float64, steps=3, batch=37, hidden=19, extra=0,
+                                            reverse=False, ragged=True, strategy=1, ctas=2, threads=32, row_tile=16,
+                                            k_chunk=16),
+    "gru-tf32-stepwise": dict(cell="gru", dtype=torch.float32, steps=4, batch=5, hidden=7, extra=1, reverse=False,
+                              ragged=True, strategy=2, threads=64, allow_tf32=1),
+    "gru-f16-persistent-4ctas": dict(cell="gru", dtype=torch.float16, steps=4, batch=5, hidden=9, extra=1, reverse=True,
+                                     ragged=False, strategy=1, ctas=4, threads=64),
+}
+
+
+def _write(folder, name, tensor):
+    tensor.contiguous().view(torch.uint8).numpy().tofile(folder / f"{name}.bin")
+
+
+def _read(folder, name, like):
+    data = np.fromfile(folder / f"{name}.out", dtype=np.uint8)
+    return torch.from_numpy(data).view(like.dtype).reshape(like.shape)
+
+
+def _prepare(case: dict, folder):
+    """Writes the forward and backward case folders; returns what to compare their outputs with."""
+    gen = torch.Generator().manual_seed(17)
+    dtype, T, B, H, extra = case["dtype"], case["steps"], case["batch"], case["hidden"], case["extra"]
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    lengths = None
+    if case["ragged"]:
+        lengths = torch.randint(1, T + 1, (B,), generator=gen)
+        lengths[0], lengths[-1] = T, 0
+        lengths = lengths.sort(descending=True).values
+    if case["cell"] == "lstm":
+        R = extra or H
+        inputs = dict(xp=randn(T, B, 4 * H), h0=randn(B, R), c0=randn(B, H), w_hh=randn(4 * H, R, scale=R ** -0.5),
+                      w_hr=randn(R, H, scale=H ** -0.5) if extra else None)
+        forward = reference.lstm_forward
+        out_names = ("y", "h_n", "c_n", "gates", "c_all")
+    else:
+        R = H
+        inputs = dict(xp=randn(T, B, 3 * H), h0=randn(B, H), w_hh=randn(3 * H, H, scale=H ** -0.5),
+                      b_hn=randn(H) if extra else None)
+        forward = reference.gru_forward
+        out_names = ("y", "h_n", "saved")
+    low = {k: None if v is None else v.to(dtype) for k, v in inputs.items()}
+    exact_out = forward(*inputs.values(), lengths, case["reverse"])
+    low_out = forward(*low.values(), lengths, case["reverse"])
+
+    # The backward's inputs: the reference's own forward in `dtype`, and random output gradients.
+    grads = [randn(*t.shape) for t in exact_out[: 3 if case["cell"] == "lstm" else 2]]
+    if case["cell"] == "lstm":
+        def backward_inputs(out, grad, w):
+            c_prev = functional.previous_states(out[4], w["c0"], lengths, case["reverse"])
+            return dict(dy=grad[0], dh_n=grad[1], dc_n=grad[2], c_prev=c_prev, w_hh=w["w_hh"], w_hr=w["w_hr"],
+                        gates=out[3], c_all=out[4])
+        backward, grad_names = reference.lstm_backward, ("dgates", "dh_all", "dh0", "dc0")
+    else:
+        def backward_inputs(out, grad, w):
+            h_prev = functional.previous_states(out[0], w["h0"], lengths, case["reverse"])
+            return dict(dy=grad[0], dh_n=grad[1], h_prev=h_prev, w_hh=w["w_hh"], saved=out[2])
+        backward, grad_names = reference.gru_backward, ("dxp", "dhn", "dh0")
+    exact_back_in = backward_inputs(exact_out, grads, inputs)
+    low_back_in = backward_inputs(low_out, [g.to(dtype) for g in grads], low)
+    exact_grads = backward(*exact_back_in.values(), lengths, case["reverse"])
+    low_grads = backward(*low_back_in.values(), lengths, case["reverse"])
+    if case.get("allow_tf32"):
+        # TF32 products (10-bit mantissa) are bounded by what a bfloat16 (7-bit) computation does.
+        coarse = {k: None if v is None else v.to(torch.bfloat16) for k, v in inputs.items()}
+        low_out = forward(*coarse.values(), lengths, case["reverse"])
+        coarse_back_in = backward_inputs(low_out, [g.to(torch.bfloat16) for g in grads], coarse)
+        low_grads = backward(*coarse_back_in.values(), lengths, case["reverse"])
+
+    expected = []
+    for kernel, tensors, names, exact, low_ref in [
+        (f"{case['cell']}_forward", low, out_names, exact_out, low_out),
+        (f"{case['cell']}_backward", low_back_in, grad_names, exact_grads, low_grads),
+    ]:
+        sub = folder / kernel
+        sub.mkdir()
+        settings = dict(kernel=kernel, dtype=DTYPE_NAMES[dtype], steps=T, batch=B, hidden=H, state=R,
+                        projection=int(case["cell"] == "lstm" and bool(extra)), reverse=int(case["reverse"]),
+                        strategy=case["strategy"], ctas=case.get("ctas", 0), threads=case["threads"],
+                        row_tile=case.get("row_tile", 0), k_chunk=case.get("k_chunk", 0),
+                        allow_tf32=case.get("allow_tf32", 0))
+        (sub / "case.txt").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        for name, tensor in tensors.items():
+            if tensor is not None:
+                _write(sub, name, tensor)
+        if lengths is not None:
+            _write(sub, "lengths", lengths.to(torch.int32))
+        expected.append((sub, names, exact, low_ref))
+    return expected
+
+
+def _assert_clean(done, what):
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and not any(report in output for report in REPORTS), f"{what}:\n{output[-6000:]}"
+
+
+@pytest.mark.parametrize("sanitizer", ["thread", "address"])
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_run_clean_under_sanitizer(tmp_path, sanitizer, case):
+    reason = simt_build.sanitizer_runtime_reason(sanitizer)
+    if reason is not None:
+        pytest.skip(reason)
+    expected = _prepare(CASES[case], tmp_path)
+    done = simt_build.run_driver(sanitizer, "run", *(str(sub) for sub, *_ in expected))
+    _assert_clean(done, f"{case} under -fsanitize={sanitizer}")
+    dtype = CASES[case]["dtype"]
+    for sub, names, exact, low_ref in expected:
+        for name, truth, theirs in zip(names, exact, low_ref):
+            if truth.numel() == 0:
+                continue
+            ours = _read(sub, name, theirs.to(dtype))
+            bound = 2 * rel_error(theirs, truth) + FLOOR[theirs.dtype]
+            assert rel_error(ours, truth) <= bound, (sub.name, name, rel_error(ours, truth), bound)
+
+
+# --- the checks themselves ---------------------------------------------------------------------------
+
+CAUGHT_BY_THE_EMULATOR = {
+    "divergent_syncthreads": r"reached __syncthreads at selftest.h:\d+ while \d+ thread\(s\) of its block wait at "
+                             r"__syncthreads at selftest.h:\d+ \(divergent barrier\)",
+    "early_return": r"returned from the kernel.*divergent barrier|after 1 thread\(s\) of its block returned",
+    "missing_block_at_grid_barrier": r"deadlock: grid barrier: 1 of 2 blocks arrived",
+    "divergent_warp_collective": r"__syncwarp at selftest.h:\d+ \(divergent barrier\)",
+    "misaligned_wmma": r"wmma::load_matrix_sync at selftest.h:\d+: pointer not 256-bit aligned",
+    "wmma_past_shared_memory": r"touches bytes \[0, 512\) of a dynamic shared memory of 256 bytes \(out of range\)",
+    "shared_overflow": r"wrote 0 byte\(s\) before and 4 byte\(s\) past its 128 bytes of dynamic shared memory",
+}
+
+
+@pytest.mark.parametrize("name", CAUGHT_BY_THE_EMULATOR)
+def test_emulator_reports_planted_bug(name):
+    done = simt_build.run_driver("none", "selftest", name, timeout=120, FASTRNN_SIMT_TIMEOUT_S="2")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert re.search(CAUGHT_BY_THE_EMULATOR[name], done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("name", ["missing_syncthreads", "missing_grid_barrier"])
+def test_thread_sanitizer_reports_planted_race(name):
+    reason = simt_build.sanitizer_runtime_reason("thread")
+    if reason is not None:
+        pytest.skip(reason)
+    plain = simt_build.run_driver("none", "selftest", name, timeout=120)
+    assert plain.returncode == 0  # a race need not show in a plain run: that is what ThreadSanitizer is for
+    done = simt_build.run_driver("thread", "selftest", name, timeout=300)
+    assert "WARNING: ThreadSanitizer: data race" in done.stderr and "selftest.h" in done.stderr, done.stderr[-4000:]
+
+
+def test_address_sanitizer_reports_shared_memory_overflow_at_the_write():
+    reason = simt_build.sanitizer_runtime_reason("address")
+    if reason is not None:
+        pytest.skip(reason)
+    done = simt_build.run_driver("address", "selftest", "shared_overflow", timeout=300)
+    assert "ERROR: AddressSanitizer: use-after-poison" in done.stderr and "selftest.h" in done.stderr, done.stderr[-4000:]
+
+
+def test_grid_barrier_orders_blocks_under_thread_sanitizer():
+    reason = simt_build.sanitizer_runtime_reason("thread")
+    if reason is not None:
+        pytest.skip(reason)
+    _assert_clean(simt_build.run_driver("thread", "selftest", "exchange_behind_grid_barrier", timeout=300),
+                  "the grid barrier's own exchange")
