@@ -18,6 +18,22 @@ tests_rc=$?
 python -m bench --out "$out/bench" "$@" > "$out/bench.log" 2>&1
 bench_rc=$?
 
+# The CUDA kernels under compute-sanitizer: out-of-bounds and misaligned accesses (memcheck), shared-memory
+# races (racecheck), barrier misuse (synccheck), reads of uninitialised global memory (initcheck).
+sanitizer="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
+command -v compute-sanitizer > /dev/null && sanitizer=$(command -v compute-sanitizer)
+sanitizer_summary="compute-sanitizer: not found (looked for $sanitizer)"
+if [ -x "$sanitizer" ]; then
+  sanitizer_summary="compute-sanitizer:"
+  for tool in memcheck racecheck synccheck initcheck; do
+    "$sanitizer" --tool "$tool" --error-exitcode 99 --target-processes all \
+      python -m pytest -q -p no:cacheprovider tests/test_cuda_gpu.py -k small_shapes_for_compute_sanitizer \
+      > "$out/compute-sanitizer-$tool.log" 2>&1
+    sanitizer_summary="$sanitizer_summary $tool rc=$?"
+  done
+fi
+
 cat "$out/explain.txt"
 echo "install rc=$install_rc; tests rc=$tests_rc: $(tail -n 1 "$out/tests.log"); bench rc=$bench_rc"
+echo "$sanitizer_summary (logs: $out/compute-sanitizer-*.log)"
 grep -E "^(case|lstm|gru) " "$out/bench.log" | tail -n 60

@@ -1,0 +1,134 @@
+"""The CUDA kernels on a GPU: the checks the emulator runs (tests/test_cuda_emulated.py), at the shapes
+and lengths only a GPU reaches. Everything here needs a CUDA GPU and the extension built with its CUDA
+kernels, and skips with the reason otherwise. (Module-level agreement with nn.LSTM/nn.GRU on every layer
+option runs for backend="cuda" on the GPU in tests/test_conformance.py.) bench/gpu_suite.sh also runs the
+kernels under compute-sanitizer's memcheck and racecheck.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn import _ext
+from fastrnn.backends import cuda as cuda_backend
+from fastrnn.backends import reference, unavailable_reason
+
+from conftest import CUDA_SKIP, compare, detached, make_pair, random_inputs, rel_error, run
+from cuda_checks import DTYPES, _cast, _randn, check_gru, check_lstm
+
+REASON = unavailable_reason("cuda", "cuda") if torch.cuda.is_available() else "needs a CUDA GPU; this machine has none"
+if REASON is None:
+    REASON = _ext.cuda_unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cuda backend unavailable: {REASON}")
+
+STRATEGIES = {"persistent": 1, "stepwise": 2}
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    module = _ext.cuda_extension()
+    module.cuda_set_poison_outputs(True)  # unwritten outputs show as NaN
+    yield module
+    module.cuda_set_poison_outputs(False)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 3, 64, 257])
+@pytest.mark.parametrize("hidden", [1, 17, 64, 256, 1024])
+@pytest.mark.parametrize("seq_len", [1, 7, 256])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype):
+    """The same grid as the Triton backend's GPU tests, under each strategy (persistent where it fits)."""
+    plan = dict(strategy=STRATEGIES[strategy])
+    if strategy == "persistent":
+        kind = 0 if cell == "LSTM" else 2
+        described = kernels.cuda_describe_plan(kind, seq_len, batch, hidden, hidden, False, str(dtype)[6:])
+        if not described.startswith("persistent"):
+            pytest.skip(f"the persistent plan does not fit this shape: {described}")
+    if cell == "LSTM":
+        check_lstm(kernels, dtype, seq_len, batch, hidden, proj=0, reverse=False, ragged=batch > 1,
+                   seed=seq_len + hidden, device="cuda", **plan)
+    else:
+        check_gru(kernels, dtype, seq_len, batch, hidden, bias=True, reverse=True, ragged=batch > 1,
+                  seed=seq_len + hidden, device="cuda", **plan)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_projection_on_gpu(kernels, strategy, dtype):
+    check_lstm(kernels, dtype, seq_len=33, batch=40, hidden=200, proj=72, reverse=True, ragged=True, seed=3,
+               device="cuda", strategy=STRATEGIES[strategy])
+
+
+def test_tf32_follows_cudnn_switch(kernels):
+    """float32 runs on TF32 while torch.backends.cudnn.allow_tf32 is on, exactly otherwise."""
+    gen = torch.Generator().manual_seed(4)
+    xp, h0, c0, w_hh = (_randn(gen, 8, 6, 256), _randn(gen, 6, 64), _randn(gen, 6, 64), _randn(gen, 256, 64, scale=0.125))
+    exact = reference.lstm_forward(xp, h0, c0, w_hh, None, None, False)[0]
+    args = [t.float().cuda() for t in (xp, h0, c0, w_hh)]
+    errors = {}
+    for allowed in (True, False):
+        old = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = allowed
+        try:
+            errors[allowed] = rel_error(cuda_backend.lstm_forward(*args, None, None, False)[0], exact)
+        finally:
+            torch.backends.cudnn.allow_tf32 = old
+    assert errors[False] < 1e-5 < errors[True] < 1e-2, errors
+
+
+@CUDA_SKIP
+def test_backend_is_selected_by_name():
+    model = fastrnn.LSTM(8, 32, num_layers=2, bidirectional=True, backend="cuda").cuda()
+    out, _ = model(torch.randn(5, 3, 8, device="cuda"))
+    assert model.last_backend == "cuda" and out.shape == (5, 3, 64)
+    assert "cuda-plan lstm_forward" in fastrnn.explain("cuda")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_long_sequence_does_not_drift(strategy, cell):
+    torch.manual_seed(3)
+    ours, theirs = make_pair(cell, "cuda", "cuda", torch.float64, input_size=4, hidden_size=6)
+    x, hx = random_inputs(ours, 2, 4096, device="cuda", seed=5)
+    with cuda_backend.forced(strategy):
+        errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_offsets_past_two_to_the_31(kernels, strategy):
+    """T * B * 4H > 2**31 elements: every per-step offset must be computed in 64 bits."""
+    seq_len, batch, hidden = 2100, 257, 1024
+    assert seq_len * batch * 4 * hidden > 2**31
+    gen = torch.Generator().manual_seed(9)
+    xp = torch.randn(seq_len, batch, 4 * hidden, generator=gen, dtype=torch.bfloat16).cuda()
+    h0, c0 = (torch.randn(batch, hidden, generator=gen).bfloat16().cuda() for _ in range(2))
+    w_hh = (torch.randn(4 * hidden, hidden, generator=gen) * hidden ** -0.5).bfloat16().cuda()
+    y, h_n, c_n, gates, c_all = kernels.lstm_forward_cuda(xp, h0, c0, w_hh, None, None, False,
+                                                          strategy=STRATEGIES[strategy])
+    tail = reference.lstm_forward(xp[-3:].float(), y[-4].float(), c_all[-4].float(), w_hh.float(), None, None, False)
+    assert rel_error(y[-3:], tail[0]) < 2e-2 and rel_error(c_n, tail[2]) < 2e-2
+
+
+def test_inputs_on_another_device_raise(kernels):
+    args = _cast((torch.randn(3, 2, 12), torch.randn(2, 3), torch.randn(2, 3), torch.randn(12, 3)), torch.float32)
+    args = [a.cuda() for a in args]
+    args[1] = args[1].cpu()
+    with pytest.raises(RuntimeError, match="h0 must be on cuda"):
+        kernels.lstm_forward_cuda(*args, None, None, False)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_shapes_for_compute_sanitizer(kernels, strategy, dtype):
+    """A few small calls of every kernel: what bench/gpu_suite.sh runs under compute-sanitizer's memcheck,
+    racecheck, synccheck and initcheck (it selects this test by name)."""
+    plan = dict(strategy=STRATEGIES[strategy], allow_tf32=dtype == torch.float32)
+    check_lstm(kernels, dtype, seq_len=5, batch=19, hidden=37, proj=11, reverse=True, ragged=True, seed=6,
+               device="cuda", **plan)
+    check_gru(kernels, dtype, seq_len=5, batch=19, hidden=37, bias=True, reverse=False, ragged=True, seed=7,
+              device="cuda", **plan)
