@@ -141,7 +141,8 @@ class NotAdapted(Implementation):
 def all_implementations() -> list[Implementation]:
     return [
         TorchRNN(),
-        *(FastRNN(b) for b in ("triton", "cuda", "reference")),
+        FastRNN("auto"),
+        *(FastRNN(b) for b in ("cpp", "triton", "cuda", "reference")),
         *(TritonStrategy(s) for s in ("persistent", "stepwise")),
         CellLoop(compiled=False),
         CellLoop(compiled=True),

@@ -132,7 +132,7 @@ void barrier_wait(Barrier* barrier, int threads) {
     return;
   }
   for (unsigned spins = 0; __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE) == generation; ++spins) {
-    if (spins < 20000) {
+    if (spins < 4000) {  // a few microseconds: longer only burns a core another thread may need
 #if defined(__x86_64__)
       __builtin_ia32_pause();
 #endif

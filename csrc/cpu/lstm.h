@@ -57,6 +57,9 @@ struct LstmKernels {
           const T* panel = w_packed + gate_panels.block_offset(block);
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
+            // The epilogue's inputs are cold (xp was written long ago): fetch them during the GEMM.
+            for (int m = 0; m < MR; ++m)
+              for (int q = 0; q < 4; ++q) __builtin_prefetch(xp + (r0 + m) * G + q * H + u0);
             V acc[MR][4];
             zero(acc);
             accumulate(acc, h_in + r0 * R, R, R, panel, gate_panels.k_stride(), N);
