@@ -75,7 +75,8 @@ void check_float(const Tensor& xp) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp, const Tensor& h0, const Tensor& c0,
                                                                 const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-                                                                const std::optional<Tensor>& lengths, bool reverse) {
+                                                                const std::optional<Tensor>& lengths, bool reverse,
+                                                                bool save) {
   check_float(xp);
   const int64_t T = xp.size(0), B = xp.size(1), H = xp.size(2) / 4, R = h0.size(-1);
   TORCH_CHECK(xp.size(2) == 4 * H, "fastrnn cpp backend: xp's last dimension must be 4 * hidden, got ", xp.size(2));
@@ -87,8 +88,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp
   else TORCH_CHECK(R == H, "fastrnn cpp backend: without w_hr the state width must equal hidden (", H, "), got ", R);
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
-  Tensor y = output(xp, {T, B, R}, zeroed), h_n = at::empty_like(h0), c_n = at::empty_like(c0),
-         gates = output(xp, {T, B, 4 * H}, zeroed), c_all = output(xp, {T, B, H}, zeroed);
+  Tensor y = output(xp, {T, B, R}, zeroed), h_n = at::empty_like(h0), c_n = at::empty_like(c0);
+  Tensor gates = save ? output(xp, {T, B, 4 * H}, zeroed) : at::empty({0}, xp.options());
+  Tensor c_all = save ? output(xp, {T, B, H}, zeroed) : at::empty({0}, xp.options());
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "fastrnn_lstm_forward", [&] {
     const cpu::LstmForward<scalar_t> args{make_shape(T, B, H, R, reverse, live),
                                           xp.data_ptr<scalar_t>(),
@@ -99,8 +101,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp
                                           y.data_ptr<scalar_t>(),
                                           h_n.data_ptr<scalar_t>(),
                                           c_n.data_ptr<scalar_t>(),
-                                          gates.data_ptr<scalar_t>(),
-                                          c_all.data_ptr<scalar_t>()};
+                                          save ? gates.data_ptr<scalar_t>() : nullptr,
+                                          save ? c_all.data_ptr<scalar_t>() : nullptr};
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_forward(args);
   });
@@ -149,7 +151,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
                                                const std::optional<Tensor>& b_hn, const std::optional<Tensor>& lengths,
-                                               bool reverse) {
+                                               bool reverse, bool save) {
   check_float(xp);
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(-1);
   check_input(xp, "xp", xp, {T, B, 3 * H});
@@ -158,7 +160,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h
   if (b_hn.has_value()) check_input(*b_hn, "b_hn", xp, {H});
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
-  Tensor y = output(xp, {T, B, H}, zeroed), h_n = at::empty_like(h0), saved = output(xp, {T, B, 4 * H}, zeroed);
+  Tensor y = output(xp, {T, B, H}, zeroed), h_n = at::empty_like(h0);
+  Tensor saved = save ? output(xp, {T, B, 4 * H}, zeroed) : at::empty({0}, xp.options());
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "fastrnn_gru_forward", [&] {
     const cpu::GruForward<scalar_t> args{make_shape(T, B, H, H, reverse, live),
                                          xp.data_ptr<scalar_t>(),
@@ -167,7 +170,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h
                                          data_or_null<scalar_t>(b_hn),
                                          y.data_ptr<scalar_t>(),
                                          h_n.data_ptr<scalar_t>(),
-                                         saved.data_ptr<scalar_t>()};
+                                         save ? saved.data_ptr<scalar_t>() : nullptr};
     pybind11::gil_scoped_release no_gil;
     cpu::gru_forward(args);
   });
@@ -211,6 +214,7 @@ void set_cpu_instruction_set(const std::string& name) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrnn's compiled kernels (see csrc/)";
+  // save=false: an inference call; what only the backward needs (gates, cell states) comes back empty.
   m.def("lstm_forward_cpu", &lstm_forward, "LSTM recurrence, one layer-direction (CPU)");
   m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)");
   m.def("gru_forward_cpu", &gru_forward, "GRU recurrence, one layer-direction (CPU)");

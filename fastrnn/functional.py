@@ -126,6 +126,25 @@ def _(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, backend):
 
 # --- autograd ---------------------------------------------------------------------------------
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _direct(*tensors: Tensor | None) -> bool:
+    """Whether to call the backend directly instead of through its custom op. In eager mode, on plain
+    tensors, the op's dispatch is pure overhead (tens of microseconds a call: most of the cost of a small
+    layer); tracing (torch.compile), fake tensors and tensor subclasses go through the op."""
+    return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN for t in tensors)
+
+
+def _op(op, backend: str):
+    """The custom op with the backend bound, called like a backend function."""
+    return lambda *args: op(*args, backend)
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 
 def previous_states(states: Tensor, initial: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
     """The state entering each step (T, B, X), from the states each step produced and the initial one.
@@ -151,7 +170,8 @@ def _outer_sum(grads: Tensor, inputs: Tensor) -> Tensor:
 class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend):
-        y, h_n, c_n, gates, c_all = lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, backend)
+        op = kernels(backend).lstm_forward if _direct(xp, h0, c0, w_hh, w_hr) else _op(lstm_forward, backend)
+        y, h_n, c_n, gates, c_all = op(xp, h0, c0, w_hh, w_hr, lengths, reverse)
         ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all)
         ctx.reverse, ctx.backend = reverse, backend
         return y, h_n, c_n
@@ -161,10 +181,9 @@ class LSTMRecurrence(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         h0, c0, w_hh, w_hr, lengths, y, gates, c_all = ctx.saved_tensors
         c_prev = previous_states(c_all, c0, lengths, ctx.reverse)
-        dgates, dh_all, dh0, dc0 = lstm_backward(
-            dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), c_prev, w_hh, w_hr, gates, c_all,
-            lengths, ctx.reverse, ctx.backend,
-        )
+        dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
+        op = kernels(ctx.backend).lstm_backward if _direct(dy, dh_n, dc_n, gates) else _op(lstm_backward, ctx.backend)
+        dgates, dh_all, dh0, dc0 = op(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, ctx.reverse)
         dw_hh = _outer_sum(dgates, previous_states(y, h0, lengths, ctx.reverse))
         dw_hr = None
         if w_hr is not None:
@@ -176,7 +195,8 @@ class LSTMRecurrence(torch.autograd.Function):
 class GRURecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend):
-        y, h_n, saved = gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, backend)
+        op = kernels(backend).gru_forward if _direct(xp, h0, w_hh, b_hn) else _op(gru_forward, backend)
+        y, h_n, saved = op(xp, h0, w_hh, b_hn, lengths, reverse)
         ctx.save_for_backward(h0, w_hh, lengths, y, saved)
         ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_hn is not None
         return y, h_n
@@ -186,9 +206,9 @@ class GRURecurrence(torch.autograd.Function):
     def backward(ctx, dy, dh_n):
         h0, w_hh, lengths, y, saved = ctx.saved_tensors
         h_prev = previous_states(y, h0, lengths, ctx.reverse)
-        dxp, dhn, dh0 = gru_backward(
-            dy.contiguous(), dh_n.contiguous(), h_prev, w_hh, saved, lengths, ctx.reverse, ctx.backend
-        )
+        dy, dh_n = dy.contiguous(), dh_n.contiguous()
+        op = kernels(ctx.backend).gru_backward if _direct(dy, dh_n, saved) else _op(gru_backward, ctx.backend)
+        dxp, dhn, dh0 = op(dy, dh_n, h_prev, w_hh, saved, lengths, ctx.reverse)
         hidden = h0.shape[-1]
         dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
         db_hn = dhn.sum((0, 1)) if ctx.has_bias else None
@@ -211,10 +231,11 @@ def lstm_layer(
     Returns (y (T, B, R), h_n, c_n)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     xp = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
-    return LSTMRecurrence.apply(
-        xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
-        None if w_hr is None else w_hr.contiguous(), lengths, reverse, backend,
-    )
+    args = (xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous())
+    if not _needs_grad(*args) and _direct(*args):
+        # Inference: no autograd node, and nothing kept for a backward (the gates and cell states).
+        return kernels(backend).lstm_forward(*args, lengths, reverse, save=False)[:3]
+    return LSTMRecurrence.apply(*args, lengths, reverse, backend)
 
 
 def gru_layer(
@@ -234,4 +255,7 @@ def gru_layer(
         # b_hr and b_hz add to the input projection; b_hn must stay inside the reset product.
         xp = F.linear(x, w_ih, b_ih + torch.cat((b_hh[: 2 * hidden], b_hh.new_zeros(hidden))))
         b_hn = b_hh[2 * hidden :].contiguous()
-    return GRURecurrence.apply(xp, h0.contiguous(), w_hh.contiguous(), b_hn, lengths, reverse, backend)
+    args = (xp, h0.contiguous(), w_hh.contiguous(), b_hn)
+    if not _needs_grad(*args) and _direct(*args):
+        return kernels(backend).gru_forward(*args, lengths, reverse, save=False)[:2]
+    return GRURecurrence.apply(*args, lengths, reverse, backend)

@@ -124,3 +124,24 @@ def test_dropout_sits_between_layers(cell):
     assert rel_error(stacked.eval()(x)[0], out) > 1e-3  # eval mode switches dropout off
     torch.manual_seed(1)
     assert rel_error(stacked.train()(x)[0], out) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell,config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("mode", ["batched", "packed_unsorted", "unbatched"])
+def test_inference_under_no_grad_matches_torch(backend, cell, config, mode):
+    """Without gradients the layers take the inference path (no autograd node, nothing kept for a
+    backward): outputs and final states still equal nn's."""
+    skip_unavailable(backend, "cpu")
+    seed = zlib.crc32(repr(("no_grad", cell, mode, config)).encode())
+    torch.manual_seed(seed)
+    ours, theirs = make_pair(cell, backend, "cpu", torch.float64, **config)
+    x, hx = inputs_for(ours, mode, 4, 9, "cpu", torch.float64, seed)
+    with torch.no_grad():
+        (out, states), (expected_out, expected_states) = ours(x, hx), theirs(x, hx)
+    states = states if isinstance(states, tuple) else (states,)
+    expected_states = expected_states if isinstance(expected_states, tuple) else (expected_states,)
+    out = out.data if hasattr(out, "batch_sizes") else out
+    expected_out = expected_out.data if hasattr(expected_out, "batch_sizes") else expected_out
+    for a, b in zip((out, *states), (expected_out, *expected_states)):
+        assert not a.requires_grad and rel_error(a, b) < 1e-10

@@ -35,8 +35,8 @@ struct LstmForward {
   T* y;           // [T, B, R]
   T* h_n;         // [B, R]
   T* c_n;         // [B, H]
-  T* gates;       // [T, B, 4H] the activated gates i, f, g, o
-  T* c_all;       // [T, B, H] the cell state after each step
+  T* gates;       // [T, B, 4H] the activated gates i, f, g, o, or null (nothing kept for a backward)
+  T* c_all;       // [T, B, H] the cell state after each step, null with gates
 };
 
 template <class T>
@@ -65,7 +65,7 @@ struct GruForward {
   const T* b_hn;     // [H] or null
   T* y;              // [T, B, H]
   T* h_n;            // [B, H]
-  T* saved;          // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn
+  T* saved;          // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn, or null (nothing kept)
 };
 
 template <class T>

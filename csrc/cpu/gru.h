@@ -31,7 +31,7 @@ struct GruKernels {
         const T* h_in = h_buffers[parity];
         T* h_out = h_buffers[parity ^ 1];
         const T* xp = a.xp + t * B * G;
-        T* saved = a.saved + t * B * 4 * H;
+        T* saved = a.saved ? a.saved + t * B * 4 * H : nullptr;  // null: an inference call keeps nothing
         T* y = a.y + t * B * H;
         for (int64_t block = my_units.begin; block < my_units.end; ++block) {
           const int64_t u0 = block * N;
@@ -50,11 +50,13 @@ struct GruKernels {
               V r, z, n, h;
               gru_cell_forward(V::load_n(x, width), V::load_n(x + H, width), V::load_n(x + 2 * H, width), acc[m][0],
                                acc[m][1], hn, V::load_n(h_in + b * H + u0, width), r, z, n, h);
-              T* out = saved + b * 4 * H + u0;
-              r.store_n(out, width);
-              z.store_n(out + H, width);
-              n.store_n(out + 2 * H, width);
-              hn.store_n(out + 3 * H, width);
+              if (saved) {
+                T* out = saved + b * 4 * H + u0;
+                r.store_n(out, width);
+                z.store_n(out + H, width);
+                n.store_n(out + 2 * H, width);
+                hn.store_n(out + 3 * H, width);
+              }
               h.store_n(h_out + b * H + u0, width);
               h.store_n(y + b * H + u0, width);
             }

@@ -48,8 +48,8 @@ struct LstmKernels {
         const T* h_in = h_buffers[parity];
         T* h_out = h_buffers[parity ^ 1];
         const T* xp = a.xp + t * B * G;
-        T* gates = a.gates + t * B * G;
-        T* c_all = a.c_all + t * B * H;
+        T* gates = a.gates ? a.gates + t * B * G : nullptr;
+        T* c_all = a.c_all ? a.c_all + t * B * H : nullptr;
         T* y = a.y + t * B * R;
         for (int64_t block = my_units.begin; block < my_units.end; ++block) {
           const int64_t u0 = block * N;
@@ -71,13 +71,15 @@ struct LstmKernels {
               lstm_cell_forward(acc[m][0] + V::load_n(x, width), acc[m][1] + V::load_n(x + H, width),
                                 acc[m][2] + V::load_n(x + 2 * H, width), acc[m][3] + V::load_n(x + 3 * H, width),
                                 V::load_n(c + b * H + u0, width), i, f, g, o, c_new, h);
-              T* gate_out = gates + b * G + u0;
-              i.store_n(gate_out, width);
-              f.store_n(gate_out + H, width);
-              g.store_n(gate_out + 2 * H, width);
-              o.store_n(gate_out + 3 * H, width);
+              if (gates) {  // kept for the backward; an inference call (no gates) skips the stores
+                T* gate_out = gates + b * G + u0;
+                i.store_n(gate_out, width);
+                f.store_n(gate_out + H, width);
+                g.store_n(gate_out + 2 * H, width);
+                o.store_n(gate_out + 3 * H, width);
+                c_new.store_n(c_all + b * H + u0, width);
+              }
               c_new.store_n(c + b * H + u0, width);
-              c_new.store_n(c_all + b * H + u0, width);
               if (a.w_hr) {
                 h.store_n(units + b * H + u0, width);
               } else {

@@ -2,7 +2,8 @@
 
 A kernel backend is a module with `unavailable_reason(device)` and the four recurrence functions of
 `fastrnn.backends.reference` (lstm_forward, lstm_backward, gru_forward, gru_backward), same
-arguments and results. `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
+arguments and results. The forwards also take `save` (default True); save=False is an inference call,
+which returns empty tensors for what only the backward needs (LSTM gates and cell states, GRU saved). `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
 (cuDNN on GPU), run whole by the layer modules.
 """
 

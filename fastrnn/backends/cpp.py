@@ -24,16 +24,16 @@ def _kernels():
     return module
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
-    return _kernels().lstm_forward_cpu(xp, h0, c0, w_hh, w_hr, lengths, reverse)
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
+    return _kernels().lstm_forward_cpu(xp, h0, c0, w_hh, w_hr, lengths, reverse, save)
 
 
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
     return _kernels().lstm_backward_cpu(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
-    return _kernels().gru_forward_cpu(xp, h0, w_hh, b_hn, lengths, reverse)
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
+    return _kernels().gru_forward_cpu(xp, h0, w_hh, b_hn, lengths, reverse, save)
 
 
 def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):

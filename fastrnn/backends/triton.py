@@ -82,12 +82,15 @@ def _final_state(y, h_buffers, steps: _Steps, h0, lengths, lens, reverse):
 # --- LSTM ------------------------------------------------------------------------------------------
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     seq_len, batch, gate_size = xp.shape
     hidden, state = gate_size // 4, h0.shape[-1]
     plan = _plan("lstm", "forward", hidden, state, xp.dtype, batch, xp.device,
                  lambda p: _lstm_forward(p, xp, h0, c0, w_hh, w_hr, lengths, reverse))
-    return _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse)
+    y, h_n, c_n, gates, c_all = _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse)
+    if not save:  # an inference call: the kernels still write them, the caller keeps nothing
+        gates = c_all = xp.new_empty(0)
+    return y, h_n, c_n, gates, c_all
 
 
 def _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse):
@@ -159,11 +162,12 @@ def _lstm_backward(plan, dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengt
 # --- GRU -------------------------------------------------------------------------------------------
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     batch, hidden = xp.shape[1], h0.shape[-1]
     plan = _plan("gru", "forward", hidden, hidden, xp.dtype, batch, xp.device,
                  lambda p: _gru_forward(p, xp, h0, w_hh, b_hn, lengths, reverse))
-    return _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse)
+    y, h_n, saved = _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse)
+    return y, h_n, saved if save else xp.new_empty(0)
 
 
 def _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse):
