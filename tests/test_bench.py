@@ -63,3 +63,21 @@ def test_list_names_every_competitor(capsys):
     listed = capsys.readouterr().out
     for impl in implementations.all_implementations():
         assert impl.name in listed
+
+
+def test_summary_tabulates_speed_ups_of_runs_side_by_side(tmp_path, capsys):
+    from bench import summary
+
+    code = cli.main(TINY + ["--cells", "gru", "--impls", "fastrnn-reference", "--out", str(tmp_path)])
+    assert code == 0
+    capsys.readouterr()
+    results = tmp_path / "results.json"
+    assert summary.main([str(results), str(results), "--impls", "fastrnn-reference"]) == 0
+    printed = capsys.readouterr().out
+    rows = {(r["impl"], r["mode"]): r for r in json.loads(results.read_text())["rows"]}
+    for mode in ("forward", "train"):
+        ours, base = rows[("fastrnn-reference", mode)], rows[("nn", mode)]
+        line = next(line for line in printed.splitlines() if f"| {mode} |" in line)
+        assert line.count(f"{ours['ms']:.3f} ({ours['x_nn']:.2f}x)") == 2 and f"| {base['ms']:.3f} |" in line
+    assert "python -m bench" in printed and "commit" in printed
+    assert summary.main([str(tmp_path / "missing.json")]) == 2
