@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from . import backends, functional
 
@@ -159,24 +160,28 @@ class _RNNBase(nn.Module):
         batch_sizes = input.batch_sizes if packed else None
         if backend == "aten":
             return self._forward_aten(input, data, hx, batch_sizes)
-        states, batched_input = self._checked_states(input, data, hx, batch_sizes)
+        states, batched_input, batch = self._checked_states(input, data, hx, batch_sizes)
 
         if packed:
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
             # Padded in the packed (length-sorted) order, so the live sequences are a prefix at every step.
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            x, lengths = functional.pad_packed(data, batch_sizes, batch)
+            packing = _Packing(batch_sizes, lengths, data.shape[0])
         else:
-            sorted_indices = unsorted_indices = lengths = None
+            sorted_indices = unsorted_indices = packing = None
             x = batched_input.transpose(0, 1) if self.batch_first else batched_input
+        if states is None:
+            states = [x.new_zeros(self.num_layers * self.num_directions, x.shape[1], size) for size in self._state_sizes()]
         states = _permute(states, sorted_indices)
 
         dtype = _compute_dtype(x, self.mode)
         # The dtype is chosen once here; autocast must not re-cast the layer's own matmuls.
         with torch.autocast(x.device.type, enabled=False):
-            output, finals = self._run_layers(x.to(dtype).contiguous(), [s.to(dtype) for s in states], lengths, backend, dtype)
+            output, finals = self._run_layers(x.to(dtype).contiguous(), [s.to(dtype) for s in states], packing, backend, dtype)
 
         if packed:
-            output = PackedSequence(pack_padded_sequence(output, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
+            output = PackedSequence(functional.pack_padded(output, batch_sizes, packing.total), batch_sizes,
+                                    sorted_indices, unsorted_indices)
         else:
             if self.batch_first:
                 output = output.transpose(0, 1).contiguous()
@@ -201,8 +206,9 @@ class _RNNBase(nn.Module):
     def _checked_states(self, input, data: Tensor, hx, batch_sizes):
         """Validate input and hx as nn.LSTM/nn.GRU do (same exception types), plus devices and dtypes.
 
-        Returns the initial states as 3-D tensors (L*D, B, size), in the caller's batch order, and
-        the input with a batch dimension."""
+        Returns the initial states as 3-D tensors (L*D, B, size), in the caller's batch order (None
+        when hx is None), the input with a batch dimension, and for packed input the batch size B
+        (None when only batch_sizes' values tell it, under torch.compile: see _packed_batch)."""
         if batch_sizes is None:
             if data.dim() not in (2, 3):
                 raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {data.dim()}D instead")
@@ -213,7 +219,7 @@ class _RNNBase(nn.Module):
         else:
             if data.dim() != 2:
                 raise RuntimeError(f"{self.mode}: packed input data must have 2 dimensions, got {data.dim()}")
-            batched, batch = data, int(batch_sizes[0])
+            batched, batch = data, _packed_batch(input)
         if data.dtype != self.weight_ih_l0.dtype and not torch.is_autocast_enabled(data.device.type):
             raise ValueError(
                 f"{self.mode}: input dtype ({data.dtype}) does not match weight dtype ({self.weight_ih_l0.dtype}). "
@@ -228,10 +234,8 @@ class _RNNBase(nn.Module):
             )
 
         names = ("h_0", "c_0") if self.mode == "LSTM" else ("h_0",)
-        sizes = (self.proj_size or self.hidden_size, self.hidden_size)
-        expected = [(self.num_layers * self.num_directions, batch, size) for size in sizes[: len(names)]]
         if hx is None:
-            return [data.new_zeros(shape) for shape in expected], batched
+            return None, batched, batch
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
                 raise RuntimeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}")
@@ -247,6 +251,9 @@ class _RNNBase(nn.Module):
             raise RuntimeError(f"{self.mode}: for {kind} input the hidden states must be {want_dim}-D, got {got}")
         if want_dim == 2:
             states = [s.unsqueeze(1) for s in states]
+        if batch is None:
+            batch = states[0].shape[1]  # the padding op checks it against batch_sizes[0] when it runs
+        expected = [(self.num_layers * self.num_directions, batch, size) for size in self._state_sizes()]
         for name, state, shape in zip(names, states, expected):
             if tuple(state.shape) != shape:
                 raise RuntimeError(f"{self.mode}: Expected {name} of size {shape} (num_layers * num_directions, batch, size), got {tuple(state.shape)}")
@@ -254,7 +261,12 @@ class _RNNBase(nn.Module):
                 raise RuntimeError(f"{self.mode}: Input and hidden tensors are not at the same device, found input tensor at {data.device} and {name} at {state.device}")
             if state.dtype != data.dtype and not torch.is_autocast_enabled(data.device.type):
                 raise RuntimeError(f"{self.mode}: {name} has dtype {state.dtype} but the input has dtype {data.dtype}; pass {name}.to({data.dtype})")
-        return states, batched
+        return states, batched, batch
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        """The last dimension of h (and c) states: (R,) for GRU, (R, H) for LSTM (R = proj_size or H)."""
+        sizes = (self.proj_size or self.hidden_size, self.hidden_size)
+        return sizes if self.mode == "LSTM" else sizes[:1]
 
     # --- the layer stack -------------------------------------------------------------------------
 
@@ -270,7 +282,8 @@ class _RNNBase(nn.Module):
             return weights
         return (*weights, get("weight_hr") if self.proj_size else None)
 
-    def _run_layers(self, x: Tensor, states: list[Tensor], lengths, backend: str, dtype: torch.dtype):
+    def _run_layers(self, x: Tensor, states: list[Tensor], packing: _Packing | None, backend: str, dtype: torch.dtype):
+        lengths = packing.lengths if packing is not None else None
         layer_fn = functional.lstm_layer if self.mode == "LSTM" else functional.gru_layer
         finals: list[list[Tensor]] = [[] for _ in states]
         layer_input = x
@@ -287,6 +300,22 @@ class _RNNBase(nn.Module):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, [torch.stack(collected) for collected in finals]
+
+
+class _Packing(NamedTuple):
+    """How a PackedSequence's rows map to the padded layout the layers run on."""
+
+    batch_sizes: Tensor  # (T,) CPU int64, as in the PackedSequence
+    lengths: Tensor  # (B,) CPU int64, non-increasing (packed order)
+    total: int  # N, the number of packed rows
+
+
+def _packed_batch(input: PackedSequence) -> int | None:
+    """The number of sequences in a PackedSequence: batch_sizes[0], read from shapes under torch.compile
+    (which traces shapes, not values): sorted_indices' length, or None when no shape tells it."""
+    if not torch.compiler.is_compiling():
+        return int(input.batch_sizes[0])
+    return input.sorted_indices.shape[0] if input.sorted_indices is not None else None
 
 
 class LSTM(_RNNBase):
