@@ -298,8 +298,17 @@ class _RNNBase(nn.Module):
                     collected.append(state)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
+                layer_input = self._dropout_between_layers(layer_input, packing)
         return layer_input, [torch.stack(collected) for collected in finals]
+
+    def _dropout_between_layers(self, layer_input: Tensor, packing: _Packing | None) -> Tensor:
+        """The dropout of torch's CPU code (aten/src/ATen/native/RNN.cpp, apply_layer_stack): at::dropout
+        of each layer's time-major output, or of the packed rows for packed input, so that the same
+        seed draws the same mask from the same random stream as nn.LSTM/nn.GRU on the CPU."""
+        if packing is None:
+            return F.dropout(layer_input, self.dropout, training=True)
+        keep = F.dropout(layer_input.new_ones(packing.total, layer_input.shape[-1]), self.dropout, training=True)
+        return layer_input * functional.pad_packed(keep, packing.batch_sizes, layer_input.shape[1])[0]
 
 
 class _Packing(NamedTuple):
