@@ -1,9 +1,9 @@
 """fastrnn.LSTM and fastrnn.GRU: drop-in nn.LSTM / nn.GRU whose recurrence runs on a chosen backend.
 
 Same constructor arguments, parameter names, shapes, initialisation, state_dict, inputs and outputs
-as nn.LSTM / nn.GRU. They are plain nn.Modules rather than subclasses because torch.compile refuses
-to trace any nn.RNNBase; the `aten` backend runs torch's own nn.LSTM/nn.GRU code on a private,
-unregistered twin that shares these Parameter objects.
+as nn.LSTM / nn.GRU. They are plain nn.Modules rather than subclasses because Dynamo refuses to trace
+any instance of nn.RNN/nn.GRU/nn.LSTM (see README, "Use"); the `aten` backend runs torch's own
+nn.LSTM/nn.GRU code on a private, unregistered twin that shares these Parameter objects.
 """
 
 from __future__ import annotations

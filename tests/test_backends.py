@@ -92,3 +92,20 @@ def test_kernel_backends_on_cuda_without_a_gpu_say_so():
     for name in ("cuda", "triton"):
         assert backends.unavailable_reason(name, "cuda") == "no CUDA GPU is visible to torch"
     assert backends.resolve("auto", "cuda") == "aten"
+
+
+def test_dynamo_refuses_subclasses_of_nn_lstm_so_fastrnn_is_not_one():
+    """Why isinstance(fastrnn.LSTM(...), nn.LSTM) is False (README, "Use"): Dynamo refuses to trace any
+    instance of nn.RNN/nn.GRU/nn.LSTM whose attributes a forward reads, whatever that forward does, unless
+    torch._dynamo.config.allow_rnn (experimental) is set. Should a torch release lift this, this test
+    fails: time to subclass."""
+
+    class Subclass(torch.nn.LSTM):
+        def forward(self, x, hx=None):
+            return x @ self.weight_ih_l0.T, None
+
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="RNN, GRU, or LSTM"):
+        torch.compile(Subclass(3, 4), fullgraph=True, backend="aot_eager")(torch.randn(5, 2, 3))
+    layer = fastrnn.LSTM(3, 4)
+    assert not isinstance(layer, torch.nn.LSTM) and layer.mode == torch.nn.LSTM(3, 4).mode == "LSTM"
