@@ -124,6 +124,80 @@ def _(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, backend):
     return dy.new_empty(seq_len, batch, 3 * hidden), torch.empty_like(dy), torch.empty_like(dh_n)
 
 
+# --- PackedSequence layout: padding and packing as custom ops ---------------------------------
+#
+# torch's pad_packed_sequence reads batch_sizes' values in Python, which torch.compile cannot trace.
+# As custom ops, Dynamo sees only their fake shapes: (N, X) packed rows <-> (T, B, X) time-major padded,
+# with T = len(batch_sizes), N = data.shape[0] and B given by the caller from a shape where one tells
+# it (hx, sorted_indices), else a size known only at run time.
+
+
+def _packed_rows(batch_sizes: Tensor, batch: int, device: torch.device) -> Tensor:
+    """The flat (t * B + b) index, in the padded (T, B) layout, of every packed row, in packed order."""
+    live = torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, B): row b runs step t
+    return live.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
+
+
+@torch.library.custom_op("fastrnn::pad_packed", mutates_args=())
+def pad_packed(data: Tensor, batch_sizes: Tensor, batch: Optional[int]) -> tuple[Tensor, Tensor]:
+    """Packed rows data (N, X) of a PackedSequence with batch_sizes (T,) (CPU int64) as a time-major,
+    zero-padded (T, B, X) tensor in the packed (length-sorted) order, and the lengths (B,) (CPU int64).
+    `batch` is B when the caller knows it from a shape (then it is checked), None otherwise."""
+    actual = int(batch_sizes[0]) if len(batch_sizes) else 0
+    if batch is not None and batch != actual:
+        raise RuntimeError(f"Expected hidden states for {actual} sequences (the PackedSequence's batch_sizes[0]), "
+                           f"got states for {batch}")
+    padded = data.new_zeros(len(batch_sizes), actual, data.shape[-1])
+    padded.view(-1, data.shape[-1]).index_copy_(0, _packed_rows(batch_sizes, actual, data.device), data)
+    lengths = (torch.arange(actual).unsqueeze(0) < batch_sizes.unsqueeze(1)).sum(0)
+    return padded, lengths
+
+
+@pad_packed.register_fake
+def _(data, batch_sizes, batch):
+    if batch is None:
+        batch = torch.library.get_ctx().new_dynamic_size()
+    return data.new_empty(batch_sizes.shape[0], batch, data.shape[-1]), batch_sizes.new_empty(batch)
+
+
+@torch.library.custom_op("fastrnn::pack_padded", mutates_args=())
+def pack_padded(padded: Tensor, batch_sizes: Tensor, total: int) -> Tensor:
+    """The inverse of pad_packed: the (total, X) packed rows of a (T, B, X) padded tensor."""
+    rows = _packed_rows(batch_sizes, padded.shape[1], padded.device)
+    return padded.reshape(-1, padded.shape[-1]).index_select(0, rows)
+
+
+@pack_padded.register_fake
+def _(padded, batch_sizes, total):
+    return padded.new_empty(total, padded.shape[-1])
+
+
+def _pad_packed_setup(ctx, inputs, output):
+    data, batch_sizes, _ = inputs
+    ctx.save_for_backward(batch_sizes)
+    ctx.total = data.shape[0]
+
+
+def _pad_packed_backward(ctx, grad_padded, grad_lengths):
+    (batch_sizes,) = ctx.saved_tensors
+    return pack_padded(grad_padded.contiguous(), batch_sizes, ctx.total), None, None
+
+
+def _pack_padded_setup(ctx, inputs, output):
+    padded, batch_sizes, _ = inputs
+    ctx.save_for_backward(batch_sizes)
+    ctx.batch = padded.shape[1]
+
+
+def _pack_padded_backward(ctx, grad_packed):
+    (batch_sizes,) = ctx.saved_tensors
+    return pad_packed(grad_packed.contiguous(), batch_sizes, ctx.batch)[0], None, None
+
+
+pad_packed.register_autograd(_pad_packed_backward, setup_context=_pad_packed_setup)
+pack_padded.register_autograd(_pack_padded_backward, setup_context=_pack_padded_setup)
+
+
 # --- autograd ---------------------------------------------------------------------------------
 
 _PLAIN = (Tensor, torch.nn.Parameter)

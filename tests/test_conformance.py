@@ -100,6 +100,32 @@ def test_long_sequence_does_not_drift(cell):
     assert max(errors.values()) < 1e-10, errors
 
 
+# Dropout lives in the module, the same for every kernel backend: the interpreted Triton one (slow) runs one layout.
+DROPOUT_CASES = [("reference", mode, dtype) for mode in ("batched", "unbatched", "packed_unsorted")
+                 for dtype in (torch.float64, torch.float32)] + [("triton", "packed_unsorted", torch.float64)]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("backend,mode,dtype", DROPOUT_CASES, ids=lambda v: str(v).removeprefix("torch."))
+def test_dropout_draws_the_masks_nn_draws_on_the_cpu(backend, cell, mode, dtype):
+    """Under the same seed, training-mode dropout between layers zeroes the same elements as nn.LSTM/nn.GRU
+    on the CPU (float32 may take torch's oneDNN path; the masks must agree there too), so outputs,
+    states and every gradient agree. Packed input draws its mask over the packed rows, as torch does."""
+    skip_unavailable(backend, "cpu")
+    torch.manual_seed(11)
+    ours, theirs = make_pair(cell, backend, "cpu", dtype, input_size=4, hidden_size=6, num_layers=3,
+                             bidirectional=True, batch_first=True, dropout=0.3)
+    x, hx = inputs_for(ours, mode, 5, 7, "cpu", dtype, seed=4)
+    torch.manual_seed(12)
+    got = run(ours, *detached(x, hx))
+    torch.manual_seed(12)
+    expected = run(theirs, *detached(x, hx))
+    errors = compare(got, expected)
+    assert max(errors.values()) < (1e-10 if dtype == torch.float64 else 1e-5), errors
+    torch.manual_seed(13)
+    assert rel_error(run(ours, *detached(x, hx))["output"], expected["output"]) > 1e-2  # another seed, other masks
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_dropout_sits_between_layers(cell):
     """Training-mode dropout is applied to every layer's output but the last, as in nn.LSTM: the
