@@ -292,6 +292,22 @@ class GRURecurrence(torch.autograd.Function):
 # --- one layer, one direction -----------------------------------------------------------------
 
 
+_MASKS: dict[tuple, Tensor] = {}
+
+
+def _reset_update_mask(hidden: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(1,)*2H + (0,)*H: selects b_hr and b_hz out of a GRU's b_hh. Cached in eager mode (one op per call
+    instead of four); a traced graph builds it (constant-folded) itself."""
+    key = (hidden, dtype, device)
+    mask = None if torch.compiler.is_compiling() else _MASKS.get(key)
+    if mask is None:
+        mask = torch.cat((torch.ones(2 * hidden, dtype=dtype, device=device),
+                          torch.zeros(hidden, dtype=dtype, device=device)))
+        if not torch.compiler.is_compiling():
+            _MASKS[key] = mask
+    return mask
+
+
 def lstm_layer(
     x: Tensor,
     h0: Tensor,
@@ -327,7 +343,7 @@ def gru_layer(
     else:
         hidden = w_hh.shape[-1]
         # b_hr and b_hz add to the input projection; b_hn must stay inside the reset product.
-        xp = F.linear(x, w_ih, b_ih + torch.cat((b_hh[: 2 * hidden], b_hh.new_zeros(hidden))))
+        xp = F.linear(x, w_ih, torch.addcmul(b_ih, b_hh, _reset_update_mask(hidden, b_hh.dtype, b_hh.device)))
         b_hn = b_hh[2 * hidden :].contiguous()
     args = (xp, h0.contiguous(), w_hh.contiguous(), b_hn)
     if not _needs_grad(*args) and _direct(*args):

@@ -8,6 +8,7 @@ nn.LSTM/nn.GRU code on a private, unregistered twin that shares these Parameter 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -118,7 +119,8 @@ class _RNNBase(nn.Module):
         return self._backend_for(device, input)
 
     def _parameter_device(self) -> torch.device:
-        return next(self.parameters()).device
+        first = next(iter(self._parameters.values()), None)  # cheap; parametrized weights live elsewhere
+        return (first if first is not None else next(self.parameters())).device
 
     def _backend_for(self, device: torch.device, input=None) -> str:
         if torch.compiler.is_compiling():
@@ -203,9 +205,9 @@ class _RNNBase(nn.Module):
 
         dtype = _compute_dtype(x, self.mode)
         # The dtype is chosen once here; autocast must not re-cast the layer's own matmuls.
-        with torch.autocast(x.device.type, enabled=False):
-            output, finals = self._run_layers(x.to(dtype).contiguous(), [s.to(dtype) for s in states], weights, packing,
-                                              backend, dtype)
+        with torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NO_AUTOCAST:
+            output, finals = self._run_layers(_as_dtype(x, dtype).contiguous(), [_as_dtype(s, dtype) for s in states],
+                                              weights, packing, backend, dtype)
 
         if packed:
             output = PackedSequence(functional.pack_padded(output, batch_sizes, packing.total), batch_sizes,
@@ -310,7 +312,7 @@ class _RNNBase(nn.Module):
         suffix = f"_l{layer}{'_reverse' if direction else ''}"
 
         def get(name: str) -> Tensor:
-            return weights[name + suffix].to(dtype)
+            return _as_dtype(weights[name + suffix], dtype)
 
         biases = (get("bias_ih"), get("bias_hh")) if self.bias else (None, None)
         tensors = (get("weight_ih"), get("weight_hh"), *biases)
@@ -430,6 +432,14 @@ def _compute_dtype(x: Tensor, mode: str) -> torch.dtype:
     if torch.is_autocast_enabled(device) and x.is_floating_point() and (device != "cpu" or mode == "LSTM"):
         return torch.get_autocast_dtype(device)
     return x.dtype
+
+
+_NO_AUTOCAST = contextlib.nullcontext()
+
+
+def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """tensor.to(dtype), without the call when it is a no-op (the forward makes a dozen of them)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _permute(states: list[Tensor], indices: Tensor | None) -> list[Tensor]:

@@ -82,11 +82,17 @@ def _runs(backend: str, device: torch.device) -> bool:
     return backend not in ("cpp", "cuda") or _ext.unavailable_reason() is None
 
 
+_KERNEL_MODULES: dict[str, ModuleType] = {}
+
+
 def kernels(backend: str) -> ModuleType:
-    """The module implementing the recurrence for a resolved kernel backend."""
-    if backend not in KERNEL_BACKENDS:
-        raise ValueError(f"{backend!r} is not a kernel backend ({', '.join(KERNEL_BACKENDS)})")
-    return importlib.import_module(f".{backend}", __name__)
+    """The module implementing the recurrence for a resolved kernel backend (imported on first use)."""
+    module = _KERNEL_MODULES.get(backend)
+    if module is None:
+        if backend not in KERNEL_BACKENDS:
+            raise ValueError(f"{backend!r} is not a kernel backend ({', '.join(KERNEL_BACKENDS)})")
+        module = _KERNEL_MODULES[backend] = importlib.import_module(f".{backend}", __name__)
+    return module
 
 
 def explain(device: torch.device | str | None = None) -> str:
