@@ -29,9 +29,26 @@ void check_input(const Tensor& tensor, const char* name, const Tensor& like, std
   TORCH_CHECK(tensor.is_contiguous(), "fastrnn cpp backend: ", name, " must be contiguous");
 }
 
+// The kernels' element type for a torch scalar type (same layout; bfloat16 is the kernels' own struct).
 template <class T>
-const T* data_or_null(const std::optional<Tensor>& tensor) {
-  return tensor.has_value() ? tensor->data_ptr<T>() : nullptr;
+struct KernelType {
+  using type = T;
+};
+template <>
+struct KernelType<at::BFloat16> {
+  using type = cpu::bfloat16;
+};
+template <class T>
+using kernel_t = typename KernelType<T>::type;
+
+template <class T>
+kernel_t<T>* data(const Tensor& tensor) {
+  return reinterpret_cast<kernel_t<T>*>(tensor.data_ptr<T>());
+}
+
+template <class T>
+kernel_t<T>* data_or_null(const std::optional<Tensor>& tensor) {
+  return tensor.has_value() ? data<T>(*tensor) : nullptr;
 }
 
 // The number of sequences running at each step, from lengths sorted non-increasing (empty: all run).
@@ -67,8 +84,8 @@ Tensor output(const Tensor& like, std::vector<int64_t> shape, bool zeroed) {
 }
 
 void check_float(const Tensor& xp) {
-  TORCH_CHECK(xp.scalar_type() == at::kFloat || xp.scalar_type() == at::kDouble,
-              "fastrnn cpp backend: the CPU kernels run in float32 or float64, got ", xp.scalar_type(),
+  TORCH_CHECK(xp.scalar_type() == at::kFloat || xp.scalar_type() == at::kDouble || xp.scalar_type() == at::kBFloat16,
+              "fastrnn cpp backend: the CPU kernels run in float32, float64 or bfloat16, got ", xp.scalar_type(),
               "; convert the module (module.float()) or use backend='aten'");
   TORCH_CHECK(xp.dim() == 3, "fastrnn cpp backend: xp must be 3-D (T, B, gates), got ", xp.dim(), "-D");
 }
@@ -91,18 +108,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp
   Tensor y = output(xp, {T, B, R}, zeroed), h_n = at::empty_like(h0), c_n = at::empty_like(c0);
   Tensor gates = save ? output(xp, {T, B, 4 * H}, zeroed) : at::empty({0}, xp.options());
   Tensor c_all = save ? output(xp, {T, B, H}, zeroed) : at::empty({0}, xp.options());
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "fastrnn_lstm_forward", [&] {
-    const cpu::LstmForward<scalar_t> args{make_shape(T, B, H, R, reverse, live),
-                                          xp.data_ptr<scalar_t>(),
-                                          h0.data_ptr<scalar_t>(),
-                                          c0.data_ptr<scalar_t>(),
-                                          w_hh.data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_lstm_forward", [&] {
+    const cpu::LstmForward<kernel_t<scalar_t>> args{make_shape(T, B, H, R, reverse, live),
+                                          data<scalar_t>(xp),
+                                          data<scalar_t>(h0),
+                                          data<scalar_t>(c0),
+                                          data<scalar_t>(w_hh),
                                           data_or_null<scalar_t>(w_hr),
-                                          y.data_ptr<scalar_t>(),
-                                          h_n.data_ptr<scalar_t>(),
-                                          c_n.data_ptr<scalar_t>(),
-                                          save ? gates.data_ptr<scalar_t>() : nullptr,
-                                          save ? c_all.data_ptr<scalar_t>() : nullptr};
+                                          data<scalar_t>(y),
+                                          data<scalar_t>(h_n),
+                                          data<scalar_t>(c_n),
+                                          save ? data<scalar_t>(gates) : nullptr,
+                                          save ? data<scalar_t>(c_all) : nullptr};
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_forward(args);
   });
@@ -129,20 +146,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
   Tensor dgates = output(dy, {T, B, 4 * H}, zeroed);
   Tensor dh_all = w_hr.has_value() ? output(dy, {T, B, R}, zeroed) : at::empty({0}, dy.options());
   Tensor dh0 = at::empty_like(dh_n), dc0 = at::empty_like(dc_n);
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastrnn_lstm_backward", [&] {
-    const cpu::LstmBackward<scalar_t> args{make_shape(T, B, H, R, reverse, live),
-                                           dy.data_ptr<scalar_t>(),
-                                           dh_n.data_ptr<scalar_t>(),
-                                           dc_n.data_ptr<scalar_t>(),
-                                           c_prev.data_ptr<scalar_t>(),
-                                           w_hh.data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastrnn_lstm_backward", [&] {
+    const cpu::LstmBackward<kernel_t<scalar_t>> args{make_shape(T, B, H, R, reverse, live),
+                                           data<scalar_t>(dy),
+                                           data<scalar_t>(dh_n),
+                                           data<scalar_t>(dc_n),
+                                           data<scalar_t>(c_prev),
+                                           data<scalar_t>(w_hh),
                                            data_or_null<scalar_t>(w_hr),
-                                           gates.data_ptr<scalar_t>(),
-                                           c_all.data_ptr<scalar_t>(),
-                                           dgates.data_ptr<scalar_t>(),
-                                           w_hr.has_value() ? dh_all.data_ptr<scalar_t>() : nullptr,
-                                           dh0.data_ptr<scalar_t>(),
-                                           dc0.data_ptr<scalar_t>()};
+                                           data<scalar_t>(gates),
+                                           data<scalar_t>(c_all),
+                                           data<scalar_t>(dgates),
+                                           w_hr.has_value() ? data<scalar_t>(dh_all) : nullptr,
+                                           data<scalar_t>(dh0),
+                                           data<scalar_t>(dc0)};
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_backward(args);
   });
@@ -162,15 +179,15 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h
   const bool zeroed = lengths.has_value();
   Tensor y = output(xp, {T, B, H}, zeroed), h_n = at::empty_like(h0);
   Tensor saved = save ? output(xp, {T, B, 4 * H}, zeroed) : at::empty({0}, xp.options());
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "fastrnn_gru_forward", [&] {
-    const cpu::GruForward<scalar_t> args{make_shape(T, B, H, H, reverse, live),
-                                         xp.data_ptr<scalar_t>(),
-                                         h0.data_ptr<scalar_t>(),
-                                         w_hh.data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_gru_forward", [&] {
+    const cpu::GruForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live),
+                                         data<scalar_t>(xp),
+                                         data<scalar_t>(h0),
+                                         data<scalar_t>(w_hh),
                                          data_or_null<scalar_t>(b_hn),
-                                         y.data_ptr<scalar_t>(),
-                                         h_n.data_ptr<scalar_t>(),
-                                         save ? saved.data_ptr<scalar_t>() : nullptr};
+                                         data<scalar_t>(y),
+                                         data<scalar_t>(h_n),
+                                         save ? data<scalar_t>(saved) : nullptr};
     pybind11::gil_scoped_release no_gil;
     cpu::gru_forward(args);
   });
@@ -189,16 +206,16 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& 
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
   Tensor dxp = output(dy, {T, B, 3 * H}, zeroed), dhn = output(dy, {T, B, H}, zeroed), dh0 = at::empty_like(dh_n);
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastrnn_gru_backward", [&] {
-    const cpu::GruBackward<scalar_t> args{make_shape(T, B, H, H, reverse, live),
-                                          dy.data_ptr<scalar_t>(),
-                                          dh_n.data_ptr<scalar_t>(),
-                                          h_prev.data_ptr<scalar_t>(),
-                                          w_hh.data_ptr<scalar_t>(),
-                                          saved.data_ptr<scalar_t>(),
-                                          dxp.data_ptr<scalar_t>(),
-                                          dhn.data_ptr<scalar_t>(),
-                                          dh0.data_ptr<scalar_t>()};
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastrnn_gru_backward", [&] {
+    const cpu::GruBackward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live),
+                                          data<scalar_t>(dy),
+                                          data<scalar_t>(dh_n),
+                                          data<scalar_t>(h_prev),
+                                          data<scalar_t>(w_hh),
+                                          data<scalar_t>(saved),
+                                          data<scalar_t>(dxp),
+                                          data<scalar_t>(dhn),
+                                          data<scalar_t>(dh0)};
     pybind11::gil_scoped_release no_gil;
     cpu::gru_backward(args);
   });

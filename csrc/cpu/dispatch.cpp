@@ -14,16 +14,9 @@
 namespace fastrnn {
 namespace cpu {
 
-#define FASTRNN_DECLARE_VARIANT(isa)                   \
-  namespace isa {                                      \
-  void lstm_forward(const LstmForward<float>& args);   \
-  void lstm_forward(const LstmForward<double>& args);  \
-  void lstm_backward(const LstmBackward<float>& args); \
-  void lstm_backward(const LstmBackward<double>& args);\
-  void gru_forward(const GruForward<float>& args);     \
-  void gru_forward(const GruForward<double>& args);    \
-  void gru_backward(const GruBackward<float>& args);   \
-  void gru_backward(const GruBackward<double>& args);  \
+#define FASTRNN_DECLARE_VARIANT(isa) \
+  namespace isa {                    \
+  FASTRNN_CPU_ALL_ENTRY_POINTS       \
   }
 
 FASTRNN_DECLARE_VARIANT(generic)
@@ -90,14 +83,15 @@ void dispatch(const Args& args, void (*generic)(const Args&), void (*avx2)(const
   void fn(const Args& args) { generic::fn(args); }
 #endif
 
-FASTRNN_DISPATCH(lstm_forward, LstmForward<float>)
-FASTRNN_DISPATCH(lstm_forward, LstmForward<double>)
-FASTRNN_DISPATCH(lstm_backward, LstmBackward<float>)
-FASTRNN_DISPATCH(lstm_backward, LstmBackward<double>)
-FASTRNN_DISPATCH(gru_forward, GruForward<float>)
-FASTRNN_DISPATCH(gru_forward, GruForward<double>)
-FASTRNN_DISPATCH(gru_backward, GruBackward<float>)
-FASTRNN_DISPATCH(gru_backward, GruBackward<double>)
+#define FASTRNN_DISPATCH_ALL(T)               \
+  FASTRNN_DISPATCH(lstm_forward, LstmForward<T>)   \
+  FASTRNN_DISPATCH(lstm_backward, LstmBackward<T>) \
+  FASTRNN_DISPATCH(gru_forward, GruForward<T>)     \
+  FASTRNN_DISPATCH(gru_backward, GruBackward<T>)
+
+FASTRNN_DISPATCH_ALL(float)
+FASTRNN_DISPATCH_ALL(double)
+FASTRNN_DISPATCH_ALL(bfloat16)
 
 const char* instruction_set() { return name_of(current_isa.load()); }
 

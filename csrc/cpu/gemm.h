@@ -20,9 +20,10 @@ namespace {
 
 FASTRNN_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// B(k, c) = src[k * k_stride + c * c_stride], c in [0, gates * units).
-template <class T, int N>
-void pack_panels(T* packed, const T* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
+// B(k, c) = src[k * k_stride + c * c_stride], c in [0, gates * units), converted from the storage type S
+// to the compute type T.
+template <class T, int N, class S>
+void pack_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
                  int64_t units) {
   const int64_t blocks = ceil_div(units, N);
   for (int64_t block = 0; block < blocks; ++block) {
@@ -31,7 +32,7 @@ void pack_panels(T* packed, const T* src, int64_t k_stride, int64_t c_stride, in
         T* out = packed + ((block * depth + k) * gates + gate) * N;
         for (int lane = 0; lane < N; ++lane) {
           const int64_t unit = block * N + lane;
-          out[lane] = unit < units ? src[k * k_stride + (gate * units + unit) * c_stride] : T(0);
+          out[lane] = unit < units ? T(to_compute(src[k * k_stride + (gate * units + unit) * c_stride])) : T(0);
         }
       }
     }

@@ -8,12 +8,24 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../cell.h"
+#include "api.h"
 
 namespace fastrnn {
 namespace cpu {
 namespace {
+
+// The type the kernels compute in for a storage type: itself, or float for bfloat16.
+template <class S>
+struct ComputeOf {
+  using type = S;
+};
+template <>
+struct ComputeOf<bfloat16> {
+  using type = float;
+};
 
 template <class T>
 struct IntOf;
@@ -29,6 +41,7 @@ struct IntOf<double> {
 template <class T, int N>
 struct Vec {
   using I = typename IntOf<T>::type;
+  using scalar = T;
   typedef T native __attribute__((vector_size(sizeof(T) * N)));
   typedef I mask __attribute__((vector_size(sizeof(T) * N)));
   // Unaligned, aliasing access to T arrays.
@@ -144,6 +157,80 @@ template <class T, int N>
 FASTRNN_HD Vec<T, N> fastrnn_tanh(Vec<T, N> x) {
   using V = Vec<T, N>;
   return V(T(1)) - V(T(2)) / (fastrnn_exp(x + x) + V(T(1)));
+}
+
+// --- storage ------------------------------------------------------------------------------------
+// Loads and stores between a vector of the compute type and `count` (<= N) elements of a storage type:
+// the same type, or bfloat16 (widened by a shift; rounded to nearest even on the way back).
+
+FASTRNN_HD float to_compute(bfloat16 value) {
+  uint32_t bits = static_cast<uint32_t>(value.bits) << 16;
+  float result;
+  __builtin_memcpy(&result, &bits, sizeof(result));
+  return result;
+}
+template <class T>
+FASTRNN_HD T to_compute(T value) {
+  return value;
+}
+
+FASTRNN_HD bfloat16 to_storage(float value, bfloat16*) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &value, sizeof(bits));
+  if (value != value) return {static_cast<uint16_t>((bits >> 16) | 0x40)};  // NaN stays a (quiet) NaN
+  return {static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)};
+}
+template <class T>
+FASTRNN_HD T to_storage(T value, T*) {
+  return value;
+}
+
+// N bfloat16 as stored (unaligned, aliasing), and the same widened to 32-bit integers.
+template <int N>
+struct Bfloat16Lanes {
+  typedef uint16_t narrow __attribute__((vector_size(2 * N), aligned(2), may_alias));
+  typedef uint32_t wide __attribute__((vector_size(4 * N)));
+};
+
+template <class V, class S>
+FASTRNN_HD V load_n(const S* p, int count) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    using narrow = typename Bfloat16Lanes<V::lanes>::narrow;
+    using wide = typename Bfloat16Lanes<V::lanes>::wide;
+    if (count == V::lanes) {
+      const wide bits = __builtin_convertvector(*reinterpret_cast<const narrow*>(p), wide) << 16;
+      return V::of((typename V::native)bits);
+    }
+    V r(0.0f);
+    for (int l = 0; l < count; ++l) r.v[l] = to_compute(p[l]);
+    return r;
+  } else {
+    return V::load_n(p, count);
+  }
+}
+
+template <class V, class S>
+FASTRNN_HD void store_n(V value, S* p, int count) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    if (count == V::lanes) {
+      using narrow = typename Bfloat16Lanes<V::lanes>::narrow;
+      using wide = typename Bfloat16Lanes<V::lanes>::wide;
+      const wide bits = (wide)value.v;
+      const wide rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+      const wide quiet_nan = (bits >> 16) | 0x40;
+      *reinterpret_cast<narrow*>(p) = __builtin_convertvector(value.v != value.v ? quiet_nan : rounded, narrow);
+      return;
+    }
+    for (int l = 0; l < count; ++l) p[l] = to_storage(value.v[l], p);
+  } else {
+    value.store_n(p, count);
+  }
+}
+
+// dst[i] = src[i] across storage types.
+template <class D, class S>
+void convert(D* dst, const S* src, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] = to_storage(to_compute(src[i]), dst);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 """C++ CPU backend: the recurrence contract of `fastrnn.backends.reference`, on the fused CPU kernels of
 fastrnn._C (csrc/cpu/): the whole T-step loop in C++, per step a register-blocked GEMM with the cell in
-its epilogue, one parallel region per layer-direction; float32 and float64 on CPU tensors."""
+its epilogue, one parallel region per layer-direction; float32, float64 and bfloat16 (computed in float32)
+on CPU tensors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from .. import _ext
 
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def unavailable_reason(device: torch.device) -> str | None:
