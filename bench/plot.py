@@ -55,15 +55,18 @@ def not_drawn(rows: list[dict]) -> list[str]:
 def panel_grid(rows: list[dict]) -> tuple[dict[tuple, dict[str, list]], int]:
     """The panels, in drawing order: (shape, mode) -> impl -> [(batch, ms, p20, p80)], only where some
     competitor was timed correct; and the number of columns (a row per shape and a column per mode when
-    that fills the grid, else up to 3)."""
+    that fills the grid, else up to 3, leaving as few blank places as can be)."""
     panels: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         if row["ms"] is not None and row["status"] == "ok":
             panels[(_shape_key(row), row["mode"])][row["impl"]].append((row["batch"], row["ms"], row["low_ms"], row["high_ms"]))
     keys = sorted(panels, key=lambda k: (tuple(str(v) for v in k[0]), k[1]))
     shapes, modes = {shape for shape, _ in keys}, {mode for _, mode in keys}
-    columns = len(modes) if len(keys) == len(shapes) * len(modes) else min(3, len(keys))
-    return {key: panels[key] for key in keys}, max(columns, 1)
+    if len(modes) > 1 and len(keys) == len(shapes) * len(modes):
+        columns = len(modes)
+    else:  # up to 3 columns, as few blank places in the last row as can be
+        columns = min((3, 2), key=lambda c: -len(keys) % c) if len(keys) > 2 else max(len(keys), 1)
+    return {key: panels[key] for key in keys}, columns
 
 
 def plot_time_vs_batch(path: Path, rows: list[dict], environment: dict) -> Path | None:
@@ -84,9 +87,10 @@ def plot_time_vs_batch(path: Path, rows: list[dict], environment: dict) -> Path 
     impl_order = list(dict.fromkeys(row["impl"] for row in rows))
     colors = {impl: plt.get_cmap("tab10")(i % 10) for i, impl in enumerate(impl_order)}
     notes = not_drawn(rows)
-    wrapped = [piece for note in notes for piece in textwrap.wrap(note, 150, subsequent_indent="    ")]
 
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(5.2 * columns, 3.6 * grid_rows + 0.14 * len(wrapped) + 1.4),
+    width = max(5.2 * columns, 10.0)  # room for the title and the notes however few the panels
+    wrapped = [piece for note in notes for piece in textwrap.wrap(note, int(width * 14), subsequent_indent="    ")]
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(width, 3.6 * grid_rows + 0.14 * len(wrapped) + 1.4),
                                 squeeze=False)
     handles = {}
     for axis, key in zip(axes.flat, keys):
@@ -111,7 +115,8 @@ def plot_time_vs_batch(path: Path, rows: list[dict], environment: dict) -> Path 
         axis.grid(True, which="major", alpha=0.3)
     for axis in list(axes.flat)[len(keys):]:
         figure.delaxes(axis)
-    figure.suptitle(title(environment), fontsize=10)
+    figure.suptitle("\n".join(textwrap.fill(line, int(width * 12)) for line in title(environment).splitlines()),
+                    fontsize=10)
     # Under the panels: the legend, then what is not drawn and why (heights in inches, as fractions).
     notes_height = (0.14 * (len(wrapped) + 1) + 0.1) / figure.get_figheight() if wrapped else 0.0
     legend_height = 0.45 / figure.get_figheight()
