@@ -5,6 +5,7 @@ from the SST-2 rows below (the first 40 of GLUE SST-2 train.tsv and 12 of dev.ts
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -604,6 +605,36 @@ def test_out_of_range_eval_every_and_ema_decay_are_errors(tiny_dir, sst2_files, 
 
 
 # --- the command line --------------------------------------------------------------------------------------
+
+def _option_help(help_text: str) -> dict[str, str]:
+    """Each option's help text, joined across wrapped lines, keyed by its first option string."""
+    blocks, current = {}, None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            blocks[current] = line
+        elif current and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return blocks
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "eval", "predict"])
+def test_help_shows_every_default_once(command):
+    parser = cli.build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    blocks = _option_help(subparser.format_help())
+    for action in subparser._actions:
+        if not action.option_strings or action.option_strings[0] == "-h":
+            continue
+        text = blocks[action.option_strings[0]]
+        assert "(default: None)" not in text, text
+        if action.required or isinstance(action, argparse._StoreTrueAction):
+            continue
+        assert text.count("default") == 1, text  # stated once: the real value, or what None means
+        if action.default is not None:
+            assert f"default: {action.default}" in text, text
 
 def test_without_a_progress_bar_progress_is_logged_as_lines(tiny_dir, sst2_files, tmp_path, capsys):
     train_file, dev_file = sst2_files
