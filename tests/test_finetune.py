@@ -9,6 +9,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -434,6 +435,49 @@ def test_multiclass_metrics_are_macro_averages():
     assert metrics["precision"] == pytest.approx((1 + 1 + 0.5) / 3)
     assert metrics["recall"] == pytest.approx((1 + 0.5 + 1) / 3)
     assert metrics["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3) == metrics["f1_macro"]
+
+
+def test_macro_averages_skip_labels_with_no_support_that_are_never_predicted():
+    metrics = classification_metrics(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), 3)
+    assert metrics["per_label"]["support"] == [3, 1, 0]
+    assert metrics["f1_macro"] == pytest.approx((0.8 + 2 / 3) / 2)  # label 2 is in neither: not averaged
+
+
+def _bad_data_cases(folder: Path, sst2_files) -> dict[str, tuple[list[str], str]]:
+    """name -> (extra train arguments, the one-line error expected)."""
+    train_file, _ = sst2_files
+    latin1 = folder / "latin1.tsv"
+    latin1.write_bytes(("sentence\tlabel\n" + "fine\t1\n" * 3000 + "un film tr\u00e8s beau\t1\n").encode("latin-1"))
+    empty_label = folder / "empty_label.tsv"
+    empty_label.write_text("sentence\tlabel\ngood\t1\nbad\t\nfine\t0\n")
+    null_label = folder / "null_label.jsonl"
+    null_label.write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": null}\n')
+    new_label = folder / "dev_new_label.tsv"
+    new_label.write_text("sentence\tlabel\ngood\t1\nso-so\t2\n")
+    return {
+        "non-utf8": (["--train", str(latin1)], rf"{latin1}:3002 is not UTF-8 text \(byte 0xe8 .*iconv"),
+        "empty label": (["--train", str(empty_label)], rf"{empty_label}:3: empty label in column 'label'"),
+        "null label": (["--train", str(null_label)], rf"{null_label}:2: empty label in column 'label'"),
+        "unseen dev label": (["--train", str(train_file), "--dev", str(new_label)],
+                             rf"{new_label} has labels \['2'\] that {train_file} lacks \(its labels: \['0', '1'\]\)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["non-utf8", "empty label", "null label", "unseen dev label"])
+def test_bad_data_is_one_line_and_exit_status_2(case, tiny_dir, sst2_files, tmp_path, capsys):
+    arguments, expected = _bad_data_cases(tmp_path, sst2_files)[case]
+    code = cli.main(["train", *arguments, "--encoder", str(tiny_dir), "--output", str(tmp_path / "run"),
+                     "--no-progress", "--no-tensorboard"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.match(rf"fastrnn-finetune: error: {expected}", err), err
+
+
+def test_predict_input_that_is_not_utf8_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch):
+    (tmp_path / "texts.txt").write_bytes("tr\u00e8s bien\n".encode("latin-1"))
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the input is read before the model loads"))
+    assert cli.main(["predict", "--model", str(tmp_path), "--input", str(tmp_path / "texts.txt")]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
 
 
 # --- logging ------------------------------------------------------------------------------------------

@@ -105,10 +105,10 @@ def run_predict(args) -> int:
     from .data import TextDataset, TextTable, read_lines
     from .inference import predict_logits
 
-    model, tokenizer, device = _load_model(args)
-    texts = read_lines(args.input)
+    texts = read_lines(args.input)  # first: bad input is reported before a model takes seconds to load
     if not texts:
         return 0
+    model, tokenizer, device = _load_model(args)
     with torch.inference_mode():
         logits = predict_logits(model, TextDataset(TextTable(texts)), TokenizingCollator(tokenizer, args.max_length),
                                 batch_size=args.batch_size, device=device, precision=args.precision)

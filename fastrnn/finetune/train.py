@@ -23,7 +23,7 @@ from .batching import TokenizingCollator, epoch_batches, token_lengths
 from .checkpoint import (CHECKPOINT_FILE, load_checkpoint, replace_directory, rng_state, save_checkpoint,
                          seed_everything, set_rng_state)
 from .config import TrainConfig
-from .data import TextDataset, label_names_of, read_table, split_off
+from .data import TextDataset, check_dev_labels, label_names_of, read_table, split_off
 from .encoder import load_tokenizer
 from .errors import CheckpointError
 from .inference import MODEL_INPUTS, autocast_for, evaluate, move
@@ -66,7 +66,10 @@ class Trainer:
         seed_everything(config.seed)
 
         train_table, dev_table = self._read_tables()
-        self.labels = saved["labels"] if saved else label_names_of(train_table.labels, dev_table and dev_table.labels)
+        self.labels = saved["labels"] if saved else label_names_of(train_table.labels)
+        if dev_table is not None:
+            check_dev_labels(dev_table.labels, self.labels, config.dev or f"the dev set held out of {config.train}",
+                             config.train)
         self.train_set = TextDataset(train_table, self.labels)
         self.dev_set = TextDataset(dev_table, self.labels) if dev_table else None
         self.model = BertRNNClassifier(config.encoder, labels=self.labels, **config.head_options()).to(ctx.device)
