@@ -687,6 +687,15 @@ def test_without_a_progress_bar_progress_is_logged_as_lines(tiny_dir, sst2_files
                      "--output", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"]) == 0
     out = capsys.readouterr().out
     assert "step 1: train loss " in out and "step 2: train loss " in out and "lr/" in out
+    # the first line says where the run goes and what runs: folder, encoder, head and the RNN backend
+    assert out.splitlines()[0] == (f"run folder {tmp_path / 'run'}; encoder {tiny_dir}; head: bidirectional LSTM, "
+                                   "1 layer(s) of 8, last pooling; RNN backend aten (asked: auto)")
+
+
+def test_missing_transformers_names_the_install_command_that_works(monkeypatch, tiny_dir):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
+    with pytest.raises(EncoderNotFoundError, match=r'pip install --no-build-isolation -e "\.\[finetune\]"'):
+        encoder_module.load_encoder(str(tiny_dir))
 
 
 def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
@@ -708,8 +717,8 @@ def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
     (tmp_path / "texts.txt").write_text("a charming and often affecting journey\n\ncold movie\n")
     assert cli.main(["predict", "--model", str(output / "model"), "--input", str(tmp_path / "texts.txt"),
                      "--probabilities", "--output", str(tmp_path / "predictions.tsv")]) == 0
-    lines = (tmp_path / "predictions.tsv").read_text().splitlines()
-    assert len(lines) == 3
+    header, *lines = (tmp_path / "predictions.tsv").read_text().splitlines()
+    assert header.split("\t") == ["label", "probability", "p(0)", "p(1)"] and len(lines) == 3
     for line in lines:
         label, confidence, *probabilities = line.split("\t")
         assert label in ("0", "1") and float(confidence) == max(map(float, probabilities))

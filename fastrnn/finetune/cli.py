@@ -116,6 +116,8 @@ def run_predict(args) -> int:
     labels = model.labels
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
+        if args.probabilities and not args.jsonl:
+            out.write("\t".join(["label", "probability", *(f"p({label})" for label in labels)]) + "\n")
         for row in probabilities.tolist():
             best = max(range(len(row)), key=row.__getitem__)
             if args.jsonl:
@@ -200,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(predict)
     predict.add_argument("--input", default="-", help="text file, one text per line ('-': stdin)")
     predict.add_argument("--output", help="write here instead of stdout (default: stdout)")
-    predict.add_argument("--probabilities", action="store_true", help="append every label's probability, in label order")
+    predict.add_argument("--probabilities", action="store_true",
+                         help="append every label's probability, in label order, after a header line naming the columns")
     predict.add_argument("--jsonl", action="store_true", help="one JSON object per line: label and probabilities")
     predict.set_defaults(handler=run_predict)
     return parser

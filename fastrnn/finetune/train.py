@@ -24,7 +24,7 @@ from .checkpoint import (CHECKPOINT_FILE, load_checkpoint, replace_directory, rn
                          seed_everything, set_rng_state)
 from .config import TrainConfig
 from .data import TextDataset, check_dev_labels, label_names_of, read_table, split_off
-from .encoder import load_tokenizer
+from .encoder import load_tokenizer, resolve_encoder_source
 from .errors import CheckpointError
 from .inference import MODEL_INPUTS, autocast_for, evaluate, move
 from .model import BertRNNClassifier
@@ -162,6 +162,7 @@ class Trainer:
         if config.max_steps is not None and p["global_step"] >= config.max_steps:
             self.log.print(f"{self.output}: already at step {p['global_step']} >= --max-steps {config.max_steps}; nothing to do")
             return self._result("max_steps", p["history"])
+        self.log.print(self._describe_run())
         self.log.print(f"training {len(self.train_set)} examples ({self.steps_per_epoch} steps/epoch x {config.epochs} epochs"
                        f"{f' x {self.ctx.world_size} processes' if self.ctx.distributed else ''}), dev "
                        f"{len(self.dev_set) if self.dev_set else 0} examples, on {self.ctx.device}"
@@ -171,6 +172,18 @@ class Trainer:
                 return self._run_epochs(stop)
         finally:
             self.log.close()
+
+    def _describe_run(self) -> str:
+        """Where the run goes and what it trains: folder, encoder, head, and the RNN backend that will run."""
+        config, head = self.config, self.model.config
+        if self.model.rnn is None:
+            head_text = f"linear head ({head.pooling} pooling)"
+        else:
+            rnn = self.model.rnn
+            shape = f"{'bidirectional ' if rnn.bidirectional else ''}{head.head.upper()}, {rnn.num_layers} layer(s) of {rnn.hidden_size}"
+            head_text = (f"{shape}, {head.pooling} pooling; RNN backend {rnn.selected_backend(self.ctx.device)} "
+                         f"(asked: {rnn.backend})")
+        return (f"run folder {self.output}; encoder {resolve_encoder_source(config.encoder)}; head: {head_text}")
 
     def _run_epochs(self, stop: StopRequest) -> TrainResult:
         p = self.progress
