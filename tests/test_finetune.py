@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import fastrnn
+
 transformers = pytest.importorskip("transformers", reason="fastrnn.finetune needs transformers (the finetune extra)")
 
 from fastrnn.finetune import BertRNNClassifier, DataError, EncoderNotFoundError, OptionError, TrainConfig  # noqa: E402
@@ -688,8 +690,9 @@ def test_without_a_progress_bar_progress_is_logged_as_lines(tiny_dir, sst2_files
     out = capsys.readouterr().out
     assert "step 1: train loss " in out and "step 2: train loss " in out and "lr/" in out
     # the first line says where the run goes and what runs: folder, encoder, head and the RNN backend
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert out.splitlines()[0] == (f"run folder {tmp_path / 'run'}; encoder {tiny_dir}; head: bidirectional LSTM, "
-                                   "1 layer(s) of 8, last pooling; RNN backend aten (asked: auto)")
+                                   f"1 layer(s) of 8, last pooling; RNN backend {metrics['rnn_backend']} (asked: auto)")
 
 
 def test_missing_transformers_names_the_install_command_that_works(monkeypatch, tiny_dir):
@@ -707,7 +710,9 @@ def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["stopped"] == "max_steps" and metrics["global_step"] == 3
     assert metrics["history"][-1]["partial"] and metrics["history"][-1]["dev"]["examples"] == len(SST2_DEV)
-    assert metrics["rnn_backend"] == "aten" and metrics["labels"] == ["0", "1"]
+    packed = torch.nn.utils.rnn.pack_sequence([torch.zeros(1, 32)])
+    assert metrics["rnn_backend"] == fastrnn.LSTM(32, 8).selected_backend("cpu", packed)  # auto's pick for a packed LSTM
+    assert metrics["labels"] == ["0", "1"]
 
     assert cli.main(["eval", "--model", str(output), "--data", str(dev_file), "--output", str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -181,9 +182,17 @@ class Trainer:
         else:
             rnn = self.model.rnn
             shape = f"{'bidirectional ' if rnn.bidirectional else ''}{head.head.upper()}, {rnn.num_layers} layer(s) of {rnn.hidden_size}"
-            head_text = (f"{shape}, {head.pooling} pooling; RNN backend {rnn.selected_backend(self.ctx.device)} "
-                         f"(asked: {rnn.backend})")
+            head_text = f"{shape}, {head.pooling} pooling; RNN backend {self._rnn_backend_to_run()} (asked: {rnn.backend})"
         return (f"run folder {self.output}; encoder {resolve_encoder_source(config.encoder)}; head: {head_text}")
+
+    def _rnn_backend_to_run(self) -> str:
+        """What the head's RNN will run on: its choice for the input it gets (packed real tokens of the
+        encoder's output, under the run's autocast), asked with a one-token probe."""
+        rnn = self.model.rnn
+        weight = next(rnn.parameters())
+        probe = PackedSequence(weight.new_zeros(1, rnn.input_size), torch.ones(1, dtype=torch.long))
+        with autocast_for(self.ctx.device, self.config.precision):
+            return rnn.selected_backend(self.ctx.device, probe)
 
     def _run_epochs(self, stop: StopRequest) -> TrainResult:
         p = self.progress
