@@ -32,8 +32,8 @@ from .implementations import Implementation, all_implementations
 MODES = ("forward", "train")
 
 # Competitors a preset leaves out unless --impls names them, and why (reported as skipped).
-LEFT_OUT = {"quick": {"cell-loop-compiled": "left out of the quick preset: its torch.compile warm-up (about 30 s on a "
-                                            "2-core CPU) takes longer than the rest of the preset; name it in --impls "
+LEFT_OUT = {"quick": {"cell-loop-compiled": "left out of the quick preset: its torch.compile warm-up (30 s and more on "
+                                            "a 2-core CPU) takes longer than the rest of the preset; name it in --impls "
                                             "to run it"}}
 
 
