@@ -74,7 +74,7 @@ def _with_ratio(row: dict | None) -> str:
         return "-"
     if row.get("ms") is None:
         return row["status"]
-    ratio = row.get("x_nn")
+    ratio = row.get("speedup_vs_nn", row.get("x_nn"))  # x_nn: its name in results written before
     return f"{row['ms']:.3f} ({ratio:.2f}x)" if ratio is not None else f"{row['ms']:.3f}"
 
 

@@ -26,7 +26,7 @@ PARAMETRIZATIONS = {
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["aten", "reference", "triton", "cuda"])
+@pytest.mark.parametrize("backend", ["aten", "reference", "cpp", "triton", "cuda"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 @pytest.mark.parametrize("kind", PARAMETRIZATIONS)
 def test_parametrized_weights_match_torch(device, backend, cell, kind):
