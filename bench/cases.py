@@ -47,6 +47,9 @@ PRESETS: dict[str, dict] = {
     "quick": dict(cells=["lstm", "gru"], dtypes=["float32"], batch=[4, 16], seq_len=[32], hidden=[64]),
     "paper": dict(cells=["lstm", "gru"], dtypes=["bfloat16", "float16", "float32"], batch=[1, 16, 64, 256],
                   seq_len=[256, 1024], hidden=[256, 512, 1024]),
+    # The CPU grid of bench/RESULTS.md (run once per thread count, --threads 1 and --threads 2).
+    "cpu": dict(cells=["lstm", "gru"], dtypes=["float32"], batch=[1, 8, 32, 128], seq_len=[128],
+                hidden=[64, 256, 512]),
     "varlen": dict(cells=["lstm", "gru"], dtypes=["bfloat16", "float32"], batch=[16, 64], seq_len=[256],
                    hidden=[256, 1024], min_length_fraction=[0.25]),
 }

@@ -2,7 +2,7 @@
 run an RNN, in one process, on this machine's device; every competitor is checked against float64
 before its time is reported.
 
-    python -m bench                          # the quick preset: seconds, on whatever device is present
+    python -m bench                          # the quick preset: under half a minute, on whatever device is present
     python -m bench --preset paper           # B in {1,16,64,256}, H in {256,512,1024}, T in {256,1024}, 3 dtypes
     python -m bench --preset varlen          # PackedSequence batches with lengths drawn from [T/4, T]
     python -m bench --cells lstm --dtypes bfloat16 --batch 1 64 --hidden 1024 --seq-len 256 --modes train
@@ -27,9 +27,14 @@ import fastrnn
 
 from . import measure, report
 from .cases import DTYPES, PRESETS, Case, grid
-from .implementations import all_implementations
+from .implementations import Implementation, all_implementations
 
 MODES = ("forward", "train")
+
+# Competitors a preset leaves out unless --impls names them, and why (reported as skipped).
+LEFT_OUT = {"quick": {"cell-loop-compiled": "left out of the quick preset: its torch.compile warm-up (30 s and more on "
+                                            "a 2-core CPU) takes longer than the rest of the preset; name it in --impls "
+                                            "to run it"}}
 
 
 def parse_args(argv):
@@ -86,7 +91,7 @@ def environment(device: torch.device, argv: list[str]) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "driver": command_output("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader") if device.type == "cuda" else None,
         "torch": torch.__version__,
-        "cuda": torch.version.cuda,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,  # torch's CUDA build says nothing of a CPU run
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "triton": triton_version,
         "fastrnn": fastrnn.__version__,
@@ -106,7 +111,8 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
     torch_rnn = measure.torch_module(case, device)
     x = measure.make_input(case, device)
     base = dict(case=case.label(), cell=case.cell, dtype=case.dtype, batch=case.batch, seq_len=case.seq_len,
-                hidden=case.hidden, input_size=case.input_size, layers=case.layers, bidirectional=case.bidirectional)
+                hidden=case.hidden, input_size=case.input_size, layers=case.layers, bidirectional=case.bidirectional,
+                min_length_fraction=case.min_length_fraction)
     nn_ms: dict[str, float] = {}
     bar = None  # the float64 baseline, computed for the first competitor that is checked
     rows = []
@@ -118,7 +124,10 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
                 status = f"skipped: {reason}"
             else:
                 module = impl.build(torch_rnn)
-                if checking and impl.name != "nn":
+                if checking and impl.name == "nn":
+                    bar = bar or measure.baseline(torch_rnn, x)
+                    error = nn_error = bar.torch_error  # nn's own error in this dtype: the bar the others meet
+                elif checking:
                     bar = bar or measure.baseline(torch_rnn, x)
                     with impl.scope():
                         verdict = measure.check(module, x, bar)
@@ -134,7 +143,7 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
             status = f"FAILED: {type(failure).__name__}: {str(failure).splitlines()[0][:160]}"
         for mode in modes:
             row = dict(base, impl=impl.name, mode=mode, status=status, error=error, nn_error=nn_error,
-                       ms=None, low_ms=None, high_ms=None, x_nn=None, us_per_step=None, tokens_per_s=None,
+                       ms=None, low_ms=None, high_ms=None, speedup_vs_nn=None, us_per_step=None, tokens_per_s=None,
                        peak_mb=None, floor_ms=floor.ms(case, mode))
             timing = timings.get(mode)
             if timing is not None:
@@ -143,11 +152,22 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
                 row.update(ms=timing.median_ms, low_ms=timing.low_ms, high_ms=timing.high_ms,
                            us_per_step=timing.median_ms * 1e3 / case.seq_len,
                            tokens_per_s=case.batch * case.seq_len / (timing.median_ms / 1e3),
-                           peak_mb=timing.peak_mb, x_nn=nn_ms[mode] / timing.median_ms if mode in nn_ms else None)
+                           peak_mb=timing.peak_mb,
+                           speedup_vs_nn=nn_ms[mode] / timing.median_ms if mode in nn_ms else None)
             rows.append(row)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+class _LeftOut(Implementation):
+    """A competitor the preset does not run: listed as skipped, with the reason."""
+
+    def __init__(self, impl: Implementation, reason: str):
+        self.name, self.description, self.reason = impl.name, impl.description, reason
+
+    def unavailable_reason(self, case, device):
+        return self.reason
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     impls = all_implementations()
     if args.list:
+        width = max(len(impl.name) for impl in impls)
         for impl in impls:
-            print(f"{impl.name:<20} {impl.description}")
+            print(f"{impl.name:<{width}}  {impl.description}")
         print()
         print(fastrnn.explain(device))
         return 0
@@ -172,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown implementation(s) {sorted(unknown)}; see --list", file=sys.stderr)
             return 2
         impls = [impl for impl in impls if impl.name == "nn" or impl.name in args.impls]  # nn: the ratio's base
+    else:
+        left_out = LEFT_OUT.get(args.preset, {})
+        impls = [_LeftOut(impl, left_out[impl.name]) if impl.name in left_out else impl for impl in impls]
 
     cases = select_cases(args)
     env = environment(device, argv)

@@ -45,7 +45,12 @@ class FastRNN(Implementation):
         self.description = f"fastrnn.{{LSTM,GRU}}(backend={backend!r})"
 
     def unavailable_reason(self, case, device):
-        return backends.unavailable_reason(self.backend, device)
+        reason = backends.unavailable_reason(self.backend, device)
+        if reason is None and self.backend == "triton":
+            from fastrnn.backends import triton as triton_backend  # imports triton, known by now to be there
+
+            reason = triton_backend.dtype_unavailable_reason(case.torch_dtype)
+        return reason
 
     def build(self, torch_module):
         twin = fastrnn.LSTM if torch_module.mode == "LSTM" else fastrnn.GRU
@@ -141,7 +146,8 @@ class NotAdapted(Implementation):
 def all_implementations() -> list[Implementation]:
     return [
         TorchRNN(),
-        *(FastRNN(b) for b in ("triton", "cuda", "reference")),
+        FastRNN("auto"),
+        *(FastRNN(b) for b in ("cpp", "triton", "cuda", "reference")),
         *(TritonStrategy(s) for s in ("persistent", "stepwise")),
         CellLoop(compiled=False),
         CellLoop(compiled=True),

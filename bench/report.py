@@ -1,4 +1,5 @@
-"""Writing results: the terminal table, JSON, CSV and the plot."""
+"""Writing results: the terminal table (timed rows, then the skipped competitors once each), JSON, CSV
+and the plot (bench/plot.py)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,80 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-COLUMNS = ["case", "impl", "mode", "status", "ms", "low_ms", "high_ms", "x_nn", "us_per_step", "tokens_per_s",
-           "peak_mb", "floor_ms", "error", "nn_error"]
+COLUMNS = ["case", "impl", "mode", "status", "ms", "low_ms", "high_ms", "speedup_vs_nn", "us_per_step",
+           "tokens_per_s", "peak_mb", "floor_ms", "error", "nn_error"]
+
+SKIPPED = "skipped: "
+
+LEGEND = """\
+median ms, p20-p80: the median time of one call and the 20th-80th percentile of the measured calls.
+speed-up: nn's median time / this row's, same case and mode; above 1 is faster than nn, below 1 slower
+  (0.25 = 4x slower).
+error: the largest relative error of outputs, final states and every gradient against nn in float64;
+  nn's own row shows nn's error in this dtype, and a competitor passes at most 3x that (plus a floor).
+floor ms: no implementation beats both the matmul work at this device's measured peak and T dependent
+  steps at its measured per-step latency."""
+
+
+def is_skipped(row: dict) -> bool:
+    return row["status"].startswith(SKIPPED)
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def table(rows: list[dict]) -> str:
-    """One line per (case, implementation, mode); 'x nn' > 1 means faster than torch's nn module."""
-    header = f"{'case':<44} {'impl':<25} {'mode':<7} {'ms':>9} {'p20-p80':>15} {'x nn':>6} {'us/step':>8} " \
-             f"{'floor ms':>8} {'peak MB':>8}  status"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        if row["ms"] is None:
-            lines.append(f"{row['case']:<44} {row['impl']:<25} {row['mode']:<7} {'':>9} {'':>15} {'':>6} {'':>8} "
-                         f"{'':>8} {'':>8}  {row['status']}")
-            continue
-        spread = f"{row['low_ms']:.3f}-{row['high_ms']:.3f}"
-        ratio = f"{row['x_nn']:.2f}" if row["x_nn"] is not None else "-"
-        peak = f"{row['peak_mb']:.0f}" if row["peak_mb"] is not None else "-"
-        lines.append(f"{row['case']:<44} {row['impl']:<25} {row['mode']:<7} {row['ms']:>9.3f} {spread:>15} {ratio:>6} "
-                     f"{row['us_per_step']:>8.2f} {row['floor_ms']:>8.3f} {peak:>8}  {row['status']}")
+    """One line per timed, WRONG or FAILED (case, implementation, mode), the legend, then the skipped
+    competitors, each reason once."""
+    shown = [row for row in rows if not is_skipped(row)]
+    columns = [  # (header, cell text, right-aligned)
+        ("case", lambda r: r["case"], False),
+        ("impl", lambda r: r["impl"], False),
+        ("mode", lambda r: r["mode"], False),
+        ("median ms", lambda r: _number(r["ms"], ".3f"), True),
+        ("p20-p80 ms", lambda r: "" if r["ms"] is None else f"{r['low_ms']:.3f}-{r['high_ms']:.3f}", True),
+        ("speed-up", lambda r: _number(r["speedup_vs_nn"], ".2f"), True),
+        ("us/step", lambda r: _number(r["us_per_step"], ".2f"), True),
+        ("floor ms", lambda r: _number(r["floor_ms"], ".3f"), True),
+        ("peak MB", lambda r: _number(r["peak_mb"], ".0f"), True),
+        ("error", lambda r: _number(r["error"], ".1e"), True),
+        ("status", lambda r: r["status"], False),
+    ]
+    cells = [[text(row) for _, text, _ in columns] for row in shown]
+    widths = [max([len(header)] + [len(line[i]) for line in cells]) for i, (header, _, _) in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        parts = [value.rjust(width) if right else value.ljust(width)
+                 for value, width, (_, _, right) in zip(values, widths, columns)]
+        return "  ".join(parts).rstrip()
+
+    header = line([header for header, _, _ in columns])
+    lines = [header, "-" * len(header), *map(line, cells)]
+    if not shown:
+        lines.append("(no competitor ran)")
+    lines += ["", LEGEND]
+    skipped = skipped_summary(rows)
+    if skipped:
+        lines += ["", "skipped (in no row above, nor in the plot):", *(f"  {text}" for text in skipped)]
     return "\n".join(lines)
+
+
+def skipped_summary(rows: list[dict]) -> list[str]:
+    """'impl, impl: reason' once per reason, saying in how many cases when not in all of them."""
+    cases = {row["case"] for row in rows}
+    where: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for row in rows:
+        if is_skipped(row):
+            where[(row["impl"], row["status"].removeprefix(SKIPPED))].add(row["case"])
+    by_reason: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for (impl, reason), skipped_cases in where.items():
+        by_reason[(reason, len(skipped_cases))].append(impl)
+    lines = []
+    for (reason, count), impls in by_reason.items():
+        scope = "" if count == len(cases) else f" (in {count} of {len(cases)} cases)"
+        lines.append(f"{', '.join(impls)}{scope}: {reason}")
+    return lines
 
 
 def write_all(out_dir: Path, environment: dict, rows: list[dict]) -> list[Path]:
@@ -38,47 +93,9 @@ def write_all(out_dir: Path, environment: dict, rows: list[dict]) -> list[Path]:
         writer.writeheader()
         writer.writerows(rows)
     written = [json_path, csv_path]
-    plot = plot_time_vs_batch(out_dir / "time_vs_batch.png", rows)
+    from .plot import plot_time_vs_batch
+
+    plot = plot_time_vs_batch(out_dir / "time_vs_batch.png", rows, environment)
     if plot is not None:
         written.append(plot)
     return written
-
-
-def plot_time_vs_batch(path: Path, rows: list[dict]) -> Path | None:
-    """Time vs batch, one panel per (cell, dtype, T, mode, H), one line per implementation."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
-        return None
-    panels: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        if row["ms"] is not None and row["status"] == "ok":
-            key = (row["cell"], row["dtype"], row["seq_len"], row["mode"], row["hidden"])
-            panels[key][row["impl"]].append((row["batch"], row["ms"]))
-    if not panels:
-        return None
-    keys = sorted(panels)
-    columns = min(3, len(keys))
-    rows_count = -(-len(keys) // columns)
-    figure, axes = plt.subplots(rows_count, columns, figsize=(5 * columns, 3.6 * rows_count), squeeze=False)
-    for axis, key in zip(axes.flat, keys):
-        for impl, points in sorted(panels[key].items()):
-            points.sort()
-            axis.plot([b for b, _ in points], [ms for _, ms in points], marker="o", label=impl)
-        cell, dtype, seq_len, mode, hidden = key
-        axis.set_title(f"{cell} {dtype} T={seq_len} H={hidden} {mode}", fontsize=9)
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("batch")
-        axis.set_ylabel("ms")
-        axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(keys):]:
-        axis.set_visible(False)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path

@@ -39,9 +39,26 @@ void check_input(const Tensor& tensor, const char* name, const Tensor& like, std
   TORCH_CHECK(tensor.is_contiguous(), "fastrnn cpp backend: ", name, " must be contiguous");
 }
 
+// The kernels' element type for a torch scalar type (same layout; bfloat16 is the kernels' own struct).
 template <class T>
-const T* data_or_null(const std::optional<Tensor>& tensor) {
-  return tensor.has_value() ? tensor->data_ptr<T>() : nullptr;
+struct KernelType {
+  using type = T;
+};
+template <>
+struct KernelType<at::BFloat16> {
+  using type = cpu::bfloat16;
+};
+template <class T>
+using kernel_t = typename KernelType<T>::type;
+
+template <class T>
+kernel_t<T>* data(const Tensor& tensor) {
+  return reinterpret_cast<kernel_t<T>*>(tensor.data_ptr<T>());
+}
+
+template <class T>
+kernel_t<T>* data_or_null(const std::optional<Tensor>& tensor) {
+  return tensor.has_value() ? data<T>(*tensor) : nullptr;
 }
 
 // The number of sequences running at each step, from lengths sorted non-increasing (empty: all run).
@@ -77,15 +94,16 @@ Tensor output(const Tensor& like, std::vector<int64_t> shape, bool zeroed) {
 }
 
 void check_float(const Tensor& xp) {
-  TORCH_CHECK(xp.scalar_type() == at::kFloat || xp.scalar_type() == at::kDouble,
-              "fastrnn cpp backend: the CPU kernels run in float32 or float64, got ", xp.scalar_type(),
+  TORCH_CHECK(xp.scalar_type() == at::kFloat || xp.scalar_type() == at::kDouble || xp.scalar_type() == at::kBFloat16,
+              "fastrnn cpp backend: the CPU kernels run in float32, float64 or bfloat16, got ", xp.scalar_type(),
               "; convert the module (module.float()) or use backend='aten'");
   TORCH_CHECK(xp.dim() == 3, "fastrnn cpp backend: xp must be 3-D (T, B, gates), got ", xp.dim(), "-D");
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp, const Tensor& h0, const Tensor& c0,
                                                                 const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-                                                                const std::optional<Tensor>& lengths, bool reverse) {
+                                                                const std::optional<Tensor>& lengths, bool reverse,
+                                                                bool save) {
   check_float(xp);
   const int64_t T = xp.size(0), B = xp.size(1), H = xp.size(2) / 4, R = h0.size(-1);
   TORCH_CHECK(xp.size(2) == 4 * H, "fastrnn cpp backend: xp's last dimension must be 4 * hidden, got ", xp.size(2));
@@ -97,20 +115,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp
   else TORCH_CHECK(R == H, "fastrnn cpp backend: without w_hr the state width must equal hidden (", H, "), got ", R);
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
-  Tensor y = output(xp, {T, B, R}, zeroed), h_n = at::empty_like(h0), c_n = at::empty_like(c0),
-         gates = output(xp, {T, B, 4 * H}, zeroed), c_all = output(xp, {T, B, H}, zeroed);
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "fastrnn_lstm_forward", [&] {
-    const cpu::LstmForward<scalar_t> args{make_shape(T, B, H, R, reverse, live),
-                                          xp.data_ptr<scalar_t>(),
-                                          h0.data_ptr<scalar_t>(),
-                                          c0.data_ptr<scalar_t>(),
-                                          w_hh.data_ptr<scalar_t>(),
+  Tensor y = output(xp, {T, B, R}, zeroed), h_n = at::empty_like(h0), c_n = at::empty_like(c0);
+  Tensor gates = save ? output(xp, {T, B, 4 * H}, zeroed) : at::empty({0}, xp.options());
+  Tensor c_all = save ? output(xp, {T, B, H}, zeroed) : at::empty({0}, xp.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_lstm_forward", [&] {
+    const cpu::LstmForward<kernel_t<scalar_t>> args{make_shape(T, B, H, R, reverse, live),
+                                          data<scalar_t>(xp),
+                                          data<scalar_t>(h0),
+                                          data<scalar_t>(c0),
+                                          data<scalar_t>(w_hh),
                                           data_or_null<scalar_t>(w_hr),
-                                          y.data_ptr<scalar_t>(),
-                                          h_n.data_ptr<scalar_t>(),
-                                          c_n.data_ptr<scalar_t>(),
-                                          gates.data_ptr<scalar_t>(),
-                                          c_all.data_ptr<scalar_t>()};
+                                          data<scalar_t>(y),
+                                          data<scalar_t>(h_n),
+                                          data<scalar_t>(c_n),
+                                          save ? data<scalar_t>(gates) : nullptr,
+                                          save ? data<scalar_t>(c_all) : nullptr};
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_forward(args);
   });
@@ -137,20 +156,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
   Tensor dgates = output(dy, {T, B, 4 * H}, zeroed);
   Tensor dh_all = w_hr.has_value() ? output(dy, {T, B, R}, zeroed) : at::empty({0}, dy.options());
   Tensor dh0 = at::empty_like(dh_n), dc0 = at::empty_like(dc_n);
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastrnn_lstm_backward", [&] {
-    const cpu::LstmBackward<scalar_t> args{make_shape(T, B, H, R, reverse, live),
-                                           dy.data_ptr<scalar_t>(),
-                                           dh_n.data_ptr<scalar_t>(),
-                                           dc_n.data_ptr<scalar_t>(),
-                                           c_prev.data_ptr<scalar_t>(),
-                                           w_hh.data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastrnn_lstm_backward", [&] {
+    const cpu::LstmBackward<kernel_t<scalar_t>> args{make_shape(T, B, H, R, reverse, live),
+                                           data<scalar_t>(dy),
+                                           data<scalar_t>(dh_n),
+                                           data<scalar_t>(dc_n),
+                                           data<scalar_t>(c_prev),
+                                           data<scalar_t>(w_hh),
                                            data_or_null<scalar_t>(w_hr),
-                                           gates.data_ptr<scalar_t>(),
-                                           c_all.data_ptr<scalar_t>(),
-                                           dgates.data_ptr<scalar_t>(),
-                                           w_hr.has_value() ? dh_all.data_ptr<scalar_t>() : nullptr,
-                                           dh0.data_ptr<scalar_t>(),
-                                           dc0.data_ptr<scalar_t>()};
+                                           data<scalar_t>(gates),
+                                           data<scalar_t>(c_all),
+                                           data<scalar_t>(dgates),
+                                           w_hr.has_value() ? data<scalar_t>(dh_all) : nullptr,
+                                           data<scalar_t>(dh0),
+                                           data<scalar_t>(dc0)};
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_backward(args);
   });
@@ -159,7 +178,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
                                                const std::optional<Tensor>& b_hn, const std::optional<Tensor>& lengths,
-                                               bool reverse) {
+                                               bool reverse, bool save) {
   check_float(xp);
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(-1);
   check_input(xp, "xp", xp, {T, B, 3 * H});
@@ -168,16 +187,17 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h
   if (b_hn.has_value()) check_input(*b_hn, "b_hn", xp, {H});
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
-  Tensor y = output(xp, {T, B, H}, zeroed), h_n = at::empty_like(h0), saved = output(xp, {T, B, 4 * H}, zeroed);
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "fastrnn_gru_forward", [&] {
-    const cpu::GruForward<scalar_t> args{make_shape(T, B, H, H, reverse, live),
-                                         xp.data_ptr<scalar_t>(),
-                                         h0.data_ptr<scalar_t>(),
-                                         w_hh.data_ptr<scalar_t>(),
+  Tensor y = output(xp, {T, B, H}, zeroed), h_n = at::empty_like(h0);
+  Tensor saved = save ? output(xp, {T, B, 4 * H}, zeroed) : at::empty({0}, xp.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_gru_forward", [&] {
+    const cpu::GruForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live),
+                                         data<scalar_t>(xp),
+                                         data<scalar_t>(h0),
+                                         data<scalar_t>(w_hh),
                                          data_or_null<scalar_t>(b_hn),
-                                         y.data_ptr<scalar_t>(),
-                                         h_n.data_ptr<scalar_t>(),
-                                         saved.data_ptr<scalar_t>()};
+                                         data<scalar_t>(y),
+                                         data<scalar_t>(h_n),
+                                         save ? data<scalar_t>(saved) : nullptr};
     pybind11::gil_scoped_release no_gil;
     cpu::gru_forward(args);
   });
@@ -196,16 +216,16 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& 
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
   Tensor dxp = output(dy, {T, B, 3 * H}, zeroed), dhn = output(dy, {T, B, H}, zeroed), dh0 = at::empty_like(dh_n);
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "fastrnn_gru_backward", [&] {
-    const cpu::GruBackward<scalar_t> args{make_shape(T, B, H, H, reverse, live),
-                                          dy.data_ptr<scalar_t>(),
-                                          dh_n.data_ptr<scalar_t>(),
-                                          h_prev.data_ptr<scalar_t>(),
-                                          w_hh.data_ptr<scalar_t>(),
-                                          saved.data_ptr<scalar_t>(),
-                                          dxp.data_ptr<scalar_t>(),
-                                          dhn.data_ptr<scalar_t>(),
-                                          dh0.data_ptr<scalar_t>()};
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastrnn_gru_backward", [&] {
+    const cpu::GruBackward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live),
+                                          data<scalar_t>(dy),
+                                          data<scalar_t>(dh_n),
+                                          data<scalar_t>(h_prev),
+                                          data<scalar_t>(w_hh),
+                                          data<scalar_t>(saved),
+                                          data<scalar_t>(dxp),
+                                          data<scalar_t>(dhn),
+                                          data<scalar_t>(dh0)};
     pybind11::gil_scoped_release no_gil;
     cpu::gru_backward(args);
   });
@@ -343,8 +363,8 @@ Tensor workspace(gpu::Kernel kernel, const gpu::Problem& p, const Tensor& like) 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp, const Tensor& h0, const Tensor& c0,
                                                                 const Tensor& w_hh, const std::optional<Tensor>& w_hr,
                                                                 const std::optional<Tensor>& lengths, bool reverse,
-                                                                bool allow_tf32, int strategy, int ctas, int threads,
-                                                                int row_tile, int k_chunk) {
+                                                                bool save, bool allow_tf32, int strategy, int ctas,
+                                                                int threads, int row_tile, int k_chunk) {
   check_first(xp, "xp");
   const int64_t T = xp.size(0), B = xp.size(1), H = xp.size(2) / 4, R = h0.dim() == 2 ? h0.size(1) : -1;
   TORCH_CHECK(xp.size(2) == 4 * H && H > 0, "fastrnn cuda backend: xp's last dimension must be 4 * hidden, got ", xp.size(2));
@@ -356,14 +376,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp
   else TORCH_CHECK(R == H, "fastrnn cuda backend: without w_hr the state width must equal hidden (", H, "), got ", R);
   const DeviceGuard guard(xp);
   const Tensor lens = device_lengths(lengths, T, B, xp);
-  Tensor y = output(xp, {T, B, R}), gates = output(xp, {T, B, 4 * H}), c_all = output(xp, {T, B, H});
+  // save=false: an inference call; what only the backward needs (gates, cell states) is neither written nor returned.
+  Tensor y = output(xp, {T, B, R});
+  Tensor gates = save ? output(xp, {T, B, 4 * H}) : at::empty({0}, xp.options());
+  Tensor c_all = save ? output(xp, {T, B, H}) : at::empty({0}, xp.options());
   if (T == 0 || B == 0) return {y, h0.clone(), c0.clone(), gates, c_all};
   Tensor h_n = output(h0, {B, R}), c_n = output(c0, {B, H});
   const gpu::Problem p = problem(T, B, H, R, w_hr.has_value(), reverse, xp, lens);
   Tensor space = workspace(gpu::Kernel::lstm_forward, p, xp);
   const gpu::LstmForward args{p, xp.data_ptr(), h0.data_ptr(), c0.data_ptr(), w_hh.data_ptr(), data_or_null(w_hr),
-                              y.data_ptr(), h_n.data_ptr(), c_n.data_ptr(), gates.data_ptr(), c_all.data_ptr(),
-                              space.data_ptr()};
+                              y.data_ptr(), h_n.data_ptr(), c_n.data_ptr(), save ? gates.data_ptr() : nullptr,
+                              save ? c_all.data_ptr() : nullptr, space.data_ptr()};
   const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, xp);
   {
     pybind11::gil_scoped_release no_gil;
@@ -411,8 +434,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
                                                const std::optional<Tensor>& b_hn, const std::optional<Tensor>& lengths,
-                                               bool reverse, bool allow_tf32, int strategy, int ctas, int threads,
-                                               int row_tile, int k_chunk) {
+                                               bool reverse, bool save, bool allow_tf32, int strategy, int ctas,
+                                               int threads, int row_tile, int k_chunk) {
   check_first(xp, "xp");
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.dim() == 2 ? h0.size(1) : -1;
   TORCH_CHECK(H > 0, "fastrnn cuda backend: h0 must be 2-D (B, hidden), got ", h0.sizes());
@@ -422,13 +445,14 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h
   if (b_hn.has_value()) check_input(*b_hn, "b_hn", xp, {H});
   const DeviceGuard guard(xp);
   const Tensor lens = device_lengths(lengths, T, B, xp);
-  Tensor y = output(xp, {T, B, H}), saved = output(xp, {T, B, 4 * H});
+  Tensor y = output(xp, {T, B, H});
+  Tensor saved = save ? output(xp, {T, B, 4 * H}) : at::empty({0}, xp.options());
   if (T == 0 || B == 0) return {y, h0.clone(), saved};
   Tensor h_n = output(h0, {B, H});
   const gpu::Problem p = problem(T, B, H, H, false, reverse, xp, lens);
   Tensor space = workspace(gpu::Kernel::gru_forward, p, xp);
   const gpu::GruForward args{p, xp.data_ptr(), h0.data_ptr(), w_hh.data_ptr(), data_or_null(b_hn),
-                             y.data_ptr(), h_n.data_ptr(), saved.data_ptr(), space.data_ptr()};
+                             y.data_ptr(), h_n.data_ptr(), save ? saved.data_ptr() : nullptr, space.data_ptr()};
   const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, xp);
   {
     pybind11::gil_scoped_release no_gil;
@@ -494,7 +518,7 @@ std::string describe_plan(int kernel, int64_t steps, int64_t batch, int64_t hidd
 void define(pybind11::module_& m) {
   namespace py = pybind11;
   m.def("lstm_forward_cuda", &lstm_forward, "LSTM recurrence, one layer-direction (CUDA)", py::arg("xp"), py::arg("h0"),
-        py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
         py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
         py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
   m.def("lstm_backward_cuda", &lstm_backward, "LSTM recurrence backward (CUDA)", py::arg("dy"), py::arg("dh_n"),
@@ -502,7 +526,8 @@ void define(pybind11::module_& m) {
         py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32") = true, py::arg("strategy") = 0,
         py::arg("ctas") = 0, py::arg("threads") = 0, py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
   m.def("gru_forward_cuda", &gru_forward, "GRU recurrence, one layer-direction (CUDA)", py::arg("xp"), py::arg("h0"),
-        py::arg("w_hh"), py::arg("b_hn"), py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32") = true,
+        py::arg("w_hh"), py::arg("b_hn"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
+        py::arg("allow_tf32") = true,
         py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0, py::arg("row_tile") = 0,
         py::arg("k_chunk") = 0);
   m.def("gru_backward_cuda", &gru_backward, "GRU recurrence backward (CUDA)", py::arg("dy"), py::arg("dh_n"),
@@ -528,6 +553,7 @@ void define(pybind11::module_& m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrnn's compiled kernels (see csrc/)";
 #if !defined(FASTRNN_CUDA_ONLY)
+  // save=false: an inference call; what only the backward needs (gates, cell states) comes back empty.
   m.def("lstm_forward_cpu", &lstm_forward, "LSTM recurrence, one layer-direction (CPU)");
   m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)");
   m.def("gru_forward_cpu", &gru_forward, "GRU recurrence, one layer-direction (CPU)");

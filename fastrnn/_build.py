@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CSRC = str(ROOT / "csrc")
 
 # -ffp-contract=fast lets the vector code use fused multiply-adds (ISO C++ mode turns contraction off);
-# OpenMP provides the one parallel region per layer-direction (csrc/cpu/dispatch.cpp).
-CXX_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
+# OpenMP provides the one parallel region per layer-direction (csrc/cpu/dispatch.cpp); -g0 drops the
+# debug information Python's default flags ask for (it tripled the build time and the library's size);
+# -O2 builds the kernels in half the time of -O3 and ran them as fast (the kernels unroll by pragma).
+CXX_FLAGS = ["-O2", "-g0", "-ffp-contract=fast", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 # The architectures the CUDA kernels are built for when TORCH_CUDA_ARCH_LIST does not say.

@@ -12,6 +12,8 @@ import functools
 import importlib
 import os
 import sys
+import warnings
+from pathlib import Path
 from types import ModuleType
 
 from . import _build
@@ -22,9 +24,20 @@ BUILD_ON_FIRST_USE = "FASTRNN_BUILD_ON_FIRST_USE"  # "0" turns the on-first-use 
 @functools.lru_cache(maxsize=None)
 def _prebuilt() -> ModuleType | None:
     try:
-        return importlib.import_module("fastrnn._C")
+        module = importlib.import_module("fastrnn._C")
     except ImportError:
         return None
+    _warn_if_older_than_sources(module.__file__)
+    return module
+
+
+def _warn_if_older_than_sources(library: str) -> None:
+    """In a source checkout, a library built before the last edit of csrc/ runs old kernels: say so."""
+    sources = [path for pattern in ("*.h", "*.cpp", "*.cuh", "*.cu") for path in Path(_build.CSRC).rglob(pattern)]
+    if sources and max(path.stat().st_mtime for path in sources) > Path(library).stat().st_mtime:
+        warnings.warn(f"fastrnn._C ({library}) is older than its sources in {_build.CSRC}: it runs the kernels as "
+                      "they were; rebuild it with `python setup.py build_ext --inplace` (or pip install -e .)",
+                      stacklevel=3)
 
 
 def prebuilt() -> bool:

@@ -124,7 +124,100 @@ def _(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, backend):
     return dy.new_empty(seq_len, batch, 3 * hidden), torch.empty_like(dy), torch.empty_like(dh_n)
 
 
+# --- PackedSequence layout: padding and packing as custom ops ---------------------------------
+#
+# torch's pad_packed_sequence reads batch_sizes' values in Python, which torch.compile cannot trace.
+# As custom ops, Dynamo sees only their fake shapes: (N, X) packed rows <-> (T, B, X) time-major padded,
+# with T = len(batch_sizes), N = data.shape[0] and B given by the caller from a shape where one tells
+# it (hx, sorted_indices), else a size known only at run time.
+
+
+def _packed_rows(batch_sizes: Tensor, batch: int, device: torch.device) -> Tensor:
+    """The flat (t * B + b) index, in the padded (T, B) layout, of every packed row, in packed order."""
+    live = torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, B): row b runs step t
+    return live.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
+
+
+@torch.library.custom_op("fastrnn::pad_packed", mutates_args=())
+def pad_packed(data: Tensor, batch_sizes: Tensor, batch: Optional[int]) -> tuple[Tensor, Tensor]:
+    """Packed rows data (N, X) of a PackedSequence with batch_sizes (T,) (CPU int64) as a time-major,
+    zero-padded (T, B, X) tensor in the packed (length-sorted) order, and the lengths (B,) (CPU int64).
+    `batch` is B when the caller knows it from a shape (then it is checked), None otherwise."""
+    actual = int(batch_sizes[0]) if len(batch_sizes) else 0
+    if batch is not None and batch != actual:
+        raise RuntimeError(f"Expected hidden states for {actual} sequences (the PackedSequence's batch_sizes[0]), "
+                           f"got states for {batch}")
+    padded = data.new_zeros(len(batch_sizes), actual, data.shape[-1])
+    padded.view(-1, data.shape[-1]).index_copy_(0, _packed_rows(batch_sizes, actual, data.device), data)
+    lengths = (torch.arange(actual).unsqueeze(0) < batch_sizes.unsqueeze(1)).sum(0)
+    return padded, lengths
+
+
+@pad_packed.register_fake
+def _(data, batch_sizes, batch):
+    if batch is None:
+        batch = torch.library.get_ctx().new_dynamic_size()
+    return data.new_empty(batch_sizes.shape[0], batch, data.shape[-1]), batch_sizes.new_empty(batch)
+
+
+@torch.library.custom_op("fastrnn::pack_padded", mutates_args=())
+def pack_padded(padded: Tensor, batch_sizes: Tensor, total: int) -> Tensor:
+    """The inverse of pad_packed: the (total, X) packed rows of a (T, B, X) padded tensor."""
+    rows = _packed_rows(batch_sizes, padded.shape[1], padded.device)
+    return padded.reshape(-1, padded.shape[-1]).index_select(0, rows)
+
+
+@pack_padded.register_fake
+def _(padded, batch_sizes, total):
+    return padded.new_empty(total, padded.shape[-1])
+
+
+def _pad_packed_setup(ctx, inputs, output):
+    data, batch_sizes, _ = inputs
+    ctx.save_for_backward(batch_sizes)
+    ctx.total = data.shape[0]
+
+
+def _pad_packed_backward(ctx, grad_padded, grad_lengths):
+    (batch_sizes,) = ctx.saved_tensors
+    return pack_padded(grad_padded.contiguous(), batch_sizes, ctx.total), None, None
+
+
+def _pack_padded_setup(ctx, inputs, output):
+    padded, batch_sizes, _ = inputs
+    ctx.save_for_backward(batch_sizes)
+    ctx.batch = padded.shape[1]
+
+
+def _pack_padded_backward(ctx, grad_packed):
+    (batch_sizes,) = ctx.saved_tensors
+    return pad_packed(grad_packed.contiguous(), batch_sizes, ctx.batch)[0], None, None
+
+
+pad_packed.register_autograd(_pad_packed_backward, setup_context=_pad_packed_setup)
+pack_padded.register_autograd(_pack_padded_backward, setup_context=_pack_padded_setup)
+
+
 # --- autograd ---------------------------------------------------------------------------------
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _direct(*tensors: Tensor | None) -> bool:
+    """Whether to call the backend directly instead of through its custom op. In eager mode, on plain
+    tensors, the op's dispatch is pure overhead (tens of microseconds a call: most of the cost of a small
+    layer); tracing (torch.compile), fake tensors and tensor subclasses go through the op."""
+    return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN for t in tensors)
+
+
+def _op(op, backend: str):
+    """The custom op with the backend bound, called like a backend function."""
+    return lambda *args: op(*args, backend)
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
 
 
 def previous_states(states: Tensor, initial: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
@@ -151,7 +244,8 @@ def _outer_sum(grads: Tensor, inputs: Tensor) -> Tensor:
 class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend):
-        y, h_n, c_n, gates, c_all = lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, backend)
+        op = kernels(backend).lstm_forward if _direct(xp, h0, c0, w_hh, w_hr) else _op(lstm_forward, backend)
+        y, h_n, c_n, gates, c_all = op(xp, h0, c0, w_hh, w_hr, lengths, reverse)
         ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all)
         ctx.reverse, ctx.backend = reverse, backend
         return y, h_n, c_n
@@ -161,10 +255,9 @@ class LSTMRecurrence(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         h0, c0, w_hh, w_hr, lengths, y, gates, c_all = ctx.saved_tensors
         c_prev = previous_states(c_all, c0, lengths, ctx.reverse)
-        dgates, dh_all, dh0, dc0 = lstm_backward(
-            dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), c_prev, w_hh, w_hr, gates, c_all,
-            lengths, ctx.reverse, ctx.backend,
-        )
+        dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
+        op = kernels(ctx.backend).lstm_backward if _direct(dy, dh_n, dc_n, gates) else _op(lstm_backward, ctx.backend)
+        dgates, dh_all, dh0, dc0 = op(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, ctx.reverse)
         dw_hh = _outer_sum(dgates, previous_states(y, h0, lengths, ctx.reverse))
         dw_hr = None
         if w_hr is not None:
@@ -176,7 +269,8 @@ class LSTMRecurrence(torch.autograd.Function):
 class GRURecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend):
-        y, h_n, saved = gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, backend)
+        op = kernels(backend).gru_forward if _direct(xp, h0, w_hh, b_hn) else _op(gru_forward, backend)
+        y, h_n, saved = op(xp, h0, w_hh, b_hn, lengths, reverse)
         ctx.save_for_backward(h0, w_hh, lengths, y, saved)
         ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_hn is not None
         return y, h_n
@@ -186,9 +280,9 @@ class GRURecurrence(torch.autograd.Function):
     def backward(ctx, dy, dh_n):
         h0, w_hh, lengths, y, saved = ctx.saved_tensors
         h_prev = previous_states(y, h0, lengths, ctx.reverse)
-        dxp, dhn, dh0 = gru_backward(
-            dy.contiguous(), dh_n.contiguous(), h_prev, w_hh, saved, lengths, ctx.reverse, ctx.backend
-        )
+        dy, dh_n = dy.contiguous(), dh_n.contiguous()
+        op = kernels(ctx.backend).gru_backward if _direct(dy, dh_n, saved) else _op(gru_backward, ctx.backend)
+        dxp, dhn, dh0 = op(dy, dh_n, h_prev, w_hh, saved, lengths, ctx.reverse)
         hidden = h0.shape[-1]
         dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
         db_hn = dhn.sum((0, 1)) if ctx.has_bias else None
@@ -196,6 +290,22 @@ class GRURecurrence(torch.autograd.Function):
 
 
 # --- one layer, one direction -----------------------------------------------------------------
+
+
+_MASKS: dict[tuple, Tensor] = {}
+
+
+def _reset_update_mask(hidden: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(1,)*2H + (0,)*H: selects b_hr and b_hz out of a GRU's b_hh. Cached in eager mode (one op per call
+    instead of four); a traced graph builds it (constant-folded) itself."""
+    key = (hidden, dtype, device)
+    mask = None if torch.compiler.is_compiling() else _MASKS.get(key)
+    if mask is None:
+        mask = torch.cat((torch.ones(2 * hidden, dtype=dtype, device=device),
+                          torch.zeros(hidden, dtype=dtype, device=device)))
+        if not torch.compiler.is_compiling():
+            _MASKS[key] = mask
+    return mask
 
 
 def lstm_layer(
@@ -211,10 +321,11 @@ def lstm_layer(
     Returns (y (T, B, R), h_n, c_n)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     xp = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
-    return LSTMRecurrence.apply(
-        xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
-        None if w_hr is None else w_hr.contiguous(), lengths, reverse, backend,
-    )
+    args = (xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous())
+    if not _needs_grad(*args) and _direct(*args):
+        # Inference: no autograd node, and nothing kept for a backward (the gates and cell states).
+        return kernels(backend).lstm_forward(*args, lengths, reverse, save=False)[:3]
+    return LSTMRecurrence.apply(*args, lengths, reverse, backend)
 
 
 def gru_layer(
@@ -232,6 +343,9 @@ def gru_layer(
     else:
         hidden = w_hh.shape[-1]
         # b_hr and b_hz add to the input projection; b_hn must stay inside the reset product.
-        xp = F.linear(x, w_ih, b_ih + torch.cat((b_hh[: 2 * hidden], b_hh.new_zeros(hidden))))
+        xp = F.linear(x, w_ih, torch.addcmul(b_ih, b_hh, _reset_update_mask(hidden, b_hh.dtype, b_hh.device)))
         b_hn = b_hh[2 * hidden :].contiguous()
-    return GRURecurrence.apply(xp, h0.contiguous(), w_hh.contiguous(), b_hn, lengths, reverse, backend)
+    args = (xp, h0.contiguous(), w_hh.contiguous(), b_hn)
+    if not _needs_grad(*args) and _direct(*args):
+        return kernels(backend).gru_forward(*args, lengths, reverse, save=False)[:2]
+    return GRURecurrence.apply(*args, lengths, reverse, backend)

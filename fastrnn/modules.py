@@ -1,21 +1,24 @@
 """fastrnn.LSTM and fastrnn.GRU: drop-in nn.LSTM / nn.GRU whose recurrence runs on a chosen backend.
 
 Same constructor arguments, parameter names, shapes, initialisation, state_dict, inputs and outputs
-as nn.LSTM / nn.GRU. They are plain nn.Modules rather than subclasses because torch.compile refuses
-to trace any nn.RNNBase; the `aten` backend runs torch's own nn.LSTM/nn.GRU code on a private,
-unregistered twin that shares these Parameter objects.
+as nn.LSTM / nn.GRU. They are plain nn.Modules rather than subclasses because Dynamo refuses to trace
+any instance of nn.RNN/nn.GRU/nn.LSTM (see README, "Use"); the `aten` backend runs torch's own
+nn.LSTM/nn.GRU code on a private, unregistered twin that shares these Parameter objects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import PackedSequence
 
 from . import backends, functional
 
@@ -100,6 +103,10 @@ class _RNNBase(nn.Module):
         optimizer built on `module` keeps training the new layer)."""
         if module.mode != cls.mode:
             raise TypeError(f"fastrnn.{cls.__name__}.from_torch needs an nn.{cls.mode}, got {type(module).__name__}")
+        if parametrize.is_parametrized(module):
+            raise ValueError(f"{type(module).__name__} has parametrized weights ({', '.join(module.parametrizations)}), "
+                             "which cannot be shared: convert the model first, then register the parametrizations "
+                             "on the fastrnn layer (they work there on every backend)")
         new = cls(**_constructor_args(module), device="meta", dtype=module.weight_ih_l0.dtype, backend=backend)
         for name in new._flat_weights_names:
             new.register_parameter(name, getattr(module, name))
@@ -112,7 +119,8 @@ class _RNNBase(nn.Module):
         return self._backend_for(device, input)
 
     def _parameter_device(self) -> torch.device:
-        return next(self.parameters()).device
+        first = next(iter(self._parameters.values()), None)  # cheap; parametrized weights live elsewhere
+        return (first if first is not None else next(self.parameters())).device
 
     def _backend_for(self, device: torch.device, input=None) -> str:
         if torch.compiler.is_compiling():
@@ -146,7 +154,9 @@ class _RNNBase(nn.Module):
         """An nn.LSTM/nn.GRU holding this module's Parameter objects, kept out of the module tree.
 
         Re-pointed at our Parameters only when they have been replaced (.to(), load_state_dict with
-        assign=True, ...), so that the aten path costs next to nothing over calling nn.LSTM."""
+        assign=True, ...), so that the aten path costs next to nothing over calling nn.LSTM. A
+        parametrized weight (weight_norm, ...) is no Parameter of ours: _forward_aten hands the twin
+        its value on every call."""
         twin = self.__dict__.get("_twin")
         if twin is None:
             with warnings.catch_warnings():
@@ -156,7 +166,8 @@ class _RNNBase(nn.Module):
         param_ids = tuple(map(id, self._parameters.values()))
         if self.__dict__.get("_twin_param_ids") != param_ids:
             for name in self._flat_weights_names:
-                twin._parameters[name] = self._parameters[name]
+                if name in self._parameters:
+                    twin._parameters[name] = self._parameters[name]
             twin._init_flat_weights()
             self.__dict__["_twin_param_ids"] = param_ids
         if twin.training != self.training or twin.dropout != self.dropout:
@@ -175,24 +186,32 @@ class _RNNBase(nn.Module):
         batch_sizes = input.batch_sizes if packed else None
         if backend == "aten":
             return self._forward_aten(input, data, hx, batch_sizes)
-        states, batched_input = self._checked_states(input, data, hx, batch_sizes)
+        # Each weight is read once per forward: a parametrized one is computed anew on every read (and
+        # spectral_norm steps its power iteration each time).
+        weights = {name: getattr(self, name) for name in self._flat_weights_names}
+        states, batched_input, batch = self._checked_states(input, data, hx, batch_sizes, weights["weight_ih_l0"])
 
         if packed:
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
             # Padded in the packed (length-sorted) order, so the live sequences are a prefix at every step.
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            x, lengths = functional.pad_packed(data, batch_sizes, batch)
+            packing = _Packing(batch_sizes, lengths, data.shape[0])
         else:
-            sorted_indices = unsorted_indices = lengths = None
+            sorted_indices = unsorted_indices = packing = None
             x = batched_input.transpose(0, 1) if self.batch_first else batched_input
+        if states is None:
+            states = [x.new_zeros(self.num_layers * self.num_directions, x.shape[1], size) for size in self._state_sizes()]
         states = _permute(states, sorted_indices)
 
         dtype = _compute_dtype(x, self.mode)
         # The dtype is chosen once here; autocast must not re-cast the layer's own matmuls.
-        with torch.autocast(x.device.type, enabled=False):
-            output, finals = self._run_layers(x.to(dtype).contiguous(), [s.to(dtype) for s in states], lengths, backend, dtype)
+        with torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NO_AUTOCAST:
+            output, finals = self._run_layers(_as_dtype(x, dtype).contiguous(), [_as_dtype(s, dtype) for s in states],
+                                              weights, packing, backend, dtype)
 
         if packed:
-            output = PackedSequence(pack_padded_sequence(output, lengths).data, batch_sizes, sorted_indices, unsorted_indices)
+            output = PackedSequence(functional.pack_padded(output, batch_sizes, packing.total), batch_sizes,
+                                    sorted_indices, unsorted_indices)
         else:
             if self.batch_first:
                 output = output.transpose(0, 1).contiguous()
@@ -206,7 +225,12 @@ class _RNNBase(nn.Module):
         """torch's own code, which validates its arguments itself; only when it rejects them do our
         checks run, to replace its message with a clearer one (same exception type)."""
         try:
-            return self._torch_twin().forward(input, hx)
+            twin = self._torch_twin()
+            if not parametrize.is_parametrized(self):
+                return twin.forward(input, hx)
+            # nn.LSTM/nn.GRU take a weight that is not a Parameter only through functional_call.
+            computed = {name: getattr(self, name) for name in self._flat_weights_names if name not in self._parameters}
+            return torch.func.functional_call(twin, computed, (input, hx))
         except Exception:
             try:
                 self._checked_states(input, data, hx, batch_sizes)
@@ -214,11 +238,13 @@ class _RNNBase(nn.Module):
                 raise clearer from None
             raise
 
-    def _checked_states(self, input, data: Tensor, hx, batch_sizes):
+    def _checked_states(self, input, data: Tensor, hx, batch_sizes, weight: Tensor | None = None):
         """Validate input and hx as nn.LSTM/nn.GRU do (same exception types), plus devices and dtypes.
 
-        Returns the initial states as 3-D tensors (L*D, B, size), in the caller's batch order, and
-        the input with a batch dimension."""
+        Returns the initial states as 3-D tensors (L*D, B, size), in the caller's batch order (None
+        when hx is None), the input with a batch dimension, and for packed input the batch size B
+        (None when only batch_sizes' values tell it, under torch.compile: see _packed_batch). `weight`:
+        weight_ih_l0's value when the caller has read it already."""
         if batch_sizes is None:
             if data.dim() not in (2, 3):
                 raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {data.dim()}D instead")
@@ -229,25 +255,24 @@ class _RNNBase(nn.Module):
         else:
             if data.dim() != 2:
                 raise RuntimeError(f"{self.mode}: packed input data must have 2 dimensions, got {data.dim()}")
-            batched, batch = data, int(batch_sizes[0])
-        if data.dtype != self.weight_ih_l0.dtype and not torch.is_autocast_enabled(data.device.type):
+            batched, batch = data, _packed_batch(input)
+        weight = self.weight_ih_l0 if weight is None else weight
+        if data.dtype != weight.dtype and not torch.is_autocast_enabled(data.device.type):
             raise ValueError(
-                f"{self.mode}: input dtype ({data.dtype}) does not match weight dtype ({self.weight_ih_l0.dtype}). "
-                f"Convert input: input.to({self.weight_ih_l0.dtype}), or convert model: model.to({data.dtype})"
+                f"{self.mode}: input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})"
             )
         if data.shape[-1] != self.input_size:
             raise RuntimeError(f"{self.mode}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.shape[-1]}")
-        if self.weight_ih_l0.device != data.device:
+        if weight.device != data.device:
             raise RuntimeError(
-                f"{self.mode}: input is on {data.device} but the parameters are on {self.weight_ih_l0.device}; "
-                f"move the input (input.to('{self.weight_ih_l0.device}')) or the model (model.to('{data.device}'))"
+                f"{self.mode}: input is on {data.device} but the parameters are on {weight.device}; "
+                f"move the input (input.to('{weight.device}')) or the model (model.to('{data.device}'))"
             )
 
         names = ("h_0", "c_0") if self.mode == "LSTM" else ("h_0",)
-        sizes = (self.proj_size or self.hidden_size, self.hidden_size)
-        expected = [(self.num_layers * self.num_directions, batch, size) for size in sizes[: len(names)]]
         if hx is None:
-            return [data.new_zeros(shape) for shape in expected], batched
+            return None, batched, batch
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
                 raise RuntimeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}")
@@ -263,6 +288,9 @@ class _RNNBase(nn.Module):
             raise RuntimeError(f"{self.mode}: for {kind} input the hidden states must be {want_dim}-D, got {got}")
         if want_dim == 2:
             states = [s.unsqueeze(1) for s in states]
+        if batch is None:
+            batch = states[0].shape[1]  # the padding op checks it against batch_sizes[0] when it runs
+        expected = [(self.num_layers * self.num_directions, batch, size) for size in self._state_sizes()]
         for name, state, shape in zip(names, states, expected):
             if tuple(state.shape) != shape:
                 raise RuntimeError(f"{self.mode}: Expected {name} of size {shape} (num_layers * num_directions, batch, size), got {tuple(state.shape)}")
@@ -270,23 +298,31 @@ class _RNNBase(nn.Module):
                 raise RuntimeError(f"{self.mode}: Input and hidden tensors are not at the same device, found input tensor at {data.device} and {name} at {state.device}")
             if state.dtype != data.dtype and not torch.is_autocast_enabled(data.device.type):
                 raise RuntimeError(f"{self.mode}: {name} has dtype {state.dtype} but the input has dtype {data.dtype}; pass {name}.to({data.dtype})")
-        return states, batched
+        return states, batched, batch
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        """The last dimension of h (and c) states: (R,) for GRU, (R, H) for LSTM (R = proj_size or H)."""
+        sizes = (self.proj_size or self.hidden_size, self.hidden_size)
+        return sizes if self.mode == "LSTM" else sizes[:1]
 
     # --- the layer stack -------------------------------------------------------------------------
 
-    def _layer_weights(self, layer: int, direction: int, dtype: torch.dtype) -> tuple[Tensor | None, ...]:
+    def _layer_weights(self, weights: dict[str, Tensor], layer: int, direction: int,
+                       dtype: torch.dtype) -> tuple[Tensor | None, ...]:
         suffix = f"_l{layer}{'_reverse' if direction else ''}"
 
         def get(name: str) -> Tensor:
-            return getattr(self, name + suffix).to(dtype)
+            return _as_dtype(weights[name + suffix], dtype)
 
         biases = (get("bias_ih"), get("bias_hh")) if self.bias else (None, None)
-        weights = (get("weight_ih"), get("weight_hh"), *biases)
+        tensors = (get("weight_ih"), get("weight_hh"), *biases)
         if self.mode == "GRU":
-            return weights
-        return (*weights, get("weight_hr") if self.proj_size else None)
+            return tensors
+        return (*tensors, get("weight_hr") if self.proj_size else None)
 
-    def _run_layers(self, x: Tensor, states: list[Tensor], lengths, backend: str, dtype: torch.dtype):
+    def _run_layers(self, x: Tensor, states: list[Tensor], weights: dict[str, Tensor], packing: _Packing | None,
+                    backend: str, dtype: torch.dtype):
+        lengths = packing.lengths if packing is not None else None
         layer_fn = functional.lstm_layer if self.mode == "LSTM" else functional.gru_layer
         finals: list[list[Tensor]] = [[] for _ in states]
         layer_input = x
@@ -295,14 +331,39 @@ class _RNNBase(nn.Module):
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 initial = [s[index] for s in states]
-                y, *last = layer_fn(layer_input, *initial, self._layer_weights(layer, direction, dtype), lengths, bool(direction), backend)
+                y, *last = layer_fn(layer_input, *initial, self._layer_weights(weights, layer, direction, dtype), lengths, bool(direction), backend)
                 outputs.append(y)
                 for collected, state in zip(finals, last):
                     collected.append(state)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
+                layer_input = self._dropout_between_layers(layer_input, packing)
         return layer_input, [torch.stack(collected) for collected in finals]
+
+    def _dropout_between_layers(self, layer_input: Tensor, packing: _Packing | None) -> Tensor:
+        """The dropout of torch's CPU code (aten/src/ATen/native/RNN.cpp, apply_layer_stack): at::dropout
+        of each layer's time-major output, or of the packed rows for packed input, so that the same
+        seed draws the same mask from the same random stream as nn.LSTM/nn.GRU on the CPU."""
+        if packing is None:
+            return F.dropout(layer_input, self.dropout, training=True)
+        keep = F.dropout(layer_input.new_ones(packing.total, layer_input.shape[-1]), self.dropout, training=True)
+        return layer_input * functional.pad_packed(keep, packing.batch_sizes, layer_input.shape[1])[0]
+
+
+class _Packing(NamedTuple):
+    """How a PackedSequence's rows map to the padded layout the layers run on."""
+
+    batch_sizes: Tensor  # (T,) CPU int64, as in the PackedSequence
+    lengths: Tensor  # (B,) CPU int64, non-increasing (packed order)
+    total: int  # N, the number of packed rows
+
+
+def _packed_batch(input: PackedSequence) -> int | None:
+    """The number of sequences in a PackedSequence: batch_sizes[0], read from shapes under torch.compile
+    (which traces shapes, not values): sorted_indices' length, or None when no shape tells it."""
+    if not torch.compiler.is_compiling():
+        return int(input.batch_sizes[0])
+    return input.sorted_indices.shape[0] if input.sorted_indices is not None else None
 
 
 class LSTM(_RNNBase):
@@ -371,6 +432,14 @@ def _compute_dtype(x: Tensor, mode: str) -> torch.dtype:
     if torch.is_autocast_enabled(device) and x.is_floating_point() and (device != "cpu" or mode == "LSTM"):
         return torch.get_autocast_dtype(device)
     return x.dtype
+
+
+_NO_AUTOCAST = contextlib.nullcontext()
+
+
+def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """tensor.to(dtype), without the call when it is a no-op (the forward makes a dozen of them)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _permute(states: list[Tensor], indices: Tensor | None) -> list[Tensor]:

@@ -63,20 +63,39 @@ def test_auto_on_cuda_takes_the_first_measured_kernel_that_runs():
     assert backends.resolve("auto", "cuda") == expected
 
 
+# Packed input: with unsorted lengths the batch size is a shape (sorted_indices); sorted and without hx
+# it is only batch_sizes[0]'s value, which the padding op turns into a size known at run time.
+LAYOUTS = {"padded": dict(), "packed_unsorted": dict(lengths=[3, 6, 1, 5]),
+           "packed_sorted_no_state": dict(lengths=[6, 5, 3, 1], enforce_sorted=True, with_state=False),
+           "packed_sorted": dict(lengths=[6, 5, 3, 1], enforce_sorted=True)}
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 @pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_torch_compile_traces_without_graph_break(cell, backend):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_torch_compile_traces_without_graph_break(cell, backend, layout):
     """fullgraph=True fails on any graph break; aot_eager traces forward and backward through the
-    custom ops' fake implementations without generating code."""
+    custom ops' fake implementations without generating code. Outputs, states and every gradient
+    equal eager's."""
     torch.manual_seed(0)
     ours, _ = make_pair(cell, backend, dtype=torch.float32, input_size=3, hidden_size=5, num_layers=2,
                         bidirectional=True, batch_first=True)
+    torch._dynamo.reset()
     compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
-    x, hx = random_inputs(ours, 4, 6, dtype=torch.float32, seed=1)
+    x, hx = random_inputs(ours, 4, 6, dtype=torch.float32, seed=1, **LAYOUTS[layout])
     eager = run(ours, *detached(x, hx))
     traced = run(compiled, *detached(x, hx))
     errors = compare(traced, eager)
     assert max(errors.values()) < 1e-6, errors
+
+
+def test_torch_compile_of_packed_input_checks_hx_against_batch_sizes():
+    """Traced, the batch of sorted packed input is taken from hx; the padding op checks it when it runs."""
+    ours = fastrnn.GRU(3, 5, backend="reference")
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x, _ = random_inputs(ours, 4, 6, lengths=[6, 5, 3, 1], enforce_sorted=True, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r"hidden states for 4 sequences .*batch_sizes\[0\].*got states for 3"):
+        compiled(x, torch.randn(1, 3, 5))
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -102,3 +121,20 @@ def test_kernel_backends_on_cuda_without_a_gpu_say_so():
     for name in ("cuda", "triton"):
         assert backends.unavailable_reason(name, "cuda") == "no CUDA GPU is visible to torch"
     assert backends.resolve("auto", "cuda") == "aten"
+
+
+def test_dynamo_refuses_subclasses_of_nn_lstm_so_fastrnn_is_not_one():
+    """Why isinstance(fastrnn.LSTM(...), nn.LSTM) is False (README, "Use"): Dynamo refuses to trace any
+    instance of nn.RNN/nn.GRU/nn.LSTM whose attributes a forward reads, whatever that forward does, unless
+    torch._dynamo.config.allow_rnn (experimental) is set. Should a torch release lift this, this test
+    fails: time to subclass."""
+
+    class Subclass(torch.nn.LSTM):
+        def forward(self, x, hx=None):
+            return x @ self.weight_ih_l0.T, None
+
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="RNN, GRU, or LSTM"):
+        torch.compile(Subclass(3, 4), fullgraph=True, backend="aot_eager")(torch.randn(5, 2, 3))
+    layer = fastrnn.LSTM(3, 4)
+    assert not isinstance(layer, torch.nn.LSTM) and layer.mode == torch.nn.LSTM(3, 4).mode == "LSTM"

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from bench import cli, implementations
+from bench import cli, implementations, plot, report
 
 TINY = ["--batch", "3", "--seq-len", "5", "--hidden", "8", "--min-seconds", "0.01", "--threads", "1"]
 
@@ -19,12 +19,13 @@ def test_quick_run_times_every_available_competitor(tmp_path):
     rows = {(r["cell"], r["impl"], r["mode"]): r for r in data["rows"]}
     for cell in ("lstm", "gru"):
         for mode in ("forward", "train"):
-            assert rows[(cell, "nn", mode)]["x_nn"] == 1.0
+            assert rows[(cell, "nn", mode)]["speedup_vs_nn"] == 1.0
             timed = rows[(cell, "fastrnn-reference", mode)]
-            assert timed["status"] == "ok" and timed["ms"] > 0 and timed["x_nn"] > 0
+            assert timed["status"] == "ok" and timed["ms"] > 0 and timed["speedup_vs_nn"] > 0
             assert timed["error"] <= 3 * timed["nn_error"] + 1e-5  # checked before timed
             assert rows[(cell, "cell-loop", mode)]["status"].startswith("skipped: a plain cell loop takes no PackedSequence")
             assert rows[(cell, "haste", mode)]["status"].startswith("skipped:")
+            assert rows[(cell, "cell-loop-compiled", mode)]["status"].startswith("skipped: left out of the quick preset")
     assert (tmp_path / "results.csv").read_text().startswith("case,impl,mode,status")
 
 
@@ -63,3 +64,83 @@ def test_list_names_every_competitor(capsys):
     listed = capsys.readouterr().out
     for impl in implementations.all_implementations():
         assert impl.name in listed
+
+
+def test_summary_tabulates_speed_ups_of_runs_side_by_side(tmp_path, capsys):
+    from bench import summary
+
+    code = cli.main(TINY + ["--cells", "gru", "--impls", "fastrnn-reference", "--out", str(tmp_path)])
+    assert code == 0
+    capsys.readouterr()
+    results = tmp_path / "results.json"
+    assert summary.main([str(results), str(results), "--impls", "fastrnn-reference"]) == 0
+    printed = capsys.readouterr().out
+    rows = {(r["impl"], r["mode"]): r for r in json.loads(results.read_text())["rows"]}
+    for mode in ("forward", "train"):
+        ours, base = rows[("fastrnn-reference", mode)], rows[("nn", mode)]
+        line = next(line for line in printed.splitlines() if f"| {mode} |" in line)
+        assert line.count(f"{ours['ms']:.3f} ({ours['speedup_vs_nn']:.2f}x)") == 2 and f"| {base['ms']:.3f} |" in line
+    assert "python -m bench" in printed and "commit" in printed
+    assert summary.main([str(tmp_path / "missing.json")]) == 2
+
+
+def _row(case, impl, mode="forward", status="ok", ms=1.0, error=1e-7, **extra):
+    timed = ms is not None
+    return dict(case=case, cell="lstm", dtype="float32", batch=extra.pop("batch", 4), seq_len=8, hidden=16,
+                input_size=16, layers=1, bidirectional=False, min_length_fraction=extra.pop("fraction", None),
+                impl=impl, mode=mode, status=status, ms=ms, low_ms=ms and ms * 0.9, high_ms=ms and ms * 1.2,
+                speedup_vs_nn=extra.pop("speedup", 1.0 if timed else None), us_per_step=ms and ms * 125,
+                tokens_per_s=None, peak_mb=None, floor_ms=0.01, error=error if timed else None, nn_error=error)
+
+
+def test_table_lists_each_skip_reason_once_explains_speedup_and_shows_errors():
+    cases = ["lstm float32 B=4 T=8 H=16 I=16", "lstm float32 B=64 T=256 H=1024 I=1024 varlen>=0.25T"]
+    rows = []
+    for case in cases:
+        rows += [_row(case, "nn", error=3.1e-7), _row(case, "fastrnn-triton-persistent", ms=4.0, speedup=0.25, error=4.2e-7),
+                 _row(case, "fastrnn-cuda", status="skipped: no GPU here", ms=None),
+                 _row(case, "haste", status="skipped: no GPU here", ms=None)]
+    rows.append(_row(cases[0], "cell-loop", status="skipped: no PackedSequence", ms=None))
+    text = report.table(rows)
+    lines = text.splitlines()
+    assert not any(line.startswith("lstm") and "skipped" in line for line in lines)  # none in the table
+    assert text.count("no GPU here") == 1 and "fastrnn-cuda, haste: no GPU here" in text
+    assert "cell-loop (in 1 of 2 cases): no PackedSequence" in text
+    assert "speed-up" in lines[0] and "above 1 is faster than nn" in text and "0.25 = 4x slower" in text
+    assert "3.1e-07" in text and "4.2e-07" in text
+    timed = [line for line in lines if line.startswith("lstm")]
+    assert len(timed) == 4 and len({line.index(" forward ") for line in timed}) == 1
+    assert len({len(line) for line in timed}) == 1  # every column aligned, long varlen labels included
+
+
+def test_environment_names_cuda_only_for_a_cuda_run(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert cli.environment(torch.device("cpu"), [])["cuda"] is None
+
+
+def test_list_is_aligned(capsys):
+    assert cli.main(["--list"]) == 0
+    names = [impl.name for impl in implementations.all_implementations()]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.split(" ")[0] in names]
+    assert len(lines) == len(names)
+    starts = {len(line) - len(line[len(line.split(" ")[0]):].lstrip()) for line in lines}
+    assert len(starts) == 1  # every description starts in the same column
+
+
+def test_plot_has_a_panel_per_timed_shape_and_mode_names_the_run_and_lists_what_is_not_drawn(tmp_path):
+    case = "lstm float32 B=4 T=8 H=16 I=16"
+    rows = [_row(case, impl, mode, batch=batch) for impl in ("nn", "fastrnn-reference")
+            for mode in ("forward", "train") for batch in (4, 16)]
+    rows += [_row(case, "fastrnn-cuda", mode, status="skipped: no GPU here", ms=None) for mode in ("forward", "train")]
+    rows += [_row(case, "wrong-one", "forward", status="WRONG: error 1e-1 vs nn's 1e-7", ms=None),
+             _row(case, "gru-only", "forward", status="ok", ms=None)]  # timed in no mode: no panel of its own
+    panels, columns = plot.panel_grid(rows)
+    assert len(panels) == 2 and columns == 2  # forward and train, side by side: no empty panel
+    assert all(set(impls) == {"nn", "fastrnn-reference"} for impls in panels.values())
+    notes = plot.not_drawn(rows)
+    assert any("fastrnn-cuda" in note and "no GPU here" in note for note in notes)
+    assert any("wrong-one" in note and "WRONG" in note for note in notes)
+    environment = dict(device="CPU (x86_64, 2 threads)", torch="2.13.0", triton="3.9.0", commit="abc1234", date="2026-01-01")
+    heading = plot.title(environment)
+    assert all(value in heading for value in environment.values()) and "CUDA" not in heading
+    assert plot.plot_time_vs_batch(tmp_path / "plot.png", rows, environment).stat().st_size > 10_000

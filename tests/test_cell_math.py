@@ -163,3 +163,25 @@ def test_custom_ops_pass_opcheck(cell, lengths, backend):
         h_prev = functional.previous_states(y, h0, lengths, reverse)
         backward_args = (torch.randn_like(y), torch.randn_like(h_n), h_prev, w_hh, saved, lengths, reverse, backend)
         torch.library.opcheck(functional.gru_backward, backward_args)
+
+
+@pytest.mark.parametrize("lengths", [[5, 3, 3, 1], [2], [4, 4]])
+def test_packing_ops_match_torch_and_pass_opcheck(lengths):
+    """pad_packed / pack_padded (the PackedSequence layout as custom ops, for torch.compile) equal torch's
+    pad_packed_sequence / pack_padded_sequence, are each other's inverse and adjoint, and pass opcheck."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(len(lengths))
+    packed = pack_padded_sequence(torch.randn(max(lengths), len(lengths), 3, **F64), torch.tensor(lengths))
+    padded, got_lengths = functional.pad_packed(packed.data, packed.batch_sizes, len(lengths))
+    expected, expected_lengths = pad_packed_sequence(packed)
+    assert torch.equal(padded, expected) and torch.equal(got_lengths, expected_lengths)
+    assert torch.equal(functional.pack_padded(padded, packed.batch_sizes, packed.data.shape[0]), packed.data)
+    data = packed.data.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda d: functional.pad_packed(d, packed.batch_sizes, None)[0], (data,))
+    assert torch.autograd.gradcheck(lambda p: functional.pack_padded(p, packed.batch_sizes, data.shape[0]),
+                                    (expected.clone().requires_grad_(True),))
+    for batch in (len(lengths), None):  # None: the batch size is known only at run time
+        torch.library.opcheck(functional.pad_packed, (data, packed.batch_sizes, batch))
+    torch.library.opcheck(functional.pack_padded, (expected.clone().requires_grad_(True), packed.batch_sizes,
+                                                   data.shape[0]))

@@ -100,6 +100,34 @@ def test_long_sequence_does_not_drift(cell):
     assert max(errors.values()) < 1e-10, errors
 
 
+# Dropout lives in the module, the same for every kernel backend: the others (the interpreted Triton one is
+# slow) run one layout each.
+DROPOUT_CASES = [("reference", mode, dtype) for mode in ("batched", "unbatched", "packed_unsorted")
+                 for dtype in (torch.float64, torch.float32)]
+DROPOUT_CASES += [(backend, "packed_unsorted", torch.float64) for backend in ("cpp", "triton")]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("backend,mode,dtype", DROPOUT_CASES, ids=lambda v: str(v).removeprefix("torch."))
+def test_dropout_draws_the_masks_nn_draws_on_the_cpu(backend, cell, mode, dtype):
+    """Under the same seed, training-mode dropout between layers zeroes the same elements as nn.LSTM/nn.GRU
+    on the CPU (float32 may take torch's oneDNN path; the masks must agree there too), so outputs,
+    states and every gradient agree. Packed input draws its mask over the packed rows, as torch does."""
+    skip_unavailable(backend, "cpu")
+    torch.manual_seed(11)
+    ours, theirs = make_pair(cell, backend, "cpu", dtype, input_size=4, hidden_size=6, num_layers=3,
+                             bidirectional=True, batch_first=True, dropout=0.3)
+    x, hx = inputs_for(ours, mode, 5, 7, "cpu", dtype, seed=4)
+    torch.manual_seed(12)
+    got = run(ours, *detached(x, hx))
+    torch.manual_seed(12)
+    expected = run(theirs, *detached(x, hx))
+    errors = compare(got, expected)
+    assert max(errors.values()) < (1e-10 if dtype == torch.float64 else 1e-5), errors
+    torch.manual_seed(13)
+    assert rel_error(run(ours, *detached(x, hx))["output"], expected["output"]) > 1e-2  # another seed, other masks
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_dropout_sits_between_layers(cell):
     """Training-mode dropout is applied to every layer's output but the last, as in nn.LSTM: the
@@ -124,3 +152,24 @@ def test_dropout_sits_between_layers(cell):
     assert rel_error(stacked.eval()(x)[0], out) > 1e-3  # eval mode switches dropout off
     torch.manual_seed(1)
     assert rel_error(stacked.train()(x)[0], out) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell,config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("mode", ["batched", "packed_unsorted", "unbatched"])
+def test_inference_under_no_grad_matches_torch(backend, cell, config, mode):
+    """Without gradients the layers take the inference path (no autograd node, nothing kept for a
+    backward): outputs and final states still equal nn's."""
+    skip_unavailable(backend, "cpu")
+    seed = zlib.crc32(repr(("no_grad", cell, mode, config)).encode())
+    torch.manual_seed(seed)
+    ours, theirs = make_pair(cell, backend, "cpu", torch.float64, **config)
+    x, hx = inputs_for(ours, mode, 4, 9, "cpu", torch.float64, seed)
+    with torch.no_grad():
+        (out, states), (expected_out, expected_states) = ours(x, hx), theirs(x, hx)
+    states = states if isinstance(states, tuple) else (states,)
+    expected_states = expected_states if isinstance(expected_states, tuple) else (expected_states,)
+    out = out.data if hasattr(out, "batch_sizes") else out
+    expected_out = expected_out.data if hasattr(expected_out, "batch_sizes") else expected_out
+    for a, b in zip((out, *states), (expected_out, *expected_states)):
+        assert not a.requires_grad and rel_error(a, b) < 1e-10

@@ -195,11 +195,35 @@ def test_concurrent_calls_from_several_python_threads_agree_with_torch():
     assert all(r is not None and rel_error(r, e) < 1e-10 for r, e in zip(results, expected))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_is_refused_with_a_clear_error(dtype):
-    args = _lstm_args(3, 2, 4, 0, None, False, seed=0, dtype=dtype)
-    with pytest.raises(RuntimeError, match=r"float32 or float64, got (BFloat16|Half).*backend='aten'"):
+def test_float16_is_refused_with_a_clear_error():
+    args = _lstm_args(3, 2, 4, 0, None, False, seed=0, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match=r"float32, float64 or bfloat16, got Half.*backend='aten'"):
         cpp.lstm_forward(*args)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("lengths", ["full", "ragged"])
+def test_bfloat16_kernels_are_as_accurate_as_the_bfloat16_reference(isa, threads, cell, lengths):
+    """bfloat16 storage, float32 arithmetic: each result's error against float64 is at most twice the
+    reference backend's own in bfloat16 (which rounds every intermediate to bfloat16)."""
+    shape = SHAPES[0]
+    lengths = _lengths(lengths, shape)
+    if cell == "LSTM":
+        make, forward, backward, make_backward, extra = _lstm_args, "lstm_forward", "lstm_backward", _lstm_backward_args, dict(proj=11)
+    else:
+        make, forward, backward, make_backward, extra = _gru_args, "gru_forward", "gru_backward", _gru_backward_args, dict(bias=True)
+    exact_args = make(**shape, **extra, lengths=lengths, reverse=False, seed=7)
+    low_args = [t.bfloat16() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in exact_args]
+    exact = getattr(reference, forward)(*exact_args)
+    for a, b, e in zip(getattr(cpp, forward)(*low_args), getattr(reference, forward)(*low_args), exact):
+        assert a.dtype == torch.bfloat16
+        assert rel_error(a, e) <= 2 * rel_error(b, e) + 1e-3, (rel_error(a, e), rel_error(b, e))
+    exact_backward = make_backward(exact_args, exact, seed=8)
+    low_backward = [t.bfloat16() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in exact_backward]
+    exact_grads = getattr(reference, backward)(*exact_backward)
+    for a, b, e in zip(getattr(cpp, backward)(*low_backward), getattr(reference, backward)(*low_backward), exact_grads):
+        if e.numel():
+            assert rel_error(a, e) <= 2 * rel_error(b, e) + 1e-3, (rel_error(a, e), rel_error(b, e))
 
 
 def test_bad_shapes_and_lengths_are_refused_with_clear_errors():

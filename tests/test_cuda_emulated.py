@@ -96,6 +96,24 @@ def test_batch_of_one_and_single_step(emulated):
     check_gru(emulated, torch.float32, seq_len=1, batch=1, hidden=1, bias=True, reverse=True, ragged=False, strategy=2)
 
 
+@pytest.mark.parametrize("plan", PLANS)
+def test_inference_call_keeps_nothing_for_a_backward(emulated, plan):
+    """save=False: the same outputs and final states, bit for bit, and no gates, cell states or saved
+    activations written or returned."""
+    gen = torch.Generator().manual_seed(8)
+    lengths = torch.tensor([5, 3, 0])
+    knobs = dict(threads=64, **PLANS[plan])
+    lstm = (_randn(gen, 5, 3, 28), _randn(gen, 3, 4), _randn(gen, 3, 7), _randn(gen, 28, 4), _randn(gen, 4, 7))
+    kept = emulated.lstm_forward_cuda(*lstm, lengths, True, True, **knobs)
+    light = emulated.lstm_forward_cuda(*lstm, lengths, True, False, **knobs)
+    assert all(torch.equal(a, b) for a, b in zip(kept[:3], light[:3]))
+    assert light[3].numel() == light[4].numel() == 0 and kept[3].numel() > 0
+    gru = (_randn(gen, 5, 3, 21), _randn(gen, 3, 7), _randn(gen, 21, 7), _randn(gen, 7))
+    kept = emulated.gru_forward_cuda(*gru, lengths, False, True, **knobs)
+    light = emulated.gru_forward_cuda(*gru, lengths, False, False, **knobs)
+    assert torch.equal(kept[0], light[0]) and torch.equal(kept[1], light[1]) and light[2].numel() == 0
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_empty_problems(emulated, cell):
     """T = 0 or B = 0: nothing to launch; the final states are the initial ones."""
@@ -181,6 +199,22 @@ def test_modules_match_torch(cuda_backend_on_cpu, cell, config, strategy):
         errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
     assert ours.last_backend == "cuda"
     assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_modules_under_no_grad_match_torch(cuda_backend_on_cpu, cell):
+    """Inference (no autograd): the layers call the kernels with save=False."""
+    torch.manual_seed(3)
+    ours, theirs = make_pair(cell, "cuda", "cpu", torch.float64, input_size=4, hidden_size=6, num_layers=2,
+                             bidirectional=True, **({"proj_size": 3} if cell == "LSTM" else {}))
+    x, hx = random_inputs(ours, 3, 7, lengths=[7, 2, 5], seed=4)
+    with torch.no_grad():
+        out, states = ours(x, hx)
+        expected, expected_states = theirs(x, hx)
+    assert ours.last_backend == "cuda"
+    assert rel_error(out.data, expected.data) < 1e-10
+    for mine, reference_state in zip(states if cell == "LSTM" else [states], expected_states if cell == "LSTM" else [expected_states]):
+        assert rel_error(mine, reference_state) < 1e-10
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])

@@ -5,9 +5,11 @@ from the SST-2 rows below (the first 40 of GLUE SST-2 train.tsv and 12 of dev.ts
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import fastrnn
 
 transformers = pytest.importorskip("transformers", reason="fastrnn.finetune needs transformers (the finetune extra)")
 
@@ -435,6 +439,49 @@ def test_multiclass_metrics_are_macro_averages():
     assert metrics["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3) == metrics["f1_macro"]
 
 
+def test_macro_averages_skip_labels_with_no_support_that_are_never_predicted():
+    metrics = classification_metrics(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), 3)
+    assert metrics["per_label"]["support"] == [3, 1, 0]
+    assert metrics["f1_macro"] == pytest.approx((0.8 + 2 / 3) / 2)  # label 2 is in neither: not averaged
+
+
+def _bad_data_cases(folder: Path, sst2_files) -> dict[str, tuple[list[str], str]]:
+    """name -> (extra train arguments, the one-line error expected)."""
+    train_file, _ = sst2_files
+    latin1 = folder / "latin1.tsv"
+    latin1.write_bytes(("sentence\tlabel\n" + "fine\t1\n" * 3000 + "un film tr\u00e8s beau\t1\n").encode("latin-1"))
+    empty_label = folder / "empty_label.tsv"
+    empty_label.write_text("sentence\tlabel\ngood\t1\nbad\t\nfine\t0\n")
+    null_label = folder / "null_label.jsonl"
+    null_label.write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": null}\n')
+    new_label = folder / "dev_new_label.tsv"
+    new_label.write_text("sentence\tlabel\ngood\t1\nso-so\t2\n")
+    return {
+        "non-utf8": (["--train", str(latin1)], rf"{latin1}:3002 is not UTF-8 text \(byte 0xe8 .*iconv"),
+        "empty label": (["--train", str(empty_label)], rf"{empty_label}:3: empty label in column 'label'"),
+        "null label": (["--train", str(null_label)], rf"{null_label}:2: empty label in column 'label'"),
+        "unseen dev label": (["--train", str(train_file), "--dev", str(new_label)],
+                             rf"{new_label} has labels \['2'\] that {train_file} lacks \(its labels: \['0', '1'\]\)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["non-utf8", "empty label", "null label", "unseen dev label"])
+def test_bad_data_is_one_line_and_exit_status_2(case, tiny_dir, sst2_files, tmp_path, capsys):
+    arguments, expected = _bad_data_cases(tmp_path, sst2_files)[case]
+    code = cli.main(["train", *arguments, "--encoder", str(tiny_dir), "--output", str(tmp_path / "run"),
+                     "--no-progress", "--no-tensorboard"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.match(rf"fastrnn-finetune: error: {expected}", err), err
+
+
+def test_predict_input_that_is_not_utf8_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch):
+    (tmp_path / "texts.txt").write_bytes("tr\u00e8s bien\n".encode("latin-1"))
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the input is read before the model loads"))
+    assert cli.main(["predict", "--model", str(tmp_path), "--input", str(tmp_path / "texts.txt")]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+
+
 # --- logging ------------------------------------------------------------------------------------------
 
 def test_tensorboard_gets_scalars_when_available(tmp_path, monkeypatch):
@@ -605,6 +652,36 @@ def test_out_of_range_eval_every_and_ema_decay_are_errors(tiny_dir, sst2_files, 
 
 # --- the command line --------------------------------------------------------------------------------------
 
+def _option_help(help_text: str) -> dict[str, str]:
+    """Each option's help text, joined across wrapped lines, keyed by its first option string."""
+    blocks, current = {}, None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            blocks[current] = line
+        elif current and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return blocks
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "eval", "predict"])
+def test_help_shows_every_default_once(command):
+    parser = cli.build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    blocks = _option_help(subparser.format_help())
+    for action in subparser._actions:
+        if not action.option_strings or action.option_strings[0] == "-h":
+            continue
+        text = blocks[action.option_strings[0]]
+        assert "(default: None)" not in text, text
+        if action.required or isinstance(action, argparse._StoreTrueAction):
+            continue
+        assert text.count("default") == 1, text  # stated once: the real value, or what None means
+        if action.default is not None:
+            assert f"default: {action.default}" in text, text
+
 def test_without_a_progress_bar_progress_is_logged_as_lines(tiny_dir, sst2_files, tmp_path, capsys):
     train_file, dev_file = sst2_files
     assert cli.main(["train", "--train", str(train_file), "--dev", str(dev_file), "--limit", "40", "--max-steps", "2",
@@ -612,6 +689,16 @@ def test_without_a_progress_bar_progress_is_logged_as_lines(tiny_dir, sst2_files
                      "--output", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"]) == 0
     out = capsys.readouterr().out
     assert "step 1: train loss " in out and "step 2: train loss " in out and "lr/" in out
+    # the first line says where the run goes and what runs: folder, encoder, head and the RNN backend
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert out.splitlines()[0] == (f"run folder {tmp_path / 'run'}; encoder {tiny_dir}; head: bidirectional LSTM, "
+                                   f"1 layer(s) of 8, last pooling; RNN backend {metrics['rnn_backend']} (asked: auto)")
+
+
+def test_missing_transformers_names_the_install_command_that_works(monkeypatch, tiny_dir):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
+    with pytest.raises(EncoderNotFoundError, match=r'pip install --no-build-isolation -e "\.\[finetune\]"'):
+        encoder_module.load_encoder(str(tiny_dir))
 
 
 def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
@@ -623,7 +710,9 @@ def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["stopped"] == "max_steps" and metrics["global_step"] == 3
     assert metrics["history"][-1]["partial"] and metrics["history"][-1]["dev"]["examples"] == len(SST2_DEV)
-    assert metrics["rnn_backend"] == "aten" and metrics["labels"] == ["0", "1"]
+    packed = torch.nn.utils.rnn.pack_sequence([torch.zeros(1, 32)])
+    assert metrics["rnn_backend"] == fastrnn.LSTM(32, 8).selected_backend("cpu", packed)  # auto's pick for a packed LSTM
+    assert metrics["labels"] == ["0", "1"]
 
     assert cli.main(["eval", "--model", str(output), "--data", str(dev_file), "--output", str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())
@@ -633,8 +722,8 @@ def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
     (tmp_path / "texts.txt").write_text("a charming and often affecting journey\n\ncold movie\n")
     assert cli.main(["predict", "--model", str(output / "model"), "--input", str(tmp_path / "texts.txt"),
                      "--probabilities", "--output", str(tmp_path / "predictions.tsv")]) == 0
-    lines = (tmp_path / "predictions.tsv").read_text().splitlines()
-    assert len(lines) == 3
+    header, *lines = (tmp_path / "predictions.tsv").read_text().splitlines()
+    assert header.split("\t") == ["label", "probability", "p(0)", "p(1)"] and len(lines) == 3
     for line in lines:
         label, confidence, *probabilities = line.split("\t")
         assert label in ("0", "1") and float(confidence) == max(map(float, probabilities))

@@ -132,6 +132,21 @@ def check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed=0):
     _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="checks what the Triton interpreter refuses; kernels are compiled here")
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_bf16_in_the_interpreter_is_refused_not_answered_wrongly(cell):
+    """The interpreter's bf16 products are wrong by order 1: the backend must refuse bf16 there, saying
+    why and what to run instead."""
+    import fastrnn
+
+    ours, _ = make_pair(cell, "triton", dtype=torch.bfloat16, input_size=4, hidden_size=5)
+    x, hx = random_inputs(ours, 3, 4, dtype=torch.bfloat16, seed=9)
+    with pytest.raises(fastrnn.BackendUnavailableError,
+                       match=r"bfloat16 under TRITON_INTERPRET=1.*wrongly.*CUDA GPU.*float32.*backend='reference'"):
+        ours(x, hx)
+    assert triton_backend.dtype_unavailable_reason(torch.float16) is None  # fp16 is computed correctly there
+
+
 # --- tiny shapes: in CI under the interpreter, and on the GPU --------------------------------------
 
 

@@ -1,18 +1,24 @@
 """The Triton kernels compile for the GPUs they target (sm_90, sm_80), without needing one.
 
 The interpreter (tests/test_triton.py) checks what the kernels compute but never compiles them. This
-compiles each kernel ahead of time to a cubin for every dtype, with its optional paths switched on,
-in a child process (the kernels must be defined without TRITON_INTERPRET, which conftest sets).
-Also runnable alone: `python tests/test_triton_compiles.py`.
+compiles each kernel ahead of time to a cubin for every dtype, with its optional paths switched on.
+The compiles run in one child process (the kernels must be defined without TRITON_INTERPRET, which
+conftest sets), spread over a pool of worker processes, one per CPU core; there is one test per
+kernel, each passing as soon as its variants are done, so a cold cache (minutes of compiling on a
+2-core machine) shows progress. Also runnable alone: `python tests/test_triton_compiles.py [--jobs N]`.
 """
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures
 import importlib.util
-import itertools
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections import defaultdict
 
 import pytest
 
@@ -27,6 +33,9 @@ FIXED_POINTERS = {"c_ptr": "*fp32", "dc_ptr": "*fp32", "len_ptr": "*i32"}
 SIZES = ("T", "t", "B", "H", "R")
 # Shared memory a block may use (Triton's launcher opts in past 48 KB): 227 KB on sm_90, 163 KB on sm_80.
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
+TIMEOUT_S = 1200  # for all compiles together
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def kernels():
@@ -35,51 +44,121 @@ def kernels():
     return {name: getattr(module, name) for module in (lstm, gru) for name in dir(module) if name.endswith("_kernel")}
 
 
-def variants():
-    return [(name, dtype, capability, tiles) for name in sorted(kernels()) for dtype in DTYPES
+KERNEL_NAMES = sorted(kernels()) if HAVE_TRITON else []
+
+
+def variants(names=KERNEL_NAMES):
+    return [(name, dtype, capability, tiles) for name in names for dtype in DTYPES
             for capability in CAPABILITIES for tiles in TILES[capability]]
 
 
-def compile_all() -> int:
+def compile_one(variant) -> str:
+    """'ok <kernel> ...' or 'FAILED <kernel> ...: why', one line."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    failures = 0
-    for name, dtype, capability, (block_b, block_h, block_k) in variants():
-        kernel = kernels()[name]
+    name, dtype, capability, (block_b, block_h, block_k) = variant
+    kernel = kernels()[name]
+    what = f"{name} {dtype} sm_{capability} tiles={block_b}x{block_h}x{block_k}"
+    try:
         constexprs = {p.name for p in kernel.params if p.is_constexpr}
         values = dict(FLAGS, ACC=tl.float32, PRECISION="tf32" if dtype == "fp32" else "ieee",
                       BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k)
         constants = {k: v for k, v in values.items() if k in constexprs}
-        assert constants.keys() == constexprs, f"{name}: no value for {constexprs - constants.keys()}"
+        assert constants.keys() == constexprs, f"no value for {constexprs - constants.keys()}"
         signature = {arg: "constexpr" if arg in constants else "i32" if arg in SIZES
                      else FIXED_POINTERS.get(arg, f"*{dtype}") for arg in kernel.arg_names}
         source = ASTSource(fn=kernel, signature=signature,
                            constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
-        what = f"{name} {dtype} sm_{capability} tiles={block_b}x{block_h}x{block_k}"
-        try:
-            compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
-            shared = compiled.metadata.shared
-            assert compiled.asm["cubin"], "empty cubin"
-            assert shared <= SHARED_LIMIT[capability], f"{shared} B of shared memory is more than sm_{capability} has"
-            print(f"ok {what} shared={shared}")
-        except Exception as error:  # report every variant, then fail
-            failures += 1
-            print(f"FAILED {what}: {type(error).__name__}: {error}")
+        start = time.perf_counter()
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
+        shared = compiled.metadata.shared
+        assert compiled.asm["cubin"], "empty cubin"
+        assert shared <= SHARED_LIMIT[capability], f"{shared} B of shared memory is more than sm_{capability} has"
+        return f"ok {what} shared={shared} ({time.perf_counter() - start:.1f} s)"
+    except Exception as error:  # report every variant, then fail
+        return f"FAILED {what}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def compile_all(jobs: int) -> int:
+    """Compile every variant on `jobs` worker processes, printing one line per result as it comes."""
+    failures = 0
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        for line in pool.map(compile_one, variants()):  # in order: each kernel's lines come together
+            print(line, flush=True)
+            failures += line.startswith("FAILED")
     return failures
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-def test_every_kernel_compiles_for_sm90_and_sm80():
-    assert len(kernels()) == 12  # 2 persistent + 5 stepwise LSTM kernels, 2 persistent + 3 stepwise GRU kernels
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert done.stdout.count("ok ") == len(variants()), done.stdout
+class CompileRun:
+    """The child process compiling every variant, and its result lines grouped by kernel as they arrive."""
+
+    def __init__(self):
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        self.process = subprocess.Popen([sys.executable, __file__, "--jobs", str(os.cpu_count() or 1)], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: dict[str, list[str]] = defaultdict(list)
+        self.other: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.deadline = time.monotonic() + TIMEOUT_S
+
+    def _read(self):
+        for line in self.process.stdout:
+            words = line.split()
+            with self.changed:
+                if len(words) > 1 and words[0] in ("ok", "FAILED") and words[1] in KERNEL_NAMES:
+                    self.lines[words[1]].append(line.rstrip())
+                else:
+                    self.other.append(line.rstrip())
+                self.changed.notify_all()
+        self.process.wait()
+        with self.changed:
+            self.changed.notify_all()
+
+    def results(self, name: str) -> list[str]:
+        """The result lines of kernel `name`, once all are in (fewer if the child died or timed out)."""
+        expected = len(variants([name]))
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.lines[name]) >= expected or self.process.returncode is not None,
+                                  timeout=max(0.0, self.deadline - time.monotonic()))
+            return list(self.lines[name])
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def compile_run():
+    run = CompileRun()
+    yield run
+    run.stop()
+
+
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+
+
+@needs_triton
+def test_every_kernel_is_covered():
+    assert len(KERNEL_NAMES) == 12  # 2 persistent + 5 stepwise LSTM kernels, 2 persistent + 3 stepwise GRU kernels
+
+
+@needs_triton
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_kernel_compiles_for_sm90_and_sm80(compile_run, name):
+    lines = compile_run.results(name)
+    context = "\n".join(lines + compile_run.other[-20:])
+    assert len(lines) == len(variants([name])), f"compiles of {name} did not finish:\n{context}"
+    assert all(line.startswith("ok ") for line in lines), context
 
 
 if __name__ == "__main__":
-    sys.exit(1 if compile_all() else 0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    sys.exit(1 if compile_all(parser.parse_args().jobs) else 0)

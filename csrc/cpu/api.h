@@ -14,6 +14,12 @@
 namespace fastrnn {
 namespace cpu {
 
+// bfloat16 as torch stores it: the upper 16 bits of a float32. The kernels compute in float32 and
+// round to bfloat16 (to nearest even) only where they store.
+struct bfloat16 {
+  uint16_t bits;
+};
+
 struct Shape {
   int64_t steps;   // T
   int64_t batch;   // B
@@ -35,8 +41,8 @@ struct LstmForward {
   T* y;           // [T, B, R]
   T* h_n;         // [B, R]
   T* c_n;         // [B, H]
-  T* gates;       // [T, B, 4H] the activated gates i, f, g, o
-  T* c_all;       // [T, B, H] the cell state after each step
+  T* gates;       // [T, B, 4H] the activated gates i, f, g, o, or null (nothing kept for a backward)
+  T* c_all;       // [T, B, H] the cell state after each step, null with gates
 };
 
 template <class T>
@@ -65,7 +71,7 @@ struct GruForward {
   const T* b_hn;     // [H] or null
   T* y;              // [T, B, H]
   T* h_n;            // [B, H]
-  T* saved;          // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn
+  T* saved;          // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn, or null (nothing kept)
 };
 
 template <class T>
@@ -83,14 +89,18 @@ struct GruBackward {
 
 // Entry points (dispatch.cpp): run on the best instruction set this CPU has, or the one chosen with
 // set_instruction_set.
-void lstm_forward(const LstmForward<float>& args);
-void lstm_forward(const LstmForward<double>& args);
-void lstm_backward(const LstmBackward<float>& args);
-void lstm_backward(const LstmBackward<double>& args);
-void gru_forward(const GruForward<float>& args);
-void gru_forward(const GruForward<double>& args);
-void gru_backward(const GruBackward<float>& args);
-void gru_backward(const GruBackward<double>& args);
+// Each for float, double and bfloat16 storage.
+#define FASTRNN_CPU_ENTRY_POINTS(T)            \
+  void lstm_forward(const LstmForward<T>& args);   \
+  void lstm_backward(const LstmBackward<T>& args); \
+  void gru_forward(const GruForward<T>& args);     \
+  void gru_backward(const GruBackward<T>& args);
+#define FASTRNN_CPU_ALL_ENTRY_POINTS    \
+  FASTRNN_CPU_ENTRY_POINTS(float)  \
+  FASTRNN_CPU_ENTRY_POINTS(double) \
+  FASTRNN_CPU_ENTRY_POINTS(bfloat16)
+
+FASTRNN_CPU_ALL_ENTRY_POINTS
 
 // "avx512", "avx2" or "generic": what the kernels run on now.
 const char* instruction_set();

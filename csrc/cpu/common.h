@@ -30,11 +30,6 @@ class Scratch {
   T* data_;
 };
 
-template <class T>
-void copy(T* dst, const T* src, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) dst[i] = src[i];
-}
-
 struct Range {
   int64_t begin, end;
 };
@@ -78,7 +73,7 @@ void gather_final_state(const Shape& shape, const T* y, const T* h0, T* h_n, int
   for (int64_t row = 0; row < shape.batch; ++row) {
     const int64_t t = last_step_of_row(shape, row);
     const T* src = t < 0 ? h0 + row * width : y + (t * shape.batch + row) * width;
-    copy(h_n + row * width, src, width);
+    convert(h_n + row * width, src, width);
   }
 }
 

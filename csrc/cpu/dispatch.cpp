@@ -1,29 +1,17 @@
-// Portable part of the CPU kernels: picks the instruction-set variant this CPU can run (never an
-// illegal instruction on an older CPU), and provides the threads and the barrier the variants use.
+// Picks the instruction-set variant of the CPU kernels this CPU can run: never an illegal instruction
+// on an older CPU.
 #include <atomic>
 #include <cstring>
 #include <string>
-#include <thread>
 
 #include "api.h"
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 namespace fastrnn {
 namespace cpu {
 
-#define FASTRNN_DECLARE_VARIANT(isa)                   \
-  namespace isa {                                      \
-  void lstm_forward(const LstmForward<float>& args);   \
-  void lstm_forward(const LstmForward<double>& args);  \
-  void lstm_backward(const LstmBackward<float>& args); \
-  void lstm_backward(const LstmBackward<double>& args);\
-  void gru_forward(const GruForward<float>& args);     \
-  void gru_forward(const GruForward<double>& args);    \
-  void gru_backward(const GruBackward<float>& args);   \
-  void gru_backward(const GruBackward<double>& args);  \
+#define FASTRNN_DECLARE_VARIANT(isa) \
+  namespace isa {                    \
+  FASTRNN_CPU_ALL_ENTRY_POINTS       \
   }
 
 FASTRNN_DECLARE_VARIANT(generic)
@@ -90,14 +78,15 @@ void dispatch(const Args& args, void (*generic)(const Args&), void (*avx2)(const
   void fn(const Args& args) { generic::fn(args); }
 #endif
 
-FASTRNN_DISPATCH(lstm_forward, LstmForward<float>)
-FASTRNN_DISPATCH(lstm_forward, LstmForward<double>)
-FASTRNN_DISPATCH(lstm_backward, LstmBackward<float>)
-FASTRNN_DISPATCH(lstm_backward, LstmBackward<double>)
-FASTRNN_DISPATCH(gru_forward, GruForward<float>)
-FASTRNN_DISPATCH(gru_forward, GruForward<double>)
-FASTRNN_DISPATCH(gru_backward, GruBackward<float>)
-FASTRNN_DISPATCH(gru_backward, GruBackward<double>)
+#define FASTRNN_DISPATCH_ALL(T)               \
+  FASTRNN_DISPATCH(lstm_forward, LstmForward<T>)   \
+  FASTRNN_DISPATCH(lstm_backward, LstmBackward<T>) \
+  FASTRNN_DISPATCH(gru_forward, GruForward<T>)     \
+  FASTRNN_DISPATCH(gru_backward, GruBackward<T>)
+
+FASTRNN_DISPATCH_ALL(float)
+FASTRNN_DISPATCH_ALL(double)
+FASTRNN_DISPATCH_ALL(bfloat16)
 
 const char* instruction_set() { return name_of(current_isa.load()); }
 
@@ -119,38 +108,6 @@ bool set_instruction_set(const char* name) {
     }
   }
   return false;
-}
-
-// Centralised barrier: the last thread to arrive opens the next generation. Spins (the wait is usually
-// well under a microsecond), then yields, so an oversubscribed machine still makes progress.
-void barrier_wait(Barrier* barrier, int threads) {
-  if (threads <= 1) return;
-  const int generation = __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE);
-  if (__atomic_add_fetch(&barrier->arrived, 1, __ATOMIC_ACQ_REL) == threads) {
-    __atomic_store_n(&barrier->arrived, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&barrier->generation, generation + 1, __ATOMIC_RELEASE);
-    return;
-  }
-  for (unsigned spins = 0; __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE) == generation; ++spins) {
-    if (spins < 20000) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
-
-void run_parallel(int threads, void (*body)(void*, int, int), void* context) {
-#if defined(_OPENMP)
-  if (threads > 1 && !omp_in_parallel()) {
-#pragma omp parallel num_threads(threads)
-    body(context, omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  body(context, 0, 1);
 }
 
 }  // namespace cpu

@@ -20,9 +20,10 @@ namespace {
 
 FASTRNN_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// B(k, c) = src[k * k_stride + c * c_stride], c in [0, gates * units).
-template <class T, int N>
-void pack_panels(T* packed, const T* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
+// B(k, c) = src[k * k_stride + c * c_stride], c in [0, gates * units), converted from the storage type S
+// to the compute type T.
+template <class T, int N, class S>
+void pack_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
                  int64_t units) {
   const int64_t blocks = ceil_div(units, N);
   for (int64_t block = 0; block < blocks; ++block) {
@@ -31,7 +32,7 @@ void pack_panels(T* packed, const T* src, int64_t k_stride, int64_t c_stride, in
         T* out = packed + ((block * depth + k) * gates + gate) * N;
         for (int lane = 0; lane < N; ++lane) {
           const int64_t unit = block * N + lane;
-          out[lane] = unit < units ? src[k * k_stride + (gate * units + unit) * c_stride] : T(0);
+          out[lane] = unit < units ? T(to_compute(src[k * k_stride + (gate * units + unit) * c_stride])) : T(0);
         }
       }
     }
@@ -49,10 +50,20 @@ struct PanelGeometry {
 
 // acc[m][q] += sum_k a[m * lda + k] * panel[k * k_stride + q * q_stride .. + N]
 // for MR rows of `a` and NP vectors of columns.
+//
+// Out of line on purpose: inlined into a kernel's step loop, the MR row pointers competed with the
+// loop's own live values for general-purpose registers and GCC spilled them inside the k loop. The
+// accumulators are copied into locals (whose address is never taken, so they live in registers: the
+// caller's array could alias `a` as far as the compiler knows) and back once per call.
 template <int MR, int NP, class T, int N>
-FASTRNN_HD void accumulate(Vec<T, N> (&acc)[MR][NP], const T* a, int64_t lda, int64_t depth, const T* panel,
-                           int64_t k_stride, int64_t q_stride) {
+__attribute__((noinline)) void accumulate(Vec<T, N> (&acc)[MR][NP], const T* a, int64_t lda, int64_t depth,
+                                          const T* panel, int64_t k_stride, int64_t q_stride) {
   using V = Vec<T, N>;
+  V sum[MR][NP];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q) sum[m][q] = acc[m][q];
   for (int64_t k = 0; k < depth; ++k) {
     V b[NP];
 #pragma GCC unroll 8
@@ -61,9 +72,13 @@ FASTRNN_HD void accumulate(Vec<T, N> (&acc)[MR][NP], const T* a, int64_t lda, in
     for (int m = 0; m < MR; ++m) {
       const V am(a[m * lda + k]);
 #pragma GCC unroll 8
-      for (int q = 0; q < NP; ++q) acc[m][q] += am * b[q];
+      for (int q = 0; q < NP; ++q) sum[m][q] += am * b[q];
     }
   }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q) acc[m][q] = sum[m][q];
 }
 
 template <int MR, int NP, class T, int N>
@@ -85,22 +100,22 @@ constexpr int rows_per_tile(int registers, int np) {
   return (registers - np - 2) / np < 1 ? 1 : ((registers - np - 2) / np > 8 ? 8 : (registers - np - 2) / np);
 }
 
-// Calls f(Const<MR>, first_row) over rows [0, rows) in tiles of MRMAX rows, then one smaller tile.
-template <int MRMAX, class F>
-FASTRNN_HD void dispatch_tail(int64_t remaining, int64_t row, F& f) {
-  if constexpr (MRMAX > 0) {
-    if (remaining == MRMAX)
-      f(Const<MRMAX>{}, row);
-    else
-      dispatch_tail<MRMAX - 1>(remaining, row, f);
-  }
-}
-
+// Calls f(Const<MR>, first_row) over rows [0, rows): tiles of MRMAX rows, then the remainder in tiles of
+// 4, 2 and 1 rows (fewer instantiations of every tile function than one per remainder size, which is
+// most of the build time, for at most two extra calls per step).
 template <int MRMAX, class F>
 FASTRNN_HD void for_row_tiles(int64_t rows, F&& f) {
   int64_t row = 0;
   for (; row + MRMAX <= rows; row += MRMAX) f(Const<MRMAX>{}, row);
-  if (row < rows) dispatch_tail<MRMAX - 1>(rows - row, row, f);
+  if constexpr (MRMAX > 4) {
+    if (row + 4 <= rows) { f(Const<4>{}, row); row += 4; }
+  }
+  if constexpr (MRMAX > 2) {
+    if (row + 2 <= rows) { f(Const<2>{}, row); row += 2; }
+  }
+  if constexpr (MRMAX > 1) {
+    if (row < rows) f(Const<1>{}, row);
+  }
 }
 
 // Calls f(Const<NP>, first_block) over column blocks [first, last) in groups of up to 4.

@@ -9,19 +9,21 @@ namespace fastrnn {
 namespace cpu {
 namespace FASTRNN_ISA {
 
-template <class T>
-using Lstm = LstmKernels<T, FASTRNN_VECTOR_BYTES / sizeof(T), FASTRNN_REGISTERS>;
-template <class T>
-using Gru = GruKernels<T, FASTRNN_VECTOR_BYTES / sizeof(T), FASTRNN_REGISTERS>;
+// One vector holds FASTRNN_VECTOR_BYTES of the compute type (float for bfloat16 storage).
+template <class S>
+using Lstm = LstmKernels<S, FASTRNN_VECTOR_BYTES / sizeof(typename ComputeOf<S>::type), FASTRNN_REGISTERS>;
+template <class S>
+using Gru = GruKernels<S, FASTRNN_VECTOR_BYTES / sizeof(typename ComputeOf<S>::type), FASTRNN_REGISTERS>;
 
-void lstm_forward(const LstmForward<float>& args) { Lstm<float>::forward(args); }
-void lstm_forward(const LstmForward<double>& args) { Lstm<double>::forward(args); }
-void lstm_backward(const LstmBackward<float>& args) { Lstm<float>::backward(args); }
-void lstm_backward(const LstmBackward<double>& args) { Lstm<double>::backward(args); }
-void gru_forward(const GruForward<float>& args) { Gru<float>::forward(args); }
-void gru_forward(const GruForward<double>& args) { Gru<double>::forward(args); }
-void gru_backward(const GruBackward<float>& args) { Gru<float>::backward(args); }
-void gru_backward(const GruBackward<double>& args) { Gru<double>::backward(args); }
+#define FASTRNN_INSTANTIATE(S)                                                           \
+  void lstm_forward(const LstmForward<S>& args) { Lstm<S>::forward(args); }    \
+  void lstm_backward(const LstmBackward<S>& args) { Lstm<S>::backward(args); } \
+  void gru_forward(const GruForward<S>& args) { Gru<S>::forward(args); }       \
+  void gru_backward(const GruBackward<S>& args) { Gru<S>::backward(args); }
+
+FASTRNN_INSTANTIATE(float)
+FASTRNN_INSTANTIATE(double)
+FASTRNN_INSTANTIATE(bfloat16)
 
 }  // namespace FASTRNN_ISA
 }  // namespace cpu

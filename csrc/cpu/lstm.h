@@ -1,5 +1,6 @@
-// The LSTM recurrence on the CPU, forward and backward, for one vector width N (an instruction set) and
-// one register budget. Included by each isa_*.cpp; see api.h for the contract.
+// The LSTM recurrence on the CPU, forward and backward, for one storage type S (float, double or
+// bfloat16, computed in T = float or double), one vector width N (an instruction set) and one register
+// budget. Included by each isa_*.cpp; see api.h for the contract.
 //
 // Threads own hidden units: each holds a share of the unit blocks (N units with all four gates), and
 // per step computes h_{t-1} W_hh^T for its units with the cell applied in the GEMM's epilogue, then
@@ -11,6 +12,9 @@
 // of the thread's own units (the cell backward), a barrier, then phase B carries them into the previous
 // step's hidden gradient, dG_t W_hh, for the thread's own state columns. The next phase A reads only its
 // own columns, so one barrier per step suffices (two with proj_size, whose dh W_hr needs every column).
+//
+// Everything a GEMM reads (weights, h, the carried gradients) is kept in T; what is stored for the
+// caller is rounded to S only on the way out.
 #pragma once
 
 #include "common.h"
@@ -19,15 +23,17 @@ namespace fastrnn {
 namespace cpu {
 namespace {
 
-template <class T, int N, int REGISTERS>
+template <class S, int N, int REGISTERS>
 struct LstmKernels {
+  using T = typename ComputeOf<S>::type;
   using V = Vec<T, N>;
+  static constexpr bool kStoredAsComputed = std::is_same_v<S, T>;
   static constexpr int kGateRows = rows_per_tile(REGISTERS, 4);
 
   // --- forward ---------------------------------------------------------------------------------
 
   struct Forward {
-    const LstmForward<T>& a;
+    const LstmForward<S>& a;
     const T* w_packed;   // W_hh^T, 4 gates interleaved per unit block (depth R)
     const T* wr_packed;  // W_hr^T in column panels (depth H), or null
     T* h_buffers[2];     // [B, R] each
@@ -47,39 +53,44 @@ struct LstmKernels {
         if (rows == 0) continue;  // every thread skips the same steps
         const T* h_in = h_buffers[parity];
         T* h_out = h_buffers[parity ^ 1];
-        const T* xp = a.xp + t * B * G;
-        T* gates = a.gates + t * B * G;
-        T* c_all = a.c_all + t * B * H;
-        T* y = a.y + t * B * R;
+        const S* xp = a.xp + t * B * G;
+        S* gates = a.gates ? a.gates + t * B * G : nullptr;
+        S* c_all = a.c_all ? a.c_all + t * B * H : nullptr;
+        S* y = a.y + t * B * R;
         for (int64_t block = my_units.begin; block < my_units.end; ++block) {
           const int64_t u0 = block * N;
           const int width = static_cast<int>(H - u0 < N ? H - u0 : N);
           const T* panel = w_packed + gate_panels.block_offset(block);
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
+            // The epilogue's inputs are cold (xp was written long ago): fetch them during the GEMM.
+            for (int m = 0; m < MR; ++m)
+              for (int q = 0; q < 4; ++q) __builtin_prefetch(xp + (r0 + m) * G + q * H + u0);
             V acc[MR][4];
             zero(acc);
             accumulate(acc, h_in + r0 * R, R, R, panel, gate_panels.k_stride(), N);
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m) {
               const int64_t b = r0 + m;
-              const T* x = xp + b * G + u0;
+              const S* x = xp + b * G + u0;
               V i, f, g, o, c_new, h;
-              lstm_cell_forward(acc[m][0] + V::load_n(x, width), acc[m][1] + V::load_n(x + H, width),
-                                acc[m][2] + V::load_n(x + 2 * H, width), acc[m][3] + V::load_n(x + 3 * H, width),
-                                V::load_n(c + b * H + u0, width), i, f, g, o, c_new, h);
-              T* gate_out = gates + b * G + u0;
-              i.store_n(gate_out, width);
-              f.store_n(gate_out + H, width);
-              g.store_n(gate_out + 2 * H, width);
-              o.store_n(gate_out + 3 * H, width);
-              c_new.store_n(c + b * H + u0, width);
-              c_new.store_n(c_all + b * H + u0, width);
+              lstm_cell_forward(acc[m][0] + load_n<V>(x, width), acc[m][1] + load_n<V>(x + H, width),
+                                acc[m][2] + load_n<V>(x + 2 * H, width), acc[m][3] + load_n<V>(x + 3 * H, width),
+                                load_n<V>(c + b * H + u0, width), i, f, g, o, c_new, h);
+              if (gates) {  // kept for the backward; an inference call (no gates) skips the stores
+                S* gate_out = gates + b * G + u0;
+                store_n(i, gate_out, width);
+                store_n(f, gate_out + H, width);
+                store_n(g, gate_out + 2 * H, width);
+                store_n(o, gate_out + 3 * H, width);
+                store_n(c_new, c_all + b * H + u0, width);
+              }
+              store_n(c_new, c + b * H + u0, width);
               if (a.w_hr) {
-                h.store_n(units + b * H + u0, width);
+                store_n(h, units + b * H + u0, width);
               } else {
-                h.store_n(h_out + b * R + u0, width);
-                h.store_n(y + b * R + u0, width);
+                store_n(h, h_out + b * R + u0, width);
+                store_n(h, y + b * R + u0, width);
               }
             }
           });
@@ -94,7 +105,7 @@ struct LstmKernels {
     }
 
     // h_t = units W_hr^T for the thread's own state columns.
-    void project(int64_t rows, Range columns, PanelGeometry<N> panels, T* h_out, T* y) {
+    void project(int64_t rows, Range columns, PanelGeometry<N> panels, T* h_out, S* y) {
       const int64_t H = a.shape.hidden, R = a.shape.state;
       for_block_groups(columns.begin, columns.end, [&](auto group, int64_t first) {
         constexpr int NP = decltype(group)::value;
@@ -110,8 +121,8 @@ struct LstmKernels {
             for (int q = 0; q < NP; ++q) {
               const int64_t col = (first + q) * N;
               const int width = static_cast<int>(R - col < N ? R - col : N);
-              acc[m][q].store_n(h_out + (r0 + m) * R + col, width);
-              acc[m][q].store_n(y + (r0 + m) * R + col, width);
+              store_n(acc[m][q], h_out + (r0 + m) * R + col, width);
+              store_n(acc[m][q], y + (r0 + m) * R + col, width);
             }
           }
         });
@@ -119,7 +130,7 @@ struct LstmKernels {
     }
   };
 
-  static void forward(const LstmForward<T>& a) {
+  static void forward(const LstmForward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, R = s.state, B = s.batch;
     const int64_t unit_blocks = ceil_div(H, N);
@@ -127,25 +138,30 @@ struct LstmKernels {
     pack_panels<T, N>(w_packed.get(), a.w_hh, 1, R, R, 4, H);
     Scratch<T> wr_packed(a.w_hr ? ceil_div(R, N) * H * N : 0);
     if (a.w_hr) pack_panels<T, N>(wr_packed.get(), a.w_hr, 1, H, H, 1, R);
-    Scratch<T> h_buffers(2 * B * R), units(a.w_hr ? B * H : 0);
-    copy(h_buffers.get(), a.h0, B * R);
-    copy(h_buffers.get() + B * R, a.h0, B * R);  // rows that start late (reverse, lengths) find h0 in both
-    copy(a.c_n, a.c0, B * H);                    // c_n is the carried cell state
+    Scratch<T> h_buffers(2 * B * R), units(a.w_hr ? B * H : 0), c(B * H);
+    convert(h_buffers.get(), a.h0, B * R);
+    convert(h_buffers.get() + B * R, a.h0, B * R);  // rows that start late (reverse, lengths) find h0 in both
+    convert(c.get(), a.c0, B * H);
     Forward job{a, w_packed.get(), a.w_hr ? wr_packed.get() : nullptr, {h_buffers.get(), h_buffers.get() + B * R},
-                units.get(), a.c_n, {}};
+                units.get(), c.get(), {}};
     const int64_t blocks = a.w_hr ? (unit_blocks < ceil_div(R, N) ? unit_blocks : ceil_div(R, N)) : unit_blocks;
     run_job(job, choose_threads(s, B * 4 * H * R + (a.w_hr ? B * H * R : 0), blocks));
     gather_final_state(s, a.y, a.h0, a.h_n, R);
+    convert(a.c_n, c.get(), B * H);  // rows keep their cell state once they stop, so c is final
   }
 
   // --- backward --------------------------------------------------------------------------------
 
   struct Backward {
-    const LstmBackward<T>& a;
+    const LstmBackward<S>& a;
     const T* w_packed;   // W_hh in column panels over its R columns (depth 4H)
     const T* wr_packed;  // W_hr in column panels over its H columns (depth R), or null
-    T* dh;               // [B, R] the carried hidden gradient (a.dh0)
-    T* dc;               // [B, H] the carried cell gradient (a.dc0)
+    T* dh;               // [B, R] the carried hidden gradient
+    T* dc;               // [B, H] the carried cell gradient
+    // [2][B, 4H] this step's gate gradients in T (the carry GEMM reads them), or null: a.dgates. Two
+    // buffers: a thread may start the next step's cell backward while another still reads this one's.
+    T* dgates_steps;
+    T* dh_step;          // [B, R] this step's dh_t in T (the W_hr GEMM reads it), or null: a.dh_all
     Barrier barrier;
 
     void run(int thread, int threads) {
@@ -154,57 +170,83 @@ struct LstmKernels {
       const Range my_units = share(ceil_div(H, N), thread, threads);
       const Range my_columns = share(ceil_div(R, N), thread, threads);
       const PanelGeometry<N> carry_panels{G, 1}, proj_panels{R, 1};
+      int parity = 0;
       for (int64_t step = s.steps - 1; step >= 0; --step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;
-        const T* dy = a.dy + t * B * R;
-        T* dgates = a.dgates + t * B * G;
+        T* dgates_step = dgates_steps ? dgates_steps + parity * B * G : nullptr;
+        parity ^= 1;
+        const S* dy = a.dy + t * B * R;
+        S* dgates = a.dgates + t * B * G;
+        T* dgates_gemm = stored_or(dgates_step, dgates);
         if (a.w_hr) {
-          // dh_t = dy_t + carry, for the own state columns; kept in dh_all for the W_hr product and dW_hr.
-          T* dh_all = a.dh_all + t * B * R;
-          for (int64_t row = 0; row < rows; ++row)
-            for (int64_t col = my_columns.begin * N; col < my_columns.end * N && col < R; ++col)
-              dh_all[row * R + col] = dy[row * R + col] + dh[row * R + col];
+          // dh_t = dy_t + carry for the own state columns, kept (as dh_all) for dh_t W_hr and for dW_hr.
+          S* dh_all = a.dh_all + t * B * R;
+          T* dh_gemm = stored_or(dh_step, dh_all);
+          for (int64_t block = my_columns.begin; block < my_columns.end; ++block) {
+            const int64_t col = block * N;
+            const int width = static_cast<int>(R - col < N ? R - col : N);
+            for (int64_t b = 0; b < rows; ++b) {
+              const V sum = load_n<V>(dy + b * R + col, width) + load_n<V>(dh + b * R + col, width);
+              store_n(sum, dh_all + b * R + col, width);
+              if (dh_step) store_n(sum, dh_step + b * R + col, width);
+            }
+          }
           barrier_wait(&barrier, threads);
-          cell_backward_projected(t, rows, my_units, proj_panels, dh_all, dgates);
+          cell_backward_projected(t, rows, my_units, proj_panels, dh_gemm, dgates, dgates_step);
         } else {
-          cell_backward(t, rows, my_units, dy, dgates);
+          cell_backward(t, rows, my_units, dy, dgates, dgates_step);
         }
         barrier_wait(&barrier, threads);
-        carry(rows, my_columns, carry_panels, dgates);
+        carry(rows, my_columns, carry_panels, dgates_gemm);
       }
     }
 
-    // The cell backward of one (row, unit block) with the hidden gradient dh_units.
-    FASTRNN_HD void cell(int64_t t, int64_t b, int64_t u0, int width, V dh_units, T* dgates) {
-      const int64_t H = a.shape.hidden, B = a.shape.batch, G = 4 * H;
-      const T* gate = a.gates + (t * B + b) * G + u0;
-      const int64_t at = (t * B + b) * H + u0;
-      V d_i, d_f, d_g, d_o, dc_prev;
-      lstm_cell_backward(dh_units, V::load_n(dc + b * H + u0, width), V::load_n(gate, width),
-                         V::load_n(gate + H, width), V::load_n(gate + 2 * H, width), V::load_n(gate + 3 * H, width),
-                         V::load_n(a.c_all + at, width), V::load_n(a.c_prev + at, width), d_i, d_f, d_g, d_o, dc_prev);
-      T* out = dgates + b * G + u0;
-      d_i.store_n(out, width);
-      d_f.store_n(out + H, width);
-      d_g.store_n(out + 2 * H, width);
-      d_o.store_n(out + 3 * H, width);
-      dc_prev.store_n(dc + b * H + u0, width);
+    // The GEMM operand: a scratch copy in T, or (when S is T) the stored output itself.
+    static T* stored_or(T* scratch, S* stored) {
+      if constexpr (kStoredAsComputed) return scratch ? scratch : stored;
+      else return scratch;
     }
 
-    void cell_backward(int64_t t, int64_t rows, Range units, const T* dy, T* dgates) {
+    // The cell backward of one (row, unit block) with the hidden gradient dh_units; the gate gradients go
+    // to dgates (stored) and, if not null, to dgates_step (their T copy for the carry GEMM).
+    FASTRNN_HD void cell(int64_t t, int64_t b, int64_t u0, int width, V dh_units, S* dgates, T* dgates_step) {
+      const int64_t H = a.shape.hidden, B = a.shape.batch, G = 4 * H;
+      const S* gate = a.gates + (t * B + b) * G + u0;
+      const int64_t at = (t * B + b) * H + u0;
+      V d_i, d_f, d_g, d_o, dc_prev;
+      lstm_cell_backward(dh_units, load_n<V>(dc + b * H + u0, width), load_n<V>(gate, width),
+                         load_n<V>(gate + H, width), load_n<V>(gate + 2 * H, width), load_n<V>(gate + 3 * H, width),
+                         load_n<V>(a.c_all + at, width), load_n<V>(a.c_prev + at, width), d_i, d_f, d_g, d_o, dc_prev);
+      S* out = dgates + b * G + u0;
+      store_n(d_i, out, width);
+      store_n(d_f, out + H, width);
+      store_n(d_g, out + 2 * H, width);
+      store_n(d_o, out + 3 * H, width);
+      if (dgates_step) {
+        T* copy = dgates_step + b * G + u0;
+        store_n(d_i, copy, width);
+        store_n(d_f, copy + H, width);
+        store_n(d_g, copy + 2 * H, width);
+        store_n(d_o, copy + 3 * H, width);
+      }
+      store_n(dc_prev, dc + b * H + u0, width);
+    }
+
+    void cell_backward(int64_t t, int64_t rows, Range units, const S* dy, S* dgates, T* dgates_step) {
       const int64_t H = a.shape.hidden;  // R == H here
       for (int64_t block = units.begin; block < units.end; ++block) {
         const int64_t u0 = block * N;
         const int width = static_cast<int>(H - u0 < N ? H - u0 : N);
         for (int64_t b = 0; b < rows; ++b)
-          cell(t, b, u0, width, V::load_n(dy + b * H + u0, width) + V::load_n(dh + b * H + u0, width), dgates);
+          cell(t, b, u0, width, load_n<V>(dy + b * H + u0, width) + load_n<V>(dh + b * H + u0, width), dgates,
+               dgates_step);
       }
     }
 
     // With proj_size: the units' gradient is dh_t W_hr, computed here for the own units.
-    void cell_backward_projected(int64_t t, int64_t rows, Range units, PanelGeometry<N> panels, const T* dh_all,
-                                 T* dgates) {
+    void cell_backward_projected(int64_t t, int64_t rows, Range units, PanelGeometry<N> panels, const T* dh_t,
+                                 S* dgates, T* dgates_step) {
       const int64_t H = a.shape.hidden, R = a.shape.state;
       for_block_groups(units.begin, units.end, [&](auto group, int64_t first) {
         constexpr int NP = decltype(group)::value;
@@ -212,14 +254,14 @@ struct LstmKernels {
           constexpr int MR = decltype(tile)::value;
           V acc[MR][NP];
           zero(acc);
-          accumulate(acc, dh_all + r0 * R, R, R, wr_packed + panels.block_offset(first), panels.k_stride(),
+          accumulate(acc, dh_t + r0 * R, R, R, wr_packed + panels.block_offset(first), panels.k_stride(),
                      panels.block_offset(1));
 #pragma GCC unroll 8
           for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
             for (int q = 0; q < NP; ++q) {
               const int64_t u0 = (first + q) * N;
-              cell(t, r0 + m, u0, static_cast<int>(H - u0 < N ? H - u0 : N), acc[m][q], dgates);
+              cell(t, r0 + m, u0, static_cast<int>(H - u0 < N ? H - u0 : N), acc[m][q], dgates, dgates_step);
             }
         });
       });
@@ -241,25 +283,37 @@ struct LstmKernels {
 #pragma GCC unroll 4
             for (int q = 0; q < NP; ++q) {
               const int64_t col = (first + q) * N;
-              acc[m][q].store_n(dh + (r0 + m) * R + col, static_cast<int>(R - col < N ? R - col : N));
+              store_n(acc[m][q], dh + (r0 + m) * R + col, static_cast<int>(R - col < N ? R - col : N));
             }
         });
       });
     }
   };
 
-  static void backward(const LstmBackward<T>& a) {
+  static void backward(const LstmBackward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, R = s.state, B = s.batch;
     Scratch<T> w_packed(ceil_div(R, N) * 4 * H * N);
     pack_panels<T, N>(w_packed.get(), a.w_hh, R, 1, 4 * H, 1, R);
     Scratch<T> wr_packed(a.w_hr ? ceil_div(H, N) * R * N : 0);
     if (a.w_hr) pack_panels<T, N>(wr_packed.get(), a.w_hr, H, 1, R, 1, H);
-    copy(a.dh0, a.dh_n, B * R);
-    copy(a.dc0, a.dc_n, B * H);
-    Backward job{a, w_packed.get(), a.w_hr ? wr_packed.get() : nullptr, a.dh0, a.dc0, {}};
+    Scratch<T> dh(B * R), dc(B * H);
+    convert(dh.get(), a.dh_n, B * R);
+    convert(dc.get(), a.dc_n, B * H);
+    // Low-precision storage: the GEMMs read T copies of what is stored rounded.
+    Scratch<T> dgates_steps(kStoredAsComputed ? 0 : 2 * B * 4 * H), dh_step(kStoredAsComputed || !a.w_hr ? 0 : B * R);
+    Backward job{a,
+                 w_packed.get(),
+                 a.w_hr ? wr_packed.get() : nullptr,
+                 dh.get(),
+                 dc.get(),
+                 kStoredAsComputed ? nullptr : dgates_steps.get(),
+                 kStoredAsComputed || !a.w_hr ? nullptr : dh_step.get(),
+                 {}};
     const int64_t blocks = ceil_div(H, N) < ceil_div(R, N) ? ceil_div(H, N) : ceil_div(R, N);
     run_job(job, choose_threads(s, B * 4 * H * R + (a.w_hr ? B * H * R : 0), blocks));
+    convert(a.dh0, dh.get(), B * R);
+    convert(a.dc0, dc.get(), B * H);
   }
 };
 

@@ -2,18 +2,30 @@
 // becomes AVX-512, AVX2 or SSE/NEON code depending on the instruction set its translation unit is
 // compiled for (see isa_*.cpp). It supplies what csrc/cell.h asks of a value type, plus loads and stores.
 //
-// exp and tanh are vectorised here (Cephes-style range reduction and polynomials): float to a few ulp,
-// double to ~1e-15 relative, which is what the fp64 conformance bound (1e-10) needs with room to spare.
+// exp is vectorised here (Cephes-style range reduction and polynomials): float to a few ulp, double to
+// ~1e-15 relative, which the fp64 conformance bound (1e-10) needs with room to spare; tanh is built on it.
 // Internal linkage throughout, as in cell.h: each ISA's translation unit gets its own copy.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../cell.h"
+#include "api.h"
 
 namespace fastrnn {
 namespace cpu {
 namespace {
+
+// The type the kernels compute in for a storage type: itself, or float for bfloat16.
+template <class S>
+struct ComputeOf {
+  using type = S;
+};
+template <>
+struct ComputeOf<bfloat16> {
+  using type = float;
+};
 
 template <class T>
 struct IntOf;
@@ -29,6 +41,7 @@ struct IntOf<double> {
 template <class T, int N>
 struct Vec {
   using I = typename IntOf<T>::type;
+  using scalar = T;
   typedef T native __attribute__((vector_size(sizeof(T) * N)));
   typedef I mask __attribute__((vector_size(sizeof(T) * N)));
   // Unaligned, aliasing access to T arrays.
@@ -78,18 +91,8 @@ struct Vec {
 };
 
 template <class T, int N>
-FASTRNN_HD Vec<T, N> select(typename Vec<T, N>::mask m, Vec<T, N> a, Vec<T, N> b) {
-  return Vec<T, N>::of(m ? a.v : b.v);
-}
-
-template <class T, int N>
 FASTRNN_HD Vec<T, N> clamp(Vec<T, N> x, T lo, T hi) {
   return Vec<T, N>::of(x.v < lo ? Vec<T, N>(lo).v : (x.v > hi ? Vec<T, N>(hi).v : x.v));
-}
-
-template <class T, int N>
-FASTRNN_HD Vec<T, N> abs_of(Vec<T, N> x) {
-  return Vec<T, N>::of(x.v < T(0) ? -x.v : x.v);
 }
 
 template <class T, int N>
@@ -144,36 +147,90 @@ FASTRNN_HD Vec<double, N> fastrnn_exp(Vec<double, N> x) {
   return e * bit_cast_to_float<double, N>(exponent);
 }
 
-// --- tanh -----------------------------------------------------------------------------------------
-// Near zero an odd polynomial (Cephes), which keeps the relative accuracy 1 - 2 / (e^2x + 1) loses there.
+// --- tanh ---------------------------------------------------------------------------------------
+// tanh(x) = 1 - 2 / (e^2x + 1): one exp and one division, the same cost as a sigmoid (the cell takes
+// five of them per unit, so they are a visible part of a step). Near zero the absolute error stays at
+// the ulp of 1 (about 1e-7 in float, 1e-16 in double), which is what the kernels are held to: errors
+// measured over whole tensors against float64.
 
-template <int N>
-FASTRNN_HD Vec<float, N> fastrnn_tanh(Vec<float, N> x) {
-  using V = Vec<float, N>;
-  const V a = abs_of(x);
-  const V z = x * x;
-  V small(-5.70498872745e-3f);
-  small = small * z + V(2.06390887954e-2f);
-  small = small * z + V(-5.37397155531e-2f);
-  small = small * z + V(1.33314422036e-1f);
-  small = small * z + V(-3.33332819422e-1f);
-  small = small * z * x + x;
-  const V large_abs = V(1.0f) - V(2.0f) / (fastrnn_exp(a + a) + V(1.0f));
-  const V large = select<float, N>(x.v < 0.0f, -large_abs, large_abs);
-  return select<float, N>(a.v < 0.625f, small, large);
+template <class T, int N>
+FASTRNN_HD Vec<T, N> fastrnn_tanh(Vec<T, N> x) {
+  using V = Vec<T, N>;
+  return V(T(1)) - V(T(2)) / (fastrnn_exp(x + x) + V(T(1)));
 }
 
+// --- storage ------------------------------------------------------------------------------------
+// Loads and stores between a vector of the compute type and `count` (<= N) elements of a storage type:
+// the same type, or bfloat16 (widened by a shift; rounded to nearest even on the way back).
+
+FASTRNN_HD float to_compute(bfloat16 value) {
+  uint32_t bits = static_cast<uint32_t>(value.bits) << 16;
+  float result;
+  __builtin_memcpy(&result, &bits, sizeof(result));
+  return result;
+}
+template <class T>
+FASTRNN_HD T to_compute(T value) {
+  return value;
+}
+
+FASTRNN_HD bfloat16 to_storage(float value, bfloat16*) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &value, sizeof(bits));
+  if (value != value) return {static_cast<uint16_t>((bits >> 16) | 0x40)};  // NaN stays a (quiet) NaN
+  return {static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)};
+}
+template <class T>
+FASTRNN_HD T to_storage(T value, T*) {
+  return value;
+}
+
+// N bfloat16 as stored (unaligned, aliasing), and the same widened to 32-bit integers.
 template <int N>
-FASTRNN_HD Vec<double, N> fastrnn_tanh(Vec<double, N> x) {
-  using V = Vec<double, N>;
-  const V a = abs_of(x);
-  const V z = x * x;
-  const V p = (V(-9.64399179425052238628E-1) * z + V(-9.92877231001918586564E1)) * z + V(-1.61468768441708447952E3);
-  const V q = ((z + V(1.12811678491632931402E2)) * z + V(2.23548839060100448583E3)) * z + V(4.84406305325125486048E3);
-  const V small = x + x * z * p / q;
-  const V large_abs = V(1.0) - V(2.0) / (fastrnn_exp(a + a) + V(1.0));
-  const V large = select<double, N>(x.v < 0.0, -large_abs, large_abs);
-  return select<double, N>(a.v < 0.625, small, large);
+struct Bfloat16Lanes {
+  typedef uint16_t narrow __attribute__((vector_size(2 * N), aligned(2), may_alias));
+  typedef uint32_t wide __attribute__((vector_size(4 * N)));
+};
+
+template <class V, class S>
+FASTRNN_HD V load_n(const S* p, int count) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    using narrow = typename Bfloat16Lanes<V::lanes>::narrow;
+    using wide = typename Bfloat16Lanes<V::lanes>::wide;
+    if (count == V::lanes) {
+      const wide bits = __builtin_convertvector(*reinterpret_cast<const narrow*>(p), wide) << 16;
+      return V::of((typename V::native)bits);
+    }
+    V r(0.0f);
+    for (int l = 0; l < count; ++l) r.v[l] = to_compute(p[l]);
+    return r;
+  } else {
+    return V::load_n(p, count);
+  }
+}
+
+template <class V, class S>
+FASTRNN_HD void store_n(V value, S* p, int count) {
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    if (count == V::lanes) {
+      using narrow = typename Bfloat16Lanes<V::lanes>::narrow;
+      using wide = typename Bfloat16Lanes<V::lanes>::wide;
+      const wide bits = (wide)value.v;
+      const wide rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+      const wide quiet_nan = (bits >> 16) | 0x40;
+      *reinterpret_cast<narrow*>(p) = __builtin_convertvector(value.v != value.v ? quiet_nan : rounded, narrow);
+      return;
+    }
+    for (int l = 0; l < count; ++l) p[l] = to_storage(value.v[l], p);
+  } else {
+    value.store_n(p, count);
+  }
+}
+
+// dst[i] = src[i] across storage types.
+template <class D, class S>
+void convert(D* dst, const S* src, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] = to_storage(to_compute(src[i]), dst);
 }
 
 }  // namespace

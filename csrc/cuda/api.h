@@ -56,7 +56,7 @@ struct LstmForward {
   void* y;           // [T, B, R]
   void* h_n;         // [B, R]
   void* c_n;         // [B, H]
-  void* gates;       // [T, B, 4H] the activated gates i, f, g, o
+  void* gates;       // [T, B, 4H] the activated gates i, f, g, o; null (with c_all) in an inference call
   void* c_all;       // [T, B, H] the cell state after each step
   void* workspace;   // workspace_bytes(Kernel::lstm_forward, problem) bytes, 256-byte aligned
 };
@@ -86,7 +86,7 @@ struct GruForward {
   const void* b_hn;  // [H] or null
   void* y;           // [T, B, H]
   void* h_n;         // [B, H]
-  void* saved;       // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn
+  void* saved;       // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn; null in an inference call
   void* workspace;
 };
 

@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) gru_forward_kernel(const __gri
       for (int index = static_cast<int>(threadIdx.x); index < rows * units; index += static_cast<int>(blockDim.x)) {
         const int i = index / units, j = index % units, b = row + i, u = u0 + j;
         const int64_t bu = static_cast<int64_t>(b) * H + u, tb = static_cast<int64_t>(t) * B + b;
-        T* saved = p.saved + tb * 4 * H + u;
+        T* saved = p.saved ? p.saved + tb * 4 * H + u : nullptr;  // null in an inference call
         const T h_prev = h_in[bu];
         if (work && row_runs(p.lengths, b, t)) {
           const T* x = p.xp + tb * 3 * H + u;
@@ -80,16 +80,18 @@ __global__ void __launch_bounds__(kMaxThreads, 1) gru_forward_kernel(const __gri
           Acc<T> r, z, n, h;
           gru_cell_forward(to_acc(x[0]), to_acc(x[H]), to_acc(x[2 * H]), acc(i, j), acc(i, U + j), hn, to_acc(h_prev),
                            r, z, n, h);
-          saved[0] = store<T>(r);
-          saved[H] = store<T>(z);
-          saved[2 * H] = store<T>(n);
-          saved[3 * H] = store<T>(hn);
+          if (saved) {
+            saved[0] = store<T>(r);
+            saved[H] = store<T>(z);
+            saved[2 * H] = store<T>(n);
+            saved[3 * H] = store<T>(hn);
+          }
           const T h_value = store<T>(h);
           p.y[tb * H + u] = h_value;
           h_out[bu] = h_value;
           if (last) p.h_n[bu] = h_value;
         } else {  // this row's sequence has ended (or not begun, in reverse): carry the state over
-          saved[0] = saved[H] = saved[2 * H] = saved[3 * H] = zero<T>();
+          if (saved) saved[0] = saved[H] = saved[2 * H] = saved[3 * H] = zero<T>();
           p.y[tb * H + u] = zero<T>();
           h_out[bu] = h_prev;
           if (last) p.h_n[bu] = h_prev;

@@ -32,7 +32,7 @@ struct LstmForwardParams {
   T* y;
   T* h_n;
   T* c_n;
-  T* gates;
+  T* gates;  // null (with c_all) in an inference call
   T* c_all;
   T* h_even;  // the exchange buffers: step s reads h_{s & 1} (h0 at s = 0) and writes the other
   T* h_odd;
@@ -49,6 +49,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
   const int H = g.hidden, R = g.state, B = g.batch;
   const int64_t G = 4 * static_cast<int64_t>(H);
   const bool projection = p.w_hr != nullptr;
+  const bool saving = p.gates != nullptr;  // an inference call keeps nothing for a backward
 
   // Rows n of a CTA's W slices: gate n / U of unit u0 + n % U (rows of W_hh), or state column q0 + n
   // (rows of W_hr).
@@ -99,18 +100,20 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
           const int i = index / units, j = index % units, b = row + i, u = u0 + j;
           const int64_t bu = static_cast<int64_t>(b) * H + u, tb = static_cast<int64_t>(t) * B + b;
           const int64_t bq = static_cast<int64_t>(b) * R + u;  // without a projection R == H: unit u is column u
-          T* gate_out = p.gates + tb * G + u;
+          T* gate_out = saving ? p.gates + tb * G + u : nullptr;
           const Acc<T> c_prev = s == 0 ? to_acc(p.c0[bu]) : p.c_state[bu];
           if (work && row_runs(p.lengths, b, t)) {
             const T* x = p.xp + tb * G + u;
             Acc<T> gi, gf, gg, go, c, h;
             lstm_cell_forward(acc(i, j) + to_acc(x[0]), acc(i, U + j) + to_acc(x[H]), acc(i, 2 * U + j) + to_acc(x[2 * H]),
                               acc(i, 3 * U + j) + to_acc(x[3 * H]), c_prev, gi, gf, gg, go, c, h);
-            gate_out[0] = store<T>(gi);
-            gate_out[H] = store<T>(gf);
-            gate_out[2 * H] = store<T>(gg);
-            gate_out[3 * H] = store<T>(go);
-            p.c_all[tb * H + u] = store<T>(c);
+            if (saving) {
+              gate_out[0] = store<T>(gi);
+              gate_out[H] = store<T>(gf);
+              gate_out[2 * H] = store<T>(gg);
+              gate_out[3 * H] = store<T>(go);
+              p.c_all[tb * H + u] = store<T>(c);
+            }
             p.c_state[bu] = c;
             if (last) p.c_n[bu] = store<T>(c);
             const T h_value = store<T>(h);
@@ -122,8 +125,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
               if (last) p.h_n[bq] = h_value;
             }
           } else {  // this row's sequence has ended (or not begun, in reverse): carry the state over
-            gate_out[0] = gate_out[H] = gate_out[2 * H] = gate_out[3 * H] = zero<T>();
-            p.c_all[tb * H + u] = zero<T>();
+            if (saving) {
+              gate_out[0] = gate_out[H] = gate_out[2 * H] = gate_out[3 * H] = zero<T>();
+              p.c_all[tb * H + u] = zero<T>();
+            }
             p.c_state[bu] = c_prev;
             if (last) p.c_n[bu] = store<T>(c_prev);
             if (projection) {

@@ -2,7 +2,8 @@
 
 A kernel backend is a module with `unavailable_reason(device)` and the four recurrence functions of
 `fastrnn.backends.reference` (lstm_forward, lstm_backward, gru_forward, gru_backward), same
-arguments and results. `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
+arguments and results. The forwards also take `save` (default True); save=False is an inference call,
+which returns empty tensors for what only the backward needs (LSTM gates and cell states, GRU saved). `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
 (cuDNN on GPU), run whole by the layer modules.
 """
 
@@ -82,11 +83,17 @@ def _runs(backend: str, device: torch.device) -> bool:
     return backend != "cpp" or _ext.unavailable_reason() is None
 
 
+_KERNEL_MODULES: dict[str, ModuleType] = {}
+
+
 def kernels(backend: str) -> ModuleType:
-    """The module implementing the recurrence for a resolved kernel backend."""
-    if backend not in KERNEL_BACKENDS:
-        raise ValueError(f"{backend!r} is not a kernel backend ({', '.join(KERNEL_BACKENDS)})")
-    return importlib.import_module(f".{backend}", __name__)
+    """The module implementing the recurrence for a resolved kernel backend (imported on first use)."""
+    module = _KERNEL_MODULES.get(backend)
+    if module is None:
+        if backend not in KERNEL_BACKENDS:
+            raise ValueError(f"{backend!r} is not a kernel backend ({', '.join(KERNEL_BACKENDS)})")
+        module = _KERNEL_MODULES[backend] = importlib.import_module(f".{backend}", __name__)
+    return module
 
 
 def explain(device: torch.device | str | None = None) -> str:

@@ -109,9 +109,9 @@ def _record(kernel: str, steps: int, batch: int, hidden: int, state: int, projec
     last_problems[kernel] = (steps, batch, hidden, state, projection, dtype)
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     _record("lstm_forward", xp.shape[0], xp.shape[1], c0.shape[-1], h0.shape[-1], w_hr is not None, xp.dtype)
-    return _kernels().lstm_forward_cuda(xp, h0, c0, w_hh, w_hr, lengths, reverse, **_knobs(xp.dtype))
+    return _kernels().lstm_forward_cuda(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, **_knobs(xp.dtype))
 
 
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
@@ -120,9 +120,9 @@ def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, rev
                                          **_knobs(dy.dtype))
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     _record("gru_forward", xp.shape[0], xp.shape[1], h0.shape[-1], h0.shape[-1], False, xp.dtype)
-    return _kernels().gru_forward_cuda(xp, h0, w_hh, b_hn, lengths, reverse, **_knobs(xp.dtype))
+    return _kernels().gru_forward_cuda(xp, h0, w_hh, b_hn, lengths, reverse, save, **_knobs(xp.dtype))
 
 
 def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):

@@ -32,7 +32,7 @@ def step_order(seq_len: int, reverse: bool) -> range:
     return range(seq_len - 1, -1, -1) if reverse else range(seq_len)
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     seq_len, batch, _ = xp.shape
     hidden = c0.shape[-1]
     y = xp.new_zeros(seq_len, batch, h0.shape[-1])
@@ -49,6 +49,8 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
             h_new = h_new @ w_hr.T
         h[:n], c[:n] = h_new, c_new
         y[t, :n], gates[t, :n], c_all[t, :n] = h_new, acts, c_new
+    if not save:  # an inference call: nothing is kept for a backward
+        gates = c_all = xp.new_empty(0)
     return y, h, c, gates, c_all
 
 
@@ -84,7 +86,7 @@ def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, rev
     return dgates, dh_all, dh, dc
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     seq_len, batch, _ = xp.shape
     hidden = h0.shape[-1]
     y = xp.new_zeros(seq_len, batch, hidden)
@@ -100,7 +102,7 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
         acts, h_new = gru_pointwise(xp[t, :n], h_gates, h[:n])
         h[:n] = h_new
         y[t, :n], saved[t, :n] = h_new, acts
-    return y, h, saved
+    return y, h, saved if save else xp.new_empty(0)
 
 
 def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):

@@ -11,10 +11,30 @@ import torch
 import triton
 import triton.language as tl
 
+from . import BackendUnavailableError
 from ..triton import gru as gru_kernels
 from ..triton import lstm as lstm_kernels
 from ..triton import plans
 from .reference import live_rows, step_order
+
+# Triton decides at kernel definition (import) whether they are compiled or interpreted (TRITON_INTERPRET=1).
+INTERPRETED = type(lstm_kernels.lstm_forward_kernel).__name__ == "InterpretedFunction"
+
+
+def dtype_unavailable_reason(dtype: torch.dtype) -> str | None:
+    """Why the kernels refuse `dtype` here, or None. Triton's interpreter gets bfloat16 matrix products
+    wrong (errors of order 1, not rounding: a wrong answer, so it is refused rather than returned)."""
+    if INTERPRETED and dtype == torch.bfloat16:
+        return ("the Triton kernels refuse bfloat16 under TRITON_INTERPRET=1: Triton's interpreter computes "
+                "bfloat16 matrix products wrongly (errors of order 1). Run bfloat16 on a CUDA GPU; in the "
+                "interpreter use float32, float16 or float64, or backend='reference'")
+    return None
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    reason = dtype_unavailable_reason(dtype)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend='triton' cannot run: {reason}")
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -82,12 +102,16 @@ def _final_state(y, h_buffers, steps: _Steps, h0, lengths, lens, reverse):
 # --- LSTM ------------------------------------------------------------------------------------------
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
+    _check_dtype(xp.dtype)
     seq_len, batch, gate_size = xp.shape
     hidden, state = gate_size // 4, h0.shape[-1]
     plan = _plan("lstm", "forward", hidden, state, xp.dtype, batch, xp.device,
                  lambda p: _lstm_forward(p, xp, h0, c0, w_hh, w_hr, lengths, reverse))
-    return _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse)
+    y, h_n, c_n, gates, c_all = _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse)
+    if not save:  # an inference call: the kernels still write them, the caller keeps nothing
+        gates = c_all = xp.new_empty(0)
+    return y, h_n, c_n, gates, c_all
 
 
 def _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse):
@@ -122,6 +146,7 @@ def _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse):
 
 
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
+    _check_dtype(dy.dtype)
     batch, hidden, state = dy.shape[1], c_all.shape[-1], dy.shape[-1]
     args = (dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
     plan = _plan("lstm", "backward", hidden, state, dy.dtype, batch, dy.device, lambda p: _lstm_backward(p, *args))
@@ -159,11 +184,13 @@ def _lstm_backward(plan, dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengt
 # --- GRU -------------------------------------------------------------------------------------------
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse):
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
+    _check_dtype(xp.dtype)
     batch, hidden = xp.shape[1], h0.shape[-1]
     plan = _plan("gru", "forward", hidden, hidden, xp.dtype, batch, xp.device,
                  lambda p: _gru_forward(p, xp, h0, w_hh, b_hn, lengths, reverse))
-    return _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse)
+    y, h_n, saved = _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse)
+    return y, h_n, saved if save else xp.new_empty(0)
 
 
 def _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse):
@@ -191,6 +218,7 @@ def _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse):
 
 
 def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
+    _check_dtype(dy.dtype)
     batch, hidden = dy.shape[1], dy.shape[-1]
     args = (dy, dh_n, h_prev, w_hh, saved, lengths, reverse)
     plan = _plan("gru", "backward", hidden, hidden, dy.dtype, batch, dy.device, lambda p: _gru_backward(p, *args))

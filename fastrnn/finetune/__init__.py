@@ -5,7 +5,8 @@
     logits = model(**tokenizer(texts, padding=True, return_tensors="pt"))
 
 Command line: `fastrnn-finetune train|eval|predict|compare` (or `python -m fastrnn.finetune`).
-Needs transformers (`pip install 'fastrnn[finetune]'`).
+Needs transformers: `pip install --no-build-isolation -e ".[finetune]"` in the fastrnn checkout
+(fastrnn is not on PyPI).
 """
 
 from .config import TrainConfig

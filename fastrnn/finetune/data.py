@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -75,13 +76,13 @@ def read_table(path: str | Path, columns: Columns | None = None, *, limit: int |
     file_format = file_format or FORMATS.get(path.suffix.lower())
     if file_format is None:
         raise DataError(f"cannot tell the format of {path} from its suffix; pass the format (tsv, csv or jsonl)")
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8", newline="") as handle, _utf8_only(path):
         rows = _jsonl_rows(handle, path) if file_format == "jsonl" else _delimited_rows(handle, path, file_format)
-        records = []
-        for row in rows:
+        records = []  # (line number, row)
+        for record in rows:
             if limit is not None and len(records) >= limit:
                 break
-            records.append(row)
+            records.append(record)
     if not records:
         raise DataError(f"{path} holds no rows")
     return _to_table(records, columns, path, require_labels)
@@ -91,11 +92,32 @@ def read_lines(path: str | Path | None) -> list[str]:
     """Texts one per line from a file, or from stdin when path is None or "-" (blank lines kept,
     so that output line i always answers input line i)."""
     if path is None or str(path) == "-":
-        return [line.rstrip("\r\n") for line in sys.stdin]
+        with _utf8_only("standard input"):
+            return [line.rstrip("\r\n") for line in sys.stdin]
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
-    return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    with _utf8_only(path):
+        return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@contextlib.contextmanager
+def _utf8_only(source: Path | str):
+    """Turns a decoding failure into a DataError that says where (for a file) and how to convert it."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        where = ""
+        if isinstance(source, Path):  # the error's offset is into one read chunk: find the byte in the file
+            raw = source.read_bytes()
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as in_file:
+                line = raw.count(b"\n", 0, in_file.start) + 1
+                where = f":{line}"
+                error = in_file
+        raise DataError(f"{source}{where} is not UTF-8 text (byte 0x{error.object[error.start]:02x} cannot be "
+                        "decoded); convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`") from None
 
 
 def _delimited_rows(handle, path: Path, file_format: str):
@@ -110,7 +132,7 @@ def _delimited_rows(handle, path: Path, file_format: str):
             continue
         if len(fields) != len(header):
             raise DataError(f"{path}:{line_number}: {len(fields)} fields but the header has {len(header)} ({header})")
-        yield dict(zip(header, fields))
+        yield line_number, dict(zip(header, fields))
 
 
 def _jsonl_rows(handle, path: Path):
@@ -123,22 +145,28 @@ def _jsonl_rows(handle, path: Path):
             raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{line_number}: each line must be a JSON object, got {type(row).__name__}")
-        yield row
+        yield line_number, row
 
 
-def _to_table(records: list[dict], columns: Columns, path: Path, require_labels: bool) -> TextTable:
-    available = list(records[0])
+def _to_table(records: list[tuple[int, dict]], columns: Columns, path: Path, require_labels: bool) -> TextTable:
+    available = list(records[0][1])
     text = _pick_column(columns.text, TEXT_COLUMNS, available, "text", path)
     label = _pick_column(columns.label, LABEL_COLUMNS, available, "label", path, required=require_labels)
     pair = _pick_column(columns.pair, (), available, "text pair", path) if columns.pair else None
 
     def column(name: str) -> list[str]:
-        try:
-            return [_as_text(row[name]) for row in records]
-        except KeyError:
-            raise DataError(f"{path}: some rows lack the column '{name}'") from None
+        values = []
+        for line_number, row in records:
+            if name not in row:
+                raise DataError(f"{path}:{line_number}: no column '{name}' in this row")
+            values.append(_as_text(row[name]))
+        return values
 
-    return TextTable(column(text), column(pair) if pair else None, column(label) if label else None)
+    labels = column(label) if label else None
+    for (line_number, _), value in zip(records, labels or ()):
+        if not value.strip():  # else an empty cell would silently become a class of its own
+            raise DataError(f"{path}:{line_number}: empty label in column '{label}'; every row needs a label")
+    return TextTable(column(text), column(pair) if pair else None, labels)
 
 
 def _pick_column(wanted: str | None, candidates: tuple[str, ...], available: list[str], role: str,
@@ -155,6 +183,8 @@ def _pick_column(wanted: str | None, candidates: tuple[str, ...], available: lis
 
 
 def _as_text(value) -> str:
+    if value is None:  # JSON null: no value, as an empty cell
+        return ""
     if isinstance(value, bool):  # JSON true/false: a label written as a boolean
         return str(value).lower()
     return value if isinstance(value, str) else str(value)
@@ -171,6 +201,15 @@ def label_names_of(*label_lists: list[str] | None) -> list[str]:
     if all(_is_int(name) for name in names):
         return sorted(names, key=int)
     return sorted(names)
+
+
+def check_dev_labels(dev_labels: list[str], label_names: list[str], dev_source, train_source) -> None:
+    """A dev label that training never saw would be a class the model cannot predict (and a class of
+    its own in the metrics): refuse it, naming both files."""
+    unknown = sorted(set(dev_labels) - set(label_names))
+    if unknown:
+        raise DataError(f"{dev_source} has labels {unknown[:10]} that {train_source} lacks (its labels: "
+                        f"{label_names[:20]}); fix those labels or drop their rows")
 
 
 def encode_labels(labels: list[str], label_names: list[str]) -> list[int]:

@@ -52,7 +52,8 @@ def load_encoder(source: str | os.PathLike | nn.Module | None) -> nn.Module:
     try:
         from transformers import AutoModel
     except ImportError as error:
-        raise EncoderNotFoundError(f"loading an encoder needs transformers ({error}); `pip install 'fastrnn[finetune]'`") from None
+        raise EncoderNotFoundError(f"loading an encoder needs transformers ({error}); in the fastrnn checkout: "
+                                   '`pip install --no-build-isolation -e ".[finetune]"`') from None
     local = _check_local(name)
     try:
         return AutoModel.from_pretrained(name, local_files_only=local)

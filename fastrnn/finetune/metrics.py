@@ -16,7 +16,9 @@ def classification_metrics(predictions: torch.Tensor, targets: torch.Tensor, num
 
     With two labels precision/recall/F1 are those of label id 1 (the positive class, as for
     SST-2); with more they are macro averages. Macro F1 and per-label figures are always included.
-    A ratio with an empty denominator counts as 0."""
+    A ratio with an empty denominator counts as 0. Macro averages run over the labels that occur
+    among the targets or the predictions (as scikit-learn's): a label absent from both, with no
+    support and never predicted, has no F1 to average."""
     counts = confusion_matrix(predictions, targets, num_labels).double()
     true_positive = counts.diagonal()
     predicted = counts.sum(dim=0)
@@ -26,12 +28,17 @@ def classification_metrics(predictions: torch.Tensor, targets: torch.Tensor, num
     f1 = _ratio(2 * precision * recall, precision + recall)
     total = counts.sum()
     binary = num_labels == 2
+    present = (actual > 0) | (predicted > 0)
+
+    def macro(values: torch.Tensor) -> float:
+        return values[present].mean().item() if present.any() else 0.0
+
     return {
         "accuracy": (true_positive.sum() / total).item() if total > 0 else 0.0,
-        "precision": (precision[1] if binary else precision.mean()).item(),
-        "recall": (recall[1] if binary else recall.mean()).item(),
-        "f1": (f1[1] if binary else f1.mean()).item(),
-        "f1_macro": f1.mean().item(),
+        "precision": precision[1].item() if binary else macro(precision),
+        "recall": recall[1].item() if binary else macro(recall),
+        "f1": f1[1].item() if binary else macro(f1),
+        "f1_macro": macro(f1),
         "per_label": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "support": actual.long().tolist()},
         "confusion_matrix": counts.long().tolist(),
         "examples": int(total.item()),

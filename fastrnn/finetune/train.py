@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -23,8 +24,8 @@ from .batching import TokenizingCollator, epoch_batches, token_lengths
 from .checkpoint import (CHECKPOINT_FILE, load_checkpoint, replace_directory, rng_state, save_checkpoint,
                          seed_everything, set_rng_state)
 from .config import TrainConfig
-from .data import TextDataset, label_names_of, read_table, split_off
-from .encoder import load_tokenizer
+from .data import TextDataset, check_dev_labels, label_names_of, read_table, split_off
+from .encoder import load_tokenizer, resolve_encoder_source
 from .errors import CheckpointError
 from .inference import MODEL_INPUTS, autocast_for, evaluate, move
 from .model import BertRNNClassifier
@@ -66,7 +67,10 @@ class Trainer:
         seed_everything(config.seed)
 
         train_table, dev_table = self._read_tables()
-        self.labels = saved["labels"] if saved else label_names_of(train_table.labels, dev_table and dev_table.labels)
+        self.labels = saved["labels"] if saved else label_names_of(train_table.labels)
+        if dev_table is not None:
+            check_dev_labels(dev_table.labels, self.labels, config.dev or f"the dev set held out of {config.train}",
+                             config.train)
         self.train_set = TextDataset(train_table, self.labels)
         self.dev_set = TextDataset(dev_table, self.labels) if dev_table else None
         self.model = BertRNNClassifier(config.encoder, labels=self.labels, **config.head_options()).to(ctx.device)
@@ -159,6 +163,7 @@ class Trainer:
         if config.max_steps is not None and p["global_step"] >= config.max_steps:
             self.log.print(f"{self.output}: already at step {p['global_step']} >= --max-steps {config.max_steps}; nothing to do")
             return self._result("max_steps", p["history"])
+        self.log.print(self._describe_run())
         self.log.print(f"training {len(self.train_set)} examples ({self.steps_per_epoch} steps/epoch x {config.epochs} epochs"
                        f"{f' x {self.ctx.world_size} processes' if self.ctx.distributed else ''}), dev "
                        f"{len(self.dev_set) if self.dev_set else 0} examples, on {self.ctx.device}"
@@ -168,6 +173,26 @@ class Trainer:
                 return self._run_epochs(stop)
         finally:
             self.log.close()
+
+    def _describe_run(self) -> str:
+        """Where the run goes and what it trains: folder, encoder, head, and the RNN backend that will run."""
+        config, head = self.config, self.model.config
+        if self.model.rnn is None:
+            head_text = f"linear head ({head.pooling} pooling)"
+        else:
+            rnn = self.model.rnn
+            shape = f"{'bidirectional ' if rnn.bidirectional else ''}{head.head.upper()}, {rnn.num_layers} layer(s) of {rnn.hidden_size}"
+            head_text = f"{shape}, {head.pooling} pooling; RNN backend {self._rnn_backend_to_run()} (asked: {rnn.backend})"
+        return (f"run folder {self.output}; encoder {resolve_encoder_source(config.encoder)}; head: {head_text}")
+
+    def _rnn_backend_to_run(self) -> str:
+        """What the head's RNN will run on: its choice for the input it gets (packed real tokens of the
+        encoder's output, under the run's autocast), asked with a one-token probe."""
+        rnn = self.model.rnn
+        weight = next(rnn.parameters())
+        probe = PackedSequence(weight.new_zeros(1, rnn.input_size), torch.ones(1, dtype=torch.long))
+        with autocast_for(self.ctx.device, self.config.precision):
+            return rnn.selected_backend(self.ctx.device, probe)
 
     def _run_epochs(self, stop: StopRequest) -> TrainResult:
         p = self.progress
