@@ -266,11 +266,16 @@ inline Plan make_plan(Kernel kernel, const Problem& p, const Options& o, int mul
         need = std::max(need, ceil_div(specs[kind].extent, std::max(1, kTile / specs[kind].gates)));
       ctas = std::min(multiprocessors, need);
     }
-    g.grid = ctas;
+    int busy = 1;
     for (int kind = 0; kind < g.kinds; ++kind) {
       g.phase[kind].slice = ceil_div(specs[kind].extent, ctas);
       g.phase[kind].slices = ceil_div(specs[kind].extent, g.phase[kind].slice);
+      busy = std::max(busy, g.phase[kind].slices);
     }
+    // Chosen, the grid is what the slices fill (1024 units over 132 SMs: 8 each, 128 CTAs); forced, it
+    // stays as asked, idle CTAs included (they still meet the others at every barrier).
+    if (o.ctas == 0) ctas = busy;
+    g.grid = ctas;
     bool fits = false;
     const int caps[] = {1 << 30, 512, 256, 128, 64, 32, 16};
     const int tiles[] = {first_tile, 32, 16};
