@@ -14,6 +14,7 @@ import argparse
 import concurrent.futures
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -98,8 +99,10 @@ class CompileRun:
     def __init__(self):
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        # A session of its own, so that stop() can end the child's compile workers along with it.
         self.process = subprocess.Popen([sys.executable, __file__, "--jobs", str(os.cpu_count() or 1)], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
         self.lines: dict[str, list[str]] = defaultdict(list)
         self.other: list[str] = []
         self.changed = threading.Condition()
@@ -129,9 +132,14 @@ class CompileRun:
             return list(self.lines[name])
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        """Let a child that has compiled everything exit on its own (its pool shuts down); otherwise (a
+        test run cut short) end it and its workers: killing only the child left the workers running."""
+        finished = all(len(self.lines[name]) >= len(variants([name])) for name in KERNEL_NAMES)
+        try:
+            self.process.wait(timeout=120 if finished else 0)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
 @pytest.fixture(scope="module")
