@@ -12,7 +12,7 @@ its outputs past that are 0 and its final state is the one at its last step.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -292,6 +292,23 @@ class GRURecurrence(torch.autograd.Function):
 # --- one layer, one direction -----------------------------------------------------------------
 
 
+class PackedRows(NamedTuple):
+    """A layer's input given as the real rows of a PackedSequence (N, I), in packed order, instead of the
+    padded (T, B, I) tensor: the input projection then runs on the N rows only (forward and backward),
+    and its result is padded for the recurrence. With ragged lengths much of the padded layout is padding."""
+
+    rows: Tensor
+    batch_sizes: Tensor  # (T,) CPU int64
+    batch: int
+
+
+def input_projection(x: Tensor | PackedRows, w_ih: Tensor, bias: Tensor | None) -> Tensor:
+    """x W_ih^T + bias for every step, as (T, B, G); zero at the padding of a PackedRows input."""
+    if isinstance(x, PackedRows):
+        return pad_packed(F.linear(x.rows, w_ih, bias), x.batch_sizes, x.batch)[0]
+    return F.linear(x, w_ih, bias)
+
+
 _MASKS: dict[tuple, Tensor] = {}
 
 
@@ -309,7 +326,7 @@ def _reset_update_mask(hidden: int, dtype: torch.dtype, device: torch.device) ->
 
 
 def lstm_layer(
-    x: Tensor,
+    x: Tensor | PackedRows,
     h0: Tensor,
     c0: Tensor,
     weights: tuple[Tensor | None, ...],
@@ -317,10 +334,10 @@ def lstm_layer(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """x (T, B, I); weights (w_ih, w_hh, b_ih, b_hh, w_hr), biases and w_hr may be None.
+    """x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh, w_hr), biases and w_hr may be None.
     Returns (y (T, B, R), h_n, c_n)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    xp = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+    xp = input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
     args = (xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous())
     if not _needs_grad(*args) and _direct(*args):
         # Inference: no autograd node, and nothing kept for a backward (the gates and cell states).
@@ -329,21 +346,22 @@ def lstm_layer(
 
 
 def gru_layer(
-    x: Tensor,
+    x: Tensor | PackedRows,
     h0: Tensor,
     weights: tuple[Tensor | None, ...],
     lengths: Tensor | None,
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    """x (T, B, I); weights (w_ih, w_hh, b_ih, b_hh), biases may be None. Returns (y (T, B, H), h_n)."""
+    """x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh), biases may be None.
+    Returns (y (T, B, H), h_n)."""
     w_ih, w_hh, b_ih, b_hh = weights
     if b_ih is None:
-        xp, b_hn = F.linear(x, w_ih), None
+        xp, b_hn = input_projection(x, w_ih, None), None
     else:
         hidden = w_hh.shape[-1]
         # b_hr and b_hz add to the input projection; b_hn must stay inside the reset product.
-        xp = F.linear(x, w_ih, torch.addcmul(b_ih, b_hh, _reset_update_mask(hidden, b_hh.dtype, b_hh.device)))
+        xp = input_projection(x, w_ih, torch.addcmul(b_ih, b_hh, _reset_update_mask(hidden, b_hh.dtype, b_hh.device)))
         b_hn = b_hh[2 * hidden :].contiguous()
     args = (xp, h0.contiguous(), w_hh.contiguous(), b_hn)
     if not _needs_grad(*args) and _direct(*args):

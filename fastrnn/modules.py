@@ -195,7 +195,7 @@ class _RNNBase(nn.Module):
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
             # Padded in the packed (length-sorted) order, so the live sequences are a prefix at every step.
             x, lengths = functional.pad_packed(data, batch_sizes, batch)
-            packing = _Packing(batch_sizes, lengths, data.shape[0])
+            packing = _Packing(batch_sizes, lengths, data.shape[0], data)
         else:
             sorted_indices = unsorted_indices = packing = None
             x = batched_input.transpose(0, 1) if self.batch_first else batched_input
@@ -328,10 +328,17 @@ class _RNNBase(nn.Module):
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
+            # With ragged lengths, project only the packed rows (the first layer's are the input's own).
+            projected = layer_input
+            if packing is not None and _mostly_padding(packing, x.shape[0], x.shape[1]):
+                rows = _as_dtype(packing.rows, dtype) if layer == 0 and packing.rows is not None else \
+                    functional.pack_padded(layer_input, packing.batch_sizes, packing.total)
+                projected = functional.PackedRows(rows, packing.batch_sizes, x.shape[1])
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 initial = [s[index] for s in states]
-                y, *last = layer_fn(layer_input, *initial, self._layer_weights(weights, layer, direction, dtype), lengths, bool(direction), backend)
+                y, *last = layer_fn(projected, *initial, self._layer_weights(weights, layer, direction, dtype), lengths,
+                                    bool(direction), backend)
                 outputs.append(y)
                 for collected, state in zip(finals, last):
                     collected.append(state)
@@ -356,6 +363,14 @@ class _Packing(NamedTuple):
     batch_sizes: Tensor  # (T,) CPU int64, as in the PackedSequence
     lengths: Tensor  # (B,) CPU int64, non-increasing (packed order)
     total: int  # N, the number of packed rows
+    rows: Tensor | None = None  # the input's packed rows (N, I)
+
+
+def _mostly_padding(packing: _Packing, steps, batch) -> bool:
+    """Whether to run the input projections on the packed rows rather than the padded layout: when a
+    tenth or more of the layout is padding (gathering and scattering the rows costs less than GEMM work
+    on padding). While tracing, always: a branch on sizes known only at run time cannot be traced."""
+    return torch.compiler.is_compiling() or packing.total < 0.9 * steps * batch
 
 
 def _packed_batch(input: PackedSequence) -> int | None:
