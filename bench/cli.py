@@ -32,9 +32,10 @@ from .implementations import Implementation, all_implementations
 MODES = ("forward", "train")
 
 # Competitors a preset leaves out unless --impls names them, and why (reported as skipped).
-LEFT_OUT = {"quick": {"cell-loop-compiled": "left out of the quick preset: its torch.compile warm-up (30 s and more on "
-                                            "a 2-core CPU) takes longer than the rest of the preset; name it in --impls "
-                                            "to run it"}}
+_COMPILE_WARM_UP = ("left out of the {preset} preset: its torch.compile warm-up (30 s and more on a 2-core CPU) "
+                    "takes longer than the rest of the preset; name it in --impls to run it")
+LEFT_OUT = {preset: {name: _COMPILE_WARM_UP.format(preset=preset) for name in ("cell-loop-compiled", "fastrnn-auto-compiled")}
+            for preset in ("quick", "cpu")}
 
 
 def parse_args(argv):
@@ -56,6 +57,9 @@ def parse_args(argv):
     parser.add_argument("--impls", nargs="+", help="competitors to run (default: all; see --list)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     parser.add_argument("--min-seconds", type=float, default=0.3, help="time spent per measurement")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds per case, each competitor min-seconds/rounds per round "
+                             "(the order rotated): a drifting machine then biases no ratio")
     parser.add_argument("--no-check", action="store_true", help="skip the correctness check (not recommended)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--out", type=Path)
@@ -105,50 +109,70 @@ def environment(device: torch.device, argv: list[str]) -> dict:
     return info
 
 
-def run_case(case: Case, impls, device, modes, min_seconds: float, checking: bool, floor: measure.Floor) -> list[dict]:
-    """All competitors on one case; nn runs first so every other row carries its ratio to nn."""
+def run_case(case: Case, impls, device, modes, min_seconds: float, checking: bool, floor: measure.Floor,
+             rounds: int = 1) -> list[dict]:
+    """All competitors on one case: each is built and checked, then all are timed in `rounds` interleaved
+    rounds (each its share of min_seconds per round, the order rotated), so that a machine whose speed
+    drifts over seconds (a shared VM, a clock settling) biases no competitor's ratio to nn."""
     torch.manual_seed(0)
     torch_rnn = measure.torch_module(case, device)
     x = measure.make_input(case, device)
     base = dict(case=case.label(), cell=case.cell, dtype=case.dtype, batch=case.batch, seq_len=case.seq_len,
                 hidden=case.hidden, input_size=case.input_size, layers=case.layers, bidirectional=case.bidirectional,
                 min_length_fraction=case.min_length_fraction)
-    nn_ms: dict[str, float] = {}
     bar = None  # the float64 baseline, computed for the first competitor that is checked
-    rows = []
+    status, errors, fns = {}, {}, {}
     for impl in impls:
-        status, error, nn_error, timings = "ok", None, None, {}
+        status[impl.name], errors[impl.name] = "ok", (None, None)
         reason = impl.unavailable_reason(case, device)
         try:
             if reason is not None:
-                status = f"skipped: {reason}"
-            else:
-                module = impl.build(torch_rnn)
-                if checking and impl.name == "nn":
-                    bar = bar or measure.baseline(torch_rnn, x)
-                    error = nn_error = bar.torch_error  # nn's own error in this dtype: the bar the others meet
-                elif checking:
-                    bar = bar or measure.baseline(torch_rnn, x)
+                status[impl.name] = f"skipped: {reason}"
+                continue
+            module = impl.build(torch_rnn)
+            if checking:
+                bar = bar or measure.baseline(torch_rnn, x)
+                if impl.name == "nn":
+                    errors[impl.name] = (bar.torch_error, bar.torch_error)  # nn's own error: the bar the others meet
+                else:
                     with impl.scope():
                         verdict = measure.check(module, x, bar)
-                    error, nn_error = verdict.error, verdict.torch_error
+                    errors[impl.name] = (verdict.error, verdict.torch_error)
                     if not verdict.ok:
-                        status = f"WRONG: error {verdict.error:.1e} vs nn's {verdict.torch_error:.1e}"
-                if status == "ok":
-                    for mode in modes:
-                        fn = measure.forward_fn(module, x) if mode == "forward" else measure.train_step_fn(module, x)
-                        with impl.scope():
-                            timings[mode] = measure.time_fn(fn, device, min_seconds)
+                        status[impl.name] = f"WRONG: error {verdict.error:.1e} vs nn's {verdict.torch_error:.1e}"
+                        continue
+            fns[impl.name] = {mode: measure.forward_fn(module, x) if mode == "forward" else measure.train_step_fn(module, x)
+                              for mode in modes}
         except Exception as failure:  # a competitor that crashes is reported, not fatal to the run
-            status = f"FAILED: {type(failure).__name__}: {str(failure).splitlines()[0][:160]}"
+            status[impl.name] = _failed(failure)
+
+    samples: dict[tuple[str, str], measure.Samples] = {}
+    by_name = {impl.name: impl for impl in impls}
+    for round_index in range(rounds):
+        names = list(fns)
+        shift = round_index % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            if status[name] != "ok":
+                continue
+            try:
+                for mode in modes:
+                    with by_name[name].scope():
+                        timed = measure.sample_times(fns[name][mode], device, min_seconds / rounds)
+                    samples.setdefault((name, mode), measure.Samples([])).extend(timed)
+            except Exception as failure:
+                status[name] = _failed(failure)
+
+    nn_ms = {mode: measure.Timing.of(samples[("nn", mode)]).median_ms for mode in modes
+             if ("nn", mode) in samples and status.get("nn") == "ok"}
+    rows = []
+    for impl in impls:
+        error, nn_error = errors[impl.name]
         for mode in modes:
-            row = dict(base, impl=impl.name, mode=mode, status=status, error=error, nn_error=nn_error,
+            row = dict(base, impl=impl.name, mode=mode, status=status[impl.name], error=error, nn_error=nn_error,
                        ms=None, low_ms=None, high_ms=None, speedup_vs_nn=None, us_per_step=None, tokens_per_s=None,
                        peak_mb=None, floor_ms=floor.ms(case, mode))
-            timing = timings.get(mode)
-            if timing is not None:
-                if impl.name == "nn":
-                    nn_ms[mode] = timing.median_ms
+            if status[impl.name] == "ok" and (impl.name, mode) in samples:
+                timing = measure.Timing.of(samples[(impl.name, mode)])
                 row.update(ms=timing.median_ms, low_ms=timing.low_ms, high_ms=timing.high_ms,
                            us_per_step=timing.median_ms * 1e3 / case.seq_len,
                            tokens_per_s=case.batch * case.seq_len / (timing.median_ms / 1e3),
@@ -158,6 +182,10 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def _failed(failure: Exception) -> str:
+    return f"FAILED: {type(failure).__name__}: {str(failure).splitlines()[0][:160]}"
 
 
 class _LeftOut(Implementation):
@@ -173,6 +201,9 @@ class _LeftOut(Implementation):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.rounds < 1:
+        print(f"--rounds must be at least 1, got {args.rounds}", file=sys.stderr)
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is visible", file=sys.stderr)
@@ -211,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for case in tqdm(cases, desc="cases", unit="case", file=sys.stderr):
-        rows += run_case(case, impls, device, args.modes, args.min_seconds, not args.no_check, floors[case.dtype])
+        rows += run_case(case, impls, device, args.modes, args.min_seconds, not args.no_check, floors[case.dtype],
+                         args.rounds)
     print(report.table(rows))
     out_dir = args.out or Path("results") / datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S")
     for path in report.write_all(out_dir, env, rows):

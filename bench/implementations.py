@@ -72,6 +72,18 @@ class TritonStrategy(FastRNN):
         return plans.only(self.strategy)
 
 
+class CompiledFastRNN(FastRNN):
+    """fastrnn's default module under torch.compile: what a user who compiles the whole model gets."""
+
+    def __init__(self):
+        super().__init__("auto")
+        self.name = "fastrnn-auto-compiled"
+        self.description = "torch.compile(fastrnn.{LSTM,GRU}(backend='auto'))"
+
+    def build(self, torch_module):
+        return torch.compile(super().build(torch_module))
+
+
 class CellLoop(Implementation):
     """The naive way: one nn.LSTMCell/GRUCell-equivalent step per time step, from Python."""
 
@@ -147,6 +159,7 @@ def all_implementations() -> list[Implementation]:
     return [
         TorchRNN(),
         FastRNN("auto"),
+        CompiledFastRNN(),
         *(FastRNN(b) for b in ("cpp", "triton", "cuda", "reference")),
         *(TritonStrategy(s) for s in ("persistent", "stepwise")),
         CellLoop(compiled=False),

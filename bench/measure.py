@@ -139,17 +139,40 @@ class Timing:
     high_ms: float  # 80th percentile
     peak_mb: float | None  # peak GPU memory allocated by one call, beyond what was allocated before
 
+    @classmethod
+    def of(cls, samples: "Samples") -> "Timing":
+        times = sorted(samples.times_ms)
+        return cls(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), samples.peak_mb)
+
 
 def time_fn(fn, device: torch.device, min_seconds: float) -> Timing:
+    return Timing.of(sample_times(fn, device, min_seconds))
+
+
+@dataclasses.dataclass
+class Samples:
+    """Per-call times (ms) of one function, possibly gathered over several rounds."""
+
+    times_ms: list[float]
+    peak_mb: float | None = None
+
+    def extend(self, more: "Samples") -> None:
+        self.times_ms += more.times_ms
+        if more.peak_mb is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, more.peak_mb)
+
+
+def sample_times(fn, device: torch.device, min_seconds: float) -> Samples:
+    """Call fn for about min_seconds after a warm-up: CUDA events per call on a GPU, torch.utils.benchmark's
+    blocked measurements (per-call mean of each block) on the CPU."""
     if device.type == "cuda":
         return _time_cuda(fn, min_seconds)
     measurement = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
         min_run_time=min_seconds)
-    times = sorted(t * 1e3 for t in measurement.times)
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), None)
+    return Samples([t * 1e3 for t in measurement.times])
 
 
-def _time_cuda(fn, min_seconds: float) -> Timing:
+def _time_cuda(fn, min_seconds: float) -> Samples:
     """CUDA events around each call, after warm-up; at least 10 calls and min_seconds of them."""
     fn()
     torch.cuda.synchronize()
@@ -169,8 +192,7 @@ def _time_cuda(fn, min_seconds: float) -> Timing:
         spent += times[-1]
         if len(times) >= 1000:
             break
-    times.sort()
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), peak_mb)
+    return Samples(times, peak_mb)
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

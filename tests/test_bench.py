@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
 
 from bench import cli, implementations, plot, report
@@ -25,16 +27,17 @@ def test_quick_run_times_every_available_competitor(tmp_path):
             assert timed["error"] <= 3 * timed["nn_error"] + 1e-5  # checked before timed
             assert rows[(cell, "cell-loop", mode)]["status"].startswith("skipped: a plain cell loop takes no PackedSequence")
             assert rows[(cell, "haste", mode)]["status"].startswith("skipped:")
-            assert rows[(cell, "cell-loop-compiled", mode)]["status"].startswith("skipped: left out of the quick preset")
+            for compiled in ("cell-loop-compiled", "fastrnn-auto-compiled"):
+                assert rows[(cell, compiled, mode)]["status"].startswith("skipped: left out of the quick preset")
     assert (tmp_path / "results.csv").read_text().startswith("case,impl,mode,status")
 
 
-def test_cell_loop_and_its_compiled_form_are_checked_and_timed(tmp_path):
-    code = cli.main(TINY + ["--cells", "lstm", "--modes", "forward", "--impls", "cell-loop", "cell-loop-compiled",
-                            "--out", str(tmp_path)])
+def test_compiled_competitors_are_checked_and_timed(tmp_path):
+    impls = ["cell-loop", "cell-loop-compiled", "fastrnn-auto-compiled"]
+    code = cli.main(TINY + ["--cells", "lstm", "--modes", "forward", "--impls", *impls, "--out", str(tmp_path)])
     assert code == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert {r["impl"]: r["status"] for r in rows} == {"nn": "ok", "cell-loop": "ok", "cell-loop-compiled": "ok"}
+    assert {r["impl"]: r["status"] for r in rows} == {"nn": "ok", **{impl: "ok" for impl in impls}}
 
 
 class _WrongAnswer(implementations.Implementation):
@@ -144,3 +147,38 @@ def test_plot_has_a_panel_per_timed_shape_and_mode_names_the_run_and_lists_what_
     heading = plot.title(environment)
     assert all(value in heading for value in environment.values()) and "CUDA" not in heading
     assert plot.plot_time_vs_batch(tmp_path / "plot.png", rows, environment).stat().st_size > 10_000
+
+
+def test_timing_rounds_interleave_the_competitors_and_pool_their_samples(tmp_path, monkeypatch):
+    from bench import measure
+
+    calls = []
+    fake_ms = {"nn": 2.0, "fastrnn-reference": 1.0}
+
+    def fake_sample_times(fn, device, min_seconds):
+        if id(fn) not in fns_by_id:
+            return measure.Samples([1.0])  # the floor's own measurements
+        name = fns_by_id[id(fn)]
+        calls.append((name, min_seconds))
+        return measure.Samples([fake_ms[name] * (1 + len(calls) / 100)])
+
+    fns_by_id = {}
+    real_forward_fn = measure.forward_fn
+
+    def forward_fn(module, x):
+        fn = real_forward_fn(module, x)
+        fns_by_id[id(fn)] = "nn" if isinstance(module, torch.nn.GRU) else "fastrnn-reference"
+        return fn
+
+    monkeypatch.setattr(measure, "sample_times", fake_sample_times)
+    monkeypatch.setattr(measure, "forward_fn", forward_fn)
+    code = cli.main(TINY + ["--cells", "gru", "--modes", "forward", "--impls", "fastrnn-reference", "--rounds", "3",
+                            "--min-seconds", "0.3", "--out", str(tmp_path)])
+    assert code == 0
+    assert [name for name, _ in calls] == ["nn", "fastrnn-reference", "fastrnn-reference", "nn", "nn", "fastrnn-reference"]
+    assert all(abs(seconds - 0.1) < 1e-12 for _, seconds in calls)  # min-seconds shared out over the rounds
+    rows = {r["impl"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["nn"]["ms"] == pytest.approx(2.0 * 1.04)  # the median of its three rounds (calls 1, 4, 5)
+    assert rows["fastrnn-reference"]["ms"] == pytest.approx(1.0 * 1.03)  # calls 2, 3, 6
+    assert rows["fastrnn-reference"]["speedup_vs_nn"] == pytest.approx(2.08 / 1.03)
+    assert cli.main(TINY + ["--rounds", "0"]) == 2
