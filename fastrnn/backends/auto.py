@@ -18,8 +18,8 @@ import torch
 CPP_DTYPES = (torch.float32, torch.float64)
 
 # A padded LSTM runs on the cpp kernels up to this batch x hidden size; past it oneDNN's LSTM was as
-# fast or faster (bench/RESULTS.md: at B=1, H=64 the kernels won 1.1-2.3x, from B=8 or H=256 on they lost
-# in most rows, by up to 1.4x).
+# fast or faster (bench/RESULTS.md: at B=1, H=64 the kernels won 1.07-1.93x; from B=8 or H=256 on they lost
+# in most rows, by up to 1.3x).
 LSTM_CPP_MAX_BATCH_X_HIDDEN = 64
 
 # auto's preference on a CUDA device, before torch's own code (cuDNN). A kernel backend joins this list
