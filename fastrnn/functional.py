@@ -198,6 +198,27 @@ pad_packed.register_autograd(_pad_packed_backward, setup_context=_pad_packed_set
 pack_padded.register_autograd(_pack_padded_backward, setup_context=_pack_padded_setup)
 
 
+# --- torch's own recurrence, made opaque to torch.compile ---------------------------------------
+
+
+@torch.library.custom_op("fastrnn::torch_rnn_inference", mutates_args=())
+def torch_rnn_inference(x: Tensor, states: list[Tensor], weights: list[Tensor], mode: str, has_biases: bool,
+                        num_layers: int, bidirectional: bool, batch_first: bool) -> list[Tensor]:
+    """nn.LSTM/nn.GRU's own forward (oneDNN's LSTM on a CPU) without autograd: what auto runs eagerly
+    where torch's code is the fastest, as an op torch.compile can put in a graph (Dynamo cannot trace
+    torch's RNN modules). `states`: [h0, c0] or [h0], each (L*D, B, size). Returns [output, *finals]."""
+    if mode == "LSTM":
+        return list(torch._VF.lstm(x, states, weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first))
+    return list(torch._VF.gru(x, states[0], weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first))
+
+
+@torch_rnn_inference.register_fake
+def _(x, states, weights, mode, has_biases, num_layers, bidirectional, batch_first):
+    directions = 2 if bidirectional else 1
+    output = x.new_empty(*x.shape[:2], directions * states[0].shape[-1])
+    return [output, *(s.new_empty(s.shape) for s in states)]
+
+
 # --- autograd ---------------------------------------------------------------------------------
 
 _PLAIN = (Tensor, torch.nn.Parameter)

@@ -186,6 +186,8 @@ class _RNNBase(nn.Module):
         batch_sizes = input.batch_sizes if packed else None
         if backend == "aten":
             return self._forward_aten(input, data, hx, batch_sizes)
+        if torch.compiler.is_compiling() and not packed and self._compiled_inference_prefers_torch(data, hx):
+            return self._forward_torch_op(input, data, hx)
         # Each weight is read once per forward: a parametrized one is computed anew on every read (and
         # spectral_norm steps its power iteration each time).
         weights = {name: getattr(self, name) for name in self._flat_weights_names}
@@ -237,6 +239,36 @@ class _RNNBase(nn.Module):
             except (ValueError, RuntimeError) as clearer:
                 raise clearer from None
             raise
+
+    def _compiled_inference_prefers_torch(self, data: Tensor, hx) -> bool:
+        """Under torch.compile, whether this forward runs torch's own recurrence as an opaque op: when auto
+        would run it eagerly (a CPU, the shape where oneDNN beats the cpp kernels) and nothing needs a
+        gradient, dropout or autocast (the op has no backward; training keeps the cpp kernels)."""
+        if self.backend != "auto" or data.device.type != "cpu" or data.dim() not in (2, 3):
+            return False
+        if data.dtype not in backends.auto.CPP_DTYPES or data.dtype != self.weight_ih_l0.dtype:
+            return False
+        if torch.is_autocast_enabled("cpu") or (self.training and self.dropout):
+            return False
+        states = [] if hx is None else list(hx) if isinstance(hx, (tuple, list)) else [hx]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (data, *states, *self.parameters())):
+            return False
+        batch = 1 if data.dim() == 2 else data.shape[0 if self.batch_first else 1]
+        workload = backends.Workload(self.mode, data.dtype, batch, self.hidden_size, packed=False)
+        return backends.auto.choose(data.device, workload, False, lambda name: True) == "aten"
+
+    def _forward_torch_op(self, input: Tensor, data: Tensor, hx):
+        self.__dict__["last_backend"] = "aten"
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        states, batched, batch = self._checked_states(input, data, hx, None, weights[0])
+        if states is None:
+            states = [batched.new_zeros(self.num_layers * self.num_directions, batch, size) for size in self._state_sizes()]
+        output, *finals = functional.torch_rnn_inference(batched, states, weights, self.mode, self.bias,
+                                                         self.num_layers, self.bidirectional, self.batch_first)
+        if input.dim() == 2:
+            output = output.squeeze(0 if self.batch_first else 1)
+            finals = [s.squeeze(1) for s in finals]
+        return output, (tuple(finals) if self.mode == "LSTM" else finals[0])
 
     def _checked_states(self, input, data: Tensor, hx, batch_sizes, weight: Tensor | None = None):
         """Validate input and hx as nn.LSTM/nn.GRU do (same exception types), plus devices and dtypes.

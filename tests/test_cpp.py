@@ -12,6 +12,7 @@ import threading
 
 import pytest
 import torch
+from torch import nn
 
 from fastrnn import _ext, functional
 from fastrnn.backends import reference, unavailable_reason
@@ -254,3 +255,38 @@ def test_module_on_cpp_backend_matches_nn_on_a_long_sequence():
     x, hx = random_inputs(ours, 3, 600, seed=5)
     errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
     assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("options", [dict(), dict(proj_size=3, batch_first=True), dict(bias=False)])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_compiled_inference_runs_torchs_lstm_where_auto_runs_it_eagerly(options, unbatched):
+    """A padded LSTM that auto gives to oneDNN eagerly (batch x hidden > 64) runs torch's own code
+    under torch.compile as well when nothing needs a gradient (an opaque op): nn's answer (bit for bit
+    where oneDNN runs it; torch's generic code, for proj_size, differs in the last bits between the
+    traced and the eager call). With gradients it runs the cpp kernels, which have a backward."""
+    torch.manual_seed(0)
+    ours, theirs = make_pair("LSTM", "auto", dtype=torch.float32, input_size=3, hidden_size=70, num_layers=2,
+                             bidirectional=True, **options)
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x, hx = random_inputs(ours, 2, 6, dtype=torch.float32, seed=1, unbatched=unbatched)
+    with torch.no_grad():
+        got, want = compiled(x, hx), theirs(x, hx)
+    assert ours.last_backend == "aten"
+    tolerance = 1e-6 if options.get("proj_size") else 0.0
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
+        assert (a - b).abs().max().item() <= tolerance
+    with torch.no_grad():
+        got, want = compiled(x), theirs(x)  # no initial states
+    assert (got[0] - want[0]).abs().max().item() <= tolerance
+    errors = compare(run(compiled, *detached(x, hx)), run(theirs, *detached(x, hx)))
+    assert ours.last_backend == "cpp" and max(errors.values()) < 1e-5, errors
+
+
+def test_torch_rnn_inference_op_passes_opcheck():
+    torch.manual_seed(0)
+    for cell, states in (("LSTM", [torch.zeros(2, 3, 4), torch.randn(2, 3, 5)]), ("GRU", [torch.randn(2, 3, 5)])):
+        module = (nn.LSTM(6, 5, bidirectional=True, proj_size=4) if cell == "LSTM" else nn.GRU(6, 5, bidirectional=True))
+        weights = [w.detach() for w in module._flat_weights]
+        torch.library.opcheck(functional.torch_rnn_inference,
+                              (torch.randn(7, 3, 6), states, weights, cell, True, 1, True, False))

@@ -5,7 +5,9 @@ own code (bench/RESULTS.md, CPU section): every GRU (torch's CPU GRU is a generi
 every packed LSTM (likewise), and padded LSTMs small enough that the per-step cost dominates; larger
 padded LSTMs keep torch's oneDNN LSTM. On a GPU a kernel backend runs only once it has been measured
 faster than cuDNN there (none has yet). Under torch.compile, which cannot trace torch's RNN code,
-auto runs a traceable custom op instead: the cpp kernels on a CPU, the reference loop elsewhere.
+auto runs a traceable custom op instead: the cpp kernels on a CPU, the reference loop elsewhere; on a
+CPU an inference the rule gives to oneDNN runs torch's code as an opaque op (fastrnn::torch_rnn_inference,
+chosen in modules.py), since that op has no backward.
 """
 
 from __future__ import annotations
@@ -71,5 +73,6 @@ def describe(device: torch.device) -> str:
     if device.type == "cpu":
         return ("auto on cpu (float32/float64): cpp for every GRU and packed LSTM, and for padded LSTMs with "
                 f"batch x hidden <= {LSTM_CPP_MAX_BATCH_X_HIDDEN}; aten (oneDNN) for larger padded LSTMs and other "
-                "dtypes; under torch.compile cpp (reference for other dtypes)")
+                "dtypes; under torch.compile cpp (reference for other dtypes), but torch's oneDNN LSTM, as an opaque op, "
+                "for an inference the rule gives to aten")
     return f"auto on {device.type}: aten (torch's own code)"
