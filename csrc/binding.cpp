@@ -19,6 +19,28 @@
 #define FASTRNN_CUDA_ONLY
 #endif
 
+namespace fastrnn_binding {
+
+// lengths, when given: a CPU int64 tensor (B,) sorted non-increasing in [0, T], as the recurrence
+// contract says. Returned contiguous, for the caller to read or copy to its device.
+torch::Tensor checked_lengths(const torch::Tensor& lengths, int64_t steps, int64_t batch, const char* backend) {
+  TORCH_CHECK(lengths.device().is_cpu() && lengths.scalar_type() == at::kLong && lengths.dim() == 1 &&
+                  lengths.size(0) == batch,
+              "fastrnn ", backend, " backend: lengths must be a CPU int64 tensor of shape [", batch, "], got ",
+              lengths.scalar_type(), " ", lengths.sizes(), " on ", lengths.device());
+  torch::Tensor host = lengths.contiguous();
+  const int64_t* length = host.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(length[b] >= 0 && length[b] <= steps, "fastrnn ", backend, " backend: lengths must lie in [0, ",
+                steps, "], got ", length[b]);
+    TORCH_CHECK(b == 0 || length[b] <= length[b - 1], "fastrnn ", backend,
+                " backend: lengths must be sorted non-increasing");
+  }
+  return host;
+}
+
+}  // namespace fastrnn_binding
+
 #if !defined(FASTRNN_CUDA_ONLY)
 #include <ATen/Parallel.h>
 
@@ -64,17 +86,8 @@ kernel_t<T>* data_or_null(const std::optional<Tensor>& tensor) {
 // The number of sequences running at each step, from lengths sorted non-increasing (empty: all run).
 std::vector<int64_t> live_rows(const std::optional<Tensor>& lengths, int64_t steps, int64_t batch) {
   if (!lengths.has_value()) return {};
-  TORCH_CHECK(lengths->device().is_cpu() && lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
-                  lengths->size(0) == batch,
-              "fastrnn cpp backend: lengths must be a CPU int64 tensor of shape [", batch, "], got ",
-              lengths->scalar_type(), " ", lengths->sizes(), " on ", lengths->device());
-  const Tensor contiguous = lengths->contiguous();
+  const Tensor contiguous = fastrnn_binding::checked_lengths(*lengths, steps, batch, "cpp");
   const int64_t* length = contiguous.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(length[b] >= 0 && length[b] <= steps, "fastrnn cpp backend: lengths must lie in [0, ", steps,
-                "], got ", length[b]);
-    TORCH_CHECK(b == 0 || length[b] <= length[b - 1], "fastrnn cpp backend: lengths must be sorted non-increasing");
-  }
   std::vector<int64_t> live(steps, 0);
   for (int64_t t = 0; t < steps; ++t)
     while (live[t] < batch && length[live[t]] > t) ++live[t];
@@ -311,18 +324,7 @@ void check_input(const Tensor& tensor, const char* name, const Tensor& like, std
 // kernels' device (an undefined tensor when None).
 Tensor device_lengths(const std::optional<Tensor>& lengths, int64_t steps, int64_t batch, const Tensor& like) {
   if (!lengths.has_value()) return Tensor();
-  TORCH_CHECK(lengths->device().is_cpu() && lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
-                  lengths->size(0) == batch,
-              "fastrnn cuda backend: lengths must be a CPU int64 tensor of shape [", batch, "], got ",
-              lengths->scalar_type(), " ", lengths->sizes(), " on ", lengths->device());
-  const Tensor host = lengths->contiguous();
-  const int64_t* length = host.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(length[b] >= 0 && length[b] <= steps, "fastrnn cuda backend: lengths must lie in [0, ", steps,
-                "], got ", length[b]);
-    TORCH_CHECK(b == 0 || length[b] <= length[b - 1], "fastrnn cuda backend: lengths must be sorted non-increasing");
-  }
-  return host.to(at::kInt).to(like.device());
+  return fastrnn_binding::checked_lengths(*lengths, steps, batch, "cuda").to(at::kInt).to(like.device());
 }
 
 Tensor output(const Tensor& like, std::vector<int64_t> shape) {
