@@ -129,28 +129,36 @@ def test_gru_kernels_equal_the_reference_in_float64(isa, threads, shape, lengths
     _assert_close(cpp.gru_backward(*backward), reference.gru_backward(*backward), 1e-12, "backward")
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_float32_kernels_are_as_accurate_as_the_float32_reference(isa, threads, cell):
-    """Each result's error against float64 is at most twice the reference backend's own in float32."""
-    shape, lengths = SHAPES[0], _lengths("ragged", SHAPES[0])
+def _assert_as_accurate_as_the_reference(cell, lengths, reverse, dtype, floor, seed):
+    """Each result of the kernels in `dtype` (outputs, states, every gradient) has an error against float64
+    of at most twice the reference backend's own in `dtype`, plus `floor`."""
+    shape = SHAPES[0]
     if cell == "LSTM":
-        make, forward, backward, make_backward = _lstm_args, "lstm_forward", "lstm_backward", _lstm_backward_args
-        extra = dict(proj=11)
+        make, forward, backward, make_backward, extra = _lstm_args, "lstm_forward", "lstm_backward", _lstm_backward_args, dict(proj=11)
     else:
-        make, forward, backward, make_backward = _gru_args, "gru_forward", "gru_backward", _gru_backward_args
-        extra = dict(bias=True)
-    exact_args = make(**shape, **extra, lengths=lengths, reverse=True, seed=5)
-    low_args = make(**shape, **extra, lengths=lengths, reverse=True, seed=5, dtype=torch.float32)
+        make, forward, backward, make_backward, extra = _gru_args, "gru_forward", "gru_backward", _gru_backward_args, dict(bias=True)
+
+    def low(args):
+        return [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in args]
+
+    exact_args = make(**shape, **extra, lengths=lengths, reverse=reverse, seed=seed)
+    low_args = low(exact_args)
     exact = getattr(reference, forward)(*exact_args)
-    ours_out, ref_out = getattr(cpp, forward)(*low_args), getattr(reference, forward)(*low_args)
-    for a, b, e in zip(ours_out, ref_out, exact):
-        assert rel_error(a, e) <= 2 * rel_error(b, e) + 1e-6, (rel_error(a, e), rel_error(b, e))
-    exact_backward = make_backward(exact_args, exact, seed=6)
-    low_backward = [t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in exact_backward]
+    for a, b, e in zip(getattr(cpp, forward)(*low_args), getattr(reference, forward)(*low_args), exact):
+        assert a.dtype == dtype
+        assert rel_error(a, e) <= 2 * rel_error(b, e) + floor, (rel_error(a, e), rel_error(b, e))
+    exact_backward = make_backward(exact_args, exact, seed=seed + 1)
+    low_backward = low(exact_backward)
     exact_grads = getattr(reference, backward)(*exact_backward)
     for a, b, e in zip(getattr(cpp, backward)(*low_backward), getattr(reference, backward)(*low_backward), exact_grads):
         if e.numel():
-            assert rel_error(a, e) <= 2 * rel_error(b, e) + 1e-6, (rel_error(a, e), rel_error(b, e))
+            assert rel_error(a, e) <= 2 * rel_error(b, e) + floor, (rel_error(a, e), rel_error(b, e))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_float32_kernels_are_as_accurate_as_the_float32_reference(isa, threads, cell):
+    """Each result's error against float64 is at most twice the reference backend's own in float32."""
+    _assert_as_accurate_as_the_reference(cell, _lengths("ragged", SHAPES[0]), True, torch.float32, 1e-6, seed=5)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -207,24 +215,7 @@ def test_float16_is_refused_with_a_clear_error():
 def test_bfloat16_kernels_are_as_accurate_as_the_bfloat16_reference(isa, threads, cell, lengths):
     """bfloat16 storage, float32 arithmetic: each result's error against float64 is at most twice the
     reference backend's own in bfloat16 (which rounds every intermediate to bfloat16)."""
-    shape = SHAPES[0]
-    lengths = _lengths(lengths, shape)
-    if cell == "LSTM":
-        make, forward, backward, make_backward, extra = _lstm_args, "lstm_forward", "lstm_backward", _lstm_backward_args, dict(proj=11)
-    else:
-        make, forward, backward, make_backward, extra = _gru_args, "gru_forward", "gru_backward", _gru_backward_args, dict(bias=True)
-    exact_args = make(**shape, **extra, lengths=lengths, reverse=False, seed=7)
-    low_args = [t.bfloat16() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in exact_args]
-    exact = getattr(reference, forward)(*exact_args)
-    for a, b, e in zip(getattr(cpp, forward)(*low_args), getattr(reference, forward)(*low_args), exact):
-        assert a.dtype == torch.bfloat16
-        assert rel_error(a, e) <= 2 * rel_error(b, e) + 1e-3, (rel_error(a, e), rel_error(b, e))
-    exact_backward = make_backward(exact_args, exact, seed=8)
-    low_backward = [t.bfloat16() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in exact_backward]
-    exact_grads = getattr(reference, backward)(*exact_backward)
-    for a, b, e in zip(getattr(cpp, backward)(*low_backward), getattr(reference, backward)(*low_backward), exact_grads):
-        if e.numel():
-            assert rel_error(a, e) <= 2 * rel_error(b, e) + 1e-3, (rel_error(a, e), rel_error(b, e))
+    _assert_as_accurate_as_the_reference(cell, _lengths(lengths, SHAPES[0]), False, torch.bfloat16, 1e-3, seed=7)
 
 
 def test_bad_shapes_and_lengths_are_refused_with_clear_errors():
