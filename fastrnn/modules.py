@@ -363,8 +363,10 @@ class _RNNBase(nn.Module):
             # With ragged lengths, project only the packed rows (the first layer's are the input's own).
             projected = layer_input
             if packing is not None and _mostly_padding(packing, x.shape[0], x.shape[1]):
-                rows = _as_dtype(packing.rows, dtype) if layer == 0 and packing.rows is not None else \
-                    functional.pack_padded(layer_input, packing.batch_sizes, packing.total)
+                if layer == 0:
+                    rows = _as_dtype(packing.rows, dtype)
+                else:
+                    rows = functional.pack_padded(layer_input, packing.batch_sizes, packing.total)
                 projected = functional.PackedRows(rows, packing.batch_sizes, x.shape[1])
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
@@ -395,7 +397,7 @@ class _Packing(NamedTuple):
     batch_sizes: Tensor  # (T,) CPU int64, as in the PackedSequence
     lengths: Tensor  # (B,) CPU int64, non-increasing (packed order)
     total: int  # N, the number of packed rows
-    rows: Tensor | None = None  # the input's packed rows (N, I)
+    rows: Tensor  # the input's packed rows (N, I)
 
 
 def _mostly_padding(packing: _Packing, steps, batch) -> bool:
