@@ -99,6 +99,53 @@ def _time_steps(lengths: Tensor | None, seq_len: int, reverse: bool):
         yield t, None if lengths is None else (lengths > t).unsqueeze(-1)
 
 
+def lstm_recurrence(
+    xp: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The LSTM recurrence of one layer-direction from its projected input xp (T, B, 4H) = x W_ih^T + b_ih + b_hh,
+    as the composition of plain differentiable ops (no in-place writes), so that autograd differentiates it to
+    any order and torch.func transforms (vmap, jacrev, jvp) go through it. lengths (B,): sequence b only runs
+    steps t < lengths[b]; its output there is 0 and its state is carried unchanged.
+    Returns (outputs (T, B, R), h_n, c_n)."""
+    h, c, outputs = h0, c0, [None] * xp.shape[0]
+    for t, live in _time_steps(lengths.to(xp.device) if lengths is not None else None, xp.shape[0], reverse):
+        _, c_new, h_new = lstm_pointwise(xp[t] + h @ w_hh.T, c)
+        if w_hr is not None:
+            h_new = h_new @ w_hr.T
+        if live is not None:
+            h_new, c_new = torch.where(live, h_new, h), torch.where(live, c_new, c)
+        h, c = h_new, c_new
+        outputs[t] = h if live is None else h * live
+    return torch.stack(outputs), h, c
+
+
+def gru_recurrence(
+    xp: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hn: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The GRU recurrence from xp (T, B, 3H) = x W_ih^T + b_ih + (b_hr, b_hz, 0), b_hn inside the reset product;
+    plain differentiable ops, as `lstm_recurrence`. Returns (outputs (T, B, H), h_n)."""
+    hidden = h0.shape[-1]
+    h_bias = None if b_hn is None else torch.cat((b_hn.new_zeros(2 * hidden), b_hn))
+    h, outputs = h0, [None] * xp.shape[0]
+    for t, live in _time_steps(lengths.to(xp.device) if lengths is not None else None, xp.shape[0], reverse):
+        h_gates = h @ w_hh.T if h_bias is None else h @ w_hh.T + h_bias
+        h_new = gru_pointwise(xp[t], h_gates, h)[1]
+        h = h_new if live is None else torch.where(live, h_new, h)
+        outputs[t] = h if live is None else h * live
+    return torch.stack(outputs), h
+
+
 def lstm_layer(
     x: Tensor,
     h0: Tensor,
@@ -109,19 +156,12 @@ def lstm_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer in one direction over a time-major sequence x (T, B, I).
 
-    weights: (w_ih, w_hh, b_ih, b_hh, w_hr), biases and w_hr may be None. lengths (B,): sequence
-    b only runs steps t < lengths[b]; its output there is 0 and its state is carried unchanged.
-    Returns (outputs (T, B, R), h_n, c_n).
+    weights: (w_ih, w_hh, b_ih, b_hh, w_hr), biases and w_hr may be None. lengths (B,): as in
+    `lstm_recurrence`. Returns (outputs (T, B, R), h_n, c_n).
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    h, c, outputs = h0, c0, [None] * x.shape[0]
-    for t, live in _time_steps(lengths.to(x.device) if lengths is not None else None, x.shape[0], reverse):
-        h_new, c_new = lstm_cell(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
-        if live is not None:
-            h_new, c_new = torch.where(live, h_new, h), torch.where(live, c_new, c)
-        h, c = h_new, c_new
-        outputs[t] = h if live is None else h * live
-    return torch.stack(outputs), h, c
+    xp = x @ w_ih.T if b_ih is None else x @ w_ih.T + b_ih + b_hh
+    return lstm_recurrence(xp, h0, c0, w_hh, w_hr, lengths, reverse)
 
 
 def gru_layer(
@@ -136,9 +176,8 @@ def gru_layer(
     Returns (outputs (T, B, H), h_n).
     """
     w_ih, w_hh, b_ih, b_hh = weights
-    h, outputs = h0, [None] * x.shape[0]
-    for t, live in _time_steps(lengths.to(x.device) if lengths is not None else None, x.shape[0], reverse):
-        h_new = gru_cell(x[t], h, w_ih, w_hh, b_ih, b_hh)
-        h = h_new if live is None else torch.where(live, h_new, h)
-        outputs[t] = h if live is None else h * live
-    return torch.stack(outputs), h
+    if b_ih is None:
+        return gru_recurrence(x @ w_ih.T, h0, w_hh, None, lengths, reverse)
+    hidden = h0.shape[-1]
+    xp = x @ w_ih.T + b_ih + torch.cat((b_hh[: 2 * hidden], b_hh.new_zeros(hidden)))
+    return gru_recurrence(xp, h0, w_hh, b_hh[2 * hidden :], lengths, reverse)

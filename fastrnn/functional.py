@@ -17,8 +17,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
-
+from . import cell_math
 from .backends import kernels
 
 
@@ -227,8 +226,10 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 def _direct(*tensors: Tensor | None) -> bool:
     """Whether to call the backend directly instead of through its custom op. In eager mode, on plain
     tensors, the op's dispatch is pure overhead (tens of microseconds a call: most of the cost of a small
-    layer); tracing (torch.compile), fake tensors and tensor subclasses go through the op."""
-    return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN for t in tensors)
+    layer); tracing (torch.compile, torch.jit.trace), fake tensors and tensor subclasses go through the op,
+    which they record (a direct call would leave the trace with the kernel's empty outputs)."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
 def _op(op, backend: str):
@@ -239,6 +240,26 @@ def _op(op, backend: str):
 def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
+
+def functorch_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, jvp, functional_call under one) is running. Its
+    wrapped tensors have no storage for a kernel to read: the recurrence then runs as the plain ops of
+    `cell_math`, which every transform goes through."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def _vmapped(*tensors: Tensor | None) -> bool:
+    """Whether the backward runs under a vmap (autograd.grad(..., is_grads_batched=True) batches the
+    incoming gradients with torch's legacy vmap, whose tensors have no storage either)."""
+    return any(t is not None and (torch._C._functorch.is_legacy_batchedtensor(t) or torch._C._functorch.is_batchedtensor(t))
+               for t in tensors)
+
+
+def _backward_is_differentiated(*grads: Tensor) -> bool:
+    """Whether a backward must be differentiable: create_graph=True (grad mode is on inside the backward) or
+    batched incoming gradients. Never under torch.compile, whose AOTAutograd traces a once-differentiated
+    backward (and says so itself when differentiated twice)."""
+    return not torch.compiler.is_compiling() and (torch.is_grad_enabled() or _vmapped(*grads))
 
 
 def previous_states(states: Tensor, initial: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
@@ -262,19 +283,47 @@ def _outer_sum(grads: Tensor, inputs: Tensor) -> Tensor:
     return grads.flatten(0, 1).T @ inputs.flatten(0, 1)
 
 
+def _differentiable_backward(ctx, recurrence, inputs: tuple[Tensor | None, ...], lengths: Tensor | None,
+                             grads: tuple[Tensor, ...]):
+    """The backward as a function autograd can differentiate again: the recurrence re-run as the plain ops of
+    `cell_math` and differentiated by autograd. Taken when the backward is itself being differentiated
+    (create_graph=True: gradient penalties, Hessian-vector products, MAML) or batched (is_grads_batched).
+
+    inputs: the Function's tensor inputs, the projected input first. The kernels' backward never needs
+    that input, so it is not saved: `ctx.xp_source` recomputes it from the layer's input and weights, which
+    connects the result to them for the next differentiation. Each input enters the re-run through an alias
+    of its own, so that its gradient counts only its direct use by this recurrence (the outer graph carries
+    whatever else it feeds, the projected input included)."""
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        xp = ctx.xp_source() if inputs[0] is None else inputs[0]
+        aliases = [None if t is None else t.view_as(t) for t in (xp, *inputs[1:])]
+        outputs = recurrence(*aliases, lengths, ctx.reverse)
+        wanted = [a for a, need in zip(aliases, ctx.needs_input_grad) if need and a is not None]
+        found = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=create_graph, allow_unused=True,
+                                         materialize_grads=True))
+    return tuple(next(found) if need and a is not None else None for a, need in zip(aliases, ctx.needs_input_grad))
+
+
 class LSTMRecurrence(torch.autograd.Function):
+    """The LSTM recurrence as one autograd node: the backend's fused forward and backward, with a backward that
+    can itself be differentiated (see _differentiable_backward). xp_source: a callable returning xp computed
+    afresh from what it was computed from (None: xp is saved instead)."""
+
     @staticmethod
-    def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend):
+    def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend, xp_source=None):
         op = kernels(backend).lstm_forward if _direct(xp, h0, c0, w_hh, w_hr) else _op(lstm_forward, backend)
         y, h_n, c_n, gates, c_all = op(xp, h0, c0, w_hh, w_hr, lengths, reverse)
-        ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all)
-        ctx.reverse, ctx.backend = reverse, backend
+        ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all, None if xp_source else xp)
+        ctx.reverse, ctx.backend, ctx.xp_source = reverse, backend, xp_source
         return y, h_n, c_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
-        h0, c0, w_hh, w_hr, lengths, y, gates, c_all = ctx.saved_tensors
+        h0, c0, w_hh, w_hr, lengths, y, gates, c_all, xp = ctx.saved_tensors
+        if _backward_is_differentiated(dy, dh_n, dc_n):
+            return (*_differentiable_backward(ctx, cell_math.lstm_recurrence, (xp, h0, c0, w_hh, w_hr), lengths,
+                                              (dy, dh_n, dc_n)), None, None, None, None)
         c_prev = previous_states(c_all, c0, lengths, ctx.reverse)
         dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
         op = kernels(ctx.backend).lstm_backward if _direct(dy, dh_n, dc_n, gates) else _op(lstm_backward, ctx.backend)
@@ -284,30 +333,34 @@ class LSTMRecurrence(torch.autograd.Function):
         if w_hr is not None:
             hidden = c_all.shape[-1]
             dw_hr = _outer_sum(dh_all, gates[..., 3 * hidden :] * torch.tanh(c_all))
-        return dgates, dh0, dc0, dw_hh, dw_hr, None, None, None
+        return dgates, dh0, dc0, dw_hh, dw_hr, None, None, None, None
 
 
 class GRURecurrence(torch.autograd.Function):
+    """The GRU recurrence as one autograd node; as LSTMRecurrence."""
+
     @staticmethod
-    def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend):
+    def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend, xp_source=None):
         op = kernels(backend).gru_forward if _direct(xp, h0, w_hh, b_hn) else _op(gru_forward, backend)
         y, h_n, saved = op(xp, h0, w_hh, b_hn, lengths, reverse)
-        ctx.save_for_backward(h0, w_hh, lengths, y, saved)
-        ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_hn is not None
+        ctx.save_for_backward(h0, w_hh, b_hn, lengths, y, saved, None if xp_source else xp)
+        ctx.reverse, ctx.backend, ctx.xp_source = reverse, backend, xp_source
         return y, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dh_n):
-        h0, w_hh, lengths, y, saved = ctx.saved_tensors
+        h0, w_hh, b_hn, lengths, y, saved, xp = ctx.saved_tensors
+        if _backward_is_differentiated(dy, dh_n):
+            return (*_differentiable_backward(ctx, cell_math.gru_recurrence, (xp, h0, w_hh, b_hn), lengths,
+                                              (dy, dh_n)), None, None, None, None)
         h_prev = previous_states(y, h0, lengths, ctx.reverse)
         dy, dh_n = dy.contiguous(), dh_n.contiguous()
         op = kernels(ctx.backend).gru_backward if _direct(dy, dh_n, saved) else _op(gru_backward, ctx.backend)
         dxp, dhn, dh0 = op(dy, dh_n, h_prev, w_hh, saved, lengths, ctx.reverse)
         hidden = h0.shape[-1]
         dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
-        db_hn = dhn.sum((0, 1)) if ctx.has_bias else None
-        return dxp, dh0, dw_hh, db_hn, None, None, None
+        db_hn = dhn.sum((0, 1)) if b_hn is not None else None
+        return dxp, dh0, dw_hh, db_hn, None, None, None, None
 
 
 # --- one layer, one direction -----------------------------------------------------------------
@@ -358,12 +411,18 @@ def lstm_layer(
     """x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh, w_hr), biases and w_hr may be None.
     Returns (y (T, B, R), h_n, c_n)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    xp = input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
+
+    def projected() -> Tensor:
+        return input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
+
+    xp = projected()
+    if functorch_active():
+        return cell_math.lstm_recurrence(xp, h0, c0, w_hh, w_hr, lengths, reverse)
     args = (xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous())
     if not _needs_grad(*args) and _direct(*args):
         # Inference: no autograd node, and nothing kept for a backward (the gates and cell states).
         return kernels(backend).lstm_forward(*args, lengths, reverse, save=False)[:3]
-    return LSTMRecurrence.apply(*args, lengths, reverse, backend)
+    return LSTMRecurrence.apply(*args, lengths, reverse, backend, projected)
 
 
 def gru_layer(
@@ -377,14 +436,19 @@ def gru_layer(
     """x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh), biases may be None.
     Returns (y (T, B, H), h_n)."""
     w_ih, w_hh, b_ih, b_hh = weights
-    if b_ih is None:
-        xp, b_hn = input_projection(x, w_ih, None), None
-    else:
-        hidden = w_hh.shape[-1]
+
+    def projected() -> Tensor:
+        if b_ih is None:
+            return input_projection(x, w_ih, None)
         # b_hr and b_hz add to the input projection; b_hn must stay inside the reset product.
-        xp = input_projection(x, w_ih, torch.addcmul(b_ih, b_hh, _reset_update_mask(hidden, b_hh.dtype, b_hh.device)))
-        b_hn = b_hh[2 * hidden :].contiguous()
+        mask = _reset_update_mask(w_hh.shape[-1], b_hh.dtype, b_hh.device)
+        return input_projection(x, w_ih, torch.addcmul(b_ih, b_hh, mask))
+
+    xp = projected()
+    b_hn = None if b_hh is None else b_hh[2 * w_hh.shape[-1] :].contiguous()
+    if functorch_active():
+        return cell_math.gru_recurrence(xp, h0, w_hh, b_hn, lengths, reverse)
     args = (xp, h0.contiguous(), w_hh.contiguous(), b_hn)
     if not _needs_grad(*args) and _direct(*args):
         return kernels(backend).gru_forward(*args, lengths, reverse, save=False)[:2]
-    return GRURecurrence.apply(*args, lengths, reverse, backend)
+    return GRURecurrence.apply(*args, lengths, reverse, backend, projected)

@@ -182,6 +182,8 @@ class _RNNBase(nn.Module):
         data = input.data if packed else input
         # Chosen for where the parameters are: an input elsewhere is reported by the input checks.
         backend = self._backend_for(self._parameter_device(), input)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            backend = "aten"
         self.__dict__["last_backend"] = backend  # plain attribute; skips nn.Module.__setattr__ on the hot path
         batch_sizes = input.batch_sizes if packed else None
         if backend == "aten":
