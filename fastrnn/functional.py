@@ -207,8 +207,12 @@ def torch_rnn_inference(x: Tensor, states: list[Tensor], weights: list[Tensor], 
     where torch's code is the fastest, as an op torch.compile can put in a graph (Dynamo cannot trace
     torch's RNN modules). `states`: [h0, c0] or [h0], each (L*D, B, size). Returns [output, *finals]."""
     if mode == "LSTM":
-        return list(torch._VF.lstm(x, states, weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first))
-    return list(torch._VF.gru(x, states[0], weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first))
+        results = torch._VF.lstm(x, states, weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first)
+    else:
+        results = torch._VF.gru(x, states[0], weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first)
+    # Contiguous, as the fake implementation says: torch's batch_first output is a transposed view, with
+    # strides that differ between its code paths.
+    return [t.contiguous() for t in results]
 
 
 @torch_rnn_inference.register_fake
@@ -305,6 +309,34 @@ def _differentiable_backward(ctx, recurrence, inputs: tuple[Tensor | None, ...],
     return tuple(next(found) if need and a is not None else None for a, need in zip(aliases, ctx.needs_input_grad))
 
 
+def _lstm_kernel_backward(backend, reverse, saved, dy, dh_n, dc_n):
+    """The fused backward of the LSTM recurrence: (dxp, dh0, dc0, dw_hh, dw_hr) from what the forward saved."""
+    h0, c0, w_hh, w_hr, lengths, y, gates, c_all = saved
+    c_prev = previous_states(c_all, c0, lengths, reverse)
+    dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
+    op = kernels(backend).lstm_backward if _direct(dy, dh_n, dc_n, gates) else _op(lstm_backward, backend)
+    dgates, dh_all, dh0, dc0 = op(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
+    dw_hh = _outer_sum(dgates, previous_states(y, h0, lengths, reverse))
+    dw_hr = None
+    if w_hr is not None:
+        hidden = c_all.shape[-1]
+        dw_hr = _outer_sum(dh_all, gates[..., 3 * hidden :] * torch.tanh(c_all))
+    return dgates, dh0, dc0, dw_hh, dw_hr
+
+
+def _gru_kernel_backward(backend, reverse, saved, dy, dh_n):
+    """The fused backward of the GRU recurrence: (dxp, dh0, dw_hh, db_hn) from what the forward saved."""
+    h0, w_hh, b_hn, lengths, y, acts = saved
+    h_prev = previous_states(y, h0, lengths, reverse)
+    dy, dh_n = dy.contiguous(), dh_n.contiguous()
+    op = kernels(backend).gru_backward if _direct(dy, dh_n, acts) else _op(gru_backward, backend)
+    dxp, dhn, dh0 = op(dy, dh_n, h_prev, w_hh, acts, lengths, reverse)
+    hidden = h0.shape[-1]
+    dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
+    db_hn = dhn.sum((0, 1)) if b_hn is not None else None
+    return dxp, dh0, dw_hh, db_hn
+
+
 class LSTMRecurrence(torch.autograd.Function):
     """The LSTM recurrence as one autograd node: the backend's fused forward and backward, with a backward that
     can itself be differentiated (see _differentiable_backward). xp_source: a callable returning xp computed
@@ -320,20 +352,12 @@ class LSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        h0, c0, w_hh, w_hr, lengths, y, gates, c_all, xp = ctx.saved_tensors
+        *saved, xp = ctx.saved_tensors
         if _backward_is_differentiated(dy, dh_n, dc_n):
+            h0, c0, w_hh, w_hr, lengths = saved[:5]
             return (*_differentiable_backward(ctx, cell_math.lstm_recurrence, (xp, h0, c0, w_hh, w_hr), lengths,
                                               (dy, dh_n, dc_n)), None, None, None, None)
-        c_prev = previous_states(c_all, c0, lengths, ctx.reverse)
-        dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
-        op = kernels(ctx.backend).lstm_backward if _direct(dy, dh_n, dc_n, gates) else _op(lstm_backward, ctx.backend)
-        dgates, dh_all, dh0, dc0 = op(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, ctx.reverse)
-        dw_hh = _outer_sum(dgates, previous_states(y, h0, lengths, ctx.reverse))
-        dw_hr = None
-        if w_hr is not None:
-            hidden = c_all.shape[-1]
-            dw_hr = _outer_sum(dh_all, gates[..., 3 * hidden :] * torch.tanh(c_all))
-        return dgates, dh0, dc0, dw_hh, dw_hr, None, None, None, None
+        return (*_lstm_kernel_backward(ctx.backend, ctx.reverse, saved, dy, dh_n, dc_n), None, None, None, None)
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -342,25 +366,68 @@ class GRURecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend, xp_source=None):
         op = kernels(backend).gru_forward if _direct(xp, h0, w_hh, b_hn) else _op(gru_forward, backend)
-        y, h_n, saved = op(xp, h0, w_hh, b_hn, lengths, reverse)
-        ctx.save_for_backward(h0, w_hh, b_hn, lengths, y, saved, None if xp_source else xp)
+        y, h_n, acts = op(xp, h0, w_hh, b_hn, lengths, reverse)
+        ctx.save_for_backward(h0, w_hh, b_hn, lengths, y, acts, None if xp_source else xp)
         ctx.reverse, ctx.backend, ctx.xp_source = reverse, backend, xp_source
         return y, h_n
 
     @staticmethod
     def backward(ctx, dy, dh_n):
-        h0, w_hh, b_hn, lengths, y, saved, xp = ctx.saved_tensors
+        *saved, xp = ctx.saved_tensors
         if _backward_is_differentiated(dy, dh_n):
+            h0, w_hh, b_hn, lengths = saved[:4]
             return (*_differentiable_backward(ctx, cell_math.gru_recurrence, (xp, h0, w_hh, b_hn), lengths,
                                               (dy, dh_n)), None, None, None, None)
-        h_prev = previous_states(y, h0, lengths, ctx.reverse)
-        dy, dh_n = dy.contiguous(), dh_n.contiguous()
-        op = kernels(ctx.backend).gru_backward if _direct(dy, dh_n, saved) else _op(gru_backward, ctx.backend)
-        dxp, dhn, dh0 = op(dy, dh_n, h_prev, w_hh, saved, lengths, ctx.reverse)
-        hidden = h0.shape[-1]
-        dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
-        db_hn = dhn.sum((0, 1)) if b_hn is not None else None
-        return dxp, dh0, dw_hh, db_hn, None, None, None, None
+        return (*_gru_kernel_backward(ctx.backend, ctx.reverse, saved, dy, dh_n), None, None, None, None)
+
+
+# --- the custom ops' own autograd: what a torch.export program differentiates -------------------
+#
+# Eager and torch.compile code differentiates the recurrence through the Functions above. A program saved by
+# torch.export holds the forward ops themselves, so they carry the same fused backward (once: a gradient
+# penalty through an exported program is refused rather than computed as if the backward were constant).
+
+
+def _refuse_double_backward(name: str) -> None:
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"fastrnn::{name} was differentiated twice (create_graph=True) inside a torch.export "
+                           "program, which supports one backward; differentiate the eager module instead")
+
+
+def _unused_outputs(name: str, *grads: Tensor | None) -> None:
+    if any(g is not None and bool(g.ne(0).any()) for g in grads):
+        raise RuntimeError(f"fastrnn::{name}: gradients reached the outputs kept for the backward (gates, cell "
+                           "states), which are not differentiable; use y and the final states")
+
+
+def _lstm_op_setup(ctx, inputs, output):
+    xp, h0, c0, w_hh, w_hr, lengths, reverse, backend = inputs
+    y, _, _, gates, c_all = output
+    ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all)
+    ctx.reverse, ctx.backend = reverse, backend
+
+
+def _lstm_op_backward(ctx, dy, dh_n, dc_n, dgates, dc_all):
+    _refuse_double_backward("lstm_forward")
+    _unused_outputs("lstm_forward", dgates, dc_all)
+    return (*_lstm_kernel_backward(ctx.backend, ctx.reverse, ctx.saved_tensors, dy, dh_n, dc_n), None, None, None)
+
+
+def _gru_op_setup(ctx, inputs, output):
+    xp, h0, w_hh, b_hn, lengths, reverse, backend = inputs
+    y, _, acts = output
+    ctx.save_for_backward(h0, w_hh, b_hn, lengths, y, acts)
+    ctx.reverse, ctx.backend = reverse, backend
+
+
+def _gru_op_backward(ctx, dy, dh_n, dacts):
+    _refuse_double_backward("gru_forward")
+    _unused_outputs("gru_forward", dacts)
+    return (*_gru_kernel_backward(ctx.backend, ctx.reverse, ctx.saved_tensors, dy, dh_n), None, None, None)
+
+
+lstm_forward.register_autograd(_lstm_op_backward, setup_context=_lstm_op_setup)
+gru_forward.register_autograd(_gru_op_backward, setup_context=_gru_op_setup)
 
 
 # --- one layer, one direction -----------------------------------------------------------------

@@ -155,7 +155,7 @@ class _RNNBase(nn.Module):
 
         Re-pointed at our Parameters only when they have been replaced (.to(), load_state_dict with
         assign=True, ...), so that the aten path costs next to nothing over calling nn.LSTM. A
-        parametrized weight (weight_norm, ...) is no Parameter of ours: _forward_aten hands the twin
+        parametrized or pruned weight is no Parameter of ours: _forward_aten hands the twin
         its value on every call."""
         twin = self.__dict__.get("_twin")
         if twin is None:
@@ -183,7 +183,7 @@ class _RNNBase(nn.Module):
         # Chosen for where the parameters are: an input elsewhere is reported by the input checks.
         backend = self._backend_for(self._parameter_device(), input)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            backend = "aten"
+            backend = self._backend_for_torch_graph()
         self.__dict__["last_backend"] = backend  # plain attribute; skips nn.Module.__setattr__ on the hot path
         batch_sizes = input.batch_sizes if packed else None
         if backend == "aten":
@@ -209,7 +209,7 @@ class _RNNBase(nn.Module):
 
         dtype = _compute_dtype(x, self.mode)
         # The dtype is chosen once here; autocast must not re-cast the layer's own matmuls.
-        with torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NO_AUTOCAST:
+        with torch.autocast(x.device.type, enabled=False) if _autocast_enabled(x.device.type) else _NO_AUTOCAST:
             output, finals = self._run_layers(_as_dtype(x, dtype).contiguous(), [_as_dtype(s, dtype) for s in states],
                                               weights, packing, backend, dtype)
 
@@ -217,23 +217,49 @@ class _RNNBase(nn.Module):
             output = PackedSequence(functional.pack_padded(output, batch_sizes, packing.total), batch_sizes,
                                     sorted_indices, unsorted_indices)
         else:
+            steps = output
             if self.batch_first:
                 output = output.transpose(0, 1).contiguous()
             if input.dim() == 2:
                 output = output.squeeze(0 if self.batch_first else 1)
                 finals = [s.squeeze(1) for s in finals]
+            if output.requires_grad and (output is steps or output._base is steps) and not torch.compiler.is_compiling():
+                # The recurrence keeps its output for the backward: hand out a copy, so that an in-place op on
+                # it (nn.ReLU(inplace=True)) does not invalidate the backward, as it does not with nn.LSTM/nn.GRU.
+                output = output.clone()
         finals = _permute(finals, unsorted_indices)
         return output, (tuple(finals) if self.mode == "LSTM" else finals[0])
+
+    def _backend_for_torch_graph(self) -> str:
+        """Under torch.jit.trace and torch.onnx.export (both exporters), torch's own code: the trace then holds
+        aten::lstm / aten::gru, which a saved TorchScript module runs without fastrnn and which the exporters
+        turn into ONNX's standard LSTM/GRU operators (a kernel call would be opaque to them, or recorded as
+        its empty outputs)."""
+        if self.proj_size and torch.onnx.is_in_onnx_export():
+            raise RuntimeError(
+                f"LSTM with proj_size={self.proj_size} cannot be exported to ONNX: ONNX's LSTM operator has no "
+                "projection (torch's exporters refuse nn.LSTM with proj_size, or write a file ONNX Runtime rejects). "
+                "Export a model without proj_size, or deploy with torch.jit.trace / torch.export instead")
+        return "aten"
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this on every submodule before compiling: say at once what to do instead."""
+        raise RuntimeError(
+            f"torch.jit.script cannot compile fastrnn.{type(self).__name__}, whose forward dispatches to kernels "
+            f"from Python. Use torch.jit.trace(model, example_inputs) instead: under tracing the layer runs torch's "
+            f"own nn.{self.mode} code, so the trace holds aten::{self.mode.lower()} (saveable, loadable without "
+            f"fastrnn, correct on other batch sizes and lengths); or torch.export.export / torch.compile")
 
     def _forward_aten(self, input, data: Tensor, hx, batch_sizes):
         """torch's own code, which validates its arguments itself; only when it rejects them do our
         checks run, to replace its message with a clearer one (same exception type)."""
         try:
             twin = self._torch_twin()
-            if not parametrize.is_parametrized(self):
-                return twin.forward(input, hx)
-            # nn.LSTM/nn.GRU take a weight that is not a Parameter only through functional_call.
+            # A weight that is not a Parameter of ours (a parametrization, torch.nn.utils.prune's masked
+            # weight) is computed on every read; nn.LSTM/nn.GRU take one only through functional_call.
             computed = {name: getattr(self, name) for name in self._flat_weights_names if name not in self._parameters}
+            if not computed:
+                return twin.forward(input, hx)
             return torch.func.functional_call(twin, computed, (input, hx))
         except Exception:
             try:
@@ -291,7 +317,7 @@ class _RNNBase(nn.Module):
                 raise RuntimeError(f"{self.mode}: packed input data must have 2 dimensions, got {data.dim()}")
             batched, batch = data, _packed_batch(input)
         weight = self.weight_ih_l0 if weight is None else weight
-        if data.dtype != weight.dtype and not torch.is_autocast_enabled(data.device.type):
+        if data.dtype != weight.dtype and not _autocast_enabled(data.device.type):
             raise ValueError(
                 f"{self.mode}: input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
                 f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})"
@@ -330,7 +356,7 @@ class _RNNBase(nn.Module):
                 raise RuntimeError(f"{self.mode}: Expected {name} of size {shape} (num_layers * num_directions, batch, size), got {tuple(state.shape)}")
             if state.device != data.device:
                 raise RuntimeError(f"{self.mode}: Input and hidden tensors are not at the same device, found input tensor at {data.device} and {name} at {state.device}")
-            if state.dtype != data.dtype and not torch.is_autocast_enabled(data.device.type):
+            if state.dtype != data.dtype and not _autocast_enabled(data.device.type):
                 raise RuntimeError(f"{self.mode}: {name} has dtype {state.dtype} but the input has dtype {data.dtype}; pass {name}.to({data.dtype})")
         return states, batched, batch
 
@@ -480,12 +506,21 @@ def _compute_dtype(x: Tensor, mode: str) -> torch.dtype:
     dtype where autocast lists the op (every RNN on CUDA; on the CPU the LSTM but not the GRU),
     otherwise the input's dtype."""
     device = x.device.type
-    if torch.is_autocast_enabled(device) and x.is_floating_point() and (device != "cpu" or mode == "LSTM"):
+    if _autocast_enabled(device) and x.is_floating_point() and (device != "cpu" or mode == "LSTM"):
         return torch.get_autocast_dtype(device)
     return x.dtype
 
 
 _NO_AUTOCAST = contextlib.nullcontext()
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled for any device type: False where autocast does not exist (meta tensors,
+    for shape inference), where torch raises instead."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
 
 
 def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
