@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import fastrnn
 transformers = pytest.importorskip("transformers", reason="fastrnn.finetune needs transformers (the finetune extra)")
 
 from fastrnn.finetune import BertRNNClassifier, DataError, EncoderNotFoundError, OptionError, TrainConfig  # noqa: E402
-from fastrnn.finetune import cli, encoder as encoder_module  # noqa: E402
+from fastrnn.finetune import cli, data as data_module, encoder as encoder_module  # noqa: E402
 from fastrnn.finetune.batching import TokenizingCollator, epoch_batches, token_lengths  # noqa: E402
 from fastrnn.finetune.checkpoint import load_checkpoint  # noqa: E402
 from fastrnn.finetune.data import Columns, TextDataset, TextTable, label_names_of, read_table, split_off  # noqa: E402
@@ -473,6 +474,27 @@ def test_bad_data_is_one_line_and_exit_status_2(case, tiny_dir, sst2_files, tmp_
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert re.match(rf"fastrnn-finetune: error: {expected}", err), err
+
+
+@pytest.mark.parametrize("suffix,separator", [(".tsv", "\t"), (".csv", ",")])
+def test_a_row_longer_than_the_csv_modules_field_limit_is_read_whole(tmp_path, suffix, separator):
+    long_text = "a gorgeous and witty movie " * 8000  # 216,000 characters: over csv's default limit of 131,072
+    path = tmp_path / f"long{suffix}"
+    path.write_text(f"sentence{separator}label\ncold movie{separator}0\n{long_text}{separator}1\n")
+    limit_before = csv.field_size_limit()
+    table = read_table(path)
+    assert table.texts == ["cold movie", long_text] and table.labels == ["0", "1"]
+    assert csv.field_size_limit() == limit_before, "the csv module's limit is restored for other code"
+
+
+def test_a_csv_error_is_one_line_naming_file_and_line(tmp_path, sst2_files, monkeypatch, capsys):
+    monkeypatch.setattr(data_module, "_LARGEST_FIELD", 20)  # so that a field of 30 characters trips the csv module
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\ncold movie\t0\n" + "x" * 30 + "\t1\n")
+    code = cli.main(["train", "--train", str(path), "--output", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"fastrnn-finetune: error: {path}:3: not valid TSV (field larger than field limit (20))"), err
 
 
 def test_predict_input_that_is_not_utf8_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch):
