@@ -314,6 +314,40 @@ def test_save_load_round_trip(make_model, tokenizer, tmp_path, head):
         torch.testing.assert_close(loaded(**batch), model(**batch), rtol=0, atol=0)
 
 
+def test_saved_files_all_get_the_usual_permissions(make_model, tokenizer, tmp_path):
+    mask = os.umask(0o022)
+    try:
+        make_model().save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+    finally:
+        os.umask(mask)
+    modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
+             for path in (tmp_path / "saved").rglob("*") if path.is_file()}
+    assert "saved/head.safetensors" in modes and "saved/encoder/config.json" in modes
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+@pytest.fixture
+def saved_model(make_model, tokenizer, tmp_path):
+    """A saved classifier folder (what train writes as model/)."""
+    return make_model().save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("damage", ["truncated head weights", "truncated config", "truncated encoder weights"])
+def test_predict_with_a_damaged_saved_model_is_one_line_and_exit_status_2(saved_model, tmp_path, capsys, damage):
+    name = {"truncated head weights": "head.safetensors", "truncated config": "classifier_config.json",
+            "truncated encoder weights": "encoder/model.safetensors"}[damage]
+    path = saved_model / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (tmp_path / "texts.txt").write_text("cold movie\n")
+    code = cli.main(["predict", "--model", str(saved_model), "--input", str(tmp_path / "texts.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    expected = {"truncated head weights": f"cannot read the head weights {path}: ",
+                "truncated config": f"{path} is not valid JSON",
+                "truncated encoder weights": f"no encoder could be loaded from the folder {saved_model / 'encoder'}: "}
+    assert err.startswith(f"fastrnn-finetune: error: {expected[damage]}"), err
+
+
 # --- the default encoder and its absence ---------------------------------------------------------------
 
 def test_missing_default_encoder_raises_a_helpful_error(monkeypatch):
