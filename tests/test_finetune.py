@@ -738,6 +738,19 @@ def test_help_shows_every_default_once(command):
         if action.default is not None:
             assert f"default: {action.default}" in text, text
 
+COMMAND_ARGUMENTS = {"train": ["--train", "t.tsv", "--output", "run"], "compare": ["--train", "t.tsv", "--output", "run"],
+                     "eval": ["--model", "run", "--data", "d.tsv"], "predict": ["--model", "run"]}
+
+
+@pytest.mark.parametrize("command", COMMAND_ARGUMENTS)
+def test_every_command_offers_every_fastrnn_backend(command):
+    args = cli.build_parser().parse_args([command, *COMMAND_ARGUMENTS[command], "--backend", "cpp"])
+    assert args.backend == "cpp"
+    subparser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    backend = next(action for action in subparser._actions if "--backend" in action.option_strings)
+    assert tuple(backend.choices) == fastrnn.BACKENDS
+
+
 def test_without_a_progress_bar_progress_is_logged_as_lines(tiny_dir, sst2_files, tmp_path, capsys):
     train_file, dev_file = sst2_files
     assert cli.main(["train", "--train", str(train_file), "--dev", str(dev_file), "--limit", "40", "--max-steps", "2",

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import BACKENDS
 from .config import METRICS, PRECISIONS, TrainConfig
 from .errors import FinetuneError
 
@@ -212,8 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="folder written by save_pretrained, or a train --output folder")
     parser.add_argument("--tokenizer", help="tokenizer folder or name (default: the one saved with the model)")
-    parser.add_argument("--backend", choices=("auto", "cuda", "triton", "reference", "aten"),
-                        help="RNN backend to run (default: the saved one)")
+    parser.add_argument("--backend", choices=BACKENDS, help="RNN backend to run (default: the saved one)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward")
     parser.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -257,8 +257,8 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
                        help="the RNN reads both directions")
     model.add_argument("--rnn-dropout", type=float, default=defaults.rnn_dropout, help="between stacked RNN layers")
     model.add_argument("--dropout", type=float, default=defaults.dropout, help="on the pooled vector")
-    model.add_argument("--backend", choices=("auto", "cuda", "triton", "reference", "aten"), default=defaults.backend,
-                       help="fastrnn backend of the RNN head (aten: torch's nn.LSTM/nn.GRU code)")
+    model.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                       help="fastrnn backend of the RNN head (aten: torch's nn.LSTM/nn.GRU code; auto: cpp on a CPU)")
     model.add_argument("--freeze-embeddings", action="store_true", help="do not train the encoder's embeddings")
     model.add_argument("--freeze-layers", type=int, default=0, help="freeze the lowest N encoder layers")
     model.add_argument("--freeze-encoder", action="store_true", help="train the head only")
