@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import io
 import json
 import os
 import re
@@ -538,6 +539,22 @@ def test_predict_input_that_is_not_utf8_is_one_line_and_exit_status_2(tmp_path, 
     assert "is not UTF-8 text" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_predict_refuses_an_empty_line_naming_it_before_loading_the_model(tmp_path, capsys, monkeypatch, source):
+    text = "cold movie\n\nsharply\n   \n"
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the input is checked before the model loads"))
+    if source == "file":
+        (tmp_path / "texts.txt").write_text(text)
+        arguments, where = ["--input", str(tmp_path / "texts.txt")], str(tmp_path / "texts.txt")
+    else:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+        arguments, where = [], "standard input"
+    code = cli.main(["predict", "--model", str(tmp_path), *arguments])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"fastrnn-finetune: error: {where}:2: empty line (2 empty lines in all); "), err
+
+
 # --- logging ------------------------------------------------------------------------------------------
 
 def test_tensorboard_gets_scalars_when_available(tmp_path, monkeypatch):
@@ -788,7 +805,7 @@ def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
     assert evaluated["accuracy"] == pytest.approx(metrics["history"][-1]["dev"]["accuracy"])
     assert "accuracy" in capsys.readouterr().out
 
-    (tmp_path / "texts.txt").write_text("a charming and often affecting journey\n\ncold movie\n")
+    (tmp_path / "texts.txt").write_text("a charming and often affecting journey\nsharply\ncold movie\n")
     assert cli.main(["predict", "--model", str(output / "model"), "--input", str(tmp_path / "texts.txt"),
                      "--probabilities", "--output", str(tmp_path / "predictions.tsv")]) == 0
     header, *lines = (tmp_path / "predictions.tsv").read_text().splitlines()

@@ -89,16 +89,29 @@ def read_table(path: str | Path, columns: Columns | None = None, *, limit: int |
 
 
 def read_lines(path: str | Path | None) -> list[str]:
-    """Texts one per line from a file, or from stdin when path is None or "-" (blank lines kept,
-    so that output line i always answers input line i)."""
+    """Texts one per line from a file, or from stdin when path is None or "-". An empty (or blank)
+    line is refused: it holds no text to label, and skipping it would shift output line i away from
+    input line i."""
     if path is None or str(path) == "-":
         with _utf8_only("standard input"):
-            return [line.rstrip("\r\n") for line in sys.stdin]
+            lines = [line.rstrip("\r\n") for line in sys.stdin]
+        _refuse_empty_lines(lines, "standard input")
+        return lines
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
     with _utf8_only(path):
-        return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    _refuse_empty_lines(lines, path)
+    return lines
+
+
+def _refuse_empty_lines(lines: list[str], source: Path | str) -> None:
+    empty = [number for number, line in enumerate(lines, start=1) if not line.strip()]
+    if empty:
+        count = f" ({len(empty)} empty lines in all)" if len(empty) > 1 else ""
+        raise DataError(f"{source}:{empty[0]}: empty line{count}; each input line must hold a text to label: "
+                        "remove the empty lines, e.g. `grep -v '^[[:space:]]*$' IN > OUT`")
 
 
 @contextlib.contextmanager
