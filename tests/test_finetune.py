@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -115,6 +116,16 @@ def tiny_dir(tmp_path_factory):
                                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def still_dir(tiny_dir, tmp_path_factory):
+    """The tiny BERT without dropout (as --encoder): its batches' gradients do not depend on how they are split."""
+    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    model = transformers.AutoModel.from_pretrained(tiny_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(folder)
     return folder
 
 
@@ -714,6 +725,57 @@ def test_ema_is_what_dev_scores_and_model_holds_and_resumes_exactly(tiny_dir, ss
     ours, theirs = load_checkpoint(tmp_path / "split")["ema"], load_checkpoint(tmp_path / "run")["ema"]
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_gradient_accumulation_gives_the_update_of_the_larger_batch(still_dir, sst2_files, tmp_path):
+    # 40 rows: batches of 16 are 16 + 16 + 8, batches of 8 accumulated two by two are (8 + 8) + (8 + 8) + 8,
+    # the same examples in the same steps (no length bucketing), so the same updates up to float rounding.
+    options = dict(dropout=0.0, epochs=1, max_steps=1)
+    big = train(tiny_config(still_dir, sst2_files, tmp_path / "big", **options, batch_size=16))
+    accumulated = train(tiny_config(still_dir, sst2_files, tmp_path / "accumulated", **options, batch_size=8,
+                                    gradient_accumulation_steps=2))
+    small = train(tiny_config(still_dir, sst2_files, tmp_path / "small", **options, batch_size=8))
+    assert big.global_step == accumulated.global_step == 1
+    assert_same_run(tmp_path / "accumulated", tmp_path / "big")
+    with pytest.raises(AssertionError):  # a step on 8 examples is another update: the check can tell them apart
+        assert_same_run(tmp_path / "small", tmp_path / "big")
+    assert accumulated.history[0]["train_loss"] == pytest.approx(big.history[0]["train_loss"], rel=1e-6)
+    # the rest of the epoch, resumed after that step, ends with a step of the 8 examples left
+    options.pop("max_steps")
+    big = train(tiny_config(still_dir, sst2_files, tmp_path / "big", **options, batch_size=16), resume=True)
+    accumulated = train(tiny_config(still_dir, sst2_files, tmp_path / "accumulated", **options, batch_size=8,
+                                    gradient_accumulation_steps=2), resume=True)
+    assert big.global_step == accumulated.global_step == accumulated.history[0]["steps"] == 3
+    assert_same_run(tmp_path / "accumulated", tmp_path / "big")
+
+
+def test_a_stop_during_accumulation_waits_for_the_step_and_resumes_exactly(tiny_dir, sst2_files, tmp_path, monkeypatch):
+    options = dict(epochs=1, batch_size=8, gradient_accumulation_steps=2)
+    whole = train(tiny_config(tiny_dir, sst2_files, tmp_path / "whole", **options))
+    original = Trainer._loss_share
+    shares = []
+
+    def interrupt_in_the_first_batch(self, batch, examples):
+        shares.append(examples)
+        if len(shares) == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C before the first of the step's two batches is done
+        return original(self, batch, examples)
+
+    monkeypatch.setattr(Trainer, "_loss_share", interrupt_in_the_first_batch)
+    stopped = train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", **options))
+    monkeypatch.setattr(Trainer, "_loss_share", original)
+    assert stopped.stopped == "interrupted" and stopped.global_step == 1 and shares == [16, 16]
+    assert load_checkpoint(tmp_path / "split")["progress"]["step_in_epoch"] == 1
+    resumed = train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", **options), resume=True)
+    assert resumed.global_step == whole.global_step == 3
+    assert_same_run(tmp_path / "split", tmp_path / "whole")
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(tiny_dir, sst2_files, tmp_path):
+    config = tiny_config(tiny_dir, sst2_files, tmp_path / "run")
+    older = {name: value for name, value in dataclasses.asdict(config).items() if name != "gradient_accumulation_steps"}
+    assert config.differences(older) == {}
+    assert config.differences({**older, "seed": 7}) == {"seed": (7, 42)}
 
 
 def test_out_of_range_eval_every_and_ema_decay_are_errors(tiny_dir, sst2_files, tmp_path):

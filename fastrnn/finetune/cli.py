@@ -265,7 +265,11 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the training data")
-    optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process")
+    optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process and forward pass")
+    optim.add_argument("--gradient-accumulation-steps", type=int, default=defaults.gradient_accumulation_steps,
+                       help="batches whose gradients add up to one optimizer step: the update of one batch of "
+                            "batch-size x this examples, in the memory of one batch (steps, --max-steps, --eval-every "
+                            "and --save-every count optimizer steps; stops and --resume happen between them)")
     optim.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="for dev evaluation")
     optim.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr, help="AdamW learning rate of the encoder")
     optim.add_argument("--head-lr", type=float, default=defaults.head_lr, help="AdamW learning rate of the head")
