@@ -778,6 +778,24 @@ def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(tin
     assert config.differences({**older, "seed": 7}) == {"seed": (7, 42)}
 
 
+def test_no_keep_checkpoint_leaves_only_the_model_of_a_finished_run(tiny_dir, sst2_files, tmp_path, capsys):
+    train_file, dev_file = sst2_files
+    output = tmp_path / "run"
+    arguments = ["train", "--train", str(train_file), "--dev", str(dev_file), "--encoder", str(tiny_dir),
+                 "--hidden-size", "8", "--batch-size", "8", "--epochs", "1", "--output", str(output),
+                 "--no-progress", "--no-tensorboard", "--no-keep-checkpoint"]
+    assert cli.main([*arguments, "--max-steps", "2"]) == 0
+    assert (output / "checkpoint.pt").is_file(), "a stopped run keeps its checkpoint, to be resumed"
+    assert cli.main([*arguments, "--resume"]) == 0
+    assert sorted(path.name for path in output.iterdir()) == ["metrics.json", "model"]
+    assert json.loads((output / "metrics.json").read_text())["stopped"] == "completed"
+    assert "deleted " in capsys.readouterr().out
+    for extra, expected in (([], "already holds a run"), (["--resume"], "nothing to resume .* --no-keep-checkpoint")):
+        assert cli.main([*arguments, *extra]) == 2  # never a fresh run silently replacing the finished run's model/
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.match(rf"fastrnn-finetune: error: .*{expected}", err), err
+
+
 def test_out_of_range_eval_every_and_ema_decay_are_errors(tiny_dir, sst2_files, tmp_path):
     with pytest.raises(OptionError, match="eval_every must be >= 0"):
         tiny_config(tiny_dir, sst2_files, tmp_path / "run", eval_every=-1)

@@ -13,7 +13,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # Options that may differ between a run and its --resume: they do not change the training trajectory.
 RESUMABLE_CHANGES = frozenset({
     "output", "max_steps", "save_every", "log_every", "progress", "tensorboard", "num_workers",
-    "device", "eval_batch_size",
+    "device", "eval_batch_size", "keep_checkpoint",
 })
 
 
@@ -67,6 +67,7 @@ class TrainConfig:
     patience: int | None = 2  # epochs without dev improvement before stopping; None: never stop early
     eval_every: int = 0  # steps between dev evaluations inside an epoch (each can become the kept model); 0: epoch ends only
     save_every: int = 500  # steps between checkpoints (also written each epoch and on stop); 0: epochs only
+    keep_checkpoint: bool = True  # False: delete checkpoint.pt once training completes or stops early
     log_every: int = 20
     device: str = "auto"
     num_workers: int = 0

@@ -37,7 +37,7 @@ from .inference import MODEL_INPUTS, autocast_for, evaluate, move
 from .model import BertRNNClassifier
 from .optim import build_optimizer, build_scheduler
 from .stopping import StopRequest
-from .tracking import RunLog, describe_epoch, describe_evaluation
+from .tracking import METRICS_FILE, RunLog, describe_epoch, describe_evaluation
 
 MODEL_DIR = "model"
 
@@ -113,11 +113,16 @@ class Trainer:
     def _saved_state(self, resume: bool, overwrite: bool) -> dict | None:
         """The checkpoint to resume from (checked against the options), or None for a fresh run."""
         has_checkpoint = (self.output / CHECKPOINT_FILE).is_file()
+        finished_without_checkpoint = not has_checkpoint and (self.output / METRICS_FILE).is_file()
         if not resume:
-            if has_checkpoint and not overwrite:
+            if (has_checkpoint or finished_without_checkpoint) and not overwrite:
                 raise CheckpointError(f"{self.output} already holds a run; continue it with --resume, "
                                       "or start afresh with --overwrite (or another --output)")
             return None
+        if finished_without_checkpoint:
+            raise CheckpointError(f"nothing to resume in {self.output}: it holds a run's {METRICS_FILE} and "
+                                  f"{MODEL_DIR}/ but no {CHECKPOINT_FILE} (deleted at the end by --no-keep-checkpoint); "
+                                  "start afresh with --overwrite (or another --output)")
         saved = load_checkpoint(self.output)
         changed = self.config.differences(saved["config"])
         if changed:
@@ -461,12 +466,22 @@ class Trainer:
         else:
             self.log.print(f"training {reason.replace('_', ' ')} at step {p['global_step']}; model: "
                            f"{self.output / MODEL_DIR} ({p['model_holds']})")
+            if not self.config.keep_checkpoint:
+                self._delete_checkpoint()
         return result
+
+    def _delete_checkpoint(self) -> None:
+        """--no-keep-checkpoint: a finished run keeps model/ and metrics.json, not the means to resume it."""
+        if self.ctx.is_main:
+            path = self.output / CHECKPOINT_FILE
+            path.unlink(missing_ok=True)
+            self.log.print(f"deleted {path} (--no-keep-checkpoint): the finished run cannot be resumed")
+        self.ctx.barrier()
 
     def _result(self, reason: str, history: list[dict]) -> TrainResult:
         p = self.progress
         return TrainResult(self.output, reason, p["global_step"], history, p["best"], p["evaluations"],
-                           self._rnn_backend(), self.output / "metrics.json")
+                           self._rnn_backend(), self.output / METRICS_FILE)
 
     def _rnn_backend(self) -> str | None:
         rnn = self.model.rnn
