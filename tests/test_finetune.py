@@ -917,3 +917,34 @@ def test_cli_compare_writes_a_table(tiny_dir, sst2_files, tmp_path, capsys):
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert len(table.splitlines()) == 2 + 3 and "| variant | rnn backend | dev accuracy | dev F1 | kept step |" in table
     assert table in capsys.readouterr().out
+
+
+def test_cli_compare_resume_continues_each_run(tiny_dir, sst2_files, tmp_path, capsys, monkeypatch):
+    train_file, dev_file = sst2_files
+    output = tmp_path / "cmp"
+    arguments = ["compare", "--train", str(train_file), "--dev", str(dev_file), "--encoder", str(tiny_dir),
+                 "--hidden-size", "8", "--batch-size", "8", "--max-length", "64", "--output", str(output),
+                 "--no-progress", "--no-tensorboard"]
+    assert cli.main([*arguments, "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    original_step, calls = Trainer._step, []
+
+    def step_then_interrupt(self, batches):
+        calls.append(1)
+        loss = original_step(self, batches)
+        if len(calls) == 4:  # Ctrl-C in the second run's second step
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
+    assert cli.main([*arguments, "--max-steps", "2"]) == cli.EXIT_INTERRUPTED
+    monkeypatch.setattr(Trainer, "_step", original_step)
+    out = capsys.readouterr().out
+    assert "continue with the same command plus --resume" in out and not (output / "linear").exists()
+    assert not (output / "compare.json").exists(), "no table of a comparison that has not run every variant"
+    assert cli.main([*arguments, "--max-steps", "3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    # the first run (stopped by --max-steps) and the second (interrupted) continue; the third starts
+    assert out.count(", resuming after step 2") == out.count("resuming") == 2
+    rows = json.loads((output / "compare.json").read_text())["rows"]
+    assert [(row["steps"], row["stopped"]) for row in rows] == [(3, "max_steps")] * 3

@@ -67,10 +67,11 @@ def run_compare(args) -> int:
     config = _train_config(args)
     ctx = distributed.setup(config.device)
     try:
-        compare(config, linear_pooling=args.linear_pooling, overwrite=args.overwrite, context=ctx)
+        rows = compare(config, linear_pooling=args.linear_pooling, overwrite=args.overwrite, resume=args.resume,
+                       context=ctx)
     finally:
         distributed.teardown()
-    return 0
+    return EXIT_INTERRUPTED if rows[-1]["stopped"] == "interrupted" else 0
 
 
 def run_eval(args) -> int:
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", formatter_class=_DefaultsOnce,
                                   help="train the fastrnn head, the same head with backend=aten (nn.LSTM/nn.GRU) and "
                                        "the linear head on the same data, seed and settings; tabulate the results")
-    _add_training_options(compare, resumable=False)
+    _add_training_options(compare)
     compare.add_argument("--linear-pooling", choices=("cls", "mean"), default="cls", help="pooling of the linear baseline")
     compare.set_defaults(handler=run_compare)
 
@@ -229,7 +230,7 @@ def _add_column_options(parser: argparse.ArgumentParser) -> None:
                         help="default: from the file suffix (.tsv, .csv, .jsonl)")
 
 
-def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = True) -> None:
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(train="", output="")
     data = parser.add_argument_group("data")
     data.add_argument("--train", required=True, help="training file: TSV/CSV/JSONL with a header (SST-2's sentence<TAB>label works)")
@@ -288,8 +289,8 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
 
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="run folder: checkpoint.pt, metrics.json, model/, tensorboard/")
-    if resumable:
-        run.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --output from its checkpoint (compare: each run it started)")
     run.add_argument("--overwrite", action="store_true", help="start afresh even if --output holds a run")
     run.add_argument("--max-steps", type=int, help="stop after N optimizer steps in all (checkpointed; the learning-rate "
                                                    "schedule still spans --epochs, so --resume continues it exactly; "
