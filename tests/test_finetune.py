@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -948,3 +949,59 @@ def test_cli_compare_resume_continues_each_run(tiny_dir, sst2_files, tmp_path, c
     assert out.count(", resuming after step 2") == out.count("resuming") == 2
     rows = json.loads((output / "compare.json").read_text())["rows"]
     assert [(row["steps"], row["stopped"]) for row in rows] == [(3, "max_steps")] * 3
+
+
+# --- the documentation's commands and code run as written ----------------------------------------------
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+FINETUNE_README = REPOSITORY / "fastrnn" / "finetune" / "README.md"
+
+
+def _code_blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def _finetune_section(path: Path) -> str:
+    """The fine-tuning section of the top-level README, as its own document."""
+    text = path.read_text()
+    start = text.index("## Fine-tuning a BERT encoder")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def _cli_commands(bash: str) -> list[list[str]]:
+    """The fastrnn-finetune (or torchrun ... -m fastrnn.finetune) commands of a bash block, as argument lists."""
+    commands = []
+    for line in bash.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        for program in ("fastrnn-finetune", "fastrnn.finetune"):
+            if program in words:
+                commands.append(words[words.index(program) + 1:])
+    return commands
+
+
+@pytest.mark.parametrize("document", ["README.md", "fastrnn/finetune/README.md"])
+def test_the_readmes_commands_parse_as_written(document, tmp_path):
+    path = REPOSITORY / document
+    if document == "README.md":
+        path = tmp_path / "section.md"
+        path.write_text(_finetune_section(REPOSITORY / "README.md"))
+    commands = [command for block in _code_blocks(path, "bash") for command in _cli_commands(block)]
+    assert len(commands) >= 2, f"{document}: no fastrnn-finetune commands found"
+    parser = cli.build_parser()
+    for command in commands:
+        assert "..." not in command, f"{document}: `{shlex.join(command)}` has a placeholder, not a value"
+        try:
+            parser.parse_args(command)
+        except SystemExit:
+            pytest.fail(f"{document}: `fastrnn-finetune {shlex.join(command)}` does not parse (see stderr)")
+
+
+def test_the_finetune_readmes_python_runs_as_written(tiny_dir, tmp_path, monkeypatch, capsys):
+    (snippet,) = _code_blocks(FINETUNE_README, "python")
+    monkeypatch.setattr(encoder_module, "default_encoder_path", lambda: tiny_dir)  # the tiny BERT stands in for MiniLM
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, str(FINETUNE_README), "exec"), namespace)
+    assert namespace["logits"].shape == (2, 2)
+    assert namespace["model"].labels == ["negative", "positive"] and (tmp_path / "clf" / "head.safetensors").is_file()
+    assert capsys.readouterr().out == "cpp\n", "the README says a head on a CPU runs cpp"
