@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
+import dataclasses
+import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,7 +28,7 @@ import fastrnn
 transformers = pytest.importorskip("transformers", reason="fastrnn.finetune needs transformers (the finetune extra)")
 
 from fastrnn.finetune import BertRNNClassifier, DataError, EncoderNotFoundError, OptionError, TrainConfig  # noqa: E402
-from fastrnn.finetune import cli, encoder as encoder_module  # noqa: E402
+from fastrnn.finetune import cli, data as data_module, encoder as encoder_module  # noqa: E402
 from fastrnn.finetune.batching import TokenizingCollator, epoch_batches, token_lengths  # noqa: E402
 from fastrnn.finetune.checkpoint import load_checkpoint  # noqa: E402
 from fastrnn.finetune.data import Columns, TextDataset, TextTable, label_names_of, read_table, split_off  # noqa: E402
@@ -113,6 +117,16 @@ def tiny_dir(tmp_path_factory):
                                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def still_dir(tiny_dir, tmp_path_factory):
+    """The tiny BERT without dropout (as --encoder): its batches' gradients do not depend on how they are split."""
+    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    model = transformers.AutoModel.from_pretrained(tiny_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(folder)
     return folder
 
 
@@ -313,6 +327,40 @@ def test_save_load_round_trip(make_model, tokenizer, tmp_path, head):
         torch.testing.assert_close(loaded(**batch), model(**batch), rtol=0, atol=0)
 
 
+def test_saved_files_all_get_the_usual_permissions(make_model, tokenizer, tmp_path):
+    mask = os.umask(0o022)
+    try:
+        make_model().save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+    finally:
+        os.umask(mask)
+    modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
+             for path in (tmp_path / "saved").rglob("*") if path.is_file()}
+    assert "saved/head.safetensors" in modes and "saved/encoder/config.json" in modes
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+@pytest.fixture
+def saved_model(make_model, tokenizer, tmp_path):
+    """A saved classifier folder (what train writes as model/)."""
+    return make_model().save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("damage", ["truncated head weights", "truncated config", "truncated encoder weights"])
+def test_predict_with_a_damaged_saved_model_is_one_line_and_exit_status_2(saved_model, tmp_path, capsys, damage):
+    name = {"truncated head weights": "head.safetensors", "truncated config": "classifier_config.json",
+            "truncated encoder weights": "encoder/model.safetensors"}[damage]
+    path = saved_model / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (tmp_path / "texts.txt").write_text("cold movie\n")
+    code = cli.main(["predict", "--model", str(saved_model), "--input", str(tmp_path / "texts.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    expected = {"truncated head weights": f"cannot read the head weights {path}: ",
+                "truncated config": f"{path} is not valid JSON",
+                "truncated encoder weights": f"no encoder could be loaded from the folder {saved_model / 'encoder'}: "}
+    assert err.startswith(f"fastrnn-finetune: error: {expected[damage]}"), err
+
+
 # --- the default encoder and its absence ---------------------------------------------------------------
 
 def test_missing_default_encoder_raises_a_helpful_error(monkeypatch):
@@ -475,11 +523,48 @@ def test_bad_data_is_one_line_and_exit_status_2(case, tiny_dir, sst2_files, tmp_
     assert re.match(rf"fastrnn-finetune: error: {expected}", err), err
 
 
+@pytest.mark.parametrize("suffix,separator", [(".tsv", "\t"), (".csv", ",")])
+def test_a_row_longer_than_the_csv_modules_field_limit_is_read_whole(tmp_path, suffix, separator):
+    long_text = "a gorgeous and witty movie " * 8000  # 216,000 characters: over csv's default limit of 131,072
+    path = tmp_path / f"long{suffix}"
+    path.write_text(f"sentence{separator}label\ncold movie{separator}0\n{long_text}{separator}1\n")
+    limit_before = csv.field_size_limit()
+    table = read_table(path)
+    assert table.texts == ["cold movie", long_text] and table.labels == ["0", "1"]
+    assert csv.field_size_limit() == limit_before, "the csv module's limit is restored for other code"
+
+
+def test_a_csv_error_is_one_line_naming_file_and_line(tmp_path, sst2_files, monkeypatch, capsys):
+    monkeypatch.setattr(data_module, "_LARGEST_FIELD", 20)  # so that a field of 30 characters trips the csv module
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\ncold movie\t0\n" + "x" * 30 + "\t1\n")
+    code = cli.main(["train", "--train", str(path), "--output", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"fastrnn-finetune: error: {path}:3: not valid TSV (field larger than field limit (20))"), err
+
+
 def test_predict_input_that_is_not_utf8_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch):
     (tmp_path / "texts.txt").write_bytes("tr\u00e8s bien\n".encode("latin-1"))
     monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the input is read before the model loads"))
     assert cli.main(["predict", "--model", str(tmp_path), "--input", str(tmp_path / "texts.txt")]) == 2
     assert "is not UTF-8 text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_predict_refuses_an_empty_line_naming_it_before_loading_the_model(tmp_path, capsys, monkeypatch, source):
+    text = "cold movie\n\nsharply\n   \n"
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the input is checked before the model loads"))
+    if source == "file":
+        (tmp_path / "texts.txt").write_text(text)
+        arguments, where = ["--input", str(tmp_path / "texts.txt")], str(tmp_path / "texts.txt")
+    else:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+        arguments, where = [], "standard input"
+    code = cli.main(["predict", "--model", str(tmp_path), *arguments])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"fastrnn-finetune: error: {where}:2: empty line (2 empty lines in all); "), err
 
 
 # --- logging ------------------------------------------------------------------------------------------
@@ -643,6 +728,75 @@ def test_ema_is_what_dev_scores_and_model_holds_and_resumes_exactly(tiny_dir, ss
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
+def test_gradient_accumulation_gives_the_update_of_the_larger_batch(still_dir, sst2_files, tmp_path):
+    # 40 rows: batches of 16 are 16 + 16 + 8, batches of 8 accumulated two by two are (8 + 8) + (8 + 8) + 8,
+    # the same examples in the same steps (no length bucketing), so the same updates up to float rounding.
+    options = dict(dropout=0.0, epochs=1, max_steps=1)
+    big = train(tiny_config(still_dir, sst2_files, tmp_path / "big", **options, batch_size=16))
+    accumulated = train(tiny_config(still_dir, sst2_files, tmp_path / "accumulated", **options, batch_size=8,
+                                    gradient_accumulation_steps=2))
+    small = train(tiny_config(still_dir, sst2_files, tmp_path / "small", **options, batch_size=8))
+    assert big.global_step == accumulated.global_step == 1
+    assert_same_run(tmp_path / "accumulated", tmp_path / "big")
+    with pytest.raises(AssertionError):  # a step on 8 examples is another update: the check can tell them apart
+        assert_same_run(tmp_path / "small", tmp_path / "big")
+    assert accumulated.history[0]["train_loss"] == pytest.approx(big.history[0]["train_loss"], rel=1e-6)
+    # the rest of the epoch, resumed after that step, ends with a step of the 8 examples left
+    options.pop("max_steps")
+    big = train(tiny_config(still_dir, sst2_files, tmp_path / "big", **options, batch_size=16), resume=True)
+    accumulated = train(tiny_config(still_dir, sst2_files, tmp_path / "accumulated", **options, batch_size=8,
+                                    gradient_accumulation_steps=2), resume=True)
+    assert big.global_step == accumulated.global_step == accumulated.history[0]["steps"] == 3
+    assert_same_run(tmp_path / "accumulated", tmp_path / "big")
+
+
+def test_a_stop_during_accumulation_waits_for_the_step_and_resumes_exactly(tiny_dir, sst2_files, tmp_path, monkeypatch):
+    options = dict(epochs=1, batch_size=8, gradient_accumulation_steps=2)
+    whole = train(tiny_config(tiny_dir, sst2_files, tmp_path / "whole", **options))
+    original = Trainer._loss_share
+    shares = []
+
+    def interrupt_in_the_first_batch(self, batch, examples):
+        shares.append(examples)
+        if len(shares) == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C before the first of the step's two batches is done
+        return original(self, batch, examples)
+
+    monkeypatch.setattr(Trainer, "_loss_share", interrupt_in_the_first_batch)
+    stopped = train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", **options))
+    monkeypatch.setattr(Trainer, "_loss_share", original)
+    assert stopped.stopped == "interrupted" and stopped.global_step == 1 and shares == [16, 16]
+    assert load_checkpoint(tmp_path / "split")["progress"]["step_in_epoch"] == 1
+    resumed = train(tiny_config(tiny_dir, sst2_files, tmp_path / "split", **options), resume=True)
+    assert resumed.global_step == whole.global_step == 3
+    assert_same_run(tmp_path / "split", tmp_path / "whole")
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(tiny_dir, sst2_files, tmp_path):
+    config = tiny_config(tiny_dir, sst2_files, tmp_path / "run")
+    older = {name: value for name, value in dataclasses.asdict(config).items() if name != "gradient_accumulation_steps"}
+    assert config.differences(older) == {}
+    assert config.differences({**older, "seed": 7}) == {"seed": (7, 42)}
+
+
+def test_no_keep_checkpoint_leaves_only_the_model_of_a_finished_run(tiny_dir, sst2_files, tmp_path, capsys):
+    train_file, dev_file = sst2_files
+    output = tmp_path / "run"
+    arguments = ["train", "--train", str(train_file), "--dev", str(dev_file), "--encoder", str(tiny_dir),
+                 "--hidden-size", "8", "--batch-size", "8", "--epochs", "1", "--output", str(output),
+                 "--no-progress", "--no-tensorboard", "--no-keep-checkpoint"]
+    assert cli.main([*arguments, "--max-steps", "2"]) == 0
+    assert (output / "checkpoint.pt").is_file(), "a stopped run keeps its checkpoint, to be resumed"
+    assert cli.main([*arguments, "--resume"]) == 0
+    assert sorted(path.name for path in output.iterdir()) == ["metrics.json", "model"]
+    assert json.loads((output / "metrics.json").read_text())["stopped"] == "completed"
+    assert "deleted " in capsys.readouterr().out
+    for extra, expected in (([], "already holds a run"), (["--resume"], "nothing to resume .* --no-keep-checkpoint")):
+        assert cli.main([*arguments, *extra]) == 2  # never a fresh run silently replacing the finished run's model/
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.match(rf"fastrnn-finetune: error: .*{expected}", err), err
+
+
 def test_out_of_range_eval_every_and_ema_decay_are_errors(tiny_dir, sst2_files, tmp_path):
     with pytest.raises(OptionError, match="eval_every must be >= 0"):
         tiny_config(tiny_dir, sst2_files, tmp_path / "run", eval_every=-1)
@@ -682,6 +836,19 @@ def test_help_shows_every_default_once(command):
         if action.default is not None:
             assert f"default: {action.default}" in text, text
 
+COMMAND_ARGUMENTS = {"train": ["--train", "t.tsv", "--output", "run"], "compare": ["--train", "t.tsv", "--output", "run"],
+                     "eval": ["--model", "run", "--data", "d.tsv"], "predict": ["--model", "run"]}
+
+
+@pytest.mark.parametrize("command", COMMAND_ARGUMENTS)
+def test_every_command_offers_every_fastrnn_backend(command):
+    args = cli.build_parser().parse_args([command, *COMMAND_ARGUMENTS[command], "--backend", "cpp"])
+    assert args.backend == "cpp"
+    subparser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    backend = next(action for action in subparser._actions if "--backend" in action.option_strings)
+    assert tuple(backend.choices) == fastrnn.BACKENDS
+
+
 def test_without_a_progress_bar_progress_is_logged_as_lines(tiny_dir, sst2_files, tmp_path, capsys):
     train_file, dev_file = sst2_files
     assert cli.main(["train", "--train", str(train_file), "--dev", str(dev_file), "--limit", "40", "--max-steps", "2",
@@ -719,7 +886,7 @@ def test_cli_train_eval_predict(tiny_dir, sst2_files, tmp_path, capsys):
     assert evaluated["accuracy"] == pytest.approx(metrics["history"][-1]["dev"]["accuracy"])
     assert "accuracy" in capsys.readouterr().out
 
-    (tmp_path / "texts.txt").write_text("a charming and often affecting journey\n\ncold movie\n")
+    (tmp_path / "texts.txt").write_text("a charming and often affecting journey\nsharply\ncold movie\n")
     assert cli.main(["predict", "--model", str(output / "model"), "--input", str(tmp_path / "texts.txt"),
                      "--probabilities", "--output", str(tmp_path / "predictions.tsv")]) == 0
     header, *lines = (tmp_path / "predictions.tsv").read_text().splitlines()
@@ -751,3 +918,90 @@ def test_cli_compare_writes_a_table(tiny_dir, sst2_files, tmp_path, capsys):
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert len(table.splitlines()) == 2 + 3 and "| variant | rnn backend | dev accuracy | dev F1 | kept step |" in table
     assert table in capsys.readouterr().out
+
+
+def test_cli_compare_resume_continues_each_run(tiny_dir, sst2_files, tmp_path, capsys, monkeypatch):
+    train_file, dev_file = sst2_files
+    output = tmp_path / "cmp"
+    arguments = ["compare", "--train", str(train_file), "--dev", str(dev_file), "--encoder", str(tiny_dir),
+                 "--hidden-size", "8", "--batch-size", "8", "--max-length", "64", "--output", str(output),
+                 "--no-progress", "--no-tensorboard"]
+    assert cli.main([*arguments, "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    original_step, calls = Trainer._step, []
+
+    def step_then_interrupt(self, batches):
+        calls.append(1)
+        loss = original_step(self, batches)
+        if len(calls) == 4:  # Ctrl-C in the second run's second step
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
+    assert cli.main([*arguments, "--max-steps", "2"]) == cli.EXIT_INTERRUPTED
+    monkeypatch.setattr(Trainer, "_step", original_step)
+    out = capsys.readouterr().out
+    assert "continue with the same command plus --resume" in out and not (output / "linear").exists()
+    assert not (output / "compare.json").exists(), "no table of a comparison that has not run every variant"
+    assert cli.main([*arguments, "--max-steps", "3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    # the first run (stopped by --max-steps) and the second (interrupted) continue; the third starts
+    assert out.count(", resuming after step 2") == out.count("resuming") == 2
+    rows = json.loads((output / "compare.json").read_text())["rows"]
+    assert [(row["steps"], row["stopped"]) for row in rows] == [(3, "max_steps")] * 3
+
+
+# --- the documentation's commands and code run as written ----------------------------------------------
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+FINETUNE_README = REPOSITORY / "fastrnn" / "finetune" / "README.md"
+
+
+def _code_blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def _finetune_section(path: Path) -> str:
+    """The fine-tuning section of the top-level README, as its own document."""
+    text = path.read_text()
+    start = text.index("## Fine-tuning a BERT encoder")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def _cli_commands(bash: str) -> list[list[str]]:
+    """The fastrnn-finetune (or torchrun ... -m fastrnn.finetune) commands of a bash block, as argument lists."""
+    commands = []
+    for line in bash.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        for program in ("fastrnn-finetune", "fastrnn.finetune"):
+            if program in words:
+                commands.append(words[words.index(program) + 1:])
+    return commands
+
+
+@pytest.mark.parametrize("document", ["README.md", "fastrnn/finetune/README.md"])
+def test_the_readmes_commands_parse_as_written(document, tmp_path):
+    path = REPOSITORY / document
+    if document == "README.md":
+        path = tmp_path / "section.md"
+        path.write_text(_finetune_section(REPOSITORY / "README.md"))
+    commands = [command for block in _code_blocks(path, "bash") for command in _cli_commands(block)]
+    assert len(commands) >= 2, f"{document}: no fastrnn-finetune commands found"
+    parser = cli.build_parser()
+    for command in commands:
+        assert "..." not in command, f"{document}: `{shlex.join(command)}` has a placeholder, not a value"
+        try:
+            parser.parse_args(command)
+        except SystemExit:
+            pytest.fail(f"{document}: `fastrnn-finetune {shlex.join(command)}` does not parse (see stderr)")
+
+
+def test_the_finetune_readmes_python_runs_as_written(tiny_dir, tmp_path, monkeypatch, capsys):
+    (snippet,) = _code_blocks(FINETUNE_README, "python")
+    monkeypatch.setattr(encoder_module, "default_encoder_path", lambda: tiny_dir)  # the tiny BERT stands in for MiniLM
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, str(FINETUNE_README), "exec"), namespace)
+    assert namespace["logits"].shape == (2, 2)
+    assert namespace["model"].labels == ["negative", "positive"] and (tmp_path / "clf" / "head.safetensors").is_file()
+    assert capsys.readouterr().out == "cpp\n", "the README says a head on a CPU runs cpp"

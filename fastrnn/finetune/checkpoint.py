@@ -56,6 +56,15 @@ def replace_directory(path: Path, write) -> None:
         raise
 
 
+def give_usual_permissions(folder: Path) -> None:
+    """Every file under `folder` readable as a file created by open() would be (0666 less the umask):
+    some writers (safetensors' save_file, mkstemp) make their files private to their owner."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import BACKENDS
 from .config import METRICS, PRECISIONS, TrainConfig
 from .errors import FinetuneError
 
@@ -66,10 +67,11 @@ def run_compare(args) -> int:
     config = _train_config(args)
     ctx = distributed.setup(config.device)
     try:
-        compare(config, linear_pooling=args.linear_pooling, overwrite=args.overwrite, context=ctx)
+        rows = compare(config, linear_pooling=args.linear_pooling, overwrite=args.overwrite, resume=args.resume,
+                       context=ctx)
     finally:
         distributed.teardown()
-    return 0
+    return EXIT_INTERRUPTED if rows[-1]["stopped"] == "interrupted" else 0
 
 
 def run_eval(args) -> int:
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", formatter_class=_DefaultsOnce,
                                   help="train the fastrnn head, the same head with backend=aten (nn.LSTM/nn.GRU) and "
                                        "the linear head on the same data, seed and settings; tabulate the results")
-    _add_training_options(compare, resumable=False)
+    _add_training_options(compare)
     compare.add_argument("--linear-pooling", choices=("cls", "mean"), default="cls", help="pooling of the linear baseline")
     compare.set_defaults(handler=run_compare)
 
@@ -212,8 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="folder written by save_pretrained, or a train --output folder")
     parser.add_argument("--tokenizer", help="tokenizer folder or name (default: the one saved with the model)")
-    parser.add_argument("--backend", choices=("auto", "cuda", "triton", "reference", "aten"),
-                        help="RNN backend to run (default: the saved one)")
+    parser.add_argument("--backend", choices=BACKENDS, help="RNN backend to run (default: the saved one)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward")
     parser.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -229,7 +230,7 @@ def _add_column_options(parser: argparse.ArgumentParser) -> None:
                         help="default: from the file suffix (.tsv, .csv, .jsonl)")
 
 
-def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = True) -> None:
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(train="", output="")
     data = parser.add_argument_group("data")
     data.add_argument("--train", required=True, help="training file: TSV/CSV/JSONL with a header (SST-2's sentence<TAB>label works)")
@@ -257,15 +258,19 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
                        help="the RNN reads both directions")
     model.add_argument("--rnn-dropout", type=float, default=defaults.rnn_dropout, help="between stacked RNN layers")
     model.add_argument("--dropout", type=float, default=defaults.dropout, help="on the pooled vector")
-    model.add_argument("--backend", choices=("auto", "cuda", "triton", "reference", "aten"), default=defaults.backend,
-                       help="fastrnn backend of the RNN head (aten: torch's nn.LSTM/nn.GRU code)")
+    model.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                       help="fastrnn backend of the RNN head (aten: torch's nn.LSTM/nn.GRU code; auto: cpp on a CPU)")
     model.add_argument("--freeze-embeddings", action="store_true", help="do not train the encoder's embeddings")
     model.add_argument("--freeze-layers", type=int, default=0, help="freeze the lowest N encoder layers")
     model.add_argument("--freeze-encoder", action="store_true", help="train the head only")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the training data")
-    optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process")
+    optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process and forward pass")
+    optim.add_argument("--gradient-accumulation-steps", type=int, default=defaults.gradient_accumulation_steps,
+                       help="batches whose gradients add up to one optimizer step: the update of one batch of "
+                            "batch-size x this examples, in the memory of one batch (steps, --max-steps, --eval-every "
+                            "and --save-every count optimizer steps; stops and --resume happen between them)")
     optim.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="for dev evaluation")
     optim.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr, help="AdamW learning rate of the encoder")
     optim.add_argument("--head-lr", type=float, default=defaults.head_lr, help="AdamW learning rate of the head")
@@ -284,8 +289,8 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
 
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="run folder: checkpoint.pt, metrics.json, model/, tensorboard/")
-    if resumable:
-        run.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --output from its checkpoint (compare: each run it started)")
     run.add_argument("--overwrite", action="store_true", help="start afresh even if --output holds a run")
     run.add_argument("--max-steps", type=int, help="stop after N optimizer steps in all (checkpointed; the learning-rate "
                                                    "schedule still spans --epochs, so --resume continues it exactly; "
@@ -296,6 +301,12 @@ def _add_training_options(parser: argparse.ArgumentParser, resumable: bool = Tru
     run.add_argument("--eval-every", type=int, default=defaults.eval_every,
                      help="also evaluate on dev every N steps inside an epoch; the best evaluation is the kept model (0: epoch ends only)")
     run.add_argument("--save-every", type=int, default=defaults.save_every, help="checkpoint every N steps (0: epochs only)")
+    run.add_argument("--keep-checkpoint", action=argparse.BooleanOptionalAction, default=defaults.keep_checkpoint,
+                     help="keep checkpoint.pt once training has finished (completed or stopped early). It holds the "
+                          "weights, AdamW's two moments per weight and the RNG states, about 3x the encoder's size "
+                          "(287 MB for MiniLM-L6); it is what --resume and a continued run need. --no-keep-checkpoint "
+                          "deletes it at the end, leaving model/ and metrics.json; it is still written during the run, "
+                          "and a run stopped by Ctrl-C or --max-steps keeps it")
     run.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between loss logs")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device,
                      help="auto: cuda when a GPU is visible, else cpu")

@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import write_json
+from .checkpoint import CHECKPOINT_FILE, write_json
 from .config import TrainConfig
+from .errors import CheckpointError
+from .tracking import METRICS_FILE
 from .train import TrainResult, train
 
 # dev accuracy/F1: the kept model's; last accuracy: the weights the run ended with
@@ -33,21 +35,36 @@ def variants(config: TrainConfig, linear_pooling: str = "cls") -> list[tuple[str
     ]
 
 
-def compare(config: TrainConfig, *, linear_pooling: str = "cls", overwrite: bool = False,
+def compare(config: TrainConfig, *, linear_pooling: str = "cls", overwrite: bool = False, resume: bool = False,
             context: distributed.Context | None = None) -> list[dict]:
-    """Run every variant; the main process writes compare.json and compare.md to config.output."""
+    """Run every variant; the main process writes compare.json and compare.md to config.output.
+
+    resume: each variant whose folder holds a run continues it (train's --resume), the others start.
+    An interrupted variant ends the comparison there (its row last, no table): resume it to go on."""
     ctx = context or distributed.setup(config.device)
+    runs = variants(config, linear_pooling)
+    if resume and not any(_holds_run(variant) for _, variant in runs):
+        raise CheckpointError(f"nothing to resume: no run of the comparison in {config.output} has started "
+                              "(start without --resume)")
     rows = []
-    for name, variant in variants(config, linear_pooling):
+    for name, variant in runs:
         if ctx.is_main:
             print(f"== {name}", flush=True)
-        rows.append(summarise(name, train(variant, overwrite=overwrite, context=ctx)))
+        result = train(variant, resume=resume and _holds_run(variant), overwrite=overwrite, context=ctx)
+        rows.append(summarise(name, result))
+        if result.stopped == "interrupted":
+            return rows
     if ctx.is_main:
         output = Path(config.output)
         write_json(output / "compare.json", {"rows": rows, "environment": environment(ctx), "config": dataclasses.asdict(config)})
         (output / "compare.md").write_text(markdown_table(rows) + "\n")
         print(markdown_table(rows))
     return rows
+
+
+def _holds_run(variant: TrainConfig) -> bool:
+    folder = Path(variant.output)
+    return (folder / CHECKPOINT_FILE).is_file() or (folder / METRICS_FILE).is_file()
 
 
 def summarise(name: str, result: TrainResult) -> dict:

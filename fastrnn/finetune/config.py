@@ -13,7 +13,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # Options that may differ between a run and its --resume: they do not change the training trajectory.
 RESUMABLE_CHANGES = frozenset({
     "output", "max_steps", "save_every", "log_every", "progress", "tensorboard", "num_workers",
-    "device", "eval_batch_size",
+    "device", "eval_batch_size", "keep_checkpoint",
 })
 
 
@@ -49,6 +49,7 @@ class TrainConfig:
     # optimisation
     epochs: int = 3
     batch_size: int = 32
+    gradient_accumulation_steps: int = 1  # batches per optimizer step: it sees batch_size x this examples
     eval_batch_size: int = 64
     encoder_lr: float = 2e-5
     head_lr: float = 1e-3
@@ -66,6 +67,7 @@ class TrainConfig:
     patience: int | None = 2  # epochs without dev improvement before stopping; None: never stop early
     eval_every: int = 0  # steps between dev evaluations inside an epoch (each can become the kept model); 0: epoch ends only
     save_every: int = 500  # steps between checkpoints (also written each epoch and on stop); 0: epochs only
+    keep_checkpoint: bool = True  # False: delete checkpoint.pt once training completes or stops early
     log_every: int = 20
     device: str = "auto"
     num_workers: int = 0
@@ -77,7 +79,7 @@ class TrainConfig:
             raise OptionError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
@@ -102,5 +104,7 @@ class TrainConfig:
     def differences(self, saved: dict) -> dict[str, tuple]:
         """Options that differ from a checkpoint's and would change the training trajectory."""
         current = dataclasses.asdict(self)
-        return {name: (saved.get(name), value) for name, value in current.items()
-                if name not in RESUMABLE_CHANGES and saved.get(name) != value}
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        # an option newer than the checkpoint counts as its default there (it did not exist, so it was off)
+        return {name: (saved.get(name, defaults[name]), value) for name, value in current.items()
+                if name not in RESUMABLE_CHANGES and saved.get(name, defaults[name]) != value}

@@ -76,7 +76,7 @@ def read_table(path: str | Path, columns: Columns | None = None, *, limit: int |
     file_format = file_format or FORMATS.get(path.suffix.lower())
     if file_format is None:
         raise DataError(f"cannot tell the format of {path} from its suffix; pass the format (tsv, csv or jsonl)")
-    with path.open(encoding="utf-8", newline="") as handle, _utf8_only(path):
+    with path.open(encoding="utf-8", newline="") as handle, _utf8_only(path), _any_field_size():
         rows = _jsonl_rows(handle, path) if file_format == "jsonl" else _delimited_rows(handle, path, file_format)
         records = []  # (line number, row)
         for record in rows:
@@ -89,16 +89,29 @@ def read_table(path: str | Path, columns: Columns | None = None, *, limit: int |
 
 
 def read_lines(path: str | Path | None) -> list[str]:
-    """Texts one per line from a file, or from stdin when path is None or "-" (blank lines kept,
-    so that output line i always answers input line i)."""
+    """Texts one per line from a file, or from stdin when path is None or "-". An empty (or blank)
+    line is refused: it holds no text to label, and skipping it would shift output line i away from
+    input line i."""
     if path is None or str(path) == "-":
         with _utf8_only("standard input"):
-            return [line.rstrip("\r\n") for line in sys.stdin]
+            lines = [line.rstrip("\r\n") for line in sys.stdin]
+        _refuse_empty_lines(lines, "standard input")
+        return lines
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
     with _utf8_only(path):
-        return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    _refuse_empty_lines(lines, path)
+    return lines
+
+
+def _refuse_empty_lines(lines: list[str], source: Path | str) -> None:
+    empty = [number for number, line in enumerate(lines, start=1) if not line.strip()]
+    if empty:
+        count = f" ({len(empty)} empty lines in all)" if len(empty) > 1 else ""
+        raise DataError(f"{source}:{empty[0]}: empty line{count}; each input line must hold a text to label: "
+                        "remove the empty lines, e.g. `grep -v '^[[:space:]]*$' IN > OUT`")
 
 
 @contextlib.contextmanager
@@ -120,10 +133,32 @@ def _utf8_only(source: Path | str):
                         "decoded); convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`") from None
 
 
+@contextlib.contextmanager
+def _any_field_size():
+    """Lifts the csv module's field size limit (131072 characters) while a file is read: a long
+    document is a valid row (the tokenizer truncates it to --max-length tokens), not an error."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(_LARGEST_FIELD)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+_LARGEST_FIELD = 2**31 - 1  # the largest limit csv accepts on every platform (a C long)
+
+
 def _delimited_rows(handle, path: Path, file_format: str):
     # GLUE-style TSV is unquoted: a sentence may start with a quote character, so no quote handling.
     reader = (csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if file_format == "tsv"
               else csv.reader(handle))
+    try:
+        yield from _numbered_rows(reader, path)
+    except csv.Error as error:  # e.g. a CSV quote left open: say where, as for every other data error
+        raise DataError(f"{path}:{reader.line_num}: not valid {file_format.upper()} ({error})") from None
+
+
+def _numbered_rows(reader, path: Path):
     header = next(reader, None)
     if header is None:
         return

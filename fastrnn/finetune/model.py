@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .. import GRU, LSTM
+from .checkpoint import give_usual_permissions
 from .encoder import embeddings_module, load_encoder, load_tokenizer, transformer_layers, unused_pooler
-from .errors import CheckpointError, OptionError
+from .errors import CheckpointError, OptionError, first_line
 from .pooling import final_states, lengths_from_mask, masked_max, masked_mean
 
 HEADS = ("lstm", "gru", "linear")
@@ -177,16 +178,12 @@ class BertRNNClassifier(nn.Module):
         self.encoder.save_pretrained(directory / ENCODER_DIR)
         head_state = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()
                       if not name.startswith("encoder.")}
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            torch.save(head_state, directory / HEAD_WEIGHTS_TORCH)
-        else:
-            save_file(head_state, str(directory / HEAD_WEIGHTS))
+        _write_head_weights(directory, head_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         config = {"format_version": FORMAT_VERSION, **dataclasses.asdict(self.config)}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        give_usual_permissions(directory)  # safetensors writes its files (ours, the encoder's) as 0600
         return directory
 
     @classmethod
@@ -219,20 +216,39 @@ def read_config(directory: Path) -> dict:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a saved BertRNNClassifier (no {CONFIG_FILE})")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); the saved model is damaged: save it again") from None
     version = config.pop("format_version", None)
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {version}; this fastrnn reads version {FORMAT_VERSION}")
     return config
 
 
-def _read_head_weights(directory: Path, map_location) -> dict[str, Tensor]:
-    if (directory / HEAD_WEIGHTS).is_file():
-        from safetensors.torch import load_file
+def _write_head_weights(directory: Path, head_state: dict[str, Tensor]) -> None:
+    """head.safetensors, or head.pt when safetensors is not installed."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        torch.save(head_state, directory / HEAD_WEIGHTS_TORCH)
+    else:
+        save_file(head_state, str(directory / HEAD_WEIGHTS))
 
-        return load_file(str(directory / HEAD_WEIGHTS), device=str(map_location))
-    if (directory / HEAD_WEIGHTS_TORCH).is_file():
-        return torch.load(directory / HEAD_WEIGHTS_TORCH, map_location=map_location, weights_only=True)
+
+def _read_head_weights(directory: Path, map_location) -> dict[str, Tensor]:
+    safetensors_path, torch_path = directory / HEAD_WEIGHTS, directory / HEAD_WEIGHTS_TORCH
+    try:
+        if safetensors_path.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(safetensors_path), device=str(map_location))
+        if torch_path.is_file():
+            return torch.load(torch_path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated or not a weights file: one line naming it, not a traceback
+        path = safetensors_path if safetensors_path.is_file() else torch_path
+        raise CheckpointError(f"cannot read the head weights {path}: {first_line(error)}; the file is damaged "
+                              "(truncated?): copy or save the model again") from None
     raise CheckpointError(f"{directory} has no head weights ({HEAD_WEIGHTS} or {HEAD_WEIGHTS_TORCH})")
 
 

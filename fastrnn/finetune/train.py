@@ -2,12 +2,18 @@
 
 Exact resume: the batches of every epoch are a pure function of (seed, epoch, rank, world size) and
 are stored in each checkpoint with the model, optimizer, scheduler, every RNG state and the position
-in the epoch, so a run stopped after step k and resumed computes what an uninterrupted run would."""
+in the epoch, so a run stopped after step k and resumed computes what an uninterrupted run would.
+
+Gradient accumulation: an optimizer step takes `gradient_accumulation_steps` consecutive batches of the
+epoch's plan (the epoch's last step takes what is left), and its gradient is that of their examples'
+mean loss, as one batch of all of them would give. Runs stop, checkpoint and resume only between
+optimizer steps: a stop asked for during the accumulation of a step takes effect once that step is done."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -31,7 +37,7 @@ from .inference import MODEL_INPUTS, autocast_for, evaluate, move
 from .model import BertRNNClassifier
 from .optim import build_optimizer, build_scheduler
 from .stopping import StopRequest
-from .tracking import RunLog, describe_epoch, describe_evaluation
+from .tracking import METRICS_FILE, RunLog, describe_epoch, describe_evaluation
 
 MODEL_DIR = "model"
 
@@ -79,7 +85,7 @@ class Trainer:
         self.train_lengths = token_lengths(tokenizer, train_table, config.max_length) if config.bucket_by_length else None
         self.dev_lengths = token_lengths(tokenizer, dev_table, config.max_length) if dev_table else None
 
-        self.steps_per_epoch = len(self._plan(0))
+        self.steps_per_epoch = self._steps_in(self._plan(0))
         self.total_steps = config.epochs * self.steps_per_epoch
         warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_ratio * self.total_steps)
         self.optimizer = build_optimizer(self.model, config.encoder_lr, config.head_lr, config.weight_decay,
@@ -107,11 +113,16 @@ class Trainer:
     def _saved_state(self, resume: bool, overwrite: bool) -> dict | None:
         """The checkpoint to resume from (checked against the options), or None for a fresh run."""
         has_checkpoint = (self.output / CHECKPOINT_FILE).is_file()
+        finished_without_checkpoint = not has_checkpoint and (self.output / METRICS_FILE).is_file()
         if not resume:
-            if has_checkpoint and not overwrite:
+            if (has_checkpoint or finished_without_checkpoint) and not overwrite:
                 raise CheckpointError(f"{self.output} already holds a run; continue it with --resume, "
                                       "or start afresh with --overwrite (or another --output)")
             return None
+        if finished_without_checkpoint:
+            raise CheckpointError(f"nothing to resume in {self.output}: it holds a run's {METRICS_FILE} and "
+                                  f"{MODEL_DIR}/ but no {CHECKPOINT_FILE} (deleted at the end by --no-keep-checkpoint); "
+                                  "start afresh with --overwrite (or another --output)")
         saved = load_checkpoint(self.output)
         changed = self.config.differences(saved["config"])
         if changed:
@@ -139,6 +150,10 @@ class Trainer:
             return []
         return epoch_batches(len(self.train_set), self.config.batch_size, epoch=epoch, seed=self.config.seed,
                              rank=self.ctx.rank, world_size=self.ctx.world_size, lengths=self.train_lengths)
+
+    def _steps_in(self, plan: list[list[int]]) -> int:
+        """Optimizer steps an epoch of `plan`'s batches takes (the last one may accumulate fewer batches)."""
+        return -(-len(plan) // self.config.gradient_accumulation_steps)
 
     def _restore(self, saved: dict) -> None:
         if saved["total_steps"] != self.total_steps:
@@ -215,18 +230,20 @@ class Trainer:
     def _train_epoch(self, plan: list[list[int]], stop: StopRequest) -> str | None:
         """Steps through the rest of the epoch; returns why it stopped early, or None at the epoch's end."""
         p, config = self.progress, self.config
+        accumulate, steps = config.gradient_accumulation_steps, self._steps_in(plan)
         self.model.train()
-        loader = DataLoader(self.train_set, batch_sampler=plan[p["step_in_epoch"]:], collate_fn=self.collator,
-                            num_workers=config.num_workers, pin_memory=self.ctx.device.type == "cuda",
+        loader = DataLoader(self.train_set, batch_sampler=plan[p["step_in_epoch"] * accumulate:],
+                            collate_fn=self.collator, num_workers=config.num_workers,
+                            pin_memory=self.ctx.device.type == "cuda",
                             generator=torch.Generator())  # its own generator: never draws from the global RNG
-        bar = tqdm(total=len(plan), initial=p["step_in_epoch"], desc=f"epoch {p['epoch'] + 1}/{config.epochs}",
+        bar = tqdm(total=steps, initial=p["step_in_epoch"], desc=f"epoch {p['epoch'] + 1}/{config.epochs}",
                    disable=not (self.ctx.is_main and config.progress), dynamic_ncols=True, leave=False)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         window_loss, window_steps = torch.zeros((), dtype=torch.float64, device=self.ctx.device), 0
         self._start_clock()
         with bar:
-            for batch in loader:
-                loss = self._step(batch)
+            for batches in _groups_of(loader, accumulate):
+                loss = self._step(batches)
                 p["global_step"] += 1
                 p["step_in_epoch"] += 1
                 self.loss_sum += loss
@@ -237,7 +254,7 @@ class Trainer:
                     self._log_training(bar, window_loss.item() / window_steps)
                     window_loss.zero_()
                     window_steps = 0
-                mid_epoch = p["step_in_epoch"] < len(plan)
+                mid_epoch = p["step_in_epoch"] < steps
                 reason = self._stop_reason(stop)
                 if reason and mid_epoch:
                     return reason
@@ -248,20 +265,31 @@ class Trainer:
                     self._save_checkpoint(plan)
         return None
 
-    def _step(self, batch: dict) -> torch.Tensor:
-        batch = move(batch, self.ctx.device)
-        with autocast_for(self.ctx.device, self.config.precision):
-            logits = self.net(**{name: batch[name] for name in MODEL_INPUTS if name in batch})
-        loss = F.cross_entropy(logits.float(), batch["labels"])
+    def _step(self, batches: list[dict]) -> torch.Tensor:
+        """One optimizer step on the gradient of the mean loss over all examples of `batches`; returns that loss."""
+        examples = sum(len(batch["labels"]) for batch in batches)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=self.ctx.device)
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            # DDP all-reduces gradients on every backward unless told not to: once per step is enough
+            with self.net.no_sync() if self.ctx.distributed and not last else nullcontext():
+                share = self._loss_share(move(batch, self.ctx.device), examples)
+                share.backward()
+            loss += share.detach()
         if self.config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return loss.detach()
+        return loss
+
+    def _loss_share(self, batch: dict, examples: int) -> torch.Tensor:
+        """This batch's part of the step's mean loss: its examples' summed cross-entropy over the step's `examples`."""
+        with autocast_for(self.ctx.device, self.config.precision):
+            logits = self.net(**{name: batch[name] for name in MODEL_INPUTS if name in batch})
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / examples
 
     def _stop_reason(self, stop: StopRequest) -> str | None:
         requested = stop.requested
@@ -351,7 +379,8 @@ class Trainer:
         self._lap()  # evaluating is not training time
         dev = self._evaluate()
         improved = self._record_evaluation(dev, at_epoch_end=False)
-        self.log.print(describe_evaluation(self.progress["evaluations"][-1], len(plan), self.config.metric, best=improved))
+        self.log.print(describe_evaluation(self.progress["evaluations"][-1], self._steps_in(plan), self.config.metric,
+                                           best=improved))
         self.log.scalars(self.progress["global_step"], _dev_scalars(dev))
         self._save_checkpoint(plan)
 
@@ -437,12 +466,22 @@ class Trainer:
         else:
             self.log.print(f"training {reason.replace('_', ' ')} at step {p['global_step']}; model: "
                            f"{self.output / MODEL_DIR} ({p['model_holds']})")
+            if not self.config.keep_checkpoint:
+                self._delete_checkpoint()
         return result
+
+    def _delete_checkpoint(self) -> None:
+        """--no-keep-checkpoint: a finished run keeps model/ and metrics.json, not the means to resume it."""
+        if self.ctx.is_main:
+            path = self.output / CHECKPOINT_FILE
+            path.unlink(missing_ok=True)
+            self.log.print(f"deleted {path} (--no-keep-checkpoint): the finished run cannot be resumed")
+        self.ctx.barrier()
 
     def _result(self, reason: str, history: list[dict]) -> TrainResult:
         p = self.progress
         return TrainResult(self.output, reason, p["global_step"], history, p["best"], p["evaluations"],
-                           self._rnn_backend(), self.output / "metrics.json")
+                           self._rnn_backend(), self.output / METRICS_FILE)
 
     def _rnn_backend(self) -> str | None:
         rnn = self.model.rnn
@@ -455,6 +494,18 @@ class Trainer:
                 "model": {"path": MODEL_DIR, "holds": p["model_holds"]}, "labels": self.labels,
                 "rnn_backend": self._rnn_backend(), "world_size": self.ctx.world_size,
                 "device": str(self.ctx.device), "config": dataclasses.asdict(self.config)}
+
+
+def _groups_of(batches, size: int):
+    """Consecutive lists of `size` batches (the last list may be shorter)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _epoch_scalars(record: dict) -> dict[str, float]:
