@@ -3,6 +3,9 @@
 from .backends import BACKENDS, BackendUnavailableError, explain
 from .convert import convert
 from .modules import GRU, LSTM
+from .quantization import QuantizationWarning, register as _register_quantization
 
-__all__ = ["LSTM", "GRU", "convert", "explain", "BACKENDS", "BackendUnavailableError"]
+_register_quantization(LSTM, GRU)  # quantize_dynamic(model, {fastrnn.LSTM, fastrnn.GRU}) quantizes them
+
+__all__ = ["LSTM", "GRU", "convert", "explain", "BACKENDS", "BackendUnavailableError", "QuantizationWarning"]
 __version__ = "0.1.0"
