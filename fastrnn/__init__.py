@@ -1,8 +1,12 @@
 """fastrnn: drop-in torch.nn.LSTM / torch.nn.GRU on fused recurrent kernels."""
 
 from .backends import BACKENDS, BackendUnavailableError, explain
-from .convert import convert
+from .convert import ConvertWarning, convert
 from .modules import GRU, LSTM
+from .quantization import QuantizationWarning, register as _register_quantization
 
-__all__ = ["LSTM", "GRU", "convert", "explain", "BACKENDS", "BackendUnavailableError"]
+_register_quantization(LSTM, GRU)  # quantize_dynamic(model, {fastrnn.LSTM, fastrnn.GRU}) quantizes them
+
+__all__ = ["LSTM", "GRU", "convert", "explain", "BACKENDS", "BackendUnavailableError",
+           "ConvertWarning", "QuantizationWarning"]
 __version__ = "0.1.0"

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from . import backends, functional
+from .quantization import QConfigSlot
 
 _GATES = {"LSTM": 4, "GRU": 3}
 _TORCH_TWIN = {"LSTM": nn.LSTM, "GRU": nn.GRU}
@@ -28,6 +29,7 @@ _TORCH_TWIN = {"LSTM": nn.LSTM, "GRU": nn.GRU}
 
 class _RNNBase(nn.Module):
     mode: str  # "LSTM" or "GRU", set by the subclass
+    qconfig = QConfigSlot()  # torch.ao.quantization's attribute; warns when it leaves the layer float
 
     def __init__(
         self,
