@@ -390,8 +390,9 @@ class GRURecurrence(torch.autograd.Function):
 
 def _refuse_double_backward(name: str) -> None:
     if torch.is_grad_enabled():
-        raise RuntimeError(f"fastrnn::{name} was differentiated twice (create_graph=True) inside a torch.export "
-                           "program, which supports one backward; differentiate the eager module instead")
+        raise RuntimeError(f"fastrnn::{name}: backward with create_graph=True (for second derivatives) through a "
+                           "torch.export program is not supported: its fused backward is differentiable once; "
+                           "differentiate the eager module instead")
 
 
 def _unused_outputs(name: str, *grads: Tensor | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -184,7 +185,7 @@ class _RNNBase(nn.Module):
         data = input.data if packed else input
         # Chosen for where the parameters are: an input elsewhere is reported by the input checks.
         backend = self._backend_for(self._parameter_device(), input)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() or _exporting_to_onnx():
             backend = self._backend_for_torch_graph()
         self.__dict__["last_backend"] = backend  # plain attribute; skips nn.Module.__setattr__ on the hot path
         batch_sizes = input.batch_sizes if packed else None
@@ -237,7 +238,7 @@ class _RNNBase(nn.Module):
         aten::lstm / aten::gru, which a saved TorchScript module runs without fastrnn and which the exporters
         turn into ONNX's standard LSTM/GRU operators (a kernel call would be opaque to them, or recorded as
         its empty outputs)."""
-        if self.proj_size and torch.onnx.is_in_onnx_export():
+        if self.proj_size and _exporting_to_onnx():
             raise RuntimeError(
                 f"LSTM with proj_size={self.proj_size} cannot be exported to ONNX: ONNX's LSTM operator has no "
                 "projection (torch's exporters refuse nn.LSTM with proj_size, or write a file ONNX Runtime rejects). "
@@ -463,6 +464,15 @@ class GRU(_RNNBase):
             raise ValueError(f"proj_size is only supported by LSTM, not GRU (got proj_size={proj_size})")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, backend)
+
+
+def _exporting_to_onnx() -> bool:
+    """torch.onnx.is_in_onnx_export(), as the dynamo exporter's strict capture needs it too: Dynamo folds that
+    function to False, so the exporter's own flag is read (its module is loaded only once an export began)."""
+    flags = sys.modules.get("torch.onnx._internal.exporter._flags")
+    if flags is not None and getattr(flags, "_is_onnx_exporting", False):
+        return True
+    return torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()  # the TorchScript exporter traces
 
 
 @torch.compiler.assume_constant_result
