@@ -133,8 +133,8 @@ def test_jacrev_over_parameters_equals_nn(backend, cell, config):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell,config", CONFIGS, ids=IDS)
 def test_vmap_and_jvp_equal_nn(backend, cell, config):
-    """nn.LSTM/nn.GRU themselves have no batching rule or forward-mode derivative: the judge is nn called on
-    each sample, and nn's Jacobian (reverse mode) applied to the tangent."""
+    """nn.LSTM/nn.GRU have no batching rule for vmap: the judge is nn called on each sample, and for jvp nn's
+    Jacobian (reverse mode) applied to the tangent."""
     _skip_unavailable(backend, _device(backend))
     ours, theirs = make_pair(cell, backend, device=_device(backend), **config)
     batch = torch.randn(4, 6, config["input_size"], dtype=torch.float64, device=_device(backend))  # 4 unbatched sequences
