@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "simd.h"
 
@@ -20,21 +21,67 @@ namespace {
 
 FASTRNN_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Interleaves the lanes of a and b, [a0, b0, a1, b1, ...]: from their first halves (OFFSET 0) or their
+// second halves (OFFSET N / 2).
+template <int OFFSET, class V, int... Is>
+FASTRNN_HD V interleave(V a, V b, std::integer_sequence<int, Is...>) {
+#if defined(__clang__)
+  return V::of(__builtin_shufflevector(a.v, b.v, ((Is % 2) * V::lanes + OFFSET + Is / 2)...));
+#else
+  return V::of(__builtin_shuffle(a.v, b.v, typename V::mask{((Is % 2) * V::lanes + OFFSET + Is / 2)...}));
+#endif
+}
+
+// Transposes N vectors of N lanes in registers (lane l of vector i becomes lane i of vector l): log2 N rounds,
+// each pairing vector i with vector i + N/2 and interleaving them, a perfect shuffle of both indices.
+template <class T, int N>
+FASTRNN_HD void transpose(Vec<T, N> (&v)[N]) {
+  static_assert((N & (N - 1)) == 0, "vector lanes are a power of two");
+  constexpr auto lanes = std::make_integer_sequence<int, N>{};
+#pragma GCC unroll 4
+  for (int round = 1; round < N; round *= 2) {
+    Vec<T, N> next[N];
+#pragma GCC unroll 16
+    for (int i = 0; i < N / 2; ++i) {
+      next[2 * i] = interleave<0>(v[i], v[i + N / 2], lanes);
+      next[2 * i + 1] = interleave<N / 2>(v[i], v[i + N / 2], lanes);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < N; ++i) v[i] = next[i];
+  }
+}
+
 // B(k, c) = src[k * k_stride + c * c_stride], c in [0, gates * units), converted from the storage type S
-// to the compute type T.
+// to the compute type T. Packing runs on every call, so it is written for bandwidth: where B's columns are
+// the source's rows (k_stride 1: the forward's W_hh^T) N rows are read along k and transposed in registers,
+// N x N at a time; where they are its columns (c_stride 1) each panel row is one vector load.
 template <class T, int N, class S>
 void pack_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
                  int64_t units) {
-  const int64_t blocks = ceil_div(units, N);
+  using V = Vec<T, N>;
+  const int64_t blocks = ceil_div(units, N), out_k = gates * N;
   for (int64_t block = 0; block < blocks; ++block) {
-    for (int64_t k = 0; k < depth; ++k) {
-      for (int64_t gate = 0; gate < gates; ++gate) {
-        T* out = packed + ((block * depth + k) * gates + gate) * N;
-        for (int lane = 0; lane < N; ++lane) {
-          const int64_t unit = block * N + lane;
-          out[lane] = unit < units ? T(to_compute(src[k * k_stride + (gate * units + unit) * c_stride])) : T(0);
+    const int live = static_cast<int>(units - block * N < N ? units - block * N : N);
+    for (int64_t gate = 0; gate < gates; ++gate) {
+      const S* first = src + (gate * units + block * N) * c_stride;  // B(0, first column of this panel)
+      T* out = packed + (block * depth * gates + gate) * N;
+      int64_t k = 0;
+      if (k_stride == 1) {
+        for (; k + N <= depth; k += N) {
+          V tile[N];
+#pragma GCC unroll 16
+          for (int lane = 0; lane < N; ++lane)
+            tile[lane] = lane < live ? load_n<V>(first + lane * c_stride + k, N) : V(T(0));
+          transpose(tile);
+#pragma GCC unroll 16
+          for (int kk = 0; kk < N; ++kk) tile[kk].store(out + (k + kk) * out_k);
         }
+      } else if (c_stride == 1) {
+        for (; k < depth; ++k) load_n<V>(first + k * k_stride, live).store(out + k * out_k);
       }
+      for (; k < depth; ++k)
+        for (int lane = 0; lane < N; ++lane)
+          out[k * out_k + lane] = lane < live ? T(to_compute(first[k * k_stride + lane * c_stride])) : T(0);
     }
   }
 }
