@@ -82,6 +82,7 @@ def test_explain_says_what_auto_runs_for_each_kind_of_workload(cell, dtype, batc
         assert model.selected_backend(input=x) == eager
         # Under torch.compile the layer resolves once, without the shape, then may hand an inference to torch.
         assert fastrnn.modules._resolve_while_compiling("auto", "cpu") == compiled_training
+        assert backends.resolve_while_compiling("auto", "cpu") == compiled_training
         if not packed:
             with torch.no_grad():
                 runs_torch = model.eval()._compiled_inference_prefers_torch(x, None)
@@ -97,6 +98,16 @@ def test_explain_has_one_row_per_kind_of_workload_the_rule_tells_apart():
     assert list(table) == [kind for kind, _ in backends.auto.kinds(torch.device("cpu"))]
     assert len(set(table.values())) > 1  # the rule's outcome depends on the workload, and the table shows it
     assert list(_auto_table(fastrnn.explain("cuda"))) == ["any LSTM or GRU, any shape and dtype"]
+
+
+def test_resolve_while_compiling_is_marked_constant_as_torchs_decorator_marks():
+    def probe():
+        return "cpp"
+
+    marked = torch.compiler.assume_constant_result(probe)
+    marks = {name: value for name, value in vars(marked).items() if name.startswith("_dynamo")}
+    assert marks, "torch.compiler.assume_constant_result set no attribute: update backends.resolve_while_compiling"
+    assert {name: getattr(backends.resolve_while_compiling, name, None) for name in marks} == marks
 
 
 def test_auto_on_cpu_keeps_torchs_code_for_dtypes_the_kernels_lack():

@@ -74,6 +74,18 @@ def resolve(backend: str, device: torch.device | str, workload: Workload | None 
     return backend
 
 
+def resolve_while_compiling(backend: str, device: str) -> str:
+    """The backend a forward traced by torch.compile runs: resolve() without a workload, decided once
+    while tracing and kept out of the graph (Dynamo treats the result as a constant)."""
+    return resolve(backend, device, None, compiling=True)
+
+
+# What torch.compiler.assume_constant_result(resolve_while_compiling) does, without its cost: that function
+# imports torch._dynamo (about a second, and triton with it) only to set this attribute, which Dynamo reads
+# when it traces a call (tests/test_backends.py checks the two agree).
+resolve_while_compiling._dynamo_marked_constant = True
+
+
 def _runs(backend: str, device: torch.device) -> bool:
     """Whether a kernel backend can run on `device`, compiling fastrnn._C first if it needs it."""
     if unavailable_reason(backend, device) is not None:
