@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from .. import _ext
+from .. import _build_report, _ext
 from . import auto
 from .auto import Workload
 
@@ -136,6 +136,9 @@ def explain(device: torch.device | str | None = None) -> str:
     for name in (*KERNEL_BACKENDS, "aten"):
         reason = unavailable_reason(name, device)
         lines.append(f"  {name:<9} {'available' if reason is None else 'unavailable: ' + reason}")
+    built = _build_report.summary() if _ext.prebuilt() else None
+    if built is not None:
+        lines.append(f"  build: {built}")
     lines += auto_lines(device)
     cuda = kernels("cuda")
     lines += cuda.explain_lines() if unavailable_reason("cuda", device) is None else [f"  cuda-kernels: {cuda.VERIFIED}"]
