@@ -29,6 +29,9 @@ def _setup_kwargs(monkeypatch, **env) -> dict:
     captured = {}
     monkeypatch.setattr("setuptools.setup", lambda **kwargs: captured.update(kwargs))
     monkeypatch.setattr(sys, "argv", [str(SETUP), "build_ext"])
+    # setup.py puts fastrnn/ first on sys.path (to load _build alone), where fastrnn/triton would then
+    # shadow the real triton for the rest of the session: restored after the test.
+    monkeypatch.setattr(sys, "path", list(sys.path))
     runpy.run_path(str(SETUP), run_name="__main__")
     return captured
 
