@@ -43,6 +43,7 @@ class Case:
 
 
 # Each preset: lists per axis (input size None = the hidden size). "paper" is the grid of the issues.
+# Axes a preset does not name take grid()'s defaults: input size = hidden, 1 layer, one direction, padded.
 PRESETS: dict[str, dict] = {
     "quick": dict(cells=["lstm", "gru"], dtypes=["float32"], batch=[4, 16], seq_len=[32], hidden=[64]),
     "paper": dict(cells=["lstm", "gru"], dtypes=["bfloat16", "float16", "float32"], batch=[1, 16, 64, 256],
@@ -53,6 +54,27 @@ PRESETS: dict[str, dict] = {
     "varlen": dict(cells=["lstm", "gru"], dtypes=["bfloat16", "float32"], batch=[16, 64], seq_len=[256],
                    hidden=[256, 1024], min_length_fraction=[0.25]),
 }
+
+
+# What each preset is for, in --help.
+PRESET_PURPOSES = {
+    "quick": "a first look, on whatever device is present",
+    "paper": "the full GPU grid",
+    "cpu": "the CPU grid of bench/RESULTS.md (bash bench/cpu_suite.sh OUT runs it at 1 and 2 threads)",
+    "varlen": "PackedSequence batches, lengths drawn uniformly from [fraction x T, T]",
+}
+
+# How grid()'s axes are spelled on the command line.
+AXIS_OPTIONS = {"cells": "--cells", "dtypes": "--dtypes", "batch": "--batch", "seq_len": "--seq-len",
+                "hidden": "--hidden", "input_size": "--input-size", "layers": "--layers",
+                "bidirectional": "--bidirectional", "min_length_fraction": "--min-length-fraction"}
+
+
+def describe_preset(name: str) -> str:
+    """One line: what the preset is for, the axes it sets and how many cases they make."""
+    axes = PRESETS[name]
+    shown = "; ".join(f"{AXIS_OPTIONS[axis]} {' '.join(map(str, values))}" for axis, values in axes.items())
+    return f"{PRESET_PURPOSES[name]}: {shown} ({len(grid(**axes))} cases)"
 
 
 def grid(cells, dtypes, batch, seq_len, hidden, input_size=(None,), layers=(1,), bidirectional=(False,),

@@ -26,7 +26,7 @@ import torch
 import fastrnn
 
 from . import measure, report
-from .cases import DTYPES, PRESETS, Case, grid
+from .cases import DTYPES, PRESETS, Case, describe_preset, grid
 from .implementations import Implementation, all_implementations
 
 MODES = ("forward", "train")
@@ -38,33 +38,63 @@ LEFT_OUT = {preset: {name: _COMPILE_WARM_UP.format(preset=preset) for name in ("
             for preset in ("quick", "cpu")}
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--cells", nargs="+", choices=["lstm", "gru"])
-    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
-    parser.add_argument("--batch", nargs="+", type=int)
-    parser.add_argument("--seq-len", nargs="+", type=int)
-    parser.add_argument("--hidden", nargs="+", type=int)
-    parser.add_argument("--input-size", nargs="+", type=int, help="default: equal to the hidden size")
-    parser.add_argument("--layers", nargs="+", type=int)
-    parser.add_argument("--bidirectional", nargs="+", type=int, choices=[0, 1])
-    parser.add_argument("--min-length-fraction", nargs="+", type=float,
-                        help="variable-length batches: lengths drawn from [fraction*T, T]")
+def _presets_help() -> str:
+    lines = ["presets (an axis option given on the command line replaces that axis of the preset; axes a preset does",
+             "not set: input size = hidden size, 1 layer, one direction, padded batches):"]
+    width = max(map(len, PRESETS))
+    for name in PRESETS:
+        lines.append(f"  {name:<{width}}  {describe_preset(name)}")
+        if name in LEFT_OUT:
+            lines.append(f"  {'':<{width}}  leaves out {', '.join(LEFT_OUT[name])} (their torch.compile warm-up); "
+                         "--impls NAME runs one")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_presets_help())
+    preset_axis = "default: the preset's"
+    parser.add_argument("--preset", choices=list(PRESETS), default="quick",
+                        help="the grid of cases to time, described below (default: %(default)s)")
+    parser.add_argument("--cells", nargs="+", choices=["lstm", "gru"], help=f"cell types ({preset_axis})")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help=f"dtypes to compute in ({preset_axis})")
+    parser.add_argument("--batch", nargs="+", type=int, metavar="B", help=f"batch sizes ({preset_axis})")
+    parser.add_argument("--seq-len", nargs="+", type=int, metavar="T", help=f"sequence lengths ({preset_axis})")
+    parser.add_argument("--hidden", nargs="+", type=int, metavar="H", help=f"hidden sizes ({preset_axis})")
+    parser.add_argument("--input-size", nargs="+", type=int, metavar="I",
+                        help="input sizes (default: equal to the hidden size)")
+    parser.add_argument("--layers", nargs="+", type=int, metavar="L", help="numbers of stacked layers (default: 1)")
+    parser.add_argument("--bidirectional", nargs="+", type=int, choices=[0, 1],
+                        help="0 = one direction, 1 = both (default: 0)")
+    parser.add_argument("--min-length-fraction", nargs="+", type=float, metavar="F",
+                        help="variable-length batches (PackedSequence): lengths drawn from [F*T, T] "
+                             "(default: the preset's; none = padded batches of equal length)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
-                        help="forward = inference under no_grad; train = forward + backward")
-    parser.add_argument("--impls", nargs="+", help="competitors to run (default: all; see --list)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
-    parser.add_argument("--min-seconds", type=float, default=0.3, help="time spent per measurement")
+                        help=f"forward = inference under no_grad; train = forward + backward "
+                             f"(default: {' '.join(MODES)})")
+    parser.add_argument("--impls", nargs="+", metavar="NAME",
+                        help="competitors to run, besides nn, the base of every ratio (default: all the preset "
+                             "runs; names and descriptions: --list)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
+    parser.add_argument("--min-seconds", type=float, default=0.3, metavar="S",
+                        help="time spent timing each competitor per case and mode (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved timing rounds per case, each competitor min-seconds/rounds per round "
-                             "(the order rotated): a drifting machine then biases no ratio")
-    parser.add_argument("--no-check", action="store_true", help="skip the correctness check (not recommended)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--list", action="store_true", help="list the competitors and exit")
-    return parser.parse_args(argv)
+                             "(the order rotated): a drifting machine then biases no ratio (default: %(default)s)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip the check against float64 before timing (not recommended: a wrong answer is "
+                             "then timed like a right one)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help=f"CPU threads for torch (default: torch's, {torch.get_num_threads()} here)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="where results.json, results.csv and the plot go (default: results/bench-<date>-<time>)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the competitors and what fastrnn's backends do here (fastrnn.explain()), and exit")
+    return parser
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def select_cases(args) -> list[Case]:

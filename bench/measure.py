@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import statistics
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
-from torch.utils import benchmark
 
 from .cases import Case
 
@@ -167,9 +167,23 @@ def sample_times(fn, device: torch.device, min_seconds: float) -> Samples:
     blocked measurements (per-call mean of each block) on the CPU."""
     if device.type == "cuda":
         return _time_cuda(fn, min_seconds)
-    measurement = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+    measurement = _torch_benchmark().Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
         min_run_time=min_seconds)
     return Samples([t * 1e3 for t in measurement.times])
+
+
+def _torch_benchmark():
+    """torch.utils.benchmark, imported on the first CPU timing. Importing it imports torch.utils.cpp_extension,
+    which warns "No CUDA runtime is found, using CUDA_HOME=..." wherever a CUDA toolkit is installed but no GPU
+    is visible; the bench compiles nothing through it, so that one warning is held back while importing."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
 
 
 def _time_cuda(fn, min_seconds: float) -> Samples:

@@ -37,6 +37,79 @@ def test_auto_on_cpu_follows_the_measured_rule(cell, batch, hidden, packed, expe
     assert f"batch x hidden <= {backends.auto.LSTM_CPP_MAX_BATCH_X_HIDDEN}" in report
 
 
+def _auto_table(report: str) -> dict[str, tuple[str, str, str]]:
+    """explain()'s auto table: kind of workload -> (eager, compiled training, compiled inference)."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == ["workload", "eager", "compiled:", "training",
+                                                                      "compiled:", "inference"]) + 1
+    table = {}
+    for line in lines[start:]:
+        cells = [cell for cell in line.strip().split("  ") if cell]
+        if len(cells) != 4:
+            break
+        table[cells[0].strip()] = tuple(cell.strip() for cell in cells[1:])
+    return table
+
+
+SMALL = backends.auto.LSTM_CPP_MAX_BATCH_X_HIDDEN
+DTYPE_NAMES = "float32/float64"
+
+
+# Concrete workloads, each with the kind of explain()'s table it belongs to.
+@pytest.mark.parametrize("cell,dtype,batch,hidden,packed,kind", [
+    ("GRU", torch.float32, 1, 8, False, f"GRU, {DTYPE_NAMES}, any shape"),
+    ("GRU", torch.float64, 33, 200, False, f"GRU, {DTYPE_NAMES}, any shape"),
+    ("GRU", torch.float32, 16, 100, True, f"GRU, {DTYPE_NAMES}, any shape"),
+    ("LSTM", torch.float32, 20, 300, True, f"LSTM, {DTYPE_NAMES}, packed (PackedSequence)"),
+    ("LSTM", torch.float64, 1, 5, True, f"LSTM, {DTYPE_NAMES}, packed (PackedSequence)"),
+    ("LSTM", torch.float32, 1, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden <= {SMALL}"),
+    ("LSTM", torch.float64, 4, SMALL // 4, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden <= {SMALL}"),
+    ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden > {SMALL}"),
+    ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden > {SMALL}"),
+    ("LSTM", torch.bfloat16, 1, 4, False, "LSTM or GRU in bfloat16/float16"),
+    ("GRU", torch.float16, 8, 40, False, "LSTM or GRU in bfloat16/float16"),
+])
+def test_explain_says_what_auto_runs_for_each_kind_of_workload(cell, dtype, batch, hidden, packed, kind):
+    eager, compiled_training, compiled_inference = _auto_table(fastrnn.explain("cpu"))[kind]
+    model = getattr(fastrnn, cell)(3, hidden, dtype=dtype)
+    x = torch.randn(6, batch, 3, dtype=dtype)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.randint(1, 7, (batch,)), enforce_sorted=False)
+    workload = backends.Workload(cell, dtype, batch, hidden, packed)
+    available = lambda name: backends.unavailable_reason(name, "cpu") is None  # noqa: E731  (what explain() asks)
+    assert backends.auto.choose(torch.device("cpu"), workload, False, available) == eager
+    if available("cpp") and _cpp_runs():  # the layer's own choice, where the kernels it may pick can run
+        assert model.selected_backend(input=x) == eager
+        # Under torch.compile the layer resolves once, without the shape, then may hand an inference to torch.
+        assert fastrnn.modules._resolve_while_compiling("auto", "cpu") == compiled_training
+        assert backends.resolve_while_compiling("auto", "cpu") == compiled_training
+        if not packed:
+            with torch.no_grad():
+                runs_torch = model.eval()._compiled_inference_prefers_torch(x, None)
+            assert (compiled_inference == "aten") == runs_torch
+            if not runs_torch:
+                assert compiled_inference == compiled_training
+        else:
+            assert compiled_inference == compiled_training  # packed input never takes torch's opaque op
+
+
+def test_explain_has_one_row_per_kind_of_workload_the_rule_tells_apart():
+    table = _auto_table(fastrnn.explain("cpu"))
+    assert list(table) == [kind for kind, _ in backends.auto.kinds(torch.device("cpu"))]
+    assert len(set(table.values())) > 1  # the rule's outcome depends on the workload, and the table shows it
+    assert list(_auto_table(fastrnn.explain("cuda"))) == ["any LSTM or GRU, any shape and dtype"]
+
+
+def test_resolve_while_compiling_is_marked_constant_as_torchs_decorator_marks():
+    def probe():
+        return "cpp"
+
+    marked = torch.compiler.assume_constant_result(probe)
+    marks = {name: value for name, value in vars(marked).items() if name.startswith("_dynamo")}
+    assert marks, "torch.compiler.assume_constant_result set no attribute: update backends.resolve_while_compiling"
+    assert {name: getattr(backends.resolve_while_compiling, name, None) for name in marks} == marks
+
+
 def test_auto_on_cpu_keeps_torchs_code_for_dtypes_the_kernels_lack():
     model = fastrnn.LSTM(3, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the CPU LSTM computes in bfloat16 under autocast

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import torch
 
-from bench import cli, implementations, plot, report
+from bench import cases, cli, implementations, plot, report
 
 TINY = ["--batch", "3", "--seq-len", "5", "--hidden", "8", "--min-seconds", "0.01", "--threads", "1"]
 
@@ -182,3 +185,32 @@ def test_timing_rounds_interleave_the_competitors_and_pool_their_samples(tmp_pat
     assert rows["fastrnn-reference"]["ms"] == pytest.approx(1.0 * 1.03)  # calls 2, 3, 6
     assert rows["fastrnn-reference"]["speedup_vs_nn"] == pytest.approx(2.08 / 1.03)
     assert cli.main(TINY + ["--rounds", "0"]) == 2
+
+
+def test_help_explains_every_option_with_its_default_and_every_preset(capsys):
+    parser = cli.build_parser()
+    flags = {"--help", "--no-check", "--list"}  # switches: off unless given
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+        if not flags & set(action.option_strings):
+            assert "default" in action.help, f"{action.option_strings} does not say its default"
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # argparse rewraps the lines
+    for preset, axes in cases.PRESETS.items():
+        described = " ".join(cases.describe_preset(preset).split())
+        assert f"{preset} {described}" in shown
+        for axis, values in axes.items():  # each preset's axes, as the options that set them
+            assert f"{cases.AXIS_OPTIONS[axis]} {' '.join(map(str, values))}" in described
+        assert f"({len(cases.grid(**axes))} cases)" in described
+    assert "leaves out cell-loop-compiled, fastrnn-auto-compiled" in shown
+
+
+def test_the_cli_loads_no_compiler_machinery_before_it_times():
+    # torch.utils.cpp_extension warns "No CUDA runtime is found" at import on a machine with nvcc and no GPU.
+    probe = ("import sys, bench.cli; sys.exit('torch.utils.cpp_extension' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, f"importing bench.cli imported torch.utils.cpp_extension\n{done.stderr}"
+    assert "No CUDA runtime is found" not in done.stderr

@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from .. import _ext
+from .. import _build_report, _ext
 from . import auto
 from .auto import Workload
 
@@ -74,6 +74,18 @@ def resolve(backend: str, device: torch.device | str, workload: Workload | None 
     return backend
 
 
+def resolve_while_compiling(backend: str, device: str) -> str:
+    """The backend a forward traced by torch.compile runs: resolve() without a workload, decided once
+    while tracing and kept out of the graph (Dynamo treats the result as a constant)."""
+    return resolve(backend, device, None, compiling=True)
+
+
+# What torch.compiler.assume_constant_result(resolve_while_compiling) does, without its cost: that function
+# imports torch._dynamo (about a second, and triton with it) only to set this attribute, which Dynamo reads
+# when it traces a call (tests/test_backends.py checks the two agree).
+resolve_while_compiling._dynamo_marked_constant = True
+
+
 def _runs(backend: str, device: torch.device) -> bool:
     """Whether a kernel backend can run on `device`, compiling fastrnn._C first if it needs it."""
     if unavailable_reason(backend, device) is not None:
@@ -96,8 +108,27 @@ def kernels(backend: str) -> ModuleType:
     return module
 
 
+AUTO_HEADER = ("workload", "eager", "compiled: training", "compiled: inference")
+
+
+def auto_lines(device: torch.device) -> list[str]:
+    """What auto runs on `device` for each kind of workload, as a table computed by the rule of
+    backends/auto.py with the backends available here (columns: eager, training and inference alike;
+    under torch.compile, training; under torch.compile, inference)."""
+    picks = auto.picks(device, lambda name: unavailable_reason(name, device) is None)
+    rows = [AUTO_HEADER] + [(pick.kind, pick.eager, pick.compiled_training, pick.compiled_inference) for pick in picks]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(AUTO_HEADER))]
+    lines = [f"  auto on {device.type}, by workload (the rule of fastrnn/backends/auto.py, with the backends available here):"]
+    lines += ["    " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += ["    eager: training and inference alike. compiled: under torch.compile; an inference there is a forward with",
+              "    nothing requiring a gradient, no autocast and no training-mode dropout. aten: torch's own code",
+              "    (oneDNN on a CPU, cuDNN on a GPU), under torch.compile as the opaque op fastrnn::torch_rnn_inference."]
+    return lines
+
+
 def explain(device: torch.device | str | None = None) -> str:
-    """A short report: each backend on `device` (default: cuda if present, else cpu), and auto's pick."""
+    """A short report: each backend on `device` (default: cuda if present, else cpu), and what auto picks
+    there for each kind of workload."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -105,8 +136,10 @@ def explain(device: torch.device | str | None = None) -> str:
     for name in (*KERNEL_BACKENDS, "aten"):
         reason = unavailable_reason(name, device)
         lines.append(f"  {name:<9} {'available' if reason is None else 'unavailable: ' + reason}")
-    lines.append(f"  auto ->   {auto.choose(device, None, False, lambda name: unavailable_reason(name, device) is None)}"
-                 f"   ({auto.describe(device)})")
+    built = _build_report.summary() if _ext.prebuilt() else None
+    if built is not None:
+        lines.append(f"  build: {built}")
+    lines += auto_lines(device)
     cuda = kernels("cuda")
     lines += cuda.explain_lines() if unavailable_reason("cuda", device) is None else [f"  cuda-kernels: {cuda.VERIFIED}"]
     if unavailable_reason("triton", device) is None:

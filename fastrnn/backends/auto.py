@@ -17,7 +17,8 @@ from typing import Callable
 
 import torch
 
-CPP_DTYPES = (torch.float32, torch.float64)
+CPP_DTYPES = (torch.float32, torch.float64)  # the dtypes auto gives to the cpp kernels
+OTHER_CPU_DTYPES = (torch.bfloat16, torch.float16)  # those it leaves to torch's code (nn.LSTM computes them itself)
 
 # A padded LSTM runs on the cpp kernels up to this batch x hidden size; past it oneDNN's LSTM was as
 # fast or faster (bench/RESULTS.md: at B=1, H=64 the kernels won 1.07-1.93x; from B=8 or H=256 on they lost
@@ -42,7 +43,7 @@ class Workload:
 
 def _cpu_prefers_cpp(workload: Workload | None) -> bool:
     if workload is None:
-        return True  # no shape to judge by (explain()): the typical small-model case
+        return True  # no shape to judge by (the choice made once while torch.compile traces): the typical small-model case
     if workload.dtype not in CPP_DTYPES:
         return False
     if workload.cell == "GRU" or workload.packed:
@@ -66,13 +67,54 @@ def choose(device: torch.device, workload: Workload | None, compiling: bool,
     return choice
 
 
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        order = ", ".join(CUDA_ORDER) or "none measured faster than cuDNN yet"
-        return f"auto on cuda: the first available of [{order}], else aten (cuDNN)"
-    if device.type == "cpu":
-        return ("auto on cpu (float32/float64): cpp for every GRU and packed LSTM, and for padded LSTMs with "
-                f"batch x hidden <= {LSTM_CPP_MAX_BATCH_X_HIDDEN}; aten (oneDNN) for larger padded LSTMs and other "
-                "dtypes; under torch.compile cpp (reference for other dtypes), but torch's oneDNN LSTM, as an opaque op, "
-                "for an inference the rule gives to aten")
-    return f"auto on {device.type}: aten (torch's own code)"
+def choose_compiled(device: torch.device, available: Callable[[str], bool]) -> str:
+    """What auto runs under torch.compile: decided once while tracing, without the shape (the layer asks
+    with no workload), so one backend for every traced forward on `device`."""
+    return choose(device, None, True, available)
+
+
+def compiled_inference_runs_torch(device: torch.device, workload: Workload) -> bool:
+    """Whether an inference under torch.compile runs torch's own code, as the opaque op
+    fastrnn::torch_rnn_inference, instead of choose_compiled(): where auto gives the padded workload to
+    torch's code eagerly on a CPU in a dtype the cpp kernels take. The layer also needs that nothing
+    requires a gradient (the op has no backward), no autocast and no training-mode dropout
+    (fastrnn/modules.py); the eager question ignores availability, as the layer's does."""
+    return (device.type == "cpu" and not workload.packed and workload.dtype in CPP_DTYPES
+            and choose(device, workload, False, lambda name: True) == "aten")
+
+
+def _dtype_names(dtypes) -> str:
+    return "/".join(str(dtype).removeprefix("torch.") for dtype in dtypes)
+
+
+def kinds(device: torch.device) -> list[tuple[str, Workload]]:
+    """The kinds of workload the rule tells apart on `device`, each in words with one concrete example:
+    explain() shows the rule's outcome for each example (one kind per branch of choose())."""
+    if device.type != "cpu":
+        return [("any LSTM or GRU, any shape and dtype", Workload("LSTM", torch.float32, 16, 256, False))]
+    dtypes, small = _dtype_names(CPP_DTYPES), LSTM_CPP_MAX_BATCH_X_HIDDEN
+    return [
+        (f"GRU, {dtypes}, any shape", Workload("GRU", torch.float32, 64, 512, False)),
+        (f"LSTM, {dtypes}, packed (PackedSequence)", Workload("LSTM", torch.float32, 64, 512, True)),
+        (f"LSTM, {dtypes}, padded, batch x hidden <= {small}", Workload("LSTM", torch.float32, 1, small, False)),
+        (f"LSTM, {dtypes}, padded, batch x hidden > {small}", Workload("LSTM", torch.float32, 1, small + 1, False)),
+        (f"LSTM or GRU in {_dtype_names(OTHER_CPU_DTYPES)}", Workload("LSTM", torch.bfloat16, 1, small, False)),
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pick:
+    """The rule's outcome for one kind of workload."""
+
+    kind: str
+    eager: str  # training and inference alike
+    compiled_training: str
+    compiled_inference: str
+
+
+def picks(device: torch.device, available: Callable[[str], bool]) -> list[Pick]:
+    """What auto runs on `device` for each kind of workload, computed by the rule on each kind's example."""
+    compiled = choose_compiled(device, available)
+    return [Pick(kind, choose(device, example, False, available), compiled,
+                 "aten" if compiled_inference_runs_torch(device, example) else compiled)
+            for kind, example in kinds(device)]
