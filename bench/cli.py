@@ -28,6 +28,7 @@ import fastrnn
 from . import load, measure, peak, report
 from .cases import DTYPES, PRESETS, Case, grid
 from .implementations import Implementation, all_implementations
+from .peers import INFERENCE_ONLY
 
 MODES = ("forward", "train")
 
@@ -138,13 +139,14 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
                     errors[impl.name] = (bar.torch_error, bar.torch_error)  # nn's own error: the bar the others meet
                 else:
                     with impl.scope():
-                        verdict = measure.check(module, x, bar)
+                        verdict = (measure.check_forward(module, x, bar, torch_rnn, impl.bar_dtype) if impl.inference_only
+                                   else measure.check(module, x, bar))
                     errors[impl.name] = (verdict.error, verdict.torch_error)
                     if not verdict.ok:
                         status[impl.name] = f"WRONG: error {verdict.error:.1e} vs nn's {verdict.torch_error:.1e}"
                         continue
             fns[impl.name] = {mode: measure.forward_fn(module, x) if mode == "forward" else measure.train_step_fn(module, x)
-                              for mode in modes}
+                              for mode in modes if mode == "forward" or not impl.inference_only}
         except Exception as failure:  # a competitor that crashes is reported, not fatal to the run
             status[impl.name] = _failed(failure)
 
@@ -172,6 +174,8 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
         for mode in modes:
             flops = peak.case_flops(case, mode, tokens)
             row_status = status[impl.name]
+            if impl.inference_only and mode != "forward" and not row_status.startswith("skipped"):
+                row_status = f"skipped: {INFERENCE_ONLY}"
             row = dict(base, impl=impl.name, mode=mode, status=row_status, error=error, nn_error=nn_error,
                        ms=None, low_ms=None, high_ms=None, speedup_vs_nn=None, us_per_step=None, tokens_per_s=None,
                        peak_mb=None, threads=threads, cpu_ms=None, gflops=None, pct_peak=None,

@@ -111,11 +111,22 @@ class Baseline:
 
     exact: list[torch.Tensor]
     torch_error: float
+    forward_count: int  # the first tensors of exact are the forward's: output and final states
+    torch_forward_error: float  # nn's own error over those alone: the bar of an inference-only competitor
 
 
 def baseline(torch_rnn: nn.RNNBase, x) -> Baseline:
     exact = results(copy.deepcopy(torch_rnn).double(), to_dtype(x, torch.float64))
-    return Baseline(exact, max_relative_error(results(torch_rnn, x), exact))
+    ours = results(torch_rnn, x)
+    count = len(forward_results(torch_rnn, x))
+    return Baseline(exact, max_relative_error(ours, exact), count, max_relative_error(ours[:count], exact[:count]))
+
+
+def forward_results(module: nn.Module, x) -> list[torch.Tensor]:
+    """Output and final states of an inference call (no gradient)."""
+    with torch.no_grad():
+        out, state = module(x)
+    return [input_tensor(out), *(state if isinstance(state, tuple) else (state,))]
 
 
 @dataclasses.dataclass
@@ -129,6 +140,21 @@ def check(module: nn.Module, x, bar: Baseline) -> Check:
     """Compare against float64 nn; pass when the error is at most 3x nn's own in this dtype (+ a floor)."""
     error = max_relative_error(results(module, x), bar.exact)
     return Check(error, bar.torch_error, error <= 3 * bar.torch_error + ERROR_FLOOR[input_tensor(x).dtype])
+
+
+def check_forward(module: nn.Module, x, bar: Baseline, torch_rnn: nn.RNNBase, bar_dtype: torch.dtype | None = None) -> Check:
+    """An inference-only competitor: output and final states against float64, held to 3x nn's own error over
+    the same tensors (+ the floor). With bar_dtype (a runtime that computes in bfloat16 on fp32 input), the
+    bar is nn's own error run in that dtype (weights and input rounded to it), and its floor."""
+    count = bar.forward_count
+    exact = bar.exact[:count]
+    error = max_relative_error(forward_results(module, x), exact)
+    if bar_dtype is None:
+        torch_error, dtype = bar.torch_forward_error, input_tensor(x).dtype
+    else:
+        reduced = copy.deepcopy(torch_rnn).to(bar_dtype)
+        torch_error, dtype = max_relative_error(forward_results(reduced, to_dtype(x, bar_dtype)), exact), bar_dtype
+    return Check(error, torch_error, error <= 3 * torch_error + ERROR_FLOOR[dtype])
 
 
 # --- timing and memory --------------------------------------------------------------------------

@@ -22,6 +22,8 @@ speed-up: nn's median time / this row's, same case and mode; above 1 is faster t
   (0.25 = 4x slower).
 error: the largest relative error of outputs, final states and every gradient against nn in float64;
   nn's own row shows nn's error in this dtype, and a competitor passes at most 3x that (plus a floor).
+  Inference-only runtimes (onnxruntime, openvino) are checked on outputs and final states, against nn's
+  error over those; openvino-bf16, which computes in bfloat16, against nn's own error run in bfloat16.
 cpu ms: the median CPU time of the calling thread per call, on 1-thread rows (where it does all the work):
   unlike wall time it does not grow while the thread waits for a core on a shared machine.
 GFLOP/s, % peak: the case's matmul FLOPs (input projection included; training 3x the forward) per second of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import time
@@ -10,7 +11,7 @@ import pytest
 
 import torch
 
-from bench import cli, implementations, load, measure, peak, plot, report
+from bench import cli, implementations, load, measure, peak, peers, plot, report
 
 TINY = ["--batch", "3", "--seq-len", "5", "--hidden", "8", "--min-seconds", "0.01", "--threads", "1"]
 
@@ -187,6 +188,71 @@ def test_timing_rounds_interleave_the_competitors_and_pool_their_samples(tmp_pat
     assert cli.main(TINY + ["--rounds", "0"]) == 2
 
 
+# --- the inference runtimes ---------------------------------------------------------------------
+
+PEERS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino"), "openvino-bf16": ("onnx", "openvino")}
+
+
+def test_runtimes_are_checked_against_float64_and_timed_in_inference_or_skipped_with_the_reason(tmp_path):
+    code = cli.main(TINY + ["--impls", *PEERS, "--out", str(tmp_path)])
+    assert code == 0
+    rows = {(r["cell"], r["impl"], r["mode"]): r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    for cell in ("lstm", "gru"):
+        for name, packages in PEERS.items():
+            forward, train = rows[(cell, name, "forward")], rows[(cell, name, "train")]
+            missing = [package for package in packages if importlib.util.find_spec(package) is None]
+            if missing:
+                assert forward["status"] == train["status"] == f"skipped: {', '.join(missing)} not installed (pip install 'fastrnn[peers]')"
+                continue
+            if forward["status"].startswith("skipped: OpenVINO's default CPU precision here is"):
+                assert name == "openvino-bf16"  # no bf16 on this CPU: the row would repeat openvino's
+                continue
+            assert forward["status"] == "ok" and forward["ms"] > 0 and forward["speedup_vs_nn"] > 0
+            assert train["status"] == f"skipped: {peers.INFERENCE_ONLY}" and train["ms"] is None
+            # checked before timed, on outputs and final states; bf16 against nn's own error in bfloat16
+            floor = 1e-2 if name == "openvino-bf16" else 1e-5
+            assert 0 < forward["error"] <= 3 * forward["nn_error"] + floor
+            if name == "openvino-bf16":
+                assert forward["nn_error"] > 1e-4  # the bar is a bfloat16 one, not float32's
+    assert report.table(list(rows.values())).count(peers.INFERENCE_ONLY) == 1  # said once, under the table
+
+
+def test_a_runtime_given_a_wrong_model_is_reported_as_wrong(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 'fastrnn[peers]')")
+    real_export = peers.export_onnx
+
+    def export_perturbed(torch_module, example):
+        wrong = type(torch_module)(torch_module.input_size, torch_module.hidden_size)
+        with torch.no_grad():
+            for mine, theirs in zip(wrong.parameters(), torch_module.parameters()):
+                mine.copy_(theirs * 1.01)
+        return real_export(wrong, example)
+
+    monkeypatch.setattr(peers, "export_onnx", export_perturbed)
+    code = cli.main(TINY + ["--cells", "gru", "--modes", "forward", "--impls", "onnxruntime", "--out", str(tmp_path)])
+    assert code == 1
+    row = next(r for r in json.loads((tmp_path / "results.json").read_text())["rows"] if r["impl"] == "onnxruntime")
+    assert row["status"].startswith("WRONG") and row["ms"] is None
+
+
+def test_runtimes_skip_what_they_cannot_run_with_the_reason(monkeypatch):
+    from bench.cases import Case
+
+    real_find_spec = importlib.util.find_spec
+    with monkeypatch.context() as patch:  # as on a machine without the peers extra
+        patch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else real_find_spec(name))
+        reason = peers.OpenVINO().unavailable_reason(Case("lstm", "float32", 2, 3, 4, 4), torch.device("cpu"))
+    assert reason == "openvino not installed (pip install 'fastrnn[peers]')"
+    runtime = peers.OnnxRuntime()
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnx or onnxruntime not installed: every case is skipped for that (tested above)")
+    cpu = torch.device("cpu")
+    assert runtime.unavailable_reason(Case("lstm", "float32", 2, 3, 4, 4), cpu) is None
+    assert "float32" in runtime.unavailable_reason(Case("lstm", "bfloat16", 2, 3, 4, 4), cpu)
+    assert "PackedSequence" in runtime.unavailable_reason(Case("gru", "float32", 2, 3, 4, 4, min_length_fraction=0.5), cpu)
+    assert "CPU" in runtime.unavailable_reason(Case("gru", "float32", 2, 3, 4, 4), torch.device("cuda"))
+
+
 # --- the peak, the floor and each row's share of the peak ----------------------------------------
 
 
@@ -215,10 +281,10 @@ def test_flop_counts_include_the_input_projection_and_count_only_real_tokens():
 def test_no_row_is_faster_than_its_floor(tmp_path):
     # The quick preset's shape where the old floor (a matmul timed under load) sat above fastrnn-cpp's time.
     code = cli.main(["--batch", "16", "--seq-len", "32", "--hidden", "64", "--min-seconds", "0.05", "--threads", "1",
-                     "--impls", "fastrnn-cpp", "fastrnn-auto", "--out", str(tmp_path)])
+                     "--impls", "fastrnn-cpp", "fastrnn-auto", "onnxruntime", "openvino-bf16", "--out", str(tmp_path)])
     assert code == 0
     timed = [r for r in json.loads((tmp_path / "results.json").read_text())["rows"] if r["ms"] is not None]
-    assert len(timed) == 12
+    assert len(timed) >= 10
     for row in timed:
         assert row["floor_ms"] > 0 and row["ms"] >= row["floor_ms"], row
         assert 0 < row["pct_peak"] <= 100 and row["gflops"] == pytest.approx(
