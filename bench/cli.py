@@ -25,9 +25,10 @@ import torch
 
 import fastrnn
 
-from . import measure, report
+from . import load, measure, peak, report
 from .cases import DTYPES, PRESETS, Case, describe_preset, grid
 from .implementations import Implementation, all_implementations
+from .peers import INFERENCE_ONLY
 
 MODES = ("forward", "train")
 
@@ -139,7 +140,7 @@ def environment(device: torch.device, argv: list[str]) -> dict:
     return info
 
 
-def run_case(case: Case, impls, device, modes, min_seconds: float, checking: bool, floor: measure.Floor,
+def run_case(case: Case, impls, device, modes, min_seconds: float, checking: bool, machine_peak: peak.Peak | None,
              rounds: int = 1) -> list[dict]:
     """All competitors on one case: each is built and checked, then all are timed in `rounds` interleaved
     rounds (each its share of min_seconds per round, the order rotated), so that a machine whose speed
@@ -152,6 +153,8 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
                 min_length_fraction=case.min_length_fraction)
     bar = None  # the float64 baseline, computed for the first competitor that is checked
     status, errors, fns = {}, {}, {}
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    tokens = int(measure.input_tensor(x).shape[0]) if case.min_length_fraction is not None else None  # packed: real ones
     for impl in impls:
         status[impl.name], errors[impl.name] = "ok", (None, None)
         reason = impl.unavailable_reason(case, device)
@@ -166,13 +169,14 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
                     errors[impl.name] = (bar.torch_error, bar.torch_error)  # nn's own error: the bar the others meet
                 else:
                     with impl.scope():
-                        verdict = measure.check(module, x, bar)
+                        verdict = (measure.check_forward(module, x, bar, torch_rnn, impl.bar_dtype) if impl.inference_only
+                                   else measure.check(module, x, bar))
                     errors[impl.name] = (verdict.error, verdict.torch_error)
                     if not verdict.ok:
                         status[impl.name] = f"WRONG: error {verdict.error:.1e} vs nn's {verdict.torch_error:.1e}"
                         continue
             fns[impl.name] = {mode: measure.forward_fn(module, x) if mode == "forward" else measure.train_step_fn(module, x)
-                              for mode in modes}
+                              for mode in modes if mode == "forward" or not impl.inference_only}
         except Exception as failure:  # a competitor that crashes is reported, not fatal to the run
             status[impl.name] = _failed(failure)
 
@@ -185,7 +189,7 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
             if status[name] != "ok":
                 continue
             try:
-                for mode in modes:
+                for mode in fns[name]:
                     with by_name[name].scope():
                         timed = measure.sample_times(fns[name][mode], device, min_seconds / rounds)
                     samples.setdefault((name, mode), measure.Samples([])).extend(timed)
@@ -198,15 +202,23 @@ def run_case(case: Case, impls, device, modes, min_seconds: float, checking: boo
     for impl in impls:
         error, nn_error = errors[impl.name]
         for mode in modes:
-            row = dict(base, impl=impl.name, mode=mode, status=status[impl.name], error=error, nn_error=nn_error,
+            flops = peak.case_flops(case, mode, tokens)
+            row_status = status[impl.name]
+            if impl.inference_only and mode != "forward" and not row_status.startswith("skipped"):
+                row_status = f"skipped: {INFERENCE_ONLY}"
+            row = dict(base, impl=impl.name, mode=mode, status=row_status, error=error, nn_error=nn_error,
                        ms=None, low_ms=None, high_ms=None, speedup_vs_nn=None, us_per_step=None, tokens_per_s=None,
-                       peak_mb=None, floor_ms=floor.ms(case, mode))
-            if status[impl.name] == "ok" and (impl.name, mode) in samples:
+                       peak_mb=None, threads=threads, cpu_ms=None, gflops=None, pct_peak=None,
+                       floor_ms=peak.floor_ms(flops, machine_peak, threads), oversubscribed=None)
+            if row_status == "ok" and (impl.name, mode) in samples:
                 timing = measure.Timing.of(samples[(impl.name, mode)])
+                cpu_ms = timing.cpu_ms if threads == 1 and device.type == "cpu" else None  # one thread: all its work
                 row.update(ms=timing.median_ms, low_ms=timing.low_ms, high_ms=timing.high_ms,
                            us_per_step=timing.median_ms * 1e3 / case.seq_len,
                            tokens_per_s=case.batch * case.seq_len / (timing.median_ms / 1e3),
-                           peak_mb=timing.peak_mb,
+                           peak_mb=timing.peak_mb, cpu_ms=cpu_ms, gflops=flops / (timing.median_ms * 1e6),
+                           pct_peak=None if row["floor_ms"] is None else 100 * row["floor_ms"] / timing.median_ms,
+                           oversubscribed=load.oversubscribed(timing.median_ms, timing.low_ms, timing.high_ms, cpu_ms),
                            speedup_vs_nn=nn_ms[mode] / timing.median_ms if mode in nn_ms else None)
             rows.append(row)
     if device.type == "cuda":
@@ -262,17 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(device, argv)
     print("\n".join(f"{key:>8}: {value}" for key, value in env.items() if value is not None))
     print(fastrnn.explain(device))
-    floors = {}
+    peaks = {}
     for dtype in sorted({case.dtype for case in cases}):
-        floors[dtype] = measure.measure_floor(device, DTYPES[dtype])
-        print(f"floor ({dtype}): matmul peak {floors[dtype].matmul_tflops:.1f} TFLOP/s, "
-              f"one dependent step {floors[dtype].step_latency_us:.2f} us")
+        peaks[dtype] = peak.measure_peak(device, DTYPES[dtype])
+        threads = torch.get_num_threads()
+        print(peaks[dtype].header(dtype, threads) if peaks[dtype] else f"peak ({dtype} rows): not measured ({peak.NO_PEAK})")
+    env["peak_gflops"] = {dtype: None if p is None else dict(gflops=p.gflops, per_thread=p.per_thread, source=p.source)
+                          for dtype, p in peaks.items()}
 
     from tqdm import tqdm
 
     rows = []
     for case in tqdm(cases, desc="cases", unit="case", file=sys.stderr):
-        rows += run_case(case, impls, device, args.modes, args.min_seconds, not args.no_check, floors[case.dtype],
+        rows += run_case(case, impls, device, args.modes, args.min_seconds, not args.no_check, peaks[case.dtype],
                          args.rounds)
     print(report.table(rows))
     out_dir = args.out or Path("results") / datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S")

@@ -18,6 +18,8 @@ from .cases import Case
 class Implementation:
     name: str = ""
     description: str = ""
+    inference_only: bool = False  # forward rows only; its train rows are listed as skipped
+    bar_dtype: torch.dtype | None = None  # checked against nn's own error in this dtype instead of the case's
 
     def unavailable_reason(self, case: Case, device: torch.device) -> str | None:
         return None
@@ -156,6 +158,8 @@ class NotAdapted(Implementation):
 
 
 def all_implementations() -> list[Implementation]:
+    from .peers import all_peers  # peers subclasses Implementation: imported here, not at the top
+
     return [
         TorchRNN(),
         FastRNN("auto"),
@@ -166,4 +170,5 @@ def all_implementations() -> list[Implementation]:
         CellLoop(compiled=True),
         NotAdapted("flashrnn", "flashrnn"),
         NotAdapted("haste", "haste_pytorch"),
+        *all_peers(),
     ]

@@ -1,12 +1,14 @@
-"""How things are measured: inputs, the correctness check, timing, peak memory and the floor."""
+"""How things are measured: inputs, the correctness check, timing (wall and thread CPU time) and peak memory.
+The peak and the floor: bench/peak.py."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
+import gc
 import math
 import statistics
+import time
 
 import torch
 from torch import nn
@@ -109,11 +111,22 @@ class Baseline:
 
     exact: list[torch.Tensor]
     torch_error: float
+    forward_count: int  # the first tensors of exact are the forward's: output and final states
+    torch_forward_error: float  # nn's own error over those alone: the bar of an inference-only competitor
 
 
 def baseline(torch_rnn: nn.RNNBase, x) -> Baseline:
     exact = results(copy.deepcopy(torch_rnn).double(), to_dtype(x, torch.float64))
-    return Baseline(exact, max_relative_error(results(torch_rnn, x), exact))
+    ours = results(torch_rnn, x)
+    count = len(forward_results(torch_rnn, x))
+    return Baseline(exact, max_relative_error(ours, exact), count, max_relative_error(ours[:count], exact[:count]))
+
+
+def forward_results(module: nn.Module, x) -> list[torch.Tensor]:
+    """Output and final states of an inference call (no gradient)."""
+    with torch.no_grad():
+        out, state = module(x)
+    return [input_tensor(out), *(state if isinstance(state, tuple) else (state,))]
 
 
 @dataclasses.dataclass
@@ -129,6 +142,21 @@ def check(module: nn.Module, x, bar: Baseline) -> Check:
     return Check(error, bar.torch_error, error <= 3 * bar.torch_error + ERROR_FLOOR[input_tensor(x).dtype])
 
 
+def check_forward(module: nn.Module, x, bar: Baseline, torch_rnn: nn.RNNBase, bar_dtype: torch.dtype | None = None) -> Check:
+    """An inference-only competitor: output and final states against float64, held to 3x nn's own error over
+    the same tensors (+ the floor). With bar_dtype (a runtime that computes in bfloat16 on fp32 input), the
+    bar is nn's own error run in that dtype (weights and input rounded to it), and its floor."""
+    count = bar.forward_count
+    exact = bar.exact[:count]
+    error = max_relative_error(forward_results(module, x), exact)
+    if bar_dtype is None:
+        torch_error, dtype = bar.torch_forward_error, input_tensor(x).dtype
+    else:
+        reduced = copy.deepcopy(torch_rnn).to(bar_dtype)
+        torch_error, dtype = max_relative_error(forward_results(reduced, to_dtype(x, bar_dtype)), exact), bar_dtype
+    return Check(error, torch_error, error <= 3 * torch_error + ERROR_FLOOR[dtype])
+
+
 # --- timing and memory --------------------------------------------------------------------------
 
 
@@ -138,11 +166,13 @@ class Timing:
     low_ms: float  # 20th percentile
     high_ms: float  # 80th percentile
     peak_mb: float | None  # peak GPU memory allocated by one call, beyond what was allocated before
+    cpu_ms: float | None = None  # median CPU time of the calling thread per call (CPU runs)
 
     @classmethod
     def of(cls, samples: "Samples") -> "Timing":
         times = sorted(samples.times_ms)
-        return cls(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), samples.peak_mb)
+        cpu = statistics.median(samples.cpu_ms) if samples.cpu_ms else None
+        return cls(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), samples.peak_mb, cpu)
 
 
 def time_fn(fn, device: torch.device, min_seconds: float) -> Timing:
@@ -155,35 +185,50 @@ class Samples:
 
     times_ms: list[float]
     peak_mb: float | None = None
+    cpu_ms: list[float] = dataclasses.field(default_factory=list)  # per call, the calling thread's CPU time
 
     def extend(self, more: "Samples") -> None:
         self.times_ms += more.times_ms
+        self.cpu_ms += more.cpu_ms
         if more.peak_mb is not None:
             self.peak_mb = max(self.peak_mb or 0.0, more.peak_mb)
 
 
 def sample_times(fn, device: torch.device, min_seconds: float) -> Samples:
-    """Call fn for about min_seconds after a warm-up: CUDA events per call on a GPU, torch.utils.benchmark's
-    blocked measurements (per-call mean of each block) on the CPU."""
+    """Call fn for about min_seconds after a warm-up: CUDA events per call on a GPU; on the CPU blocks of calls
+    (as torch.utils.benchmark's blocked_autorange), each giving the per-call wall time and CPU time of the
+    calling thread."""
     if device.type == "cuda":
         return _time_cuda(fn, min_seconds)
-    measurement = _torch_benchmark().Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_seconds)
-    return Samples([t * 1e3 for t in measurement.times])
+    return _time_cpu(fn, min_seconds)
 
 
-def _torch_benchmark():
-    """torch.utils.benchmark, imported on the first CPU timing. Importing it imports torch.utils.cpp_extension,
-    which warns "No CUDA runtime is found, using CUDA_HOME=..." wherever a CUDA toolkit is installed but no GPU
-    is visible; the bench compiles nothing through it, so that one warning is held back while importing."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+BLOCK_SECONDS = 0.01  # a CPU block: enough calls to last this long (one call when a call takes longer)
+MIN_BLOCKS = 5
+
+
+def _time_cpu(fn, min_seconds: float) -> Samples:
+    fn()  # warm-up
+    start = time.perf_counter_ns()
+    fn()
+    number = max(1, int(BLOCK_SECONDS * 1e9 / max(time.perf_counter_ns() - start, 1)))
+    times, cpu, spent = [], [], 0
+    enabled = gc.isenabled()
+    gc.disable()  # as timeit: no collection inside a timed block
     try:
-        from torch.utils import benchmark
+        while len(times) < MIN_BLOCKS or spent < min_seconds * 1e9:
+            wall0, cpu0 = time.perf_counter_ns(), time.thread_time_ns()
+            for _ in range(number):
+                fn()
+            cpu1, wall1 = time.thread_time_ns(), time.perf_counter_ns()
+            times.append((wall1 - wall0) / number / 1e6)
+            cpu.append((cpu1 - cpu0) / number / 1e6)
+            spent += wall1 - wall0
     finally:
-        logger.setLevel(level)
-    return benchmark
+        if enabled:
+            gc.enable()
+    return Samples(times, cpu_ms=cpu)
+
 
 
 def _time_cuda(fn, min_seconds: float) -> Samples:
@@ -211,49 +256,3 @@ def _time_cuda(fn, min_seconds: float) -> Samples:
 
 def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-# --- the floor ----------------------------------------------------------------------------------
-
-
-def case_flops(case: Case, mode: str) -> float:
-    """Matmul FLOPs: per layer-direction 2*T*B*G*(I_l + H); a training step is ~3x the forward."""
-    gates = (4 if case.cell == "lstm" else 3) * case.hidden
-    total = 0.0
-    for layer in range(case.layers):
-        layer_input = case.input_size if layer == 0 else case.hidden * case.directions
-        total += case.directions * 2.0 * case.seq_len * case.batch * gates * (layer_input + case.hidden)
-    return total * (3 if mode == "train" else 1)
-
-
-@dataclasses.dataclass
-class Floor:
-    matmul_tflops: float  # measured on a large square matmul in the case's dtype
-    step_latency_us: float  # measured: one dependent tiny kernel (GPU: replayed from a CUDA graph)
-
-    def ms(self, case: Case, mode: str) -> float:
-        """No implementation beats both the compute at matmul peak and T dependent steps per layer."""
-        compute = case_flops(case, mode) / (self.matmul_tflops * 1e12) * 1e3
-        steps = case.seq_len * case.layers * (2 if mode == "train" else 1)
-        return max(compute, steps * self.step_latency_us / 1e3)
-
-
-def measure_floor(device: torch.device, dtype: torch.dtype) -> Floor:
-    size = 8192 if device.type == "cuda" else 1024
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    matmul = time_fn(lambda: a @ b, device, 0.2).median_ms
-    tiny = torch.zeros(1, device=device)
-    if device.type == "cuda":
-        steps = 256
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream()
-        with torch.cuda.stream(stream):
-            tiny.add_(1)
-            with torch.cuda.graph(graph, stream=stream):
-                for _ in range(steps):
-                    tiny.add_(1)
-        step_ms = time_fn(graph.replay, device, 0.2).median_ms / steps
-    else:
-        step_ms = time_fn(lambda: tiny.add_(1), device, 0.2).median_ms
-    return Floor(2 * size**3 / (matmul / 1e3) / 1e12, step_ms * 1e3)

@@ -8,8 +8,11 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-COLUMNS = ["case", "impl", "mode", "status", "ms", "low_ms", "high_ms", "speedup_vs_nn", "us_per_step",
-           "tokens_per_s", "peak_mb", "floor_ms", "error", "nn_error"]
+from . import load
+
+COLUMNS = ["case", "impl", "mode", "status", "ms", "low_ms", "high_ms", "threads", "cpu_ms", "oversubscribed",
+           "speedup_vs_nn", "us_per_step", "tokens_per_s", "gflops", "pct_peak", "peak_mb", "floor_ms", "error",
+           "nn_error"]
 
 SKIPPED = "skipped: "
 
@@ -19,8 +22,14 @@ speed-up: nn's median time / this row's, same case and mode; above 1 is faster t
   (0.25 = 4x slower).
 error: the largest relative error of outputs, final states and every gradient against nn in float64;
   nn's own row shows nn's error in this dtype, and a competitor passes at most 3x that (plus a floor).
-floor ms: no implementation beats both the matmul work at this device's measured peak and T dependent
-  steps at its measured per-step latency."""
+  Inference-only runtimes (onnxruntime, openvino) are checked on outputs and final states, against nn's
+  error over those; openvino-bf16, which computes in bfloat16, against nn's own error run in bfloat16.
+cpu ms: the median CPU time of the calling thread per call, on 1-thread rows (where it does all the work):
+  unlike wall time it does not grow while the thread waits for a core on a shared machine.
+GFLOP/s, % peak: the case's matmul FLOPs (input projection included; training 3x the forward) per second of
+  median time, and that as a share of the peak in the header (on a CPU: per thread, times the row's threads).
+floor ms: those FLOPs at that peak, so no correct implementation is faster (a row at 100% of the peak).
+""" + load.LEGEND
 
 
 def is_skipped(row: dict) -> bool:
@@ -31,18 +40,32 @@ def _number(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _flagged(text: str, flag: bool) -> str:
+    return text + (load.MARK if flag else " ")
+
+
 def table(rows: list[dict]) -> str:
     """One line per timed, WRONG or FAILED (case, implementation, mode), the legend, then the skipped
     competitors, each reason once."""
     shown = [row for row in rows if not is_skipped(row)]
+    nn_rows = {(row["case"], row["mode"]): row for row in rows if row["impl"] == "nn"}
+
+    def speedup(row: dict) -> str:
+        if row["speedup_vs_nn"] is None:
+            return "-"
+        return _flagged(f"{row['speedup_vs_nn']:.2f}", load.speedup_suspect(row, nn_rows.get((row["case"], row["mode"]))))
+
     columns = [  # (header, cell text, right-aligned)
         ("case", lambda r: r["case"], False),
         ("impl", lambda r: r["impl"], False),
         ("mode", lambda r: r["mode"], False),
-        ("median ms", lambda r: _number(r["ms"], ".3f"), True),
+        ("median ms", lambda r: "-" if r["ms"] is None else _flagged(f"{r['ms']:.3f}", bool(r.get("oversubscribed"))), True),
         ("p20-p80 ms", lambda r: "" if r["ms"] is None else f"{r['low_ms']:.3f}-{r['high_ms']:.3f}", True),
-        ("speed-up", lambda r: _number(r["speedup_vs_nn"], ".2f"), True),
+        ("cpu ms", lambda r: _number(r.get("cpu_ms"), ".3f"), True),
+        ("speed-up", speedup, True),
         ("us/step", lambda r: _number(r["us_per_step"], ".2f"), True),
+        ("GFLOP/s", lambda r: _number(r.get("gflops"), ".1f"), True),
+        ("% peak", lambda r: _number(r.get("pct_peak"), ".1f"), True),
         ("floor ms", lambda r: _number(r["floor_ms"], ".3f"), True),
         ("peak MB", lambda r: _number(r["peak_mb"], ".0f"), True),
         ("error", lambda r: _number(r["error"], ".1e"), True),

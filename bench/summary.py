@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from .load import MARK, speedup_suspect
+
 
 def load(path: Path) -> dict:
     run = json.loads(path.read_text())
@@ -58,7 +60,7 @@ def table(runs: list[tuple[Path, dict]], impls: list[str]) -> str:
             values.append(_ms(base))
             for impl in impls:
                 row = cells.get((case, mode, index, impl))
-                values.append(_with_ratio(row))
+                values.append(_with_ratio(row, base))
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines)
 
@@ -69,13 +71,14 @@ def _ms(row: dict | None) -> str:
     return f"{row['ms']:.3f}" if row.get("ms") is not None else row["status"]
 
 
-def _with_ratio(row: dict | None) -> str:
+def _with_ratio(row: dict | None, base: dict | None = None) -> str:
     if row is None:
         return "-"
     if row.get("ms") is None:
         return row["status"]
     ratio = row.get("speedup_vs_nn", row.get("x_nn"))  # x_nn: its name in results written before
-    return f"{row['ms']:.3f} ({ratio:.2f}x)" if ratio is not None else f"{row['ms']:.3f}"
+    mark = MARK if speedup_suspect(row, base) else ""  # timed on an oversubscribed machine
+    return f"{row['ms']:.3f} ({ratio:.2f}x{mark})" if ratio is not None else f"{row['ms']:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import torch
 
-from bench import cases, cli, implementations, plot, report
+from bench import cases, cli, implementations, load, measure, peak, peers, plot, report
 
 TINY = ["--batch", "3", "--seq-len", "5", "--hidden", "8", "--min-seconds", "0.01", "--threads", "1"]
 
@@ -85,7 +88,8 @@ def test_summary_tabulates_speed_ups_of_runs_side_by_side(tmp_path, capsys):
     for mode in ("forward", "train"):
         ours, base = rows[("fastrnn-reference", mode)], rows[("nn", mode)]
         line = next(line for line in printed.splitlines() if f"| {mode} |" in line)
-        assert line.count(f"{ours['ms']:.3f} ({ours['speedup_vs_nn']:.2f}x)") == 2 and f"| {base['ms']:.3f} |" in line
+        mark = "!" if ours["oversubscribed"] or base["oversubscribed"] else ""  # a busy machine's speed-up is marked
+        assert line.count(f"{ours['ms']:.3f} ({ours['speedup_vs_nn']:.2f}x{mark})") == 2 and f"| {base['ms']:.3f} |" in line
     assert "python -m bench" in printed and "commit" in printed
     assert summary.main([str(tmp_path / "missing.json")]) == 2
 
@@ -214,3 +218,148 @@ def test_the_cli_loads_no_compiler_machinery_before_it_times():
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, f"importing bench.cli imported torch.utils.cpp_extension\n{done.stderr}"
     assert "No CUDA runtime is found" not in done.stderr
+
+
+# --- the inference runtimes ---------------------------------------------------------------------
+
+PEERS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino"), "openvino-bf16": ("onnx", "openvino")}
+
+
+def test_runtimes_are_checked_against_float64_and_timed_in_inference_or_skipped_with_the_reason(tmp_path):
+    code = cli.main(TINY + ["--impls", *PEERS, "--out", str(tmp_path)])
+    assert code == 0
+    rows = {(r["cell"], r["impl"], r["mode"]): r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    for cell in ("lstm", "gru"):
+        for name, packages in PEERS.items():
+            forward, train = rows[(cell, name, "forward")], rows[(cell, name, "train")]
+            missing = [package for package in packages if importlib.util.find_spec(package) is None]
+            if missing:
+                assert forward["status"] == train["status"] == f"skipped: {', '.join(missing)} not installed (pip install 'fastrnn[peers]')"
+                continue
+            if forward["status"].startswith("skipped: OpenVINO's default CPU precision here is"):
+                assert name == "openvino-bf16"  # no bf16 on this CPU: the row would repeat openvino's
+                continue
+            assert forward["status"] == "ok" and forward["ms"] > 0 and forward["speedup_vs_nn"] > 0
+            assert train["status"] == f"skipped: {peers.INFERENCE_ONLY}" and train["ms"] is None
+            # checked before timed, on outputs and final states; bf16 against nn's own error in bfloat16
+            floor = 1e-2 if name == "openvino-bf16" else 1e-5
+            assert 0 < forward["error"] <= 3 * forward["nn_error"] + floor
+            if name == "openvino-bf16":
+                assert forward["nn_error"] > 1e-4  # the bar is a bfloat16 one, not float32's
+    assert report.table(list(rows.values())).count(peers.INFERENCE_ONLY) == 1  # said once, under the table
+
+
+def test_a_runtime_given_a_wrong_model_is_reported_as_wrong(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 'fastrnn[peers]')")
+    real_export = peers.export_onnx
+
+    def export_perturbed(torch_module, example):
+        wrong = type(torch_module)(torch_module.input_size, torch_module.hidden_size)
+        with torch.no_grad():
+            for mine, theirs in zip(wrong.parameters(), torch_module.parameters()):
+                mine.copy_(theirs * 1.01)
+        return real_export(wrong, example)
+
+    monkeypatch.setattr(peers, "export_onnx", export_perturbed)
+    code = cli.main(TINY + ["--cells", "gru", "--modes", "forward", "--impls", "onnxruntime", "--out", str(tmp_path)])
+    assert code == 1
+    row = next(r for r in json.loads((tmp_path / "results.json").read_text())["rows"] if r["impl"] == "onnxruntime")
+    assert row["status"].startswith("WRONG") and row["ms"] is None
+
+
+def test_runtimes_skip_what_they_cannot_run_with_the_reason(monkeypatch):
+    from bench.cases import Case
+
+    real_find_spec = importlib.util.find_spec
+    with monkeypatch.context() as patch:  # as on a machine without the peers extra
+        patch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else real_find_spec(name))
+        reason = peers.OpenVINO().unavailable_reason(Case("lstm", "float32", 2, 3, 4, 4), torch.device("cpu"))
+    assert reason == "openvino not installed (pip install 'fastrnn[peers]')"
+    runtime = peers.OnnxRuntime()
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnx or onnxruntime not installed: every case is skipped for that (tested above)")
+    cpu = torch.device("cpu")
+    assert runtime.unavailable_reason(Case("lstm", "float32", 2, 3, 4, 4), cpu) is None
+    assert "float32" in runtime.unavailable_reason(Case("lstm", "bfloat16", 2, 3, 4, 4), cpu)
+    assert "PackedSequence" in runtime.unavailable_reason(Case("gru", "float32", 2, 3, 4, 4, min_length_fraction=0.5), cpu)
+    assert "CPU" in runtime.unavailable_reason(Case("gru", "float32", 2, 3, 4, 4), torch.device("cuda"))
+
+
+# --- the peak, the floor and each row's share of the peak ----------------------------------------
+
+
+def test_the_header_reports_a_measured_cpu_peak_in_gflops(tmp_path, capsys):
+    assert cli.main(TINY + ["--cells", "gru", "--modes", "forward", "--impls", "fastrnn-reference", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.startswith("peak (float32 rows)"))
+    per_thread = float(re.search(r"([0-9.]+) GFLOP/s per thread", line).group(1))
+    assert per_thread > 1.0 and "TFLOP" not in line  # measured, non-zero, in CPU units
+    environment = json.loads((tmp_path / "results.json").read_text())["environment"]
+    assert environment["peak_gflops"]["float32"]["gflops"] == pytest.approx(per_thread, rel=1e-3)
+
+
+def test_flop_counts_include_the_input_projection_and_count_only_real_tokens():
+    from bench.cases import Case
+
+    lstm, gru = Case("lstm", "float32", 16, 32, 64, 48), Case("gru", "float32", 16, 32, 64, 48)
+    assert peak.case_flops(lstm, "forward") == 2 * 4 * 64 * (48 + 64) * 16 * 32
+    assert peak.case_flops(gru, "forward") == 2 * 3 * 64 * (48 + 64) * 16 * 32
+    assert peak.case_flops(gru, "train") == 3 * peak.case_flops(gru, "forward")
+    assert peak.case_flops(gru, "forward", tokens=100) == 2 * 3 * 64 * (48 + 64) * 100
+    two_layers = Case("lstm", "float32", 1, 1, 8, 4, layers=2, bidirectional=True)
+    assert peak.case_flops(two_layers, "forward") == 2 * 2 * 4 * 8 * ((4 + 8) + (16 + 8))
+
+
+def test_no_row_is_faster_than_its_floor(tmp_path):
+    # The quick preset's shape where the old floor (a matmul timed under load) sat above fastrnn-cpp's time.
+    code = cli.main(["--batch", "16", "--seq-len", "32", "--hidden", "64", "--min-seconds", "0.05", "--threads", "1",
+                     "--impls", "fastrnn-cpp", "fastrnn-auto", "onnxruntime", "openvino-bf16", "--out", str(tmp_path)])
+    assert code == 0
+    timed = [r for r in json.loads((tmp_path / "results.json").read_text())["rows"] if r["ms"] is not None]
+    assert len(timed) >= 10
+    for row in timed:
+        assert row["floor_ms"] > 0 and row["ms"] >= row["floor_ms"], row
+        assert 0 < row["pct_peak"] <= 100 and row["gflops"] == pytest.approx(
+            peak.case_flops(_case_of(row), row["mode"]) / (row["ms"] * 1e6))
+
+
+def _case_of(row):
+    from bench.cases import Case
+
+    return Case(row["cell"], row["dtype"], row["batch"], row["seq_len"], row["hidden"], row["input_size"], row["layers"],
+                row["bidirectional"], row["min_length_fraction"])
+
+
+# --- CPU time and the oversubscription flag -------------------------------------------------------
+
+
+def test_cpu_time_is_the_calling_threads_and_a_waiting_call_is_flagged():
+    busy = measure.sample_times(lambda: sum(range(20000)), torch.device("cpu"), 0.02)
+    assert len(busy.cpu_ms) == len(busy.times_ms) >= measure.MIN_BLOCKS and all(c > 0 for c in busy.cpu_ms)
+    waiting = measure.Timing.of(measure.sample_times(lambda: time.sleep(0.002), torch.device("cpu"), 0.02))
+    assert waiting.median_ms >= 2.0 and waiting.cpu_ms < 0.5 * waiting.median_ms  # asleep: wall, but no CPU
+    assert "CPU time" in load.oversubscribed(waiting.median_ms, waiting.low_ms, waiting.high_ms, waiting.cpu_ms)
+
+
+def test_oversubscription_flag_on_synthetic_timings():
+    assert load.oversubscribed(1.00, 0.95, 1.05, 0.98) is None  # tight, and the thread computed all along
+    assert load.oversubscribed(1.00, 0.95, 1.05) is None  # more threads: no CPU time to compare
+    assert "spread" in load.oversubscribed(0.6, 0.55, 237.0, 0.55)  # the quick run's p20-p80 of 0.55-237 ms
+    assert "spread" in load.oversubscribed(1.0, 0.80, 1.10)
+    assert "1.50x" in load.oversubscribed(1.5, 1.45, 1.55, 1.0)  # a third of the wall time off the CPU
+    assert load.oversubscribed(1.09, 1.05, 1.10, 1.0) is None  # within the limits
+
+
+def test_a_speedup_from_an_oversubscribed_row_or_nn_row_is_marked():
+    case = "gru float32 B=4 T=8 H=16 I=16"
+    busy = _row(case, "fastrnn-auto", ms=0.6, speedup=212.88)
+    busy.update(low_ms=0.55, high_ms=237.0, oversubscribed=load.oversubscribed(0.6, 0.55, 237.0))
+    quiet = _row(case, "fastrnn-cpp", ms=0.6, speedup=8.0)
+    rows = [_row(case, "nn", ms=4.8), busy, quiet]
+    lines = {line.split()[6]: line for line in report.table(rows).splitlines() if line.startswith("gru")}
+    assert "0.600!" in lines["fastrnn-auto"] and "212.88!" in lines["fastrnn-auto"]
+    assert "!" not in lines["fastrnn-cpp"] and "8.00" in lines["fastrnn-cpp"]
+    rows[0]["oversubscribed"] = "p20-p80 spread 40% of the median"  # nn's own time was disturbed: every ratio is
+    lines = {line.split()[6]: line for line in report.table(rows).splitlines() if line.startswith("gru")}
+    assert "8.00!" in lines["fastrnn-cpp"] and "0.600 " in lines["fastrnn-cpp"]
+    assert "oversubscribed" in report.table(rows)  # the legend says what the mark means
