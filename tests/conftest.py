@@ -20,6 +20,15 @@ CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_SKIP)]
 CELLS = {"LSTM": (fastrnn.LSTM, nn.LSTM), "GRU": (fastrnn.GRU, nn.GRU)}
 
+# The shape grid of the GPU-only kernel tests (tests/test_cuda_gpu.py, tests/test_triton.py). "full" by
+# default; FASTRNN_GPU_GRID=bounded keeps the edge sizes (1, odd, past a tile) at lengths whose CPU
+# references stay cheap: what bench/gpu_suite.sh runs inside its time budget.
+GPU_GRIDS = {
+    "full": dict(seq_len=[1, 7, 256], hidden=[1, 17, 64, 256, 1024], batch=[1, 3, 64, 257]),
+    "bounded": dict(seq_len=[1, 33], hidden=[1, 17, 256], batch=[1, 64]),
+}
+GPU_GRID = GPU_GRIDS[os.environ.get("FASTRNN_GPU_GRID", "full") or "full"]
+
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64; NaN/inf anywhere make it inf, so they never pass."""

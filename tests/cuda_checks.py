@@ -9,10 +9,8 @@ import torch
 from fastrnn import functional
 from fastrnn.backends import reference
 
-from conftest import rel_error
+from tolerance import assert_bounded, reference as in_kernel_arithmetic
 
-# Error floor per dtype on top of the bound (2 x the reference's own error in that dtype).
-FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -43,20 +41,12 @@ def _cast(tensors, dtype):
     return [None if t is None else t.to(dtype) for t in tensors]
 
 
-def _assert_bounded(ours, low_reference, exact, dtype, what):
-    """Each result's error against float64 is at most twice the reference's own in `dtype`."""
-    for index, (a, b, e) in enumerate(zip(ours, low_reference, exact)):
-        assert a.shape == e.shape and a.dtype == dtype, f"{what} result {index}: {a.shape} {a.dtype}"
-        if e.numel() == 0:
-            continue
-        mine, theirs = rel_error(a, e), rel_error(b, e)
-        assert mine <= 2 * theirs + FLOOR[dtype], f"{what} result {index}: error {mine:.2e} vs reference's {theirs:.2e}"
-
-
 def check_lstm(kernels, dtype, seq_len, batch, hidden, proj, reverse, ragged, seed=0, device="cpu", **knobs):
     """The LSTM kernels (kernels.lstm_forward_cuda, lstm_backward_cuda on `device`) against the reference:
-    every output and gradient's error against float64 at most twice the reference's own in `dtype`."""
+    every output and gradient's error against float64 within tests/tolerance.py's bound, the reference
+    run in `dtype` (with allow_tf32 and float32: on TF32-rounded operands, the kernels' arithmetic)."""
     knobs.setdefault("allow_tf32", False)
+    tf32 = bool(knobs["allow_tf32"]) and dtype == torch.float32
     gen = torch.Generator().manual_seed(seed)
     state = proj or hidden
     exact_in = (_randn(gen, seq_len, batch, 4 * hidden), _randn(gen, batch, state), _randn(gen, batch, hidden),
@@ -66,8 +56,8 @@ def check_lstm(kernels, dtype, seq_len, batch, hidden, proj, reverse, ragged, se
     exact = reference.lstm_forward(*exact_in, lengths, reverse)
     low = _cast(exact_in, dtype)
     ours = _cpu(kernels.lstm_forward_cuda(*_to(low, device), lengths, reverse, **knobs))
-    low_reference = reference.lstm_forward(*low, lengths, reverse)
-    _assert_bounded(ours, low_reference, exact, dtype, "forward")
+    low_reference = in_kernel_arithmetic(reference.lstm_forward, *low, lengths, reverse, tf32=tf32)
+    assert_bounded(ours, low_reference, exact, dtype, "forward")
 
     grads = [_randn(gen, *t.shape) for t in exact[:3]]
 
@@ -80,13 +70,15 @@ def check_lstm(kernels, dtype, seq_len, batch, hidden, proj, reverse, ragged, se
     low_grads = _cast(grads, dtype)
     ours_grads = _cpu(backward(kernels.lstm_backward_cuda, _to(ours, device), _to(low_grads, device),
                                *_to((low[3], low[4], low[2]), device), **knobs))
-    reference_grads = backward(reference.lstm_backward, low_reference, low_grads, low[3], low[4], low[2])
-    _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+    reference_grads = in_kernel_arithmetic(backward, reference.lstm_backward, low_reference, low_grads, low[3], low[4],
+                                           low[2], tf32=tf32)
+    assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
 
 
 def check_gru(kernels, dtype, seq_len, batch, hidden, bias, reverse, ragged, seed=0, device="cpu", **knobs):
     """The GRU kernels against the reference, as check_lstm."""
     knobs.setdefault("allow_tf32", False)
+    tf32 = bool(knobs["allow_tf32"]) and dtype == torch.float32
     gen = torch.Generator().manual_seed(seed)
     exact_in = (_randn(gen, seq_len, batch, 3 * hidden), _randn(gen, batch, hidden),
                 _randn(gen, 3 * hidden, hidden, scale=hidden ** -0.5), _randn(gen, hidden) if bias else None)
@@ -94,8 +86,8 @@ def check_gru(kernels, dtype, seq_len, batch, hidden, bias, reverse, ragged, see
     exact = reference.gru_forward(*exact_in, lengths, reverse)
     low = _cast(exact_in, dtype)
     ours = _cpu(kernels.gru_forward_cuda(*_to(low, device), lengths, reverse, **knobs))
-    low_reference = reference.gru_forward(*low, lengths, reverse)
-    _assert_bounded(ours, low_reference, exact, dtype, "forward")
+    low_reference = in_kernel_arithmetic(reference.gru_forward, *low, lengths, reverse, tf32=tf32)
+    assert_bounded(ours, low_reference, exact, dtype, "forward")
 
     grads = [_randn(gen, *t.shape) for t in exact[:2]]
 
@@ -108,5 +100,6 @@ def check_gru(kernels, dtype, seq_len, batch, hidden, bias, reverse, ragged, see
     low_grads = _cast(grads, dtype)
     ours_grads = _cpu(backward(kernels.gru_backward_cuda, _to(ours, device), _to(low_grads, device),
                                *_to((low[2], low[1]), device), **knobs))
-    reference_grads = backward(reference.gru_backward, low_reference, low_grads, low[2], low[1])
-    _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+    reference_grads = in_kernel_arithmetic(backward, reference.gru_backward, low_reference, low_grads, low[2], low[1],
+                                           tf32=tf32)
+    assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")

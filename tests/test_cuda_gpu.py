@@ -2,7 +2,8 @@
 and lengths only a GPU reaches. Everything here needs a CUDA GPU and the extension built with its CUDA
 kernels, and skips with the reason otherwise. (Module-level agreement with nn.LSTM/nn.GRU on every layer
 option runs for backend="cuda" on the GPU in tests/test_conformance.py.) bench/gpu_suite.sh also runs the
-kernels under compute-sanitizer's memcheck and racecheck.
+kernels under compute-sanitizer's memcheck and racecheck. Error bounds: tests/tolerance.py (float32 with
+TF32 off and on, each against a reference in the same arithmetic).
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from fastrnn import _ext
 from fastrnn.backends import cuda as cuda_backend
 from fastrnn.backends import reference, unavailable_reason
 
-from conftest import CUDA_SKIP, compare, detached, make_pair, random_inputs, rel_error, run
+from conftest import CUDA_SKIP, GPU_GRID, compare, detached, make_pair, random_inputs, rel_error, run
 from cuda_checks import DTYPES, _cast, _randn, check_gru, check_lstm
+from tolerance import allowed_error, precisions, reference as in_kernel_arithmetic, tf32_switch
+
+# float32 twice: allow_tf32 explicitly off (IEEE bound) and on (TF32 bound; see tests/tolerance.py).
+PRECISIONS = precisions(DTYPES)
 
 REASON = unavailable_reason("cuda", "cuda") if torch.cuda.is_available() else "needs a CUDA GPU; this machine has none"
 if REASON is None:
@@ -35,17 +40,19 @@ def kernels():
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", [1, 3, 64, 257])
-@pytest.mark.parametrize("hidden", [1, 17, 64, 256, 1024])
-@pytest.mark.parametrize("seq_len", [1, 7, 256])
+@pytest.mark.parametrize("dtype,tf32", PRECISIONS)
+@pytest.mark.parametrize("batch", GPU_GRID["batch"])
+@pytest.mark.parametrize("hidden", GPU_GRID["hidden"])
+@pytest.mark.parametrize("seq_len", GPU_GRID["seq_len"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype):
-    """The same grid as the Triton backend's GPU tests, under each strategy (persistent where it fits)."""
-    plan = dict(strategy=STRATEGIES[strategy])
+def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype, tf32):
+    """The same grid as the Triton backend's GPU tests (conftest.GPU_GRID), under each strategy (persistent
+    where it fits), float32 with TF32 off and on."""
+    plan = dict(strategy=STRATEGIES[strategy], allow_tf32=tf32)
     if strategy == "persistent":
         kind = 0 if cell == "LSTM" else 2
-        described = kernels.cuda_describe_plan(kind, seq_len, batch, hidden, hidden, False, str(dtype)[6:])
+        described = kernels.cuda_describe_plan(kind, seq_len, batch, hidden, hidden, False, str(dtype)[6:],
+                                               allow_tf32=tf32)
         if not described.startswith("persistent"):
             pytest.skip(f"the persistent plan does not fit this shape: {described}")
     if cell == "LSTM":
@@ -57,27 +64,28 @@ def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_projection_on_gpu(kernels, strategy, dtype):
+@pytest.mark.parametrize("dtype,tf32", PRECISIONS)
+def test_projection_on_gpu(kernels, strategy, dtype, tf32):
     check_lstm(kernels, dtype, seq_len=33, batch=40, hidden=200, proj=72, reverse=True, ragged=True, seed=3,
-               device="cuda", strategy=STRATEGIES[strategy])
+               device="cuda", strategy=STRATEGIES[strategy], allow_tf32=tf32)
 
 
 def test_tf32_follows_cudnn_switch(kernels):
-    """float32 runs on TF32 while torch.backends.cudnn.allow_tf32 is on, exactly otherwise."""
+    """float32 runs on TF32 while torch.backends.cudnn.allow_tf32 is on (its error then above the IEEE
+    bound, within the TF32 one), in IEEE float32 while it is off."""
     gen = torch.Generator().manual_seed(4)
     xp, h0, c0, w_hh = (_randn(gen, 8, 6, 256), _randn(gen, 6, 64), _randn(gen, 6, 64), _randn(gen, 256, 64, scale=0.125))
     exact = reference.lstm_forward(xp, h0, c0, w_hh, None, None, False)[0]
-    args = [t.float().cuda() for t in (xp, h0, c0, w_hh)]
+    low = [t.float() for t in (xp, h0, c0, w_hh)]
+    ieee = rel_error(reference.lstm_forward(*low, None, None, False)[0], exact)
+    tf32 = rel_error(in_kernel_arithmetic(reference.lstm_forward, *low, None, None, False, tf32=True)[0], exact)
+    args = [t.cuda() for t in low]
     errors = {}
     for allowed in (True, False):
-        old = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = allowed
-        try:
+        with tf32_switch(allowed):
             errors[allowed] = rel_error(cuda_backend.lstm_forward(*args, None, None, False)[0], exact)
-        finally:
-            torch.backends.cudnn.allow_tf32 = old
-    assert errors[False] < 1e-5 < errors[True] < 1e-2, errors
+    assert errors[False] <= allowed_error(torch.float32, ieee) < errors[True] <= allowed_error(torch.float32, tf32), \
+        (errors, ieee, tf32)
 
 
 @CUDA_SKIP
@@ -123,11 +131,11 @@ def test_inputs_on_another_device_raise(kernels):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_small_shapes_for_compute_sanitizer(kernels, strategy, dtype):
-    """A few small calls of every kernel: what bench/gpu_suite.sh runs under compute-sanitizer's memcheck,
-    racecheck, synccheck and initcheck (it selects this test by name)."""
-    plan = dict(strategy=STRATEGIES[strategy], allow_tf32=dtype == torch.float32)
+@pytest.mark.parametrize("dtype,tf32", precisions([torch.float32, torch.bfloat16]))
+def test_small_shapes_for_compute_sanitizer(kernels, strategy, dtype, tf32):
+    """A few small calls of every kernel (float32 on both the FMA and the TF32 path): what
+    bench/gpu_suite.sh runs under compute-sanitizer's memcheck and racecheck (it selects this test by name)."""
+    plan = dict(strategy=STRATEGIES[strategy], allow_tf32=tf32)
     check_lstm(kernels, dtype, seq_len=5, batch=19, hidden=37, proj=11, reverse=True, ragged=True, seed=6,
                device="cuda", **plan)
     check_gru(kernels, dtype, seq_len=5, batch=19, hidden=37, bias=True, reverse=False, ragged=True, seed=7,

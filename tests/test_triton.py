@@ -15,7 +15,8 @@ import torch
 from fastrnn import functional
 from fastrnn.backends import reference, unavailable_reason
 
-from conftest import CUDA_SKIP, compare, detached, make_pair, random_inputs, rel_error, run
+from conftest import CUDA_SKIP, GPU_GRID, compare, detached, make_pair, random_inputs, rel_error, run
+from tolerance import assert_bounded, precisions, reference as in_kernel_arithmetic, tf32_switch
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -32,12 +33,12 @@ def strategy(request):
     with plans.forced(request.param):
         yield request.param
 
-# Error floor per dtype on top of the bound (2 x the reference's own error in that dtype).
-FLOOR = {torch.float64: 1e-13, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 BF16 = pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
     INTERPRETED, reason="Triton's interpreter computes bf16 tl.dot wrongly (a 16x16 product comes out ~1e10 off); "
                         "bf16 is checked on the GPU"))
-DTYPES = [torch.float64, torch.float32, torch.float16, BF16]
+# float32 twice: TF32 explicitly off and on (the interpreter ignores the precision and computes IEEE
+# float32 either way; on a GPU the tf32 run uses TF32 tensor cores and is held to the TF32 bound).
+PRECISIONS = precisions([torch.float64, torch.float32, torch.float16, BF16])
 
 
 def _seeded_randn(seed):
@@ -66,15 +67,6 @@ def _cast(tensors, dtype):
     return [None if t is None else t.to(dtype) for t in tensors]
 
 
-def _assert_bounded(ours, low_reference, exact, dtype, what):
-    """Each result's error against float64 is at most twice the reference's own in `dtype`."""
-    for index, (a, b, e) in enumerate(zip(ours, low_reference, exact)):
-        if e.numel() == 0:
-            continue
-        mine, theirs = rel_error(a, e), rel_error(b, e)
-        assert mine <= 2 * theirs + FLOOR[dtype], f"{what} result {index}: error {mine:.2e} vs reference's {theirs:.2e}"
-
-
 def _lengths(batch, seq_len, ragged, seed):
     if not ragged:
         return None
@@ -84,14 +76,21 @@ def _lengths(batch, seq_len, ragged, seed):
     return lengths.sort(descending=True).values
 
 
-def check_lstm(dtype, seq_len, batch, hidden, proj, reverse, ragged, seed=0):
+def check_lstm(dtype, seq_len, batch, hidden, proj, reverse, ragged, seed=0, tf32=False):
+    """The LSTM kernels against the reference, within tests/tolerance.py's bound; `tf32` sets the switch the
+    kernels follow for float32 (and then the reference runs on TF32-rounded operands)."""
+    with tf32_switch(tf32):
+        _check_lstm(dtype, seq_len, batch, hidden, proj, reverse, ragged, seed, tf32 and dtype == torch.float32)
+
+
+def _check_lstm(dtype, seq_len, batch, hidden, proj, reverse, ragged, seed, tf32):
     xp, h0, c0, w_hh, w_hr = _lstm_case(seq_len, batch, hidden, proj, seed)
     lengths = _lengths(batch, seq_len, ragged, seed)
     exact = reference.lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse)
     low = _cast((xp, h0, c0, w_hh, w_hr), dtype)
     ours = triton_backend.lstm_forward(*low, lengths, reverse)
-    low_reference = reference.lstm_forward(*low, lengths, reverse)
-    _assert_bounded(ours, low_reference, exact, dtype, "forward")
+    low_reference = in_kernel_arithmetic(reference.lstm_forward, *low, lengths, reverse, tf32=tf32)
+    assert_bounded(ours, low_reference, exact, dtype, "forward")
 
     gen = torch.Generator().manual_seed(seed + 1)
     grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in exact[:3]]
@@ -104,18 +103,25 @@ def check_lstm(dtype, seq_len, batch, hidden, proj, reverse, ragged, seed=0):
     exact_grads = run_backward(reference, exact, grads, w_hh, w_hr, c0)
     low_grads = _cast(grads, dtype)
     ours_grads = run_backward(triton_backend, ours, low_grads, low[3], low[4], low[2])
-    reference_grads = run_backward(reference, low_reference, low_grads, low[3], low[4], low[2])
-    _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+    reference_grads = in_kernel_arithmetic(run_backward, reference, low_reference, low_grads, low[3], low[4], low[2],
+                                           tf32=tf32)
+    assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
 
 
-def check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed=0):
+def check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed=0, tf32=False):
+    """The GRU kernels against the reference, as check_lstm."""
+    with tf32_switch(tf32):
+        _check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed, tf32 and dtype == torch.float32)
+
+
+def _check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed, tf32):
     xp, h0, w_hh, b_hn = _gru_case(seq_len, batch, hidden, bias, seed)
     lengths = _lengths(batch, seq_len, ragged, seed)
     exact = reference.gru_forward(xp, h0, w_hh, b_hn, lengths, reverse)
     low = _cast((xp, h0, w_hh, b_hn), dtype)
     ours = triton_backend.gru_forward(*low, lengths, reverse)
-    low_reference = reference.gru_forward(*low, lengths, reverse)
-    _assert_bounded(ours, low_reference, exact, dtype, "forward")
+    low_reference = in_kernel_arithmetic(reference.gru_forward, *low, lengths, reverse, tf32=tf32)
+    assert_bounded(ours, low_reference, exact, dtype, "forward")
 
     gen = torch.Generator().manual_seed(seed + 1)
     grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in exact[:2]]
@@ -128,8 +134,9 @@ def check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed=0):
     exact_grads = run_backward(reference, exact, grads, w_hh, h0)
     low_grads = _cast(grads, dtype)
     ours_grads = run_backward(triton_backend, ours, low_grads, low[2], low[1])
-    reference_grads = run_backward(reference, low_reference, low_grads, low[2], low[1])
-    _assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+    reference_grads = in_kernel_arithmetic(run_backward, reference, low_reference, low_grads, low[2], low[1],
+                                           tf32=tf32)
+    assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="checks what the Triton interpreter refuses; kernels are compiled here")
@@ -150,20 +157,20 @@ def test_bf16_in_the_interpreter_is_refused_not_answered_wrongly(cell):
 # --- tiny shapes: in CI under the interpreter, and on the GPU --------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,tf32", PRECISIONS)
 @pytest.mark.parametrize("proj", [0, 3])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_lstm_kernels_match_reference(strategy, dtype, proj, reverse, ragged):
-    check_lstm(dtype, seq_len=7, batch=5, hidden=19, proj=proj, reverse=reverse, ragged=ragged)
+def test_lstm_kernels_match_reference(strategy, dtype, tf32, proj, reverse, ragged):
+    check_lstm(dtype, seq_len=7, batch=5, hidden=19, proj=proj, reverse=reverse, ragged=ragged, tf32=tf32)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,tf32", PRECISIONS)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_gru_kernels_match_reference(strategy, dtype, bias, reverse, ragged):
-    check_gru(dtype, seq_len=7, batch=5, hidden=19, bias=bias, reverse=reverse, ragged=ragged)
+def test_gru_kernels_match_reference(strategy, dtype, tf32, bias, reverse, ragged):
+    check_gru(dtype, seq_len=7, batch=5, hidden=19, bias=bias, reverse=reverse, ragged=ragged, tf32=tf32)
 
 
 def _every_candidate():
@@ -205,20 +212,49 @@ def test_long_sequence_does_not_drift(strategy, cell):
 
 # --- the GPU grid ----------------------------------------------------------------------------------
 
-GPU_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+GPU_PRECISIONS = precisions([torch.float64, torch.float32, torch.float16, torch.bfloat16])
 
 
 @CUDA_SKIP
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("batch", [1, 3, 64, 257])
-@pytest.mark.parametrize("hidden", [1, 17, 64, 256, 1024])
-@pytest.mark.parametrize("seq_len", [1, 7, 256])
+@pytest.mark.parametrize("dtype,tf32", GPU_PRECISIONS)
+@pytest.mark.parametrize("batch", GPU_GRID["batch"])
+@pytest.mark.parametrize("hidden", GPU_GRID["hidden"])
+@pytest.mark.parametrize("seq_len", GPU_GRID["seq_len"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_gpu_grid(strategy, cell, seq_len, hidden, batch, dtype):
+def test_gpu_grid(strategy, cell, seq_len, hidden, batch, dtype, tf32):
+    """The shape grid (conftest.GPU_GRID), float32 with TF32 off and on."""
     if cell == "LSTM":
-        check_lstm(dtype, seq_len, batch, hidden, proj=0, reverse=False, ragged=batch > 1, seed=seq_len + hidden)
+        check_lstm(dtype, seq_len, batch, hidden, proj=0, reverse=False, ragged=batch > 1, seed=seq_len + hidden,
+                   tf32=tf32)
     else:
-        check_gru(dtype, seq_len, batch, hidden, bias=True, reverse=True, ragged=batch > 1, seed=seq_len + hidden)
+        check_gru(dtype, seq_len, batch, hidden, bias=True, reverse=True, ragged=batch > 1, seed=seq_len + hidden,
+                  tf32=tf32)
+
+
+@CUDA_SKIP
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_float32_follows_the_cudnn_tf32_switch(strategy, cell):
+    """On a GPU float32 runs on TF32 while torch.backends.cudnn.allow_tf32 is on (its error then above the
+    IEEE bound, within the TF32 one) and in IEEE float32 while it is off."""
+    from tolerance import allowed_error
+
+    randn = _seeded_randn(4)
+    if cell == "LSTM":
+        args = (randn(8, 6, 256), randn(6, 64), randn(6, 64), randn(256, 64, scale=0.125), None)
+        run_kernel, run_reference = triton_backend.lstm_forward, reference.lstm_forward
+    else:
+        args = (randn(8, 6, 192), randn(6, 64), randn(192, 64, scale=0.125), randn(64))
+        run_kernel, run_reference = triton_backend.gru_forward, reference.gru_forward
+    exact = run_reference(*args, None, False)[0]
+    low = _cast(args, torch.float32)
+    ieee = rel_error(run_reference(*low, None, False)[0], exact)
+    tf32 = rel_error(in_kernel_arithmetic(run_reference, *low, None, False, tf32=True)[0], exact)
+    errors = {}
+    for allowed in (False, True):
+        with tf32_switch(allowed):
+            errors[allowed] = rel_error(run_kernel(*low, None, False)[0], exact)
+    assert errors[False] <= allowed_error(torch.float32, ieee) < errors[True] <= allowed_error(torch.float32, tf32), \
+        (errors, ieee, tf32)
 
 
 def _compiled_variants(kernel) -> int:

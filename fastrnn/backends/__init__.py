@@ -27,6 +27,14 @@ class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run here; the message says why."""
 
 
+def tf32_enabled(dtype: torch.dtype) -> bool:
+    """Whether the kernel backends (cuda, triton) run float32 matrix products on TF32 tensor cores: while
+    torch.backends.cudnn.allow_tf32 is on (torch's default), the switch nn.LSTM/nn.GRU's cuDNN obeys, so
+    both run the recurrence in the same arithmetic. torch.backends.cuda.matmul.allow_tf32 (off by default)
+    governs torch's own GEMMs, the input projection and the weight gradients among them."""
+    return dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
 def check_name(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")

@@ -72,7 +72,9 @@ def current_launch() -> Launch:
 
 def _knobs(dtype: torch.dtype) -> dict:
     launch = current_launch()
-    return dict(allow_tf32=dtype == torch.float32 and torch.backends.cudnn.allow_tf32,
+    from . import tf32_enabled
+
+    return dict(allow_tf32=tf32_enabled(dtype),
                 strategy=STRATEGIES.index(launch.strategy), ctas=launch.ctas, threads=launch.threads,
                 row_tile=launch.row_tile, k_chunk=launch.k_chunk)
 

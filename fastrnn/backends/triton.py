@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import BackendUnavailableError
+from . import BackendUnavailableError, tf32_enabled
 from ..triton import gru as gru_kernels
 from ..triton import lstm as lstm_kernels
 from ..triton import plans
@@ -47,7 +47,7 @@ _TRITON_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 matmuls follow the switch nn.LSTM obeys: TF32 while cudnn.allow_tf32 is on (the default)."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+    return "tf32" if tf32_enabled(dtype) else "ieee"
 
 
 def _flags(dtype: torch.dtype) -> dict:
