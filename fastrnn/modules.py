@@ -127,7 +127,7 @@ class _RNNBase(nn.Module):
 
     def _backend_for(self, device: torch.device, input=None) -> str:
         if torch.compiler.is_compiling():
-            return _resolve_while_compiling(self.backend, str(device))
+            return backends.resolve_while_compiling(self.backend, str(device))
         if self.backend != "auto":
             return backends.resolve(self.backend, device)
         workload = None if input is None else self._workload(input, device)
@@ -473,12 +473,6 @@ def _exporting_to_onnx() -> bool:
     if flags is not None and getattr(flags, "_is_onnx_exporting", False):
         return True
     return torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()  # the TorchScript exporter traces
-
-
-@torch.compiler.assume_constant_result
-def _resolve_while_compiling(backend: str, device: str) -> str:
-    """The backend a traced forward runs: decided once while tracing, outside the graph."""
-    return backends.resolve(backend, device, None, compiling=True)
 
 
 def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 
 HEAVY = ("torch._dynamo", "triton")  # about 1 s and 0.1 s on top of `import torch` on a 2-core machine
 
@@ -21,8 +20,5 @@ def test_import_torch_alone_imports_neither():
     assert _imported_after("import torch") == []  # else the check below would prove nothing
 
 
-@pytest.mark.xfail(strict=True, reason="fastrnn/modules.py decorates _resolve_while_compiling with "
-                   "torch.compiler.assume_constant_result, which imports torch._dynamo (and triton through it) "
-                   "at import; using fastrnn.backends.resolve_while_compiling there instead removes both")
 def test_import_fastrnn_imports_neither_dynamo_nor_triton():
     assert _imported_after("import fastrnn") == []
