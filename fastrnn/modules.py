@@ -356,6 +356,48 @@ class _RNNBase(nn.Module):
         if data.shape[-1] != self.input_size:
             raise RuntimeError(f"{self.mode}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.shape[-1]}")
 
+    # --- nn.RNNBase's helpers, for code that calls them on an RNN layer --------------------------
+
+    @property
+    def _flat_weights(self) -> list[Tensor | None]:
+        """The weights in _flat_weights_names order, as nn.RNNBase keeps them (None for a deleted one).
+        Computed on each read, so it follows reassigned and parametrized weights."""
+        return [getattr(self, name) if hasattr(self, name) else None for name in self._flat_weights_names]
+
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
+        """As nn.RNNBase.check_input: `input` is batched (3-D), or a PackedSequence's 2-D data when
+        batch_sizes is given; raises ValueError for a dtype other than the weights', else RuntimeError."""
+        weight = self._flat_weights[0]
+        if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(self._dtype_mismatch(input, weight))
+        expected_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"{self.mode}: input must have {expected_dim} dimensions, got {input.dim()}")
+        self._check_input_size(input)
+
+    def get_expected_hidden_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """As nn.RNNBase: the shape of h_0 for a batched input (or a PackedSequence's data and batch_sizes)."""
+        if batch_sizes is not None:
+            batch = int(batch_sizes[0])
+        else:
+            batch = input.size(0) if self.batch_first else input.size(1)
+        return (self.num_layers * self.num_directions, batch, self.proj_size or self.hidden_size)
+
+    def check_hidden_size(self, hx: Tensor, expected_hidden_size: tuple[int, int, int],
+                          msg: str = "Expected hidden size {}, got {}") -> None:
+        """As nn.RNNBase: RuntimeError(msg.format(expected, actual)) when hx has another shape."""
+        if hx.size() != expected_hidden_size:
+            raise RuntimeError(msg.format(expected_hidden_size, list(hx.size())))
+
+    def check_forward_args(self, input: Tensor, hidden: Tensor, batch_sizes: Tensor | None) -> None:
+        """As nn.GRU: check a batched input and a 3-D h_0 (nn.LSTM's form, for a tuple, is on LSTM)."""
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+
+    def permute_hidden(self, hx: Tensor, permutation: Tensor | None) -> Tensor:
+        """As nn.RNNBase: hx with its batch dimension (1) reordered by `permutation` (None: unchanged)."""
+        return hx if permutation is None else hx.index_select(1, permutation)
+
     # --- the layer stack -------------------------------------------------------------------------
 
     def _layer_weights(self, weights: dict[str, Tensor], layer: int, direction: int,
@@ -438,6 +480,23 @@ class LSTM(_RNNBase):
     """Drop-in nn.LSTM. Extra keyword: backend = "auto" | "cuda" | "triton" | "reference" | "aten"."""
 
     mode = "LSTM"
+
+    def get_expected_cell_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """As nn.LSTM: the shape of c_0 for a batched input (or a PackedSequence's data and batch_sizes)."""
+        layers, batch, _ = self.get_expected_hidden_size(input, batch_sizes)
+        return (layers, batch, self.hidden_size)
+
+    def check_forward_args(self, input: Tensor, hidden: tuple[Tensor, Tensor], batch_sizes: Tensor | None) -> None:
+        """As nn.LSTM: check a batched input and the pair (h_0, c_0), each 3-D."""
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden[0], self.get_expected_hidden_size(input, batch_sizes), self._hidden_size_message(0))
+        self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes), self._hidden_size_message(1))
+
+    def permute_hidden(self, hx: tuple[Tensor, Tensor], permutation: Tensor | None) -> tuple[Tensor, Tensor]:
+        """As nn.LSTM: (h, c) with the batch dimension (1) of each reordered by `permutation`."""
+        if permutation is None:
+            return hx
+        return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
 
 
 class GRU(_RNNBase):
