@@ -364,6 +364,11 @@ class _RNNBase(nn.Module):
         Computed on each read, so it follows reassigned and parametrized weights."""
         return [getattr(self, name) if hasattr(self, name) else None for name in self._flat_weights_names]
 
+    @_flat_weights.setter
+    def _flat_weights(self, value) -> None:
+        raise AttributeError(f"fastrnn.{type(self).__name__}._flat_weights is read from the named weights, which "
+                             f"the forward reads: assign a weight by name instead (layer.{self._flat_weights_names[0]} = ...)")
+
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         """As nn.RNNBase.check_input: `input` is batched (3-D), or a PackedSequence's 2-D data when
         batch_sizes is given; raises ValueError for a dtype other than the weights', else RuntimeError."""

@@ -87,6 +87,14 @@ def test_flat_weights_follow_a_replaced_and_a_deleted_weight():
     assert ours._flat_weights[0] is None
 
 
+def test_flat_weights_cannot_be_assigned():
+    """nn's forward reads an assigned _flat_weights; fastrnn's reads the weights by name, so assigning
+    the list would be silently ignored: it is refused, with the way to do it."""
+    ours = fastrnn.GRU(INPUT, HIDDEN, backend="reference")
+    with pytest.raises(AttributeError, match=r"assign a weight by name instead \(layer\.weight_ih_l0 = \.\.\.\)"):
+        ours._flat_weights = [torch.zeros_like(w) for w in ours._flat_weights]
+
+
 def test_flat_weights_follow_to(pair):
     _, ours = pair
     ours.double()
