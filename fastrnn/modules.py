@@ -372,7 +372,7 @@ class _RNNBase(nn.Module):
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         """As nn.RNNBase.check_input: `input` is batched (3-D), or a PackedSequence's 2-D data when
         batch_sizes is given; raises ValueError for a dtype other than the weights', else RuntimeError."""
-        weight = self._flat_weights[0]
+        weight = getattr(self, self._flat_weights_names[0])  # _flat_weights[0], without computing the others
         if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(self._dtype_mismatch(input, weight))
         expected_dim = 2 if batch_sizes is not None else 3
