@@ -141,6 +141,14 @@ class _RNNBase(nn.Module):
         return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed)
 
     def _apply(self, fn, recurse=True):
+        twin = self.__dict__.get("_twin")
+        if twin is not None:
+            # The twin holds weak references to our Parameters (nn.RNNBase._flat_weight_refs), and
+            # torch.utils.swap_tensors (torch.__future__.set_swap_module_params_on_conversion) refuses
+            # a tensor with one; nn.RNNBase._apply drops its own the same way. _torch_twin re-points the
+            # twin, and so makes them anew, at its next use.
+            twin._flat_weight_refs = []
+            self.__dict__.pop("_twin_param_ids", None)
         result = super()._apply(fn, recurse)
         self.flatten_parameters()  # as nn.RNNBase does after .cuda()/.to(): cuDNN wants one weight buffer
         return result

@@ -186,3 +186,28 @@ def test_permute_hidden_matches_nn(pair):
     assert type(mine) is type(torchs)
     for a, b in zip(mine if ours.mode == "LSTM" else [mine], torchs if ours.mode == "LSTM" else [torchs]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["aten", "reference", "cpp"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_conversion_by_swapping_tensors_after_a_forward(cell, backend):
+    """With torch.__future__.set_swap_module_params_on_conversion(True), .to() swaps each Parameter's
+    contents in place (torch.utils.swap_tensors), which fails for a tensor that has a weak reference:
+    the aten backend's private nn twin must not keep any past .to()."""
+    torch.manual_seed(0)
+    ours = getattr(fastrnn, cell)(INPUT, HIDDEN, LAYERS, backend=backend)
+    theirs = getattr(nn, cell)(INPUT, HIDDEN, LAYERS)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(SEQ, BATCH, INPUT)
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        ours(x)[0].sum().backward()
+        ids = [id(p) for p in ours.parameters()]
+        ours.to(dtype=torch.float64)
+        assert [id(p) for p in ours.parameters()] == ids and all(p.dtype == torch.float64 for p in ours.parameters())
+        ours.to(dtype=torch.float32)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert ours.last_backend == backend
