@@ -144,6 +144,14 @@ class _RNNBase(nn.Module):
         return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed)
 
     def _apply(self, fn, recurse=True):
+        twin = self.__dict__.get("_twin")
+        if twin is not None:
+            # The twin holds weak references to our Parameters (nn.RNNBase._flat_weight_refs), and
+            # torch.utils.swap_tensors (torch.__future__.set_swap_module_params_on_conversion) refuses
+            # a tensor with one; nn.RNNBase._apply drops its own the same way. _torch_twin re-points the
+            # twin, and so makes them anew, at its next use.
+            twin._flat_weight_refs = []
+            self.__dict__.pop("_twin_param_ids", None)
         result = super()._apply(fn, recurse)
         self.flatten_parameters()  # as nn.RNNBase does after .cuda()/.to(): cuDNN wants one weight buffer
         return result
@@ -314,23 +322,20 @@ class _RNNBase(nn.Module):
             batched = data if data.dim() == 3 else data.unsqueeze(0 if self.batch_first else 1)
             batch = batched.shape[0 if self.batch_first else 1]
             if batched.shape[1 if self.batch_first else 0] == 0:
-                raise RuntimeError(f"{self.mode}: Expected sequence length to be larger than 0, got input of shape {tuple(data.shape)}")
+                raise RuntimeError(f"{self.mode}: Expected sequence length to be larger than 0 in RNN, got input of shape {tuple(data.shape)}")
         else:
             if data.dim() != 2:
-                raise RuntimeError(f"{self.mode}: packed input data must have 2 dimensions, got {data.dim()}")
+                raise RuntimeError(f"{self.mode}: input must have 2 dimensions, got {data.dim()} (the data of a PackedSequence is (rows, input_size))")
             batched, batch = data, _packed_batch(input)
         weight = self.weight_ih_l0 if weight is None else weight
         if data.dtype != weight.dtype and not _autocast_enabled(data.device.type):
-            raise ValueError(
-                f"{self.mode}: input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
-                f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})"
-            )
-        if data.shape[-1] != self.input_size:
-            raise RuntimeError(f"{self.mode}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.shape[-1]}")
+            raise ValueError(self._dtype_mismatch(data, weight))
+        self._check_input_size(data)
         if weight.device != data.device:
             raise RuntimeError(
-                f"{self.mode}: input is on {data.device} but the parameters are on {weight.device}; "
-                f"move the input (input.to('{weight.device}')) or the model (model.to('{data.device}'))"
+                f"{self.mode}: Input and parameter tensors are not at the same device, found input tensor at "
+                f"{data.device} and parameter tensor at {weight.device}; move the input (input.to('{weight.device}')) "
+                f"or the model (model.to('{data.device}'))"
             )
 
         names = ("h_0", "c_0") if self.mode == "LSTM" else ("h_0",)
@@ -346,17 +351,21 @@ class _RNNBase(nn.Module):
             states = [hx]
         want_dim = 2 if (batch_sizes is None and data.dim() == 2) else 3
         if any(s.dim() != want_dim for s in states):
-            kind = "unbatched 2-D" if want_dim == 2 else "batched 3-D"
-            got = ", ".join(f"{name} {s.dim()}-D" for name, s in zip(names, states))
-            raise RuntimeError(f"{self.mode}: for {kind} input the hidden states must be {want_dim}-D, got {got}")
+            # torch's wording: "For batched 3-D input, hx and cx should also be 3-D but got (2-D, 3-D) tensors"
+            kind = "a PackedSequence" if batch_sizes is not None else "unbatched 2-D" if want_dim == 2 else "batched 3-D"
+            which, got = ("hx and cx", f"({', '.join(f'{s.dim()}-D' for s in states)}) tensors") if self.mode == "LSTM" \
+                else ("hx", f"{states[0].dim()}-D tensor")
+            raise RuntimeError(f"{self.mode}: For {kind} input, {which} should also be {want_dim}-D but got {got} "
+                               f"({', '.join(names)})")
         if want_dim == 2:
             states = [s.unsqueeze(1) for s in states]
         if batch is None:
             batch = states[0].shape[1]  # the padding op checks it against batch_sizes[0] when it runs
         expected = [(self.num_layers * self.num_directions, batch, size) for size in self._state_sizes()]
-        for name, state, shape in zip(names, states, expected):
+        for index, (name, state, shape) in enumerate(zip(names, states, expected)):
             if tuple(state.shape) != shape:
-                raise RuntimeError(f"{self.mode}: Expected {name} of size {shape} (num_layers * num_directions, batch, size), got {tuple(state.shape)}")
+                raise RuntimeError(f"{self.mode}: {self._hidden_size_message(index).format(shape, list(state.shape))} "
+                                   f"({name} is (num_layers * num_directions, batch, {self._state_size_names()[index]}))")
             if state.device != data.device:
                 raise RuntimeError(f"{self.mode}: Input and hidden tensors are not at the same device, found input tensor at {data.device} and {name} at {state.device}")
             if state.dtype != data.dtype and not _autocast_enabled(data.device.type):
@@ -367,6 +376,69 @@ class _RNNBase(nn.Module):
         """The last dimension of h (and c) states: (R,) for GRU, (R, H) for LSTM (R = proj_size or H)."""
         sizes = (self.proj_size or self.hidden_size, self.hidden_size)
         return sizes if self.mode == "LSTM" else sizes[:1]
+
+    def _state_size_names(self) -> tuple[str, ...]:
+        names = ("proj_size" if self.proj_size else "hidden_size", "hidden_size")
+        return names if self.mode == "LSTM" else names[:1]
+
+    def _hidden_size_message(self, index: int) -> str:
+        """torch's message for a state of the wrong shape, with {} for the expected and actual sizes."""
+        return f"Expected hidden[{index}] size {{}}, got {{}}" if self.mode == "LSTM" else "Expected hidden size {}, got {}"
+
+    def _dtype_mismatch(self, data: Tensor, weight: Tensor) -> str:
+        return (f"{self.mode}: RNN input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})")
+
+    def _check_input_size(self, data: Tensor) -> None:
+        if data.shape[-1] != self.input_size:
+            raise RuntimeError(f"{self.mode}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.shape[-1]}")
+
+    # --- nn.RNNBase's helpers, for code that calls them on an RNN layer --------------------------
+
+    @property
+    def _flat_weights(self) -> list[Tensor | None]:
+        """The weights in _flat_weights_names order, as nn.RNNBase keeps them (None for a deleted one).
+        Computed on each read, so it follows reassigned and parametrized weights."""
+        return [getattr(self, name) if hasattr(self, name) else None for name in self._flat_weights_names]
+
+    @_flat_weights.setter
+    def _flat_weights(self, value) -> None:
+        raise AttributeError(f"fastrnn.{type(self).__name__}._flat_weights is read from the named weights, which "
+                             f"the forward reads: assign a weight by name instead (layer.{self._flat_weights_names[0]} = ...)")
+
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
+        """As nn.RNNBase.check_input: `input` is batched (3-D), or a PackedSequence's 2-D data when
+        batch_sizes is given; raises ValueError for a dtype other than the weights', else RuntimeError."""
+        weight = getattr(self, self._flat_weights_names[0])  # _flat_weights[0], without computing the others
+        if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(self._dtype_mismatch(input, weight))
+        expected_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"{self.mode}: input must have {expected_dim} dimensions, got {input.dim()}")
+        self._check_input_size(input)
+
+    def get_expected_hidden_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """As nn.RNNBase: the shape of h_0 for a batched input (or a PackedSequence's data and batch_sizes)."""
+        if batch_sizes is not None:
+            batch = int(batch_sizes[0])
+        else:
+            batch = input.size(0) if self.batch_first else input.size(1)
+        return (self.num_layers * self.num_directions, batch, self.proj_size or self.hidden_size)
+
+    def check_hidden_size(self, hx: Tensor, expected_hidden_size: tuple[int, int, int],
+                          msg: str = "Expected hidden size {}, got {}") -> None:
+        """As nn.RNNBase: RuntimeError(msg.format(expected, actual)) when hx has another shape."""
+        if hx.size() != expected_hidden_size:
+            raise RuntimeError(msg.format(expected_hidden_size, list(hx.size())))
+
+    def check_forward_args(self, input: Tensor, hidden: Tensor, batch_sizes: Tensor | None) -> None:
+        """As nn.GRU: check a batched input and a 3-D h_0 (nn.LSTM's form, for a tuple, is on LSTM)."""
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+
+    def permute_hidden(self, hx: Tensor, permutation: Tensor | None) -> Tensor:
+        """As nn.RNNBase: hx with its batch dimension (1) reordered by `permutation` (None: unchanged)."""
+        return hx if permutation is None else hx.index_select(1, permutation)
 
     # --- the layer stack -------------------------------------------------------------------------
 
@@ -451,6 +523,23 @@ class LSTM(_RNNBase):
 
     mode = "LSTM"
 
+    def get_expected_cell_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """As nn.LSTM: the shape of c_0 for a batched input (or a PackedSequence's data and batch_sizes)."""
+        layers, batch, _ = self.get_expected_hidden_size(input, batch_sizes)
+        return (layers, batch, self.hidden_size)
+
+    def check_forward_args(self, input: Tensor, hidden: tuple[Tensor, Tensor], batch_sizes: Tensor | None) -> None:
+        """As nn.LSTM: check a batched input and the pair (h_0, c_0), each 3-D."""
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden[0], self.get_expected_hidden_size(input, batch_sizes), self._hidden_size_message(0))
+        self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes), self._hidden_size_message(1))
+
+    def permute_hidden(self, hx: tuple[Tensor, Tensor], permutation: Tensor | None) -> tuple[Tensor, Tensor]:
+        """As nn.LSTM: (h, c) with the batch dimension (1) of each reordered by `permutation`."""
+        if permutation is None:
+            return hx
+        return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
+
 
 class GRU(_RNNBase):
     """Drop-in nn.GRU. Extra keyword: backend = "auto" | "cuda" | "triton" | "reference" | "aten"."""
@@ -461,7 +550,7 @@ class GRU(_RNNBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, backend: str = "auto", *, proj_size: int | None = None) -> None:
         if proj_size is not None:
-            raise ValueError(f"proj_size is only supported by LSTM, not GRU (got proj_size={proj_size})")
+            raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU (fastrnn.GRU got proj_size={proj_size})")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, backend)
 
@@ -478,10 +567,10 @@ def _exporting_to_onnx() -> bool:
 def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
     """The constructor checks of nn.RNNBase, with the same exception types."""
     if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
-        raise ValueError(f"dropout should be a number in range [0, 1] (the probability of zeroing an element), got {dropout!r}")
+        raise ValueError(f"dropout should be a number in range [0, 1] representing the probability of an element being zeroed, got {dropout!r}")
     if dropout > 0 and num_layers == 1:
         warnings.warn(
-            f"dropout applies between recurrent layers, so non-zero dropout expects num_layers greater than 1, "
+            f"dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects num_layers greater than 1, "
             f"but got dropout={dropout} and num_layers={num_layers}",
             stacklevel=3,
         )
