@@ -34,6 +34,13 @@ def _device(backend: str) -> str:
     return "cuda" if backend == "cuda" else "cpu"
 
 
+def _pair(backend: str, cell: str, **config):
+    """A fastrnn layer on `backend` and the nn layer with equal weights, on the backend's device (skipped with
+    the reason where the backend cannot run)."""
+    _skip_unavailable(backend, _device(backend))
+    return make_pair(cell, backend, device=_device(backend), **config)
+
+
 def _data(x):
     return x.data if isinstance(x, PackedSequence) else x
 
@@ -56,8 +63,7 @@ def _penalty_gradients(module, x, hx):
 @pytest.mark.parametrize("cell,config", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_second_derivatives_equal_nn(backend, cell, config, packed):
-    _skip_unavailable(backend, _device(backend))
-    ours, theirs = make_pair(cell, backend, device=_device(backend), **config)
+    ours, theirs = _pair(backend, cell, **config)
     lengths = [6, 2, 5] if packed else None
     x, hx = random_inputs(ours, 3, 6, lengths=lengths, device=_device(backend), seed=7)
     expected = _penalty_gradients(theirs, *detached(x, hx))
@@ -117,8 +123,7 @@ def test_the_backward_of_a_kernel_backend_is_differentiated_by_autograd_not_trea
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell,config", CONFIGS, ids=IDS)
 def test_jacrev_over_parameters_equals_nn(backend, cell, config):
-    _skip_unavailable(backend, _device(backend))
-    ours, theirs = make_pair(cell, backend, device=_device(backend), **config)
+    ours, theirs = _pair(backend, cell, **config)
     x, hx = random_inputs(ours, 2, 4, device=_device(backend), seed=5)
 
     def jacobian(module):
@@ -135,8 +140,7 @@ def test_jacrev_over_parameters_equals_nn(backend, cell, config):
 def test_vmap_and_jvp_equal_nn(backend, cell, config):
     """nn.LSTM/nn.GRU have no batching rule for vmap: the judge is nn called on each sample, and for jvp nn's
     Jacobian (reverse mode) applied to the tangent."""
-    _skip_unavailable(backend, _device(backend))
-    ours, theirs = make_pair(cell, backend, device=_device(backend), **config)
+    ours, theirs = _pair(backend, cell, **config)
     batch = torch.randn(4, 6, config["input_size"], dtype=torch.float64, device=_device(backend))  # 4 unbatched sequences
     mapped = vmap(lambda s: ours(s)[0])(batch)
     for sample, got in zip(batch, mapped):
@@ -152,8 +156,7 @@ def test_vmap_and_jvp_equal_nn(backend, cell, config):
 @pytest.mark.parametrize("cell,config", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_batched_gradients_equal_nn(backend, cell, config, packed):
-    _skip_unavailable(backend, _device(backend))
-    ours, theirs = make_pair(cell, backend, device=_device(backend), **config)
+    ours, theirs = _pair(backend, cell, **config)
     x, hx = random_inputs(ours, 3, 5, lengths=[5, 3, 4] if packed else None, device=_device(backend), seed=2)
     results = []
     for module in (ours, theirs):
@@ -184,8 +187,7 @@ def test_torch_compile_backward_still_traces_the_fused_kernels():
 @pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
 def test_in_place_op_on_the_output_before_backward(backend, cell, layout):
     """nn.ReLU(inplace=True) after the layer, as nn.LSTM/nn.GRU allow it: same gradients."""
-    _skip_unavailable(backend, _device(backend))
-    ours, theirs = make_pair(cell, backend, device=_device(backend), input_size=3, hidden_size=4,
+    ours, theirs = _pair(backend, cell, input_size=3, hidden_size=4,
                              batch_first=layout == "batch_first")
     x, hx = random_inputs(ours, 2, 5, unbatched=layout == "unbatched", device=_device(backend), seed=9)
     grads = []
@@ -203,8 +205,7 @@ def test_in_place_op_on_the_output_before_backward(backend, cell, layout):
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_pruned_recurrent_weight(backend, cell):
     """torch.nn.utils.prune replaces weight_hh_l0 by weight_hh_l0_orig * mask, recomputed before each forward."""
-    _skip_unavailable(backend, _device(backend))
-    ours, theirs = make_pair(cell, backend, device=_device(backend), input_size=3, hidden_size=4, num_layers=2)
+    ours, theirs = _pair(backend, cell, input_size=3, hidden_size=4, num_layers=2)
     for module in (ours, theirs):
         prune.l1_unstructured(module, "weight_hh_l0", amount=0.5)
     theirs.weight_hh_l0_orig.data.copy_(ours.weight_hh_l0_orig)
