@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from . import cell_math
+from . import cell_math, projection
 from .backends import kernels
 
 
@@ -284,7 +283,7 @@ def previous_states(states: Tensor, initial: Tensor, lengths: Tensor | None, rev
 
 def _outer_sum(grads: Tensor, inputs: Tensor) -> Tensor:
     """sum over all steps and rows of grads_t^T inputs_t: one (G, T*B) x (T*B, X) GEMM."""
-    return grads.flatten(0, 1).T @ inputs.flatten(0, 1)
+    return projection.matmul(grads.flatten(0, 1).T, inputs.flatten(0, 1))
 
 
 def _differentiable_backward(ctx, recurrence, inputs: tuple[Tensor | None, ...], lengths: Tensor | None,
@@ -447,8 +446,8 @@ class PackedRows(NamedTuple):
 def input_projection(x: Tensor | PackedRows, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     """x W_ih^T + bias for every step, as (T, B, G); zero at the padding of a PackedRows input."""
     if isinstance(x, PackedRows):
-        return pad_packed(F.linear(x.rows, w_ih, bias), x.batch_sizes, x.batch)[0]
-    return F.linear(x, w_ih, bias)
+        return pad_packed(projection.linear(x.rows, w_ih, bias), x.batch_sizes, x.batch)[0]
+    return projection.linear(x, w_ih, bias)
 
 
 _MASKS: dict[tuple, Tensor] = {}

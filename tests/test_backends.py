@@ -81,7 +81,7 @@ def test_explain_says_what_auto_runs_for_each_kind_of_workload(cell, dtype, batc
     if available("cpp") and _cpp_runs():  # the layer's own choice, where the kernels it may pick can run
         assert model.selected_backend(input=x) == eager
         # Under torch.compile the layer resolves once, without the shape, then may hand an inference to torch.
-        assert fastrnn.modules._resolve_while_compiling("auto", "cpu") == compiled_training
+        assert fastrnn.backends.resolve_while_compiling("auto", "cpu") == compiled_training
         assert backends.resolve_while_compiling("auto", "cpu") == compiled_training
         if not packed:
             with torch.no_grad():

@@ -1,0 +1,102 @@
+"""The input projection x W^T + b on the CPU: oneDNN's GEMM where it measures faster than torch's matmul.
+
+torch's float32 CPU matmul is MKL's sgemm, which on some CPUs (AMD's, measured: about 90 GFLOP/s a core
+against oneDNN's 200 on a Zen 5 core) runs well under the core's FMA peak; oneDNN's linear, which torch
+ships for its own compiled graphs (torch.ops.mkldnn._linear_pointwise), does not. Which is faster is
+measured once per process on the running CPU (`choice()`), on a projection-sized problem.
+
+Only the eager float32 CPU path changes: under torch.compile, tracing, export, torch.func transforms, for
+other dtypes and devices, or tensor subclasses, the projection is F.linear. The backward is plain torch ops
+(differentiable again where create_graph asks for it).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@functools.cache
+def choice() -> str:
+    """"onednn" or "matmul": the faster of oneDNN's linear and torch's matmul on this CPU, measured once (about
+    50 ms) on a (2048, 256) x (256, 1024) float32 problem in the calling thread's CPU time, best of 3 runs each."""
+    if not torch.backends.mkldnn.is_available():
+        return "matmul"
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x, weight = torch.randn(2048, 256, generator=gen), torch.randn(1024, 256, generator=gen)
+        bias = torch.randn(1024, generator=gen)
+        expected = F.linear(x, weight, bias)
+        if not torch.allclose(_onednn_linear(x, weight, bias), expected, rtol=1e-4, atol=1e-4):
+            return "matmul"
+    except (RuntimeError, AttributeError):  # a torch without the op, or a CPU oneDNN refuses
+        return "matmul"
+
+    def best(fn) -> int:
+        times = []
+        for _ in range(3):
+            start = time.thread_time_ns()
+            fn(x, weight, bias)
+            times.append(time.thread_time_ns() - start)
+        return min(times)
+
+    return "onednn" if best(_onednn_linear) < 0.9 * best(F.linear) else "matmul"
+
+
+def _eligible(*tensors: Tensor | None) -> bool:
+    """Whether oneDNN may run this projection: eager mode, plain float32 CPU tensors, no transform."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+        return False
+    return all(t is None or (type(t) in _PLAIN and t.dtype == torch.float32 and t.device.type == "cpu")
+               for t in tensors)
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        d_x = matmul(grad, weight) if ctx.needs_input_grad[0] else None
+        d_weight = matmul(grad.T, x) if ctx.needs_input_grad[1] else None
+        d_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return d_x, d_weight, d_bias
+
+
+# Below this many multiply-adds the transposed copies oneDNN's linear needs for a @ b cost more than it saves
+# (measured on a Zen 5 core: 2^21 lost 4x to torch's matmul, 2^28 won 1.5x).
+MATMUL_MIN_WORK = 2**25
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b of 2-D float32 CPU tensors (the backward's weight gradients), on oneDNN where `choice()` chose it
+    and the product is large; plain a @ b where autograd records the product (create_graph=True)."""
+    if torch.is_grad_enabled() or not _eligible(a, b) or a.shape[0] * a.shape[1] * b.shape[1] < MATMUL_MIN_WORK:
+        return a @ b  # (eligibility first: under torch.compile the sizes may be symbolic)
+    if choice() != "onednn":
+        return a @ b
+    return _onednn_linear(a.contiguous(), b.T.contiguous(), None)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear(x, weight, bias), on oneDNN where `choice()` measured it faster and the call is eligible."""
+    if x.dim() < 2 or not _eligible(x, weight, bias) or choice() != "onednn":
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    weight = weight.contiguous()
+    out = _OneDnnLinear.apply(rows, weight, bias) if torch.is_grad_enabled() else _onednn_linear(rows, weight, bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
