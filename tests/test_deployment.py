@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CELLS, make_pair, rel_error
+from conftest import CELLS, CUDA_SKIP, make_pair, rel_error
+from fastrnn.backends import unavailable_reason
 
 # auto and every CPU kernel backend: under tracing and export each runs torch's own code, whatever was asked.
 BACKENDS = ["auto", "cpp", "reference"]
@@ -25,11 +26,20 @@ IDS = ["1-layer", "2-layer-bidirectional-batch_first"]
 def _inputs(module, batch: int, seq_len: int, seed: int, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, seq_len) if module.batch_first else (seq_len, batch)
-    return torch.randn(*shape, module.input_size, generator=gen, dtype=torch.float64).to(dtype)
+    device = module.weight_ih_l0.device
+    return torch.randn(*shape, module.input_size, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def _pair(cell, backend, config, dtype=torch.float32):
-    return make_pair(cell, backend, dtype=dtype, **config)
+    device = "cuda" if backend in GPU_BACKENDS else "cpu"
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
+    return make_pair(cell, backend, device=device, dtype=dtype, **config)
+
+
+# The GPU kernel backends, for the road that keeps fastrnn's kernels in the program (torch.export).
+GPU_BACKENDS = ("cuda", "triton")
 
 
 # --- torch.jit.trace ---------------------------------------------------------------------------
@@ -83,7 +93,7 @@ def test_script_refuses_with_the_alternatives(cell):
 # --- torch.export and torch.compile --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, *(pytest.param(b, marks=CUDA_SKIP) for b in GPU_BACKENDS)])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_torch_export_saves_loads_and_differentiates(backend, cell):
     ours, theirs = _pair(cell, backend, CONFIGS[1], dtype=torch.float64)
