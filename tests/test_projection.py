@@ -22,9 +22,13 @@ def _problem(rows=37, features=19, outputs=23, seed=0, bias=True):
     return x, weight, b
 
 
-def test_choice_is_measured_once_and_names_a_path():
+def test_choice_is_measured_once_names_a_path_and_explain_says_it():
+    import fastrnn
+
     assert projection.choice() in ("onednn", "matmul")
     assert projection.choice.cache_info().currsize == 1
+    named = "oneDNN's linear, measured faster" if projection.choice() == "onednn" else "torch's matmul"
+    assert f"weight-gradient GEMMs (float32, eager): {named}" in fastrnn.explain("cpu")
 
 
 @ONEDNN

@@ -148,6 +148,12 @@ def explain(device: torch.device | str | None = None) -> str:
     if built is not None:
         lines.append(f"  build: {built}")
     lines += auto_lines(device)
+    if device.type == "cpu":
+        from .. import projection
+
+        how = {"onednn": "oneDNN's linear, measured faster than torch's matmul on this CPU",
+               "matmul": "torch's matmul (oneDNN's linear was not measured faster on this CPU)"}[projection.choice()]
+        lines.append(f"  input projections and weight-gradient GEMMs (float32, eager): {how}")
     cuda = kernels("cuda")
     lines += cuda.explain_lines() if unavailable_reason("cuda", device) is None else [f"  cuda-kernels: {cuda.VERIFIED}"]
     if unavailable_reason("triton", device) is None:
