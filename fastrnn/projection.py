@@ -2,8 +2,9 @@
 
 torch's float32 CPU matmul is MKL's sgemm, which on some CPUs (AMD's, measured: about 90 GFLOP/s a core
 against oneDNN's 200 on a Zen 5 core) runs well under the core's FMA peak; oneDNN's linear, which torch
-ships for its own compiled graphs (torch.ops.mkldnn._linear_pointwise), does not. Which is faster is
-measured once per process on the running CPU (`choice()`), on a projection-sized problem.
+ships for its own compiled graphs (torch.ops.mkldnn._linear_pointwise), does not. Which to run is
+measured once per process on the running CPU (`choice()`), on a projection-sized problem, or set by
+FASTRNN_PROJECTION_GEMM=onednn|matmul (the two round differently in the last bits).
 
 Only the eager float32 CPU path changes: under torch.compile, tracing, export, torch.func transforms, for
 other dtypes and devices, or tensor subclasses, the projection is F.linear. The backward is plain torch ops
@@ -13,6 +14,7 @@ other dtypes and devices, or tensor subclasses, the projection is F.linear. The 
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import torch
@@ -26,10 +28,24 @@ def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+# oneDNN is taken only when clearly faster, so that a noisy measurement does not flip the choice (and with it
+# the last bits of every result) from one run to the next; FASTRNN_PROJECTION_GEMM=onednn|matmul fixes it.
+CLEARLY_FASTER = 0.75
+ENVIRONMENT_VARIABLE = "FASTRNN_PROJECTION_GEMM"
+
+
 @functools.cache
 def choice() -> str:
-    """"onednn" or "matmul": the faster of oneDNN's linear and torch's matmul on this CPU, measured once (about
-    50 ms) on a (2048, 256) x (256, 1024) float32 problem in the calling thread's CPU time, best of 3 runs each."""
+    """"onednn" or "matmul": oneDNN's linear where it ran in at most 3/4 of torch's matmul's time on this CPU,
+    measured once (about 50 ms) on a (2048, 256) x (256, 1024) float32 problem in the calling thread's CPU time,
+    best of 3 runs each; or what FASTRNN_PROJECTION_GEMM says."""
+    forced = os.environ.get(ENVIRONMENT_VARIABLE)
+    if forced is not None:
+        if forced not in ("onednn", "matmul"):
+            raise ValueError(f"{ENVIRONMENT_VARIABLE} must be 'onednn' or 'matmul', got {forced!r}")
+        if forced == "onednn" and not torch.backends.mkldnn.is_available():
+            raise RuntimeError(f"{ENVIRONMENT_VARIABLE}=onednn, but this torch has no oneDNN (torch.backends.mkldnn)")
+        return forced
     if not torch.backends.mkldnn.is_available():
         return "matmul"
     try:
@@ -50,7 +66,7 @@ def choice() -> str:
             times.append(time.thread_time_ns() - start)
         return min(times)
 
-    return "onednn" if best(_onednn_linear) < 0.9 * best(F.linear) else "matmul"
+    return "onednn" if best(_onednn_linear) <= CLEARLY_FASTER * best(F.linear) else "matmul"
 
 
 def _eligible(*tensors: Tensor | None) -> bool:

@@ -101,3 +101,20 @@ def test_matmul_of_the_weight_gradients_matches_torch():
     with torch.enable_grad():  # create_graph=True: the product autograd records
         recorded = projection.matmul(a.float().requires_grad_(), b.float())
     assert recorded.grad_fn is not None and "Mm" in type(recorded.grad_fn).__name__
+
+
+@pytest.mark.parametrize("value", ["onednn", "matmul", "mkl"])
+def test_the_environment_variable_fixes_the_choice(value, monkeypatch):
+    monkeypatch.setenv(projection.ENVIRONMENT_VARIABLE, value)
+    projection.choice.cache_clear()
+    try:
+        if value == "mkl":
+            with pytest.raises(ValueError, match="FASTRNN_PROJECTION_GEMM must be 'onednn' or 'matmul', got 'mkl'"):
+                projection.choice()
+        elif value == "onednn" and not torch.backends.mkldnn.is_available():
+            with pytest.raises(RuntimeError, match="has no oneDNN"):
+                projection.choice()
+        else:
+            assert projection.choice() == value
+    finally:
+        projection.choice.cache_clear()
