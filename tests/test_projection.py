@@ -14,7 +14,7 @@ ONEDNN = pytest.mark.skipif(projection.choice() != "onednn",
                             reason=f"this CPU's measurement chose {projection.choice()!r} over oneDNN's linear")
 
 
-def _problem(rows=37, features=19, outputs=23, seed=0, bias=True):
+def _problem(rows=370, features=29, outputs=211, seed=0, bias=True):  # above LINEAR_MIN_WORK
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(5, rows, features, generator=gen, dtype=torch.float64)
     weight = torch.randn(outputs, features, generator=gen, dtype=torch.float64) / features**0.5
@@ -85,7 +85,7 @@ def test_a_layer_runs_its_projection_on_onednn(monkeypatch):
     called = []
     real = projection._onednn_linear
     monkeypatch.setattr(projection, "_onednn_linear", lambda *args: called.append(args) or real(*args))
-    fastrnn.GRU(7, 11, backend="cpp")(torch.randn(5, 3, 7))
+    fastrnn.GRU(64, 64, backend="cpp")(torch.randn(32, 16, 64))  # 6e6 multiply-adds: past LINEAR_MIN_WORK
     assert len(called) == 1
 
 
@@ -118,3 +118,12 @@ def test_the_environment_variable_fixes_the_choice(value, monkeypatch):
             assert projection.choice() == value
     finally:
         projection.choice.cache_clear()
+
+
+def test_small_products_stay_on_torch_matmul(monkeypatch):
+    called = []
+    monkeypatch.setattr(projection, "_onednn_linear", lambda *args: called.append(args) or F.linear(*args))
+    x, weight, bias = (t.float() for t in _problem(rows=3, features=5, outputs=7))
+    assert x.numel() * weight.shape[0] < projection.LINEAR_MIN_WORK
+    assert rel_error(projection.linear(x, weight, bias), F.linear(x, weight, bias)) == 0.0
+    assert called == []
