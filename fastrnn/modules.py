@@ -283,18 +283,17 @@ class _RNNBase(nn.Module):
         """Under torch.compile, whether this forward runs torch's own recurrence as an opaque op: when auto
         would run it eagerly (a CPU, the shape where oneDNN beats the cpp kernels) and nothing needs a
         gradient, dropout or autocast (the op has no backward; training keeps the cpp kernels)."""
-        if self.backend != "auto" or data.device.type != "cpu" or data.dim() not in (2, 3):
-            return False
-        if data.dtype not in backends.auto.CPP_DTYPES or data.dtype != self.weight_ih_l0.dtype:
+        # Unbatched input is one sequence, which auto gives to the cpp kernels.
+        if self.backend != "auto" or data.dim() != 3 or data.dtype != self.weight_ih_l0.dtype:
             return False
         if torch.is_autocast_enabled("cpu") or (self.training and self.dropout):
             return False
         states = [] if hx is None else list(hx) if isinstance(hx, (tuple, list)) else [hx]
         if torch.is_grad_enabled() and any(t.requires_grad for t in (data, *states, *self.parameters())):
             return False
-        batch = 1 if data.dim() == 2 else data.shape[0 if self.batch_first else 1]
-        workload = backends.Workload(self.mode, data.dtype, batch, self.hidden_size, packed=False)
-        return backends.auto.choose(data.device, workload, False, lambda name: True) == "aten"
+        workload = backends.Workload(self.mode, data.dtype, data.shape[0 if self.batch_first else 1], self.hidden_size,
+                                     packed=False)
+        return backends.auto.compiled_inference_runs_torch(data.device, workload)
 
     def _forward_torch_op(self, input: Tensor, data: Tensor, hx):
         self.__dict__["last_backend"] = "aten"
@@ -304,9 +303,6 @@ class _RNNBase(nn.Module):
             states = [batched.new_zeros(self.num_layers * self.num_directions, batch, size) for size in self._state_sizes()]
         output, *finals = functional.torch_rnn_inference(batched, states, weights, self.mode, self.bias,
                                                          self.num_layers, self.bidirectional, self.batch_first)
-        if input.dim() == 2:
-            output = output.squeeze(0 if self.batch_first else 1)
-            finals = [s.squeeze(1) for s in finals]
         return output, (tuple(finals) if self.mode == "LSTM" else finals[0])
 
     def _checked_states(self, input, data: Tensor, hx, batch_sizes, weight: Tensor | None = None):
@@ -438,7 +434,7 @@ class _RNNBase(nn.Module):
 
     def permute_hidden(self, hx: Tensor, permutation: Tensor | None) -> Tensor:
         """As nn.RNNBase: hx with its batch dimension (1) reordered by `permutation` (None: unchanged)."""
-        return hx if permutation is None else hx.index_select(1, permutation)
+        return _permute([hx], permutation)[0]
 
     # --- the layer stack -------------------------------------------------------------------------
 
@@ -536,9 +532,7 @@ class LSTM(_RNNBase):
 
     def permute_hidden(self, hx: tuple[Tensor, Tensor], permutation: Tensor | None) -> tuple[Tensor, Tensor]:
         """As nn.LSTM: (h, c) with the batch dimension (1) of each reordered by `permutation`."""
-        if permutation is None:
-            return hx
-        return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
+        return hx if permutation is None else tuple(_permute(list(hx), permutation))
 
 
 class GRU(_RNNBase):

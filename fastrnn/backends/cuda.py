@@ -26,6 +26,7 @@ from types import ModuleType
 import torch
 
 from .. import _ext
+from . import tf32_enabled
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 STRATEGIES = ("auto", "persistent", "stepwise")
@@ -72,8 +73,6 @@ def current_launch() -> Launch:
 
 def _knobs(dtype: torch.dtype) -> dict:
     launch = current_launch()
-    from . import tf32_enabled
-
     return dict(allow_tf32=tf32_enabled(dtype),
                 strategy=STRATEGIES.index(launch.strategy), ctas=launch.ctas, threads=launch.threads,
                 row_tile=launch.row_tile, k_chunk=launch.k_chunk)
