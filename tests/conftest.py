@@ -38,6 +38,13 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
+def skip_unavailable(backend: str, device: str = "cpu") -> None:
+    """Skip the test, saying why, where `backend` cannot run on `device`."""
+    reason = fastrnn.backends.unavailable_reason(backend, device)
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
+
+
 def make_pair(cell: str, backend: str, device="cpu", dtype=torch.float64, **config):
     """A fastrnn layer and an nn layer of the same config holding equal weights."""
     ours_cls, torch_cls = CELLS[cell]

@@ -10,9 +10,8 @@ import torch.nn.utils.prune as prune
 from torch.func import functional_call, jacrev, jvp, vmap
 from torch.nn.utils.rnn import PackedSequence
 
-from conftest import CUDA_SKIP, detached, make_pair, random_inputs, rel_error
+from conftest import CUDA_SKIP, detached, make_pair, random_inputs, rel_error, skip_unavailable
 from fastrnn import functional
-from fastrnn.backends import unavailable_reason
 
 BACKENDS = ["reference", "cpp", "triton", pytest.param("cuda", marks=CUDA_SKIP)]
 CONFIGS = [
@@ -24,12 +23,6 @@ CONFIGS = [
 IDS = [cell + "-" + "-".join(f"{k}={v}" for k, v in config.items()) for cell, config in CONFIGS]
 
 
-def _skip_unavailable(backend: str, device: str = "cpu") -> None:
-    reason = unavailable_reason(backend, device)
-    if reason is not None:
-        pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
-
-
 def _device(backend: str) -> str:
     return "cuda" if backend == "cuda" else "cpu"
 
@@ -37,7 +30,7 @@ def _device(backend: str) -> str:
 def _pair(backend: str, cell: str, **config):
     """A fastrnn layer on `backend` and the nn layer with equal weights, on the backend's device (skipped with
     the reason where the backend cannot run)."""
-    _skip_unavailable(backend, _device(backend))
+    skip_unavailable(backend, _device(backend))
     return make_pair(cell, backend, device=_device(backend), **config)
 
 
@@ -78,7 +71,7 @@ def test_second_derivatives_equal_nn(backend, cell, config, packed):
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 @pytest.mark.parametrize("lengths,reverse", [(None, False), ([4, 3, 1], True)], ids=["full", "ragged-reverse"])
 def test_gradgradcheck_of_the_layer(backend, cell, lengths, reverse):
-    _skip_unavailable(backend, _device(backend))
+    skip_unavailable(backend, _device(backend))
     config = dict(input_size=2, hidden_size=3, proj_size=2) if cell == "LSTM" else dict(input_size=2, hidden_size=3)
     ours, _ = make_pair(cell, backend, device=_device(backend), bidirectional=reverse, **config)
     x, hx = random_inputs(ours, 3, 4, device=_device(backend), seed=3)
@@ -97,7 +90,7 @@ def test_gradgradcheck_of_the_layer(backend, cell, lengths, reverse):
 def test_the_backward_of_a_kernel_backend_is_differentiated_by_autograd_not_treated_as_constant():
     """The bug this guards against: d(penalty)/d(weight_ih) came out wrong without an error because the
     backward was once_differentiable. Finite differences are the independent judge here."""
-    _skip_unavailable("cpp")
+    skip_unavailable("cpp")
     ours, _ = make_pair("LSTM", "cpp", input_size=2, hidden_size=3)
     x, _ = random_inputs(ours, 2, 4, seed=11)
     weight = ours.weight_ih_l0
@@ -171,7 +164,7 @@ def test_batched_gradients_equal_nn(backend, cell, config, packed):
 
 def test_torch_compile_backward_still_traces_the_fused_kernels():
     """The differentiable backward is an eager road only: torch.compile traces the fused one, without a break."""
-    _skip_unavailable("cpp")
+    skip_unavailable("cpp")
     ours, theirs = make_pair("GRU", "cpp", input_size=3, hidden_size=4)
     compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
     x, hx = random_inputs(ours, 2, 5, seed=4)

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import fastrnn
-from fastrnn.backends import unavailable_reason
 
-from conftest import CUDA_SKIP, DEVICES, compare, detached, make_pair, random_inputs, rel_error, run
+from conftest import CUDA_SKIP, DEVICES, compare, detached, make_pair, random_inputs, rel_error, run, skip_unavailable
 from tolerance import allowed_error, runs_tf32, tf32_matmuls, tf32_switch
 
 BACKENDS = ["reference", "aten", "cpp", "triton", "cuda"]
@@ -34,12 +33,6 @@ CONFIGS = [(cell, config) for cell in ("LSTM", "GRU") for config in SHARED_CONFI
 CONFIGS += [("LSTM", config) for config in LSTM_ONLY_CONFIGS]
 CONFIG_IDS = [cell + "-" + "-".join(f"{k}={v}" for k, v in config.items()) for cell, config in CONFIGS]
 MODES = ["batched", "no_state", "unbatched", "packed_sorted", "packed_unsorted"]
-
-
-def skip_unavailable(backend: str, device: str) -> None:
-    reason = unavailable_reason(backend, device)
-    if reason is not None:
-        pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
 
 
 def inputs_for(module, mode: str, batch: int, seq_len: int, device, dtype, seed: int):

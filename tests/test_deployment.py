@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CELLS, CUDA_SKIP, make_pair, rel_error
-from fastrnn.backends import unavailable_reason
+from conftest import CELLS, CUDA_SKIP, make_pair, rel_error, skip_unavailable
 
 # auto and every CPU kernel backend: under tracing and export each runs torch's own code, whatever was asked.
 BACKENDS = ["auto", "cpp", "reference"]
@@ -32,9 +31,7 @@ def _inputs(module, batch: int, seq_len: int, seed: int, dtype=torch.float32):
 
 def _pair(cell, backend, config, dtype=torch.float32):
     device = "cuda" if backend in GPU_BACKENDS else "cpu"
-    reason = unavailable_reason(backend, device)
-    if reason is not None:
-        pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
+    skip_unavailable(backend, device)
     return make_pair(cell, backend, device=device, dtype=dtype, **config)
 
 

@@ -735,7 +735,7 @@ def test_gradient_accumulation_gives_the_update_of_the_larger_batch(still_dir, s
     big = train(tiny_config(still_dir, sst2_files, tmp_path / "big", **options, batch_size=16))
     accumulated = train(tiny_config(still_dir, sst2_files, tmp_path / "accumulated", **options, batch_size=8,
                                     gradient_accumulation_steps=2))
-    small = train(tiny_config(still_dir, sst2_files, tmp_path / "small", **options, batch_size=8))
+    train(tiny_config(still_dir, sst2_files, tmp_path / "small", **options, batch_size=8))
     assert big.global_step == accumulated.global_step == 1
     assert_same_run(tmp_path / "accumulated", tmp_path / "big")
     with pytest.raises(AssertionError):  # a step on 8 examples is another update: the check can tell them apart

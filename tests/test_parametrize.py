@@ -14,9 +14,8 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 import fastrnn
-from fastrnn.backends import unavailable_reason
 
-from conftest import DEVICES, compare, detached, make_pair, random_inputs, run
+from conftest import DEVICES, compare, detached, make_pair, random_inputs, run, skip_unavailable
 
 PARAMETRIZATIONS = {
     "weight_norm": parametrizations.weight_norm,
@@ -30,9 +29,7 @@ PARAMETRIZATIONS = {
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 @pytest.mark.parametrize("kind", PARAMETRIZATIONS)
 def test_parametrized_weights_match_torch(device, backend, cell, kind):
-    reason = unavailable_reason(backend, device)
-    if reason is not None:
-        pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
+    skip_unavailable(backend, device)
     torch.manual_seed(5)
     ours, theirs = make_pair(cell, backend, device, torch.float64, input_size=3, hidden_size=5, num_layers=2,
                              bidirectional=True)
