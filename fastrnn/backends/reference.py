@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cell_math import gru_pointwise, lstm_pointwise
+from .. import cells
+from ..cell_math import gru_pointwise, lstm_pointwise, rnn_derivative, rnn_pointwise
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -127,3 +128,51 @@ def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
         dhn[t, :n] = dhn_t
         dh[:n] = dh_t * z + d_rz @ w_rz + dhn_t @ w_n
     return dxp, dhn, dh
+
+
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+    """Elman recurrence: xp (T, B, H) = x W_ih^T + b_ih + b_hh. Returns y (T, B, H) and h_n; the backward
+    needs nothing more than y (act' is read off h'), so `save` changes nothing here."""
+    seq_len, batch, _ = xp.shape
+    y = xp.new_zeros(seq_len, batch, h0.shape[-1])
+    h = h0.clone()
+    live = live_rows(lengths, seq_len, batch)
+    for t in step_order(seq_len, reverse):
+        n = live[t]
+        if n == 0:
+            continue
+        h[:n] = y[t, :n] = rnn_pointwise(torch.addmm(xp[t, :n], h[:n], w_hh.T), relu)
+    return y, h
+
+
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+    """Reverse Elman recurrence from the forward's outputs y. Returns dxp (T, B, H) and dh0."""
+    seq_len, batch, _ = dy.shape
+    dxp = torch.zeros_like(dy)
+    dh = dh_n.clone()
+    live = live_rows(lengths, seq_len, batch)
+    for t in reversed(step_order(seq_len, reverse)):
+        n = live[t]
+        if n == 0:
+            continue
+        dxp[t, :n] = d_pre = (dy[t, :n] + dh[:n]) * rnn_derivative(y[t, :n], relu)
+        dh[:n] = d_pre @ w_hh
+    return dxp, dh
+
+
+# --- the cells: one fused step (x and h in, the new states out), for the cell modules --------------
+
+
+def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True):
+    """One step of cell `mode` from x (B, I) and its states ((h, c) or (h,), each (B, H)). Returns (the new
+    states, saved): saved is what the cell's step keeps for the backward (empty when save is False)."""
+    gx = x @ w_ih.T if b_ih is None else torch.addmm(b_ih, x, w_ih.T)
+    gh = states[0] @ w_hh.T if b_hh is None else torch.addmm(b_hh, states[0], w_hh.T)
+    new, saved = cells.cell(mode).step(gx, gh, states)
+    return new, saved if save else x.new_empty(0)
+
+
+def cell_backward(mode, d_new, states, new, saved):
+    """The pointwise part of a step's backward: the new states' gradients (each (B, H)) -> (d gx, d gh (B, G),
+    the direct part of the states' gradients (None where a state reaches the result only through W_hh))."""
+    return cells.cell(mode).step_backward(d_new, states, new, saved)
