@@ -274,9 +274,9 @@ def rnn_recurrence(
     xp: Tensor,
     h0: Tensor,
     w_hh: Tensor,
-    relu: bool,
     lengths: Tensor | None = None,
     reverse: bool = False,
+    relu: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The Elman recurrence from xp (T, B, H) = x W_ih^T + b_ih + b_hh; plain differentiable ops, as
     `lstm_recurrence`. Returns (outputs (T, B, H), h_n)."""
@@ -292,9 +292,9 @@ def rnn_layer(
     x: Tensor,
     h0: Tensor,
     weights: tuple[Tensor | None, ...],
-    relu: bool,
     lengths: Tensor | None = None,
     reverse: bool = False,
+    relu: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One Elman layer in one direction; as `lstm_layer`, weights (w_ih, w_hh, b_ih, b_hh).
 
@@ -302,4 +302,4 @@ def rnn_layer(
     """
     w_ih, w_hh, b_ih, b_hh = weights
     xp = x @ w_ih.T if b_ih is None else x @ w_ih.T + b_ih + b_hh
-    return rnn_recurrence(xp, h0, w_hh, relu, lengths, reverse)
+    return rnn_recurrence(xp, h0, w_hh, lengths, reverse, relu)

@@ -1,4 +1,4 @@
-"""fastrnn.convert: swap every nn.LSTM / nn.GRU inside a model for its fastrnn twin."""
+"""fastrnn.convert: swap every nn.LSTM / nn.GRU / nn.RNN and nn cell inside a model for its fastrnn twin."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import warnings
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .modules import GRU, LSTM
+from .cell_modules import GRUCell, LSTMCell, RNNCell
+from .modules import GRU, LSTM, RNN
 
-_TWINS = {nn.LSTM: LSTM, nn.GRU: GRU}
+_TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
+_CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 # What a subclass of nn.LSTM / nn.GRU may define and still be converted: Python's bookkeeping, and a
 # constructor (whatever it leaves on the instance is checked separately).
@@ -26,13 +28,13 @@ class ConvertWarning(UserWarning):
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
-    """Replace, in place, every nn.LSTM / nn.GRU by fastrnn.LSTM / fastrnn.GRU sharing its parameters
-    (same device, dtype, Parameter objects and training mode), and every subclass of them that keeps
-    nn's forward and adds nothing a fastrnn layer would lose.
+    """Replace, in place, every nn.LSTM / nn.GRU / nn.RNN / nn.LSTMCell / nn.GRUCell / nn.RNNCell by its
+    fastrnn twin sharing its parameters (same device, dtype, Parameter objects and training mode), and
+    every subclass of them that keeps nn's forward and adds nothing a fastrnn module would lose.
 
     Returns the model; if `model` itself is replaced the replacement is returned. A ConvertWarning names
     each recurrent module left as it was, and why: a subclass that overrides forward or adds methods or
-    state, nn.RNN, the cells. One with parametrized weights (weight_norm, ...) is refused with a
+    state. One with parametrized weights (weight_norm, ...) is refused with a
     ValueError that says what to do.
     """
     skipped: list[str] = []
@@ -52,7 +54,7 @@ def _convert(module: nn.Module, backend: str, path: str, skipped: list[str]) -> 
             return _TWINS[torch_type].from_torch(module, backend=backend)
         skipped.append(f"{_where(path, kind)}: {reason}")
     elif isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
-        skipped.append(f"{_where(path, kind)}: {_no_counterpart(kind)}")
+        skipped.append(f"{_where(path, kind)}: {_no_counterpart(kind)}")  # a bare base class
     for name, child in module.named_children():
         replacement = _convert(child, backend, f"{path}.{name}" if path else name, skipped)
         if replacement is not child:
@@ -61,12 +63,12 @@ def _convert(module: nn.Module, backend: str, path: str, skipped: list[str]) -> 
 
 
 def _torch_type(kind: type) -> type | None:
-    """nn.LSTM or nn.GRU, whichever `kind` is or derives from; None for anything else."""
+    """The nn recurrent class (in _TWINS) `kind` is or derives from; None for anything else."""
     return next((torch_type for torch_type in _TWINS if issubclass(kind, torch_type)), None)
 
 
 def _why_not_convertible(module: nn.Module, kind: type, torch_type: type) -> str | None:
-    """Why a subclass of nn.LSTM / nn.GRU cannot become the fastrnn layer, and what to do instead; None
+    """Why a subclass of an nn recurrent module cannot become the fastrnn one, and what to do instead; None
     when nothing would be lost: it keeps nn's forward and adds no methods or state."""
     twin = f"fastrnn.{_TWINS[torch_type].__name__}"
     reasons = []
@@ -100,7 +102,8 @@ def _added_state(module: nn.Module, torch_type: type) -> list[str]:
     """What an instance holds beyond an nn.LSTM / nn.GRU of its class: attributes, parameters other
     than the RNN weights, buffers, submodules (a parametrization's aside)."""
     state = [f"attribute {name}" for name in sorted(set(vars(module)) - _plain_attributes(torch_type))]
-    state += [f"parameter {name}" for name in module._parameters if name not in module._flat_weights_names]
+    weights = module._flat_weights_names if isinstance(module, nn.RNNBase) else _CELL_WEIGHTS
+    state += [f"parameter {name}" for name in module._parameters if name not in weights]
     state += [f"buffer {name}" for name in module._buffers]
     state += [f"submodule {name}" for name in module._modules if name != "parametrizations"]
     return state
@@ -108,14 +111,15 @@ def _added_state(module: nn.Module, torch_type: type) -> list[str]:
 
 @functools.cache
 def _plain_attributes(torch_type: type) -> frozenset[str]:
-    """The instance attributes of a freshly built nn.LSTM / nn.GRU."""
+    """The instance attributes of a freshly built nn recurrent module of `torch_type`."""
     return frozenset(vars(torch_type(1, 1, device="meta")))
 
 
 def _no_counterpart(kind: type) -> str:
-    """Why a recurrent module other than an LSTM / GRU layer stays: named by the nn class it is."""
+    """Why a recurrent module fastrnn has no twin of stays: named by the nn class it is."""
     torch_class = next(cls for cls in kind.__mro__ if cls.__module__.startswith("torch.nn."))
-    return f"fastrnn has no counterpart of nn.{torch_class.__name__} (it replaces nn.LSTM and nn.GRU only)"
+    return (f"fastrnn has no counterpart of nn.{torch_class.__name__} (it replaces "
+            f"{', '.join('nn.' + cls.__name__ for cls in _TWINS)})")
 
 
 def _where(path: str, kind: type) -> str:

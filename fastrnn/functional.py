@@ -12,6 +12,7 @@ its outputs past that are 0 and its final state is the one at its last step.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -122,6 +123,46 @@ def _(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, backend):
     return dy.new_empty(seq_len, batch, 3 * hidden), torch.empty_like(dy), torch.empty_like(dh_n)
 
 
+@torch.library.custom_op("fastrnn::rnn_forward", mutates_args=())
+def rnn_forward(
+    xp: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    relu: bool,
+    lengths: Optional[Tensor],
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """Elman recurrence (tanh, or relu). xp (T, B, H) = x W_ih^T + b_ih + b_hh; h0 (B, H); w_hh (H, H).
+    Returns y (T, B, H) and h_n; y is all the backward needs."""
+    return kernels(backend).rnn_forward(xp, h0, w_hh, relu, lengths, reverse)
+
+
+@rnn_forward.register_fake
+def _(xp, h0, w_hh, relu, lengths, reverse, backend):
+    return torch.empty_like(xp), torch.empty_like(h0)
+
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
+def rnn_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    y: Tensor,
+    w_hh: Tensor,
+    relu: bool,
+    lengths: Optional[Tensor],
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """Reverse Elman recurrence from the forward's outputs y. Returns dxp (T, B, H) and dh0."""
+    return kernels(backend).rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse)
+
+
+@rnn_backward.register_fake
+def _(dy, dh_n, y, w_hh, relu, lengths, reverse, backend):
+    return torch.empty_like(dy), torch.empty_like(dh_n)
+
+
 # --- PackedSequence layout: padding and packing as custom ops ---------------------------------
 #
 # torch's pad_packed_sequence reads batch_sizes' values in Python, which torch.compile cannot trace.
@@ -202,13 +243,14 @@ pack_padded.register_autograd(_pack_padded_backward, setup_context=_pack_padded_
 @torch.library.custom_op("fastrnn::torch_rnn_inference", mutates_args=())
 def torch_rnn_inference(x: Tensor, states: list[Tensor], weights: list[Tensor], mode: str, has_biases: bool,
                         num_layers: int, bidirectional: bool, batch_first: bool) -> list[Tensor]:
-    """nn.LSTM/nn.GRU's own forward (oneDNN's LSTM on a CPU) without autograd: what auto runs eagerly
+    """nn.LSTM/nn.GRU/nn.RNN's own forward (oneDNN's LSTM on a CPU) without autograd: what auto runs eagerly
     where torch's code is the fastest, as an op torch.compile can put in a graph (Dynamo cannot trace
     torch's RNN modules). `states`: [h0, c0] or [h0], each (L*D, B, size). Returns [output, *finals]."""
     if mode == "LSTM":
         results = torch._VF.lstm(x, states, weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first)
     else:
-        results = torch._VF.gru(x, states[0], weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first)
+        run = {"GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh, "RNN_RELU": torch._VF.rnn_relu}[mode]
+        results = run(x, states[0], weights, has_biases, num_layers, 0.0, False, bidirectional, batch_first)
     # Contiguous, as the fake implementation says: torch's batch_first output is a transposed view, with
     # strides that differ between its code paths.
     return [t.contiguous() for t in results]
@@ -336,6 +378,15 @@ def _gru_kernel_backward(backend, reverse, saved, dy, dh_n):
     return dxp, dh0, dw_hh, db_hn
 
 
+def _rnn_kernel_backward(backend, reverse, relu, saved, dy, dh_n):
+    """The fused backward of the Elman recurrence: (dxp, dh0, dw_hh) from what the forward saved."""
+    h0, w_hh, lengths, y = saved
+    dy, dh_n = dy.contiguous(), dh_n.contiguous()
+    op = kernels(backend).rnn_backward if _direct(dy, dh_n, y) else _op(rnn_backward, backend)
+    dxp, dh0 = op(dy, dh_n, y, w_hh, relu, lengths, reverse)
+    return dxp, dh0, _outer_sum(dxp, previous_states(y, h0, lengths, reverse))
+
+
 class LSTMRecurrence(torch.autograd.Function):
     """The LSTM recurrence as one autograd node: the backend's fused forward and backward, with a backward that
     can itself be differentiated (see _differentiable_backward). xp_source: a callable returning xp computed
@@ -378,6 +429,28 @@ class GRURecurrence(torch.autograd.Function):
             return (*_differentiable_backward(ctx, cell_math.gru_recurrence, (xp, h0, w_hh, b_hn), lengths,
                                               (dy, dh_n)), None, None, None, None)
         return (*_gru_kernel_backward(ctx.backend, ctx.reverse, saved, dy, dh_n), None, None, None, None)
+
+
+class RNNRecurrence(torch.autograd.Function):
+    """The Elman recurrence as one autograd node; as LSTMRecurrence."""
+
+    @staticmethod
+    def forward(ctx, xp, h0, w_hh, relu, lengths, reverse, backend, xp_source=None):
+        op = kernels(backend).rnn_forward if _direct(xp, h0, w_hh) else _op(rnn_forward, backend)
+        y, h_n = op(xp, h0, w_hh, relu, lengths, reverse)
+        ctx.save_for_backward(h0, w_hh, lengths, y, None if xp_source else xp)
+        ctx.reverse, ctx.backend, ctx.relu, ctx.xp_source = reverse, backend, relu, xp_source
+        return y, h_n
+
+    @staticmethod
+    def backward(ctx, dy, dh_n):
+        *saved, xp = ctx.saved_tensors
+        if _backward_is_differentiated(dy, dh_n):
+            h0, w_hh, lengths = saved[:3]
+            grads = _differentiable_backward(ctx, functools.partial(cell_math.rnn_recurrence, relu=ctx.relu),
+                                             (xp, h0, w_hh), lengths, (dy, dh_n))
+            return (*grads, None, None, None, None, None)
+        return (*_rnn_kernel_backward(ctx.backend, ctx.reverse, ctx.relu, saved, dy, dh_n), None, None, None, None, None)
 
 
 # --- the custom ops' own autograd: what a torch.export program differentiates -------------------
@@ -426,8 +499,21 @@ def _gru_op_backward(ctx, dy, dh_n, dacts):
     return (*_gru_kernel_backward(ctx.backend, ctx.reverse, ctx.saved_tensors, dy, dh_n), None, None, None)
 
 
+def _rnn_op_setup(ctx, inputs, output):
+    xp, h0, w_hh, relu, lengths, reverse, backend = inputs
+    ctx.save_for_backward(h0, w_hh, lengths, output[0])
+    ctx.reverse, ctx.backend, ctx.relu = reverse, backend, relu
+
+
+def _rnn_op_backward(ctx, dy, dh_n):
+    _refuse_double_backward("rnn_forward")
+    return (*_rnn_kernel_backward(ctx.backend, ctx.reverse, ctx.relu, ctx.saved_tensors, dy, dh_n),
+            None, None, None, None)
+
+
 lstm_forward.register_autograd(_lstm_op_backward, setup_context=_lstm_op_setup)
 gru_forward.register_autograd(_gru_op_backward, setup_context=_gru_op_setup)
+rnn_forward.register_autograd(_rnn_op_backward, setup_context=_rnn_op_setup)
 
 
 # --- one layer, one direction -----------------------------------------------------------------
@@ -519,3 +605,38 @@ def gru_layer(
     if not _needs_grad(*args) and _direct(*args):
         return kernels(backend).gru_forward(*args, lengths, reverse, save=False)[:2]
     return GRURecurrence.apply(*args, lengths, reverse, backend, projected)
+
+
+def rnn_layer(
+    x: Tensor | PackedRows,
+    h0: Tensor,
+    weights: tuple[Tensor | None, ...],
+    lengths: Tensor | None,
+    reverse: bool,
+    backend: str,
+    *,
+    relu: bool,
+) -> tuple[Tensor, Tensor]:
+    """The Elman layer (tanh, or relu): x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh),
+    biases may be None. Returns (y (T, B, H), h_n)."""
+    w_ih, w_hh, b_ih, b_hh = weights
+
+    def projected() -> Tensor:
+        return input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
+
+    xp = projected()
+    if functorch_active():
+        return cell_math.rnn_recurrence(xp, h0, w_hh, lengths, reverse, relu)
+    args = (xp, h0.contiguous(), w_hh.contiguous())
+    if not _needs_grad(*args) and _direct(*args):
+        return kernels(backend).rnn_forward(*args, relu, lengths, reverse, save=False)
+    return RNNRecurrence.apply(*args, relu, lengths, reverse, backend, projected)
+
+
+# The layer function of each cell (cells.Cell.mode), as the layer stack calls it.
+LAYERS = {
+    "LSTM": lstm_layer,
+    "GRU": gru_layer,
+    "RNN_TANH": functools.partial(rnn_layer, relu=False),
+    "RNN_RELU": functools.partial(rnn_layer, relu=True),
+}

@@ -1,9 +1,11 @@
-"""fastrnn.LSTM and fastrnn.GRU: drop-in nn.LSTM / nn.GRU whose recurrence runs on a chosen backend.
+"""fastrnn.LSTM, fastrnn.GRU and fastrnn.RNN: drop-in nn.LSTM / nn.GRU / nn.RNN whose recurrence runs on a
+chosen backend.
 
 Same constructor arguments, parameter names, shapes, initialisation, state_dict, inputs and outputs
-as nn.LSTM / nn.GRU. They are plain nn.Modules rather than subclasses because Dynamo refuses to trace
+as nn's layers. They are plain nn.Modules rather than subclasses because Dynamo refuses to trace
 any instance of nn.RNN/nn.GRU/nn.LSTM (see README, "Use"); the `aten` backend runs torch's own
-nn.LSTM/nn.GRU code on a private, unregistered twin that shares these Parameter objects.
+code on a private, unregistered twin that shares these Parameter objects. One layer stack serves every
+cell: what differs between them is read from the cell's description (fastrnn/cells.py).
 """
 
 from __future__ import annotations
@@ -21,15 +23,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, functional
+from . import backends, cells, functional
 from .quantization import QConfigSlot
-
-_GATES = {"LSTM": 4, "GRU": 3}
-_TORCH_TWIN = {"LSTM": nn.LSTM, "GRU": nn.GRU}
 
 
 class _RNNBase(nn.Module):
-    mode: str  # "LSTM" or "GRU", set by the subclass
+    mode: str  # nn's mode: "LSTM", "GRU" (set by the subclass), "RNN_TANH" or "RNN_RELU" (by the RNN's constructor)
     qconfig = QConfigSlot()  # torch.ao.quantization's attribute; warns when it leaves the layer float
 
     def __init__(
@@ -45,8 +44,12 @@ class _RNNBase(nn.Module):
         device=None,
         dtype=None,
         backend: str = "auto",
+        *,
+        mode: str | None = None,
     ) -> None:
         super().__init__()
+        if mode is not None:
+            self.mode = cells.cell(mode).mode
         _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -60,7 +63,7 @@ class _RNNBase(nn.Module):
         self.last_backend: str | None = None  # the backend that ran the latest forward
 
         factory = {"device": device, "dtype": dtype}
-        gate_size = _GATES[self.mode] * hidden_size
+        gate_size = self._cell.gates * hidden_size
         state_size = proj_size or hidden_size
         self._flat_weights_names: list[str] = []
         self._all_weights: list[list[str]] = []
@@ -79,6 +82,11 @@ class _RNNBase(nn.Module):
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
         self.reset_parameters()
+
+    @property
+    def _cell(self) -> cells.Cell:
+        """The description of this layer's cell (fastrnn/cells.py)."""
+        return cells.CELLS[self.mode]
 
     @property
     def num_directions(self) -> int:
@@ -104,8 +112,8 @@ class _RNNBase(nn.Module):
     def from_torch(cls, module: nn.RNNBase, backend: str = "auto"):
         """A fastrnn layer sharing `module`'s parameters (the same Parameter objects, so an
         optimizer built on `module` keeps training the new layer)."""
-        if module.mode != cls.mode:
-            raise TypeError(f"fastrnn.{cls.__name__}.from_torch needs an nn.{cls.mode}, got {type(module).__name__}")
+        if not isinstance(module, nn.RNNBase) or cells.cell(module.mode).name != cls.__name__:
+            raise TypeError(f"fastrnn.{cls.__name__}.from_torch needs an nn.{cls.__name__}, got {type(module).__name__}")
         if parametrize.is_parametrized(module):
             raise ValueError(f"{type(module).__name__} has parametrized weights ({', '.join(module.parametrizations)}), "
                              "which cannot be shared: convert the model first, then register the parametrizations "
@@ -127,11 +135,14 @@ class _RNNBase(nn.Module):
 
     def _backend_for(self, device: torch.device, input=None) -> str:
         if torch.compiler.is_compiling():
-            return backends.resolve_while_compiling(self.backend, str(device))
+            return self._checked_cell(backends.resolve_while_compiling(self.backend, str(device)))
         if self.backend != "auto":
-            return backends.resolve(self.backend, device)
+            return self._checked_cell(backends.resolve(self.backend, device))
         workload = None if input is None else self._workload(input, device)
         return backends.resolve("auto", device, workload)
+
+    def _checked_cell(self, backend: str) -> str:
+        return backends.check_cell(backend, self.mode, f"nn.{self._cell.name}") if self.mode not in ("LSTM", "GRU") else backend
 
     def _workload(self, input, device: torch.device) -> backends.Workload:
         packed = isinstance(input, PackedSequence)
@@ -140,7 +151,7 @@ class _RNNBase(nn.Module):
             batch = int(input.batch_sizes[0])
         else:
             batch = 1 if data.dim() < 3 else data.shape[0 if self.batch_first else 1]
-        dtype = _compute_dtype(data, self.mode) if data.is_floating_point() else self.weight_ih_l0.dtype
+        dtype = _compute_dtype(data, self._cell) if data.is_floating_point() else self.weight_ih_l0.dtype
         return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed)
 
     def _apply(self, fn, recurse=True):
@@ -172,7 +183,7 @@ class _RNNBase(nn.Module):
         if twin is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # nn's dropout warning was already given by our constructor
-                twin = _TORCH_TWIN[self.mode](**_constructor_args(self), device="meta")
+                twin = self._cell.torch_layer(**_constructor_args(self), device="meta")
             self.__dict__["_twin"] = twin
         param_ids = tuple(map(id, self._parameters.values()))
         if self.__dict__.get("_twin_param_ids") != param_ids:
@@ -218,7 +229,7 @@ class _RNNBase(nn.Module):
             states = [x.new_zeros(self.num_layers * self.num_directions, x.shape[1], size) for size in self._state_sizes()]
         states = _permute(states, sorted_indices)
 
-        dtype = _compute_dtype(x, self.mode)
+        dtype = _compute_dtype(x, self._cell)
         # The dtype is chosen once here; autocast must not re-cast the layer's own matmuls.
         with torch.autocast(x.device.type, enabled=False) if _autocast_enabled(x.device.type) else _NO_AUTOCAST:
             output, finals = self._run_layers(_as_dtype(x, dtype).contiguous(), [_as_dtype(s, dtype) for s in states],
@@ -239,7 +250,11 @@ class _RNNBase(nn.Module):
                 # it (nn.ReLU(inplace=True)) does not invalidate the backward, as it does not with nn.LSTM/nn.GRU.
                 output = output.clone()
         finals = _permute(finals, unsorted_indices)
-        return output, (tuple(finals) if self.mode == "LSTM" else finals[0])
+        return output, self._returned_states(finals)
+
+    def _returned_states(self, finals: list[Tensor]):
+        """nn's form of the final states: (h_n, c_n) for an LSTM, h_n for the others."""
+        return tuple(finals) if len(self._cell.states) == 2 else finals[0]
 
     def _backend_for_torch_graph(self) -> str:
         """Under torch.jit.trace and torch.onnx.export (both exporters), torch's own code: the trace then holds
@@ -258,7 +273,7 @@ class _RNNBase(nn.Module):
         raise RuntimeError(
             f"torch.jit.script cannot compile fastrnn.{type(self).__name__}, whose forward dispatches to kernels "
             f"from Python. Use torch.jit.trace(model, example_inputs) instead: under tracing the layer runs torch's "
-            f"own nn.{self.mode} code, so the trace holds aten::{self.mode.lower()} (saveable, loadable without "
+            f"own nn.{self._cell.name} code, so the trace holds aten::{self.mode.lower()} (saveable, loadable without "
             f"fastrnn, correct on other batch sizes and lengths); or torch.export.export / torch.compile")
 
     def _forward_aten(self, input, data: Tensor, hx, batch_sizes):
@@ -303,7 +318,7 @@ class _RNNBase(nn.Module):
             states = [batched.new_zeros(self.num_layers * self.num_directions, batch, size) for size in self._state_sizes()]
         output, *finals = functional.torch_rnn_inference(batched, states, weights, self.mode, self.bias,
                                                          self.num_layers, self.bidirectional, self.batch_first)
-        return output, (tuple(finals) if self.mode == "LSTM" else finals[0])
+        return output, self._returned_states(finals)
 
     def _checked_states(self, input, data: Tensor, hx, batch_sizes, weight: Tensor | None = None):
         """Validate input and hx as nn.LSTM/nn.GRU do (same exception types), plus devices and dtypes.
@@ -314,14 +329,14 @@ class _RNNBase(nn.Module):
         weight_ih_l0's value when the caller has read it already."""
         if batch_sizes is None:
             if data.dim() not in (2, 3):
-                raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {data.dim()}D instead")
+                raise ValueError(f"{self._cell.name}: Expected input to be 2D or 3D, got {data.dim()}D instead")
             batched = data if data.dim() == 3 else data.unsqueeze(0 if self.batch_first else 1)
             batch = batched.shape[0 if self.batch_first else 1]
             if batched.shape[1 if self.batch_first else 0] == 0:
-                raise RuntimeError(f"{self.mode}: Expected sequence length to be larger than 0 in RNN, got input of shape {tuple(data.shape)}")
+                raise RuntimeError(f"{self._cell.name}: Expected sequence length to be larger than 0 in RNN, got input of shape {tuple(data.shape)}")
         else:
             if data.dim() != 2:
-                raise RuntimeError(f"{self.mode}: input must have 2 dimensions, got {data.dim()} (the data of a PackedSequence is (rows, input_size))")
+                raise RuntimeError(f"{self._cell.name}: input must have 2 dimensions, got {data.dim()} (the data of a PackedSequence is (rows, input_size))")
             batched, batch = data, _packed_batch(input)
         weight = self.weight_ih_l0 if weight is None else weight
         if data.dtype != weight.dtype and not _autocast_enabled(data.device.type):
@@ -329,29 +344,29 @@ class _RNNBase(nn.Module):
         self._check_input_size(data)
         if weight.device != data.device:
             raise RuntimeError(
-                f"{self.mode}: Input and parameter tensors are not at the same device, found input tensor at "
+                f"{self._cell.name}: Input and parameter tensors are not at the same device, found input tensor at "
                 f"{data.device} and parameter tensor at {weight.device}; move the input (input.to('{weight.device}')) "
                 f"or the model (model.to('{data.device}'))"
             )
 
-        names = ("h_0", "c_0") if self.mode == "LSTM" else ("h_0",)
+        names = tuple(f"{state}_0" for state in self._cell.states)
         if hx is None:
             return None, batched, batch
-        if self.mode == "LSTM":
+        if len(names) == 2:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
                 raise RuntimeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}")
             states = list(hx)
         else:
             if not isinstance(hx, Tensor):
-                raise RuntimeError(f"GRU: hx must be a tensor h_0, got {_describe(hx)}")
+                raise RuntimeError(f"{self._cell.name}: hx must be a tensor h_0, got {_describe(hx)}")
             states = [hx]
         want_dim = 2 if (batch_sizes is None and data.dim() == 2) else 3
         if any(s.dim() != want_dim for s in states):
             # torch's wording: "For batched 3-D input, hx and cx should also be 3-D but got (2-D, 3-D) tensors"
             kind = "a PackedSequence" if batch_sizes is not None else "unbatched 2-D" if want_dim == 2 else "batched 3-D"
-            which, got = ("hx and cx", f"({', '.join(f'{s.dim()}-D' for s in states)}) tensors") if self.mode == "LSTM" \
+            which, got = ("hx and cx", f"({', '.join(f'{s.dim()}-D' for s in states)}) tensors") if len(names) == 2 \
                 else ("hx", f"{states[0].dim()}-D tensor")
-            raise RuntimeError(f"{self.mode}: For {kind} input, {which} should also be {want_dim}-D but got {got} "
+            raise RuntimeError(f"{self._cell.name}: For {kind} input, {which} should also be {want_dim}-D but got {got} "
                                f"({', '.join(names)})")
         if want_dim == 2:
             states = [s.unsqueeze(1) for s in states]
@@ -360,34 +375,34 @@ class _RNNBase(nn.Module):
         expected = [(self.num_layers * self.num_directions, batch, size) for size in self._state_sizes()]
         for index, (name, state, shape) in enumerate(zip(names, states, expected)):
             if tuple(state.shape) != shape:
-                raise RuntimeError(f"{self.mode}: {self._hidden_size_message(index).format(shape, list(state.shape))} "
+                raise RuntimeError(f"{self._cell.name}: {self._hidden_size_message(index).format(shape, list(state.shape))} "
                                    f"({name} is (num_layers * num_directions, batch, {self._state_size_names()[index]}))")
             if state.device != data.device:
-                raise RuntimeError(f"{self.mode}: Input and hidden tensors are not at the same device, found input tensor at {data.device} and {name} at {state.device}")
+                raise RuntimeError(f"{self._cell.name}: Input and hidden tensors are not at the same device, found input tensor at {data.device} and {name} at {state.device}")
             if state.dtype != data.dtype and not _autocast_enabled(data.device.type):
-                raise RuntimeError(f"{self.mode}: {name} has dtype {state.dtype} but the input has dtype {data.dtype}; pass {name}.to({data.dtype})")
+                raise RuntimeError(f"{self._cell.name}: {name} has dtype {state.dtype} but the input has dtype {data.dtype}; pass {name}.to({data.dtype})")
         return states, batched, batch
 
     def _state_sizes(self) -> tuple[int, ...]:
         """The last dimension of h (and c) states: (R,) for GRU, (R, H) for LSTM (R = proj_size or H)."""
         sizes = (self.proj_size or self.hidden_size, self.hidden_size)
-        return sizes if self.mode == "LSTM" else sizes[:1]
+        return sizes[: len(self._cell.states)]
 
     def _state_size_names(self) -> tuple[str, ...]:
         names = ("proj_size" if self.proj_size else "hidden_size", "hidden_size")
-        return names if self.mode == "LSTM" else names[:1]
+        return names[: len(self._cell.states)]
 
     def _hidden_size_message(self, index: int) -> str:
         """torch's message for a state of the wrong shape, with {} for the expected and actual sizes."""
-        return f"Expected hidden[{index}] size {{}}, got {{}}" if self.mode == "LSTM" else "Expected hidden size {}, got {}"
+        return f"Expected hidden[{index}] size {{}}, got {{}}" if len(self._cell.states) == 2 else "Expected hidden size {}, got {}"
 
     def _dtype_mismatch(self, data: Tensor, weight: Tensor) -> str:
-        return (f"{self.mode}: RNN input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
+        return (f"{self._cell.name}: RNN input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
                 f"Convert input: input.to({weight.dtype}), or convert model: model.to({data.dtype})")
 
     def _check_input_size(self, data: Tensor) -> None:
         if data.shape[-1] != self.input_size:
-            raise RuntimeError(f"{self.mode}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.shape[-1]}")
+            raise RuntimeError(f"{self._cell.name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.shape[-1]}")
 
     # --- nn.RNNBase's helpers, for code that calls them on an RNN layer --------------------------
 
@@ -410,7 +425,7 @@ class _RNNBase(nn.Module):
             raise ValueError(self._dtype_mismatch(input, weight))
         expected_dim = 2 if batch_sizes is not None else 3
         if input.dim() != expected_dim:
-            raise RuntimeError(f"{self.mode}: input must have {expected_dim} dimensions, got {input.dim()}")
+            raise RuntimeError(f"{self._cell.name}: input must have {expected_dim} dimensions, got {input.dim()}")
         self._check_input_size(input)
 
     def get_expected_hidden_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
@@ -447,14 +462,14 @@ class _RNNBase(nn.Module):
 
         biases = (get("bias_ih"), get("bias_hh")) if self.bias else (None, None)
         tensors = (get("weight_ih"), get("weight_hh"), *biases)
-        if self.mode == "GRU":
+        if self._cell.mode != "LSTM":
             return tensors
         return (*tensors, get("weight_hr") if self.proj_size else None)
 
     def _run_layers(self, x: Tensor, states: list[Tensor], weights: dict[str, Tensor], packing: _Packing | None,
                     backend: str, dtype: torch.dtype):
         lengths = packing.lengths if packing is not None else None
-        layer_fn = functional.lstm_layer if self.mode == "LSTM" else functional.gru_layer
+        layer_fn = functional.LAYERS[self.mode]
         finals: list[list[Tensor]] = [[] for _ in states]
         layer_input = x
         for layer in range(self.num_layers):
@@ -549,6 +564,25 @@ class GRU(_RNNBase):
                          0, device, dtype, backend)
 
 
+class RNN(_RNNBase):
+    """Drop-in nn.RNN (Elman, nonlinearity "tanh" or "relu"). Extra keyword: backend = "auto" | "cpp" |
+    "reference" | "aten" (the GPU kernel backends have no Elman kernels yet: on a GPU auto runs cuDNN)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, backend: str = "auto", *, proj_size: int | None = None) -> None:
+        if proj_size is not None:
+            raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU (fastrnn.RNN got proj_size={proj_size})")
+        cell = cells.elman(nonlinearity)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype, backend, mode=cell.mode)
+        self.nonlinearity = nonlinearity
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.nonlinearity == "tanh" else text.replace(", backend=", ", nonlinearity='relu', backend=")
+
+
 def _exporting_to_onnx() -> bool:
     """torch.onnx.is_in_onnx_export(), as the dynamo exporter's strict capture needs it too: Dynamo folds that
     function to False, so the exporter's own flag is read (its module is loaded only once an export began)."""
@@ -583,19 +617,21 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
 
 
 def _constructor_args(module) -> dict:
-    """The constructor arguments that rebuild an RNN layer's shape (nn.LSTM/nn.GRU or ours)."""
+    """The constructor arguments that rebuild an RNN layer's shape (nn's layers or ours)."""
     names = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional"]
     if module.mode == "LSTM":
         names.append("proj_size")
+    elif module.mode.startswith("RNN_"):
+        names.append("nonlinearity")
     return {name: getattr(module, name) for name in names}
 
 
-def _compute_dtype(x: Tensor, mode: str) -> torch.dtype:
-    """The dtype the layer computes in: as torch does for nn.LSTM/nn.GRU, autocast's low-precision
-    dtype where autocast lists the op (every RNN on CUDA; on the CPU the LSTM but not the GRU),
-    otherwise the input's dtype."""
+def _compute_dtype(x: Tensor, cell: cells.Cell) -> torch.dtype:
+    """The dtype the layer computes in: as torch does for nn's layers, autocast's low-precision
+    dtype where autocast lists the op (every RNN on CUDA; on the CPU the LSTM and the Elman RNN but not
+    the GRU), otherwise the input's dtype."""
     device = x.device.type
-    if _autocast_enabled(device) and x.is_floating_point() and (device != "cpu" or mode == "LSTM"):
+    if _autocast_enabled(device) and x.is_floating_point() and (device != "cpu" or cell.mode != "GRU"):
         return torch.get_autocast_dtype(device)
     return x.dtype
 

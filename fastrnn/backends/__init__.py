@@ -22,6 +22,10 @@ from .auto import Workload
 KERNEL_BACKENDS = ("cuda", "triton", "cpp", "reference")
 BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
 
+# The cells (cells.Cell.mode) each kernel backend has kernels for, where not all of them; auto never picks a
+# backend for a cell it lacks.
+CELLS_OF = {"cuda": ("LSTM", "GRU"), "triton": ("LSTM", "GRU")}
+
 
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run here; the message says why."""
@@ -72,13 +76,23 @@ def resolve(backend: str, device: torch.device | str, workload: Workload | None 
     for `workload` and whether torch.compile is tracing); raises if an explicit one can't run."""
     device = torch.device(device)
     if check_name(backend) == "auto":
-        return auto.choose(device, workload, compiling, lambda name: _runs(name, device))
+        return auto.choose(device, workload, compiling, lambda name: runs(name, device))
     reason = unavailable_reason(backend, device)
     if reason is None and backend in ("cpp", "cuda"):
         # compiles the kernels now if pip did not
         reason = _ext.unavailable_reason() if backend == "cpp" else _ext.cuda_unavailable_reason()
     if reason is not None:
         raise BackendUnavailableError(f"backend={backend!r} cannot run: {reason}")
+    return backend
+
+
+def check_cell(backend: str, mode: str, what: str) -> str:
+    """`backend`, if it has kernels for the cell `mode`; else BackendUnavailableError naming what runs it."""
+    supported = CELLS_OF.get(backend)
+    if supported is not None and mode not in supported:
+        raise BackendUnavailableError(
+            f"backend={backend!r} has no kernels for {what} yet (it has them for {', '.join(supported)}); "
+            "use backend='aten' (torch's own code, cuDNN on a GPU), 'auto', or 'reference'")
     return backend
 
 
@@ -94,7 +108,7 @@ def resolve_while_compiling(backend: str, device: str) -> str:
 resolve_while_compiling._dynamo_marked_constant = True
 
 
-def _runs(backend: str, device: torch.device) -> bool:
+def runs(backend: str, device: torch.device) -> bool:
     """Whether a kernel backend can run on `device`, compiling fastrnn._C first if it needs it."""
     if unavailable_reason(backend, device) is not None:
         return False

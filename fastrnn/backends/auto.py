@@ -36,7 +36,7 @@ CUDA_ORDER: tuple[str, ...] = ()
 class Workload:
     """What auto's choice depends on, for one forward."""
 
-    cell: str  # "LSTM" or "GRU"
+    cell: str  # the cell's mode (cells.Cell.mode): "LSTM", "GRU", "RNN_TANH", "RNN_RELU"
     dtype: torch.dtype  # the dtype the layer computes in
     batch: int
     hidden: int
@@ -48,7 +48,7 @@ def _cpu_prefers_cpp(workload: Workload | None) -> bool:
         return True  # no shape to judge by (the choice made once while torch.compile traces): the typical small-model case
     if workload.dtype not in CPP_DTYPES:
         return False
-    if workload.cell == "GRU" or workload.packed:
+    if workload.cell != "LSTM" or workload.packed:
         return True
     return workload.batch == 1 or workload.batch * workload.hidden <= LSTM_CPP_MAX_BATCH_X_HIDDEN
 

@@ -163,9 +163,10 @@ def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
 # --- the cells: one fused step (x and h in, the new states out), for the cell modules --------------
 
 
-def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True):
+def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None):
     """One step of cell `mode` from x (B, I) and its states ((h, c) or (h,), each (B, H)). Returns (the new
-    states, saved): saved is what the cell's step keeps for the backward (empty when save is False)."""
+    states, saved): saved is what the cell's step keeps for the backward (empty when save is False). `cache`:
+    where a backend may keep prepacked weights between calls (a dict owned by the calling module); unused here."""
     gx = x @ w_ih.T if b_ih is None else torch.addmm(b_ih, x, w_ih.T)
     gh = states[0] @ w_hh.T if b_hh is None else torch.addmm(b_hh, states[0], w_hh.T)
     new, saved = cells.cell(mode).step(gx, gh, states)
