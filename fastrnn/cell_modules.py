@@ -106,21 +106,12 @@ class _CellBase(nn.Module):
         return self._backend_for(input)
 
     def _backend_for(self, x: Tensor) -> str:
+        if torch.compiler.is_compiling():
+            return _resolve(self.backend, str(x.device), x.dtype, self._cell.cell_name)
         key = (x.device, x.dtype)
         backend = self._resolved.get(key)
         if backend is None:
-            backend = self._resolved[key] = self._resolve(x.device, x.dtype)
-        return backend
-
-    def _resolve(self, device: torch.device, dtype: torch.dtype) -> str:
-        if self.backend == "auto":
-            # No fused GPU cell kernel yet: on a GPU, and for the dtypes the cpp kernels leave, nn's own code.
-            return "cpp" if device.type == "cpu" and dtype in _CPP_DTYPES and backends.runs("cpp", device) else "aten"
-        backend = backends.resolve(self.backend, device)
-        if backend in ("cuda", "triton"):
-            raise backends.BackendUnavailableError(
-                f"backend={backend!r} has no fused nn.{self._cell.cell_name} kernel yet; use backend='aten' (nn's own "
-                "code), 'auto' or 'reference'")
+            backend = self._resolved[key] = _resolve(self.backend, str(x.device), x.dtype, self._cell.cell_name)
         return backend
 
     # --- forward -----------------------------------------------------------------------------------
@@ -183,6 +174,8 @@ class _CellBase(nn.Module):
 
     def _step(self, x: Tensor, states: tuple[Tensor, ...], cell: cells.Cell) -> tuple[Tensor, ...]:
         backend = self._backend_for(x)
+        if torch.is_autocast_enabled(x.device.type) and self.backend == "auto":
+            backend = "aten"  # autocast casts nn's cells' inner ops (RNNCell's on a CPU too): compute as they do
         self.__dict__["last_backend"] = backend
         if backend == "aten":
             return self._step_aten(x, states, cell)
@@ -200,6 +193,24 @@ class _CellBase(nn.Module):
             return tuple(torch._VF.lstm_cell(x, states, *args))
         run = {"GRU": torch._VF.gru_cell, "RNN_TANH": torch._VF.rnn_tanh_cell, "RNN_RELU": torch._VF.rnn_relu_cell}
         return (run[cell.mode](x, states[0], *args),)
+
+
+def _resolve(backend: str, device: str, dtype: torch.dtype, cell_name: str) -> str:
+    """The backend a cell's forward on `device` in `dtype` runs."""
+    device = torch.device(device)
+    if backend == "auto":
+        # No fused GPU cell kernel yet: on a GPU, and for the dtypes the cpp kernels leave, nn's own code.
+        return "cpp" if device.type == "cpu" and dtype in _CPP_DTYPES and backends.runs("cpp", device) else "aten"
+    backend = backends.resolve(backend, device)
+    if backend in ("cuda", "triton"):
+        raise backends.BackendUnavailableError(
+            f"backend={backend!r} has no fused nn.{cell_name} kernel yet; use backend='aten' (nn's own code), "
+            "'auto' or 'reference'")
+    return backend
+
+
+# Decided once while torch.compile traces, and kept out of the graph (see backends.resolve_while_compiling).
+_resolve._dynamo_marked_constant = True
 
 
 def _cell_mode(module: nn.Module) -> str | None:

@@ -145,11 +145,12 @@ cell_forward.register_autograd(_cell_op_backward, setup_context=_cell_op_setup)
 def step(mode: str, backend: str, cache: dict | None, x: Tensor, states: tuple[Tensor, ...], w_ih: Tensor,
          w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, ...]:
     """One step of cell `mode` on a kernel backend: the new states. The shortest path that is correct for
-    what is asked: no autograd node when nothing needs a gradient, the custom op under tracing."""
+    what is asked: the kernel alone when nothing needs a gradient, the autograd node when something does,
+    the custom op (with its own autograd) for tracing, fake tensors and tensor subclasses."""
+    if not _direct(x, w_ih, w_hh, b_ih, *states):
+        return tuple(cell_forward(mode, x, list(states), w_ih, w_hh, b_ih, b_hh, backend)[:-1])
     if torch.is_grad_enabled() and (x.requires_grad or w_ih.requires_grad or w_hh.requires_grad
                                     or any(s.requires_grad for s in states)
                                     or (b_ih is not None and (b_ih.requires_grad or b_hh.requires_grad))):
         return CellStep.apply(mode, backend, cache, x, w_ih, w_hh, b_ih, b_hh, *states)
-    if _direct(x, w_ih, w_hh, b_ih, *states):
-        return kernels(backend).cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, False, cache)[0]
-    return tuple(cell_forward(mode, x, list(states), w_ih, w_hh, b_ih, b_hh, backend)[:-1])
+    return kernels(backend).cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, False, cache)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -18,7 +19,9 @@ import fastrnn
 
 CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_SKIP)]
-CELLS = {"LSTM": (fastrnn.LSTM, nn.LSTM), "GRU": (fastrnn.GRU, nn.GRU)}
+CELLS = {"LSTM": (fastrnn.LSTM, nn.LSTM), "GRU": (fastrnn.GRU, nn.GRU),
+         "RNN_TANH": (functools.partial(fastrnn.RNN, nonlinearity="tanh"), functools.partial(nn.RNN, nonlinearity="tanh")),
+         "RNN_RELU": (functools.partial(fastrnn.RNN, nonlinearity="relu"), functools.partial(nn.RNN, nonlinearity="relu"))}
 
 # The shape grid of the GPU-only kernel tests (tests/test_cuda_gpu.py, tests/test_triton.py). "full" by
 # default; FASTRNN_GPU_GRID=bounded keeps the edge sizes (1, odd, past a tile) at lengths whose CPU
@@ -38,11 +41,14 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
-def skip_unavailable(backend: str, device: str = "cpu") -> None:
-    """Skip the test, saying why, where `backend` cannot run on `device`."""
+def skip_unavailable(backend: str, device: str = "cpu", cell: str | None = None) -> None:
+    """Skip the test, saying why, where `backend` cannot run on `device` (or has no kernels for `cell`)."""
     reason = fastrnn.backends.unavailable_reason(backend, device)
     if reason is not None:
         pytest.skip(f"backend {backend!r} unavailable on {device}: {reason}")
+    supported = fastrnn.backends.CELLS_OF.get(backend)
+    if cell is not None and supported is not None and cell not in supported:
+        pytest.skip(f"backend {backend!r} has no {cell} kernels yet (it has {', '.join(supported)})")
 
 
 def make_pair(cell: str, backend: str, device="cpu", dtype=torch.float64, **config):

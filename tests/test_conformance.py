@@ -1,4 +1,4 @@
-"""Every backend against nn.LSTM / nn.GRU on every configuration axis: outputs, final states and the
+"""Every backend against nn.LSTM / nn.GRU / nn.RNN (tanh, relu) on every configuration axis: outputs, final states and the
 gradients of the input, the initial states and every parameter."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LSTM_ONLY_CONFIGS = [
     dict(input_size=5, hidden_size=7, proj_size=3),
     dict(input_size=5, hidden_size=7, proj_size=1, num_layers=2, bidirectional=True),
 ]
-CONFIGS = [(cell, config) for cell in ("LSTM", "GRU") for config in SHARED_CONFIGS]
+CONFIGS = [(cell, config) for cell in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") for config in SHARED_CONFIGS]
 CONFIGS += [("LSTM", config) for config in LSTM_ONLY_CONFIGS]
 CONFIG_IDS = [cell + "-" + "-".join(f"{k}={v}" for k, v in config.items()) for cell, config in CONFIGS]
 MODES = ["batched", "no_state", "unbatched", "packed_sorted", "packed_unsorted"]
@@ -53,7 +53,7 @@ def inputs_for(module, mode: str, batch: int, seq_len: int, device, dtype, seed:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch,seq_len", [(1, 1), (3, 11)])
 def test_matches_torch_in_float64(device, backend, cell, config, mode, batch, seq_len):
-    skip_unavailable(backend, device)
+    skip_unavailable(backend, device, cell)
     seed = zlib.crc32(repr((cell, mode, batch, seq_len, config)).encode())  # reproducible across runs
     torch.manual_seed(seed)
     ours, theirs = make_pair(cell, backend, device, torch.float64, **config)
@@ -83,7 +83,7 @@ def test_float32_error_bounded_by_torch_error(device, tf32, backend, cell, confi
     """In float32 each result's error against the float64 answer is at most about torch's own; where our
     kernels run on TF32, at most about that of the reference recurrence on TF32-rounded operands (cuDNN
     may choose IEEE float32 kernels while ours use TF32)."""
-    skip_unavailable(backend, device)
+    skip_unavailable(backend, device, cell)
     with tf32_switch(tf32):
         torch.manual_seed(7)
         ours, theirs = make_pair(cell, backend, device, torch.float32, **config)
@@ -108,7 +108,7 @@ def test_float32_error_bounded_by_torch_error(device, tf32, backend, cell, confi
         assert ours_err[name] <= limit, (name, ours_err[name], [bar[name] for bar in bars])
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
 def test_long_sequence_does_not_drift(cell):
     torch.manual_seed(3)
     ours, theirs = make_pair(cell, "reference", "cpu", torch.float64, input_size=4, hidden_size=6, bidirectional=True)
@@ -124,13 +124,13 @@ DROPOUT_CASES = [("reference", mode, dtype) for mode in ("batched", "unbatched",
 DROPOUT_CASES += [(backend, "packed_unsorted", torch.float64) for backend in ("cpp", "triton")]
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_RELU"])
 @pytest.mark.parametrize("backend,mode,dtype", DROPOUT_CASES, ids=lambda v: str(v).removeprefix("torch."))
 def test_dropout_draws_the_masks_nn_draws_on_the_cpu(backend, cell, mode, dtype):
     """Under the same seed, training-mode dropout between layers zeroes the same elements as nn.LSTM/nn.GRU
     on the CPU (float32 may take torch's oneDNN path; the masks must agree there too), so outputs,
     states and every gradient agree. Packed input draws its mask over the packed rows, as torch does."""
-    skip_unavailable(backend, "cpu")
+    skip_unavailable(backend, "cpu", cell)
     torch.manual_seed(11)
     ours, theirs = make_pair(cell, backend, "cpu", dtype, input_size=4, hidden_size=6, num_layers=3,
                              bidirectional=True, batch_first=True, dropout=0.3)
@@ -177,7 +177,7 @@ def test_dropout_sits_between_layers(cell):
 def test_inference_under_no_grad_matches_torch(backend, cell, config, mode):
     """Without gradients the layers take the inference path (no autograd node, nothing kept for a
     backward): outputs and final states still equal nn's."""
-    skip_unavailable(backend, "cpu")
+    skip_unavailable(backend, "cpu", cell)
     seed = zlib.crc32(repr(("no_grad", cell, mode, config)).encode())
     torch.manual_seed(seed)
     ours, theirs = make_pair(cell, backend, "cpu", torch.float64, **config)

@@ -136,32 +136,48 @@ def test_subclass_instance_holding_more_state_is_left(add, named):
     (lambda: nn.RNN(INPUT, HIDDEN), "RNN"),
     (lambda: nn.RNN(INPUT, HIDDEN, nonlinearity="relu"), "RNN"),
     (lambda: nn.LSTMCell(INPUT, HIDDEN), "LSTMCell"),
-    (lambda: nn.GRUCell(INPUT, HIDDEN), "GRUCell"),
-    (lambda: nn.RNNCell(INPUT, HIDDEN), "RNNCell"),
+    (lambda: nn.GRUCell(INPUT, HIDDEN, bias=False), "GRUCell"),
+    (lambda: nn.RNNCell(INPUT, HIDDEN, nonlinearity="relu"), "RNNCell"),
 ])
-def test_rnn_and_cells_are_left_and_reported(make, name):
+def test_rnn_and_cells_are_converted_sharing_their_parameters(make, name):
     module = make()
     model = _Encoder(module)
-    message = _convert_warning(model)
-    assert model.rnn is module
-    assert f"'rnn' ({type(module).__module__}.{name}): fastrnn has no counterpart of nn.{name}" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastrnn.ConvertWarning)
+        fastrnn.convert(model)
+    assert type(model.rnn) is getattr(fastrnn, name)
+    assert all(a is b for a, b in zip(model.rnn.parameters(), module.parameters()))
+    assert getattr(model.rnn, "nonlinearity", None) == getattr(module, "nonlinearity", None)
+
+
+class _StepCounter(nn.GRUCell):
+    def forward(self, input, hx=None):
+        return super().forward(input, hx)
 
 
 def test_one_report_lists_every_module_left_and_the_rest_is_converted():
     model = nn.ModuleDict({"lstm": nn.LSTM(INPUT, HIDDEN), "plain": _PlainLSTM(INPUT, HIDDEN),
                            "forecast": _ForecastingLSTM(INPUT, HIDDEN), "rnn": nn.RNN(INPUT, HIDDEN),
-                           "cell": nn.GRUCell(INPUT, HIDDEN)})
+                           "cell": _StepCounter(INPUT, HIDDEN)})
     message = _convert_warning(model)
     assert type(model["lstm"]) is type(model["plain"]) is fastrnn.LSTM
-    assert "left 3 recurrent module(s)" in message
-    assert all(f"'{name}' (" in message for name in ("forecast", "rnn", "cell"))
-    assert "'lstm'" not in message and "'plain'" not in message
+    assert type(model["rnn"]) is fastrnn.RNN
+    assert "left 2 recurrent module(s)" in message
+    assert all(f"'{name}' (" in message for name in ("forecast", "cell"))
+    assert "overrides forward (fastrnn.GRUCell would run nn.GRUCell's)" in message
+    assert "'lstm'" not in message and "'plain'" not in message and "'rnn'" not in message
 
 
 def test_the_model_itself_left_is_named_so():
-    module = nn.RNN(INPUT, HIDDEN)
-    with pytest.warns(fastrnn.ConvertWarning, match=r"the model itself \(torch\.nn\.modules\.rnn\.RNN\)"):
+    module = _StepCounter(INPUT, HIDDEN)
+    with pytest.warns(fastrnn.ConvertWarning, match=r"the model itself \(.*_StepCounter\)"):
         assert fastrnn.convert(module) is module
+
+
+def test_a_cell_converted_as_the_model_itself_is_returned():
+    module = nn.LSTMCell(INPUT, HIDDEN)
+    converted = fastrnn.convert(module)
+    assert type(converted) is fastrnn.LSTMCell and converted.weight_ih is module.weight_ih
 
 
 def test_model_without_recurrent_modules_gives_no_warning():
