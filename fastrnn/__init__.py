@@ -6,7 +6,8 @@ from .convert import ConvertWarning, convert
 from .modules import GRU, LSTM, RNN
 from .quantization import QuantizationWarning, register as _register_quantization
 
-_register_quantization(LSTM, GRU)  # quantize_dynamic(model, {fastrnn.LSTM, fastrnn.GRU}) quantizes them
+# quantize_dynamic(model, {fastrnn.LSTM, ...}) quantizes them as nn's (torch quantizes no nn.RNN)
+_register_quantization(LSTM, GRU, LSTMCell, GRUCell, RNNCell)
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "explain", "BACKENDS", "BackendUnavailableError",
            "ConvertWarning", "QuantizationWarning"]

@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 
 from . import backends, cell_step, cells
 from .backends import reference
+from .quantization import QConfigSlot
 
 # What auto runs a cell on, per device type and dtype (the cpp kernels take float32 and float64).
 _CPP_DTYPES = (torch.float32, torch.float64)
@@ -24,6 +25,7 @@ _CPP_DTYPES = (torch.float32, torch.float64)
 
 class _CellBase(nn.Module):
     mode: str  # the cell's mode (cells.Cell.mode), set by the subclass or the RNNCell's constructor
+    qconfig = QConfigSlot()  # torch.ao.quantization's attribute; warns when it leaves the cell float
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  backend: str = "auto", *, mode: str | None = None) -> None:

@@ -117,8 +117,8 @@ def test_spec_that_cannot_select_fastrnn_warns_and_leaves_it_float(spec, dtype):
     assert len(messages) == 2
     for name, message in zip(("LSTM", "GRU"), sorted(messages, key=lambda m: "GRU" in m)):
         assert f"leaves fastrnn.{name}(" in message and "in floating point" in message
-        assert "name only nn.LSTM and nn.GRU, which fastrnn's layers are not" in message
-        assert "quantize_dynamic(model, {nn.Linear, fastrnn.LSTM, fastrnn.GRU}, dtype=torch.qint8)" in message
+        assert f"{{nn.{name}}} name only nn's modules, which fastrnn's are not" in message
+        assert f"quantize_dynamic(model, {{nn.Linear, fastrnn.{name}}}, dtype=torch.qint8)" in message
 
 
 @pytest.mark.parametrize("config, reason", [
@@ -145,3 +145,32 @@ def test_qconfig_is_a_plain_attribute():
     assert not hasattr(layer, "qconfig")
     with pytest.raises(AttributeError, match="qconfig"):
         del layer.qconfig
+
+
+@pytest.mark.parametrize("make, nn_type", [
+    (lambda: fastrnn.LSTMCell(INPUT, HIDDEN), nn.LSTMCell),
+    (lambda: fastrnn.GRUCell(INPUT, HIDDEN), nn.GRUCell),
+    (lambda: fastrnn.RNNCell(INPUT, HIDDEN, nonlinearity="relu"), nn.RNNCell),
+])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cells_quantize_exactly_as_nn_cells(make, nn_type, dtype):
+    torch.manual_seed(0)
+    ours = make()
+    theirs = nn_type(INPUT, HIDDEN, **({"nonlinearity": ours.nonlinearity} if nn_type is nn.RNNCell else {}))
+    theirs.load_state_dict(ours.state_dict())
+    q_ours = quantize_dynamic(nn.Sequential(ours), {type(ours)}, dtype=dtype)
+    q_theirs = quantize_dynamic(nn.Sequential(theirs), {nn_type}, dtype=dtype)
+    assert type(q_ours[0]) is type(q_theirs[0])
+    x = torch.randn(3, INPUT)
+    got, expected = q_ours(x), q_theirs(x)
+    got, expected = (got, expected) if isinstance(got, tuple) else ((got,), (expected,))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    with pytest.warns(fastrnn.QuantizationWarning, match=f"leaves fastrnn.{nn_type.__name__}"):
+        quantize_dynamic(nn.Sequential(make()), dtype=dtype)
+
+
+def test_rnn_stays_float_without_a_warning_as_nn_rnn_does():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastrnn.QuantizationWarning)
+        quantized = quantize_dynamic(nn.Sequential(fastrnn.RNN(INPUT, HIDDEN)), dtype=torch.qint8)
+    assert type(quantized[0]) is fastrnn.RNN
