@@ -1,4 +1,4 @@
-"""The deployment roads of a trained model, against nn.LSTM/nn.GRU: torch.jit.trace (saved, loaded, on new
+"""The deployment roads of a trained model, against nn.LSTM/nn.GRU/nn.RNN: torch.jit.trace (saved, loaded, on new
 shapes), torch.jit.script's refusal, torch.export (saved, loaded, differentiated) and torch.compile of an
 inference auto gives to torch's own code. ONNX export: test_onnx_export.py."""
 
@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from conftest import CELLS, CUDA_SKIP, make_pair, rel_error, skip_unavailable
+
+ALL_CELLS = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
 
 # auto and every CPU kernel backend: under tracing and export each runs torch's own code, whatever was asked.
 BACKENDS = ["auto", "cpp", "reference"]
@@ -31,7 +33,7 @@ def _inputs(module, batch: int, seq_len: int, seed: int, dtype=torch.float32):
 
 def _pair(cell, backend, config, dtype=torch.float32):
     device = "cuda" if backend in GPU_BACKENDS else "cpu"
-    skip_unavailable(backend, device)
+    skip_unavailable(backend, device, cell)
     return make_pair(cell, backend, device=device, dtype=dtype, **config)
 
 
@@ -44,7 +46,7 @@ GPU_BACKENDS = ("cuda", "triton")
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_trace_holds_torch_rnn_op_and_runs_new_shapes_after_save_and_load(grad, backend, cell, config):
     ours, theirs = _pair(cell, backend, config)
@@ -78,7 +80,7 @@ def test_a_traced_module_trains_like_nn():
         assert rel_error(got, expected) < 1e-6
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
 def test_script_refuses_with_the_alternatives(cell):
     model = nn.Sequential(CELLS[cell][0](3, 4))
     with pytest.raises(RuntimeError, match=r"torch.jit.script cannot compile fastrnn\..*torch\.jit\.trace"):
@@ -91,7 +93,7 @@ def test_script_refuses_with_the_alternatives(cell):
 
 
 @pytest.mark.parametrize("backend", [*BACKENDS, *(pytest.param(b, marks=CUDA_SKIP) for b in GPU_BACKENDS)])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
 def test_torch_export_saves_loads_and_differentiates(backend, cell):
     ours, theirs = _pair(cell, backend, CONFIGS[1], dtype=torch.float64)
     example = _inputs(ours, 3, 4, seed=0, dtype=torch.float64)
@@ -115,7 +117,7 @@ def test_torch_export_saves_loads_and_differentiates(backend, cell):
         torch.autograd.grad(exported(xi)[0].square().sum(), xi, create_graph=True)
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
 def test_compiled_inference_with_batch_first(cell):
     """The shapes where auto runs torch's own code eagerly (oneDNN's LSTM) included: torch's batch_first
     output is a strided view, which the op's fake implementation must describe."""
