@@ -9,10 +9,16 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
+# The bench's names of what it times, each by its cell's mode (fastrnn.cells): the layers, and the decoder
+# loops of T calls of a cell ("...cell").
+LAYER_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}
+STEP_CELLS = {"lstmcell": "LSTM", "grucell": "GRU", "rnncell": "RNN_TANH"}
+ALL_CELLS = {**LAYER_CELLS, **STEP_CELLS}
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    cell: str  # "lstm" | "gru"
+    cell: str  # a key of ALL_CELLS
     dtype: str  # a key of DTYPES
     batch: int
     seq_len: int
@@ -26,6 +32,16 @@ class Case:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def mode(self) -> str:
+        """The cell's mode (fastrnn.cells.Cell.mode)."""
+        return ALL_CELLS[self.cell]
+
+    @property
+    def decoder(self) -> bool:
+        """Whether the case is a decoder loop of cell calls rather than a layer."""
+        return self.cell in STEP_CELLS
 
     @property
     def directions(self) -> int:
@@ -53,6 +69,9 @@ PRESETS: dict[str, dict] = {
                 hidden=[64, 256, 512]),
     "varlen": dict(cells=["lstm", "gru"], dtypes=["bfloat16", "float32"], batch=[16, 64], seq_len=[256],
                    hidden=[256, 1024], min_length_fraction=[0.25]),
+    # The Elman layers and the decoder loops of the cells, on the grid of their targets (issue 20).
+    "family": dict(cells=["rnn_tanh", "rnn_relu", "lstmcell", "grucell", "rnncell"], dtypes=["float32"],
+                   batch=[1, 8, 32], seq_len=[64], hidden=[64, 256]),
 }
 
 
@@ -62,6 +81,7 @@ PRESET_PURPOSES = {
     "paper": "the full GPU grid",
     "cpu": "the CPU grid of bench/RESULTS.md (bash bench/cpu_suite.sh OUT runs it at 1 and 2 threads)",
     "varlen": "PackedSequence batches, lengths drawn uniformly from [fraction x T, T]",
+    "family": "nn.RNN's twin and decoder loops of T cell calls (fastrnn's cells against nn's)",
 }
 
 # How grid()'s axes are spelled on the command line.

@@ -26,7 +26,7 @@ import torch
 import fastrnn
 
 from . import load, measure, peak, report
-from .cases import DTYPES, PRESETS, Case, describe_preset, grid
+from .cases import ALL_CELLS, DTYPES, PRESETS, Case, describe_preset, grid
 from .implementations import Implementation, all_implementations
 from .peers import INFERENCE_ONLY
 
@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     preset_axis = "default: the preset's"
     parser.add_argument("--preset", choices=list(PRESETS), default="quick",
                         help="the grid of cases to time, described below (default: %(default)s)")
-    parser.add_argument("--cells", nargs="+", choices=["lstm", "gru"], help=f"cell types ({preset_axis})")
+    parser.add_argument("--cells", nargs="+", choices=list(ALL_CELLS),
+                        help=f"layers (lstm, gru, rnn_tanh, rnn_relu) and decoder loops of T cell calls (lstmcell, "
+                             f"grucell, rnncell) ({preset_axis})")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help=f"dtypes to compute in ({preset_axis})")
     parser.add_argument("--batch", nargs="+", type=int, metavar="B", help=f"batch sizes ({preset_axis})")
     parser.add_argument("--seq-len", nargs="+", type=int, metavar="T", help=f"sequence lengths ({preset_axis})")

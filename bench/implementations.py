@@ -4,15 +4,18 @@ module of a case (sharing its Parameters), or says why it cannot run here."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 
 import torch
 from torch import nn
 
 import fastrnn
-from fastrnn import backends, cell_math
+from fastrnn import backends, cells
+from fastrnn.backends import reference
 
 from .cases import Case
+from .decoder import DecoderLoop
 
 
 class Implementation:
@@ -34,7 +37,7 @@ class Implementation:
 
 class TorchRNN(Implementation):
     name = "nn"
-    description = "torch.nn.LSTM/GRU (cuDNN on GPU, ATen on CPU): the baseline of every ratio"
+    description = "torch.nn.LSTM/GRU/RNN (cuDNN on GPU, ATen on CPU), or the loop of nn's cell: the baseline of every ratio"
 
     def build(self, torch_module):
         return torch_module
@@ -44,10 +47,14 @@ class FastRNN(Implementation):
     def __init__(self, backend: str):
         self.backend = backend
         self.name = f"fastrnn-{backend}"
-        self.description = f"fastrnn.{{LSTM,GRU}}(backend={backend!r})"
+        self.description = f"fastrnn.{{LSTM,GRU,RNN}} or its cells (backend={backend!r})"
 
     def unavailable_reason(self, case, device):
         reason = backends.unavailable_reason(self.backend, device)
+        if reason is None and self.backend in ("cuda", "triton") and case.decoder:
+            return f"backend {self.backend!r} has no fused cell kernels yet"
+        if reason is None and case.mode not in backends.CELLS_OF.get(self.backend, (case.mode,)):
+            return f"backend {self.backend!r} has no {case.mode} kernels yet"
         if reason is None and self.backend == "triton":
             from fastrnn.backends import triton as triton_backend  # imports triton, known by now to be there
 
@@ -55,7 +62,10 @@ class FastRNN(Implementation):
         return reason
 
     def build(self, torch_module):
-        twin = fastrnn.LSTM if torch_module.mode == "LSTM" else fastrnn.GRU
+        if isinstance(torch_module, DecoderLoop):
+            cell = torch_module.cell
+            return DecoderLoop(getattr(fastrnn, type(cell).__name__).from_torch(cell, backend=self.backend))
+        twin = getattr(fastrnn, cells.cell(torch_module.mode).name)
         return twin.from_torch(torch_module, backend=self.backend)
 
 
@@ -98,6 +108,8 @@ class CellLoop(Implementation):
     def unavailable_reason(self, case, device):
         if case.min_length_fraction is not None:
             return "a plain cell loop takes no PackedSequence"
+        if case.decoder:
+            return "the case is a loop of cell calls already (nn's is the baseline)"
         return None
 
     def build(self, torch_module):
@@ -108,7 +120,7 @@ class _CellLoopRNN(nn.Module):
     def __init__(self, torch_module: nn.RNNBase, compiled: bool):
         super().__init__()
         self.rnn = torch_module
-        step = _lstm_step if torch_module.mode == "LSTM" else _gru_step
+        step = functools.partial(_step, torch_module.mode)
         self.step = torch.compile(step, dynamic=True) if compiled else step  # one compile for every shape
 
     def forward(self, x, hx=None):
@@ -123,7 +135,7 @@ class _CellLoopRNN(nn.Module):
                 suffix = f"_l{layer}{'_reverse' if direction else ''}"
                 weights = [getattr(rnn, f"{name}{suffix}") if rnn.bias or "bias" not in name else None
                            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                state = [x.new_zeros(batch, rnn.hidden_size) for _ in range(2 if rnn.mode == "LSTM" else 1)]
+                state = [x.new_zeros(batch, rnn.hidden_size) for _ in cells.cell(rnn.mode).states]
                 steps = range(x.shape[0] - 1, -1, -1) if direction else range(x.shape[0])
                 ys = [None] * x.shape[0]
                 for t in steps:
@@ -133,15 +145,12 @@ class _CellLoopRNN(nn.Module):
                 finals.append(state)
             layer_input = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
         stacked = [torch.stack([f[i] for f in finals]) for i in range(len(finals[0]))]
-        return layer_input, (tuple(stacked) if rnn.mode == "LSTM" else stacked[0])
+        return layer_input, (tuple(stacked) if len(stacked) == 2 else stacked[0])
 
 
-def _lstm_step(x, state, weights):
-    return list(cell_math.lstm_cell(x, state[0], state[1], *weights))
-
-
-def _gru_step(x, state, weights):
-    return [cell_math.gru_cell(x, state[0], *weights)]
+def _step(mode, x, state, weights):
+    """One step of the cell in plain ops (cell_math's, as nn's cells compute it)."""
+    return list(reference.cell_forward(mode, x, tuple(state), *weights, save=False)[0])
 
 
 class NotAdapted(Implementation):

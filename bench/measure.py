@@ -14,7 +14,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from fastrnn import cells
+
 from .cases import Case
+from .decoder import DecoderLoop
 
 # Error allowed on top of "3 x nn's own error against float64", per dtype.
 ERROR_FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
@@ -23,10 +26,15 @@ ERROR_FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, t
 # --- inputs -----------------------------------------------------------------------------------
 
 
-def torch_module(case: Case, device: torch.device) -> nn.RNNBase:
-    cls = nn.LSTM if case.cell == "lstm" else nn.GRU
-    return cls(case.input_size, case.hidden, num_layers=case.layers, bidirectional=case.bidirectional,
-               device=device, dtype=case.torch_dtype)
+def torch_module(case: Case, device: torch.device) -> nn.Module:
+    """The case's nn module: the layer, or the decoder loop of nn's cell."""
+    cell = cells.cell(case.mode)
+    factory = dict(device=device, dtype=case.torch_dtype)
+    if case.decoder:
+        return DecoderLoop(cell.torch_cell(case.input_size, case.hidden, **factory))
+    extra = {"nonlinearity": cell.nonlinearity} if cell.nonlinearity else {}
+    return cell.torch_layer(case.input_size, case.hidden, num_layers=case.layers, bidirectional=case.bidirectional,
+                            **factory, **extra)
 
 
 def make_input(case: Case, device: torch.device, seed: int = 0):

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from fastrnn import cells
+
 from .cases import Case
 
 _FMA_SOURCE = r"""
@@ -73,9 +75,9 @@ class Peak:
 
 def case_flops(case: Case, mode: str, tokens: int | None = None) -> float:
     """Matmul FLOPs, input projection included: per layer-direction 2*G*(I_l + H) per token (G = 4H for an
-    LSTM, 3H for a GRU), over `tokens` tokens (default B*T; a packed batch has only its real tokens); a
+    LSTM, 3H for a GRU, H for an Elman RNN; a decoder loop of cell calls counts as one layer), over `tokens` tokens (default B*T; a packed batch has only its real tokens); a
     training step (forward, backward to input and weights) is 3x the forward."""
-    gates = (4 if case.cell == "lstm" else 3) * case.hidden
+    gates = cells.cell(case.mode).gates * case.hidden
     tokens = case.batch * case.seq_len if tokens is None else tokens
     total = 0.0
     for layer in range(case.layers):

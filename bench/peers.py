@@ -52,6 +52,8 @@ class Runtime(Implementation):
             return "run on float32 cases only (the exported model's dtype)"
         if case.min_length_fraction is not None:
             return "this bench exports padded input only (no PackedSequence through torch.onnx.export)"
+        if case.decoder:
+            return "a decoder calls its cell from Python once per step: no exported graph runs that loop"
         return None
 
     def build(self, torch_module):
