@@ -204,7 +204,7 @@ def _resolve(backend: str, device: str, dtype: torch.dtype, cell_name: str) -> s
         # No fused GPU cell kernel yet: on a GPU, and for the dtypes the cpp kernels leave, nn's own code.
         return "cpp" if device.type == "cpu" and dtype in _CPP_DTYPES and backends.runs("cpp", device) else "aten"
     backend = backends.resolve(backend, device)
-    if backend in ("cuda", "triton"):
+    if backend not in (*backends.CELL_STEP_BACKENDS, "aten"):
         raise backends.BackendUnavailableError(
             f"backend={backend!r} has no fused nn.{cell_name} kernel yet; use backend='aten' (nn's own code), "
             "'auto' or 'reference'")

@@ -25,6 +25,8 @@ BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
 # The cells (cells.Cell.mode) each kernel backend has kernels for, where not all of them; auto never picks a
 # backend for a cell it lacks.
 CELLS_OF = {"cuda": ("LSTM", "GRU"), "triton": ("LSTM", "GRU")}
+# The kernel backends with fused cell steps (cell_forward, cell_backward) for the cell modules.
+CELL_STEP_BACKENDS = ("cpp", "reference")
 
 
 class BackendUnavailableError(RuntimeError):
