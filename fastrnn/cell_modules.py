@@ -136,6 +136,11 @@ class _CellBase(nn.Module):
 
     def _checked_states(self, input: Tensor, hx, cell: cells.Cell, batched: bool) -> tuple[Tensor, ...]:
         """hx as a tuple of states (zeros when None), each checked as nn's cells check it."""
+        if type(hx) is Tensor and hx.dim() == 2 and len(cell.states) == 1:  # the common cases first, cheaply
+            return (hx,)
+        if type(hx) is tuple and len(hx) == 2 and len(cell.states) == 2 and type(hx[0]) is type(hx[1]) is Tensor \
+                and hx[0].dim() == hx[1].dim() == 2:
+            return hx
         if hx is None:
             zeros = input.new_zeros(input.shape[0] if batched else self.hidden_size,
                                     *((self.hidden_size,) if batched else ()))
@@ -168,29 +173,44 @@ class _CellBase(nn.Module):
             if state.dtype != x.dtype or state.device != x.device:
                 raise RuntimeError(f"{self._cell.cell_name}: hidden{index} is {state.dtype} on {state.device} but the "
                                    f"input is {x.dtype} on {x.device}; pass states like the input")
-        weight = self.weight_ih
+        weight = self._weights()[0]
         if weight.dtype != x.dtype or weight.device != x.device:
             raise RuntimeError(f"{self._cell.cell_name}: the input is {x.dtype} on {x.device} but the weights are "
                                f"{weight.dtype} on {weight.device}: convert the input (input.to({weight.dtype})) or the "
                                f"module (module.to({x.dtype}))")
 
+    def _weights(self) -> tuple[Tensor | None, ...]:
+        """(weight_ih, weight_hh, bias_ih, bias_hh): read from the parameter dict (nn.Module's attribute lookup costs
+        a microsecond for four), or as attributes where one is computed (parametrized, pruned)."""
+        params = self._parameters
+        try:
+            return params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
+        except KeyError:
+            return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
     def _step(self, x: Tensor, states: tuple[Tensor, ...], cell: cells.Cell) -> tuple[Tensor, ...]:
         backend = self._backend_for(x)
-        if torch.is_autocast_enabled(x.device.type) and self.backend == "auto":
+        if torch._C._is_any_autocast_enabled() and self.backend == "auto" and torch.is_autocast_enabled(x.device.type):
             backend = "aten"  # autocast casts nn's cells' inner ops (RNNCell's on a CPU too): compute as they do
         self.__dict__["last_backend"] = backend
         if backend == "aten":
             return self._step_aten(x, states, cell)
-        self._check_shapes(x, states)
-        w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        weights = self._weights()
         if backend == "reference" or torch._C._are_functorch_transforms_active():
-            return reference.cell_forward(cell.mode, x, states, w_ih, w_hh, b_ih, b_hh, save=False)[0]
-        return cell_step.step(cell.mode, backend, self._packed, x.contiguous(), tuple(s.contiguous() for s in states),
-                              w_ih, w_hh, b_ih, b_hh)
+            self._check_shapes(x, states)  # plain ops would broadcast a batch of one silently
+            return reference.cell_forward(cell.mode, x, states, *weights, save=False)[0]
+        try:
+            # The kernels check every argument themselves; only when they refuse one do our checks run, for
+            # torch's own message.
+            states = (states[0].contiguous(),) if len(states) == 1 else (states[0].contiguous(), states[1].contiguous())
+            return cell_step.step(cell.mode, backend, self._packed, x.contiguous(), states, *weights)
+        except RuntimeError:
+            self._check_shapes(x, states)
+            raise
 
     def _step_aten(self, x: Tensor, states: tuple[Tensor, ...], cell: cells.Cell) -> tuple[Tensor, ...]:
         """torch's own fused cell ops, which nn's cells call (they check their arguments themselves)."""
-        args = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        args = self._weights()
         if cell.mode == "LSTM":
             return tuple(torch._VF.lstm_cell(x, states, *args))
         run = {"GRU": torch._VF.gru_cell, "RNN_TANH": torch._VF.rnn_tanh_cell, "RNN_RELU": torch._VF.rnn_relu_cell}

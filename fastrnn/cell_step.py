@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .backends import kernels, reference
-from .functional import _backward_is_differentiated, _direct
+from .functional import _PLAIN, _backward_is_differentiated, _direct
 
 # --- custom ops: what torch.compile records --------------------------------------------------------
 
@@ -142,15 +142,35 @@ def _cell_op_backward(ctx, d_outputs):
 cell_forward.register_autograd(_cell_op_backward, setup_context=_cell_op_setup)
 
 
+def _plain(tensors) -> bool:
+    """Whether every tensor given is a plain tensor or Parameter (no subclass, no fake or traced tensor), outside
+    tracing: what a kernel may be called on directly. functional._direct's question, unrolled for the cells'
+    per-call budget."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    for tensor in tensors:
+        if tensor is not None and type(tensor) not in _PLAIN:
+            return False
+    return True
+
+
+def _requires_grad(tensors) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    for tensor in tensors:
+        if tensor is not None and tensor.requires_grad:
+            return True
+    return False
+
+
 def step(mode: str, backend: str, cache: dict | None, x: Tensor, states: tuple[Tensor, ...], w_ih: Tensor,
          w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, ...]:
     """One step of cell `mode` on a kernel backend: the new states. The shortest path that is correct for
     what is asked: the kernel alone when nothing needs a gradient, the autograd node when something does,
     the custom op (with its own autograd) for tracing, fake tensors and tensor subclasses."""
-    if not _direct(x, w_ih, w_hh, b_ih, *states):
+    tensors = (x, w_ih, w_hh, b_ih, b_hh, *states)
+    if not _plain(tensors):
         return tuple(cell_forward(mode, x, list(states), w_ih, w_hh, b_ih, b_hh, backend)[:-1])
-    if torch.is_grad_enabled() and (x.requires_grad or w_ih.requires_grad or w_hh.requires_grad
-                                    or any(s.requires_grad for s in states)
-                                    or (b_ih is not None and (b_ih.requires_grad or b_hh.requires_grad))):
+    if _requires_grad(tensors):
         return CellStep.apply(mode, backend, cache, x, w_ih, w_hh, b_ih, b_hh, *states)
     return kernels(backend).cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, False, cache)[0]

@@ -164,6 +164,9 @@ def explain(device: torch.device | str | None = None) -> str:
     if built is not None:
         lines.append(f"  build: {built}")
     lines += auto_lines(device)
+    lines.append(f"  cells (fastrnn.LSTMCell, GRUCell, RNNCell): auto runs "
+                 + ("the cpp kernels' fused step in float32/float64 (weights prepacked once), nn's own code otherwise"
+                    if device.type == "cpu" else "nn's own code (no fused GPU cell kernel is enabled for auto)"))
     if device.type == "cpu":
         from .. import projection
 

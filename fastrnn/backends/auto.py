@@ -1,7 +1,8 @@
 """What backend="auto" runs: the rule, per device and workload, stated once (and shown by explain()).
 
 On a CPU the fused C++ kernels ("cpp") run where `python -m bench` measured them faster than torch's
-own code (bench/RESULTS.md, CPU section): every GRU (torch's CPU GRU is a generic per-step path),
+own code (bench/RESULTS.md, CPU section): every GRU and Elman RNN (torch's CPU code for both is a generic
+per-step path),
 every packed LSTM (likewise), and padded LSTMs of one sequence or small enough that the per-step cost
 dominates; larger padded LSTMs keep torch's oneDNN LSTM. On a GPU a kernel backend runs only once it has been measured
 faster than cuDNN there (none has yet). Under torch.compile, which cannot trace torch's RNN code,
@@ -93,16 +94,17 @@ def kinds(device: torch.device) -> list[tuple[str, Workload]]:
     """The kinds of workload the rule tells apart on `device`, each in words with one concrete example:
     explain() shows the rule's outcome for each example (one kind per branch of choose())."""
     if device.type != "cpu":
-        return [("any LSTM or GRU, any shape and dtype", Workload("LSTM", torch.float32, 16, 256, False))]
+        return [("any LSTM, GRU or RNN, any shape and dtype", Workload("LSTM", torch.float32, 16, 256, False))]
     dtypes, small = _dtype_names(CPP_DTYPES), LSTM_CPP_MAX_BATCH_X_HIDDEN
     return [
         (f"GRU, {dtypes}, any shape", Workload("GRU", torch.float32, 64, 512, False)),
+        (f"RNN (tanh, relu), {dtypes}, any shape", Workload("RNN_TANH", torch.float32, 64, 512, False)),
         (f"LSTM, {dtypes}, packed (PackedSequence)", Workload("LSTM", torch.float32, 64, 512, True)),
         (f"LSTM, {dtypes}, padded, batch 1", Workload("LSTM", torch.float32, 1, 512, False)),
         (f"LSTM, {dtypes}, padded, batch x hidden <= {small}", Workload("LSTM", torch.float32, 4, small // 4, False)),
         (f"LSTM, {dtypes}, padded, batch > 1 and batch x hidden > {small}",
          Workload("LSTM", torch.float32, 2, small, False)),
-        (f"LSTM or GRU in {_dtype_names(OTHER_CPU_DTYPES)}", Workload("LSTM", torch.bfloat16, 1, small, False)),
+        (f"LSTM, GRU or RNN in {_dtype_names(OTHER_CPU_DTYPES)}", Workload("LSTM", torch.bfloat16, 1, small, False)),
     ]
 
 
