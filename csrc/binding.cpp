@@ -42,6 +42,7 @@ torch::Tensor checked_lengths(const torch::Tensor& lengths, int64_t steps, int64
 }  // namespace fastrnn_binding
 
 #if !defined(FASTRNN_CUDA_ONLY)
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 
 #include "cpu/api.h"
@@ -51,13 +52,14 @@ namespace {
 using torch::Tensor;
 namespace cpu = fastrnn::cpu;
 
-void check_input(const Tensor& tensor, const char* name, const Tensor& like, std::vector<int64_t> shape) {
+void check_input(const Tensor& tensor, const char* name, const Tensor& like, at::IntArrayRef shape,
+                 const char* like_name = "xp") {
   TORCH_CHECK(tensor.device().is_cpu(), "fastrnn cpp backend: ", name, " must be a CPU tensor, got one on ",
               tensor.device());
   TORCH_CHECK(tensor.scalar_type() == like.scalar_type(), "fastrnn cpp backend: ", name, " has dtype ",
-              tensor.scalar_type(), " but xp has ", like.scalar_type());
-  TORCH_CHECK(tensor.sizes() == at::IntArrayRef(shape), "fastrnn cpp backend: ", name, " must have shape ",
-              at::IntArrayRef(shape), ", got ", tensor.sizes());
+              tensor.scalar_type(), " but ", like_name, " has ", like.scalar_type());
+  TORCH_CHECK(tensor.sizes() == shape, "fastrnn cpp backend: ", name, " must have shape ", shape, ", got ",
+              tensor.sizes());
   TORCH_CHECK(tensor.is_contiguous(), "fastrnn cpp backend: ", name, " must be contiguous");
 }
 
@@ -106,10 +108,15 @@ Tensor output(const Tensor& like, std::vector<int64_t> shape, bool zeroed) {
   return zeroed ? at::zeros(shape, like.options()) : at::empty(shape, like.options());
 }
 
-void check_float(const Tensor& xp) {
-  TORCH_CHECK(xp.scalar_type() == at::kFloat || xp.scalar_type() == at::kDouble || xp.scalar_type() == at::kBFloat16,
-              "fastrnn cpp backend: the CPU kernels run in float32, float64 or bfloat16, got ", xp.scalar_type(),
+void check_storage(const Tensor& tensor) {
+  TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble ||
+                  tensor.scalar_type() == at::kBFloat16,
+              "fastrnn cpp backend: the CPU kernels run in float32, float64 or bfloat16, got ", tensor.scalar_type(),
               "; convert the module (module.float()) or use backend='aten'");
+}
+
+void check_float(const Tensor& xp) {
+  check_storage(xp);
   TORCH_CHECK(xp.dim() == 3, "fastrnn cpp backend: xp must be 3-D (T, B, gates), got ", xp.dim(), "-D");
 }
 
@@ -243,6 +250,221 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& 
     cpu::gru_backward(args);
   });
   return {dxp, dhn, dh0};
+}
+
+std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh, bool relu,
+                                       const std::optional<Tensor>& lengths, bool reverse, bool save) {
+  (void)save;  // the backward reads act' off y: nothing more to keep
+  check_float(xp);
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(-1);
+  check_input(xp, "xp", xp, {T, B, H});
+  check_input(h0, "h0", xp, {B, H});
+  check_input(w_hh, "w_hh", xp, {H, H});
+  const std::vector<int64_t> live = live_rows(lengths, T, B);
+  Tensor y = output(xp, {T, B, H}, lengths.has_value()), h_n = at::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_rnn_forward", [&] {
+    const cpu::RnnForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live), relu, data<scalar_t>(xp),
+                                                   data<scalar_t>(h0), data<scalar_t>(w_hh), data<scalar_t>(y),
+                                                   data<scalar_t>(h_n)};
+    pybind11::gil_scoped_release no_gil;
+    cpu::rnn_forward(args);
+  });
+  return {y, h_n};
+}
+
+std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& y, const Tensor& w_hh,
+                                        bool relu, const std::optional<Tensor>& lengths, bool reverse) {
+  check_float(dy);
+  const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2);
+  check_input(dh_n, "dh_n", dy, {B, H});
+  check_input(y, "y", dy, {T, B, H});
+  check_input(w_hh, "w_hh", dy, {H, H});
+  const std::vector<int64_t> live = live_rows(lengths, T, B);
+  Tensor dxp = output(dy, {T, B, H}, lengths.has_value()), dh0 = at::empty_like(dh_n);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastrnn_rnn_backward", [&] {
+    const cpu::RnnBackward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live), relu, data<scalar_t>(dy),
+                                                    data<scalar_t>(dh_n), data<scalar_t>(y), data<scalar_t>(w_hh),
+                                                    data<scalar_t>(dxp), data<scalar_t>(dh0)};
+    pybind11::gil_scoped_release no_gil;
+    cpu::rnn_backward(args);
+  });
+  return {dxp, dh0};
+}
+
+// --- the cells -------------------------------------------------------------------------------------
+// Called once per decoder step at small sizes: checks and output allocations only, no other at:: op.
+
+cpu::CellMode cell_mode(const std::string& mode) {
+  if (mode == "LSTM") return cpu::CellMode::lstm;
+  if (mode == "GRU") return cpu::CellMode::gru;
+  if (mode == "RNN_TANH") return cpu::CellMode::rnn_tanh;
+  if (mode == "RNN_RELU") return cpu::CellMode::rnn_relu;
+  TORCH_CHECK(false, "fastrnn cpp backend: unknown cell mode '", mode, "'; expected LSTM, GRU, RNN_TANH or RNN_RELU");
+}
+
+int64_t gates_of(cpu::CellMode mode) { return mode == cpu::CellMode::lstm ? 4 : mode == cpu::CellMode::gru ? 3 : 1; }
+
+at::ScalarType compute_type(at::ScalarType storage) { return storage == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The vector width in elements of `compute` on the instruction set in use: a packing's last dimension.
+int64_t lanes_now(at::ScalarType compute) {
+  return cpu::vector_bytes() / static_cast<int64_t>(c10::elementSize(compute));
+}
+
+int threads_here() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
+// A cell's output, allocated without at::empty's trip through the dispatcher (a visible part of a call
+// that costs a few microseconds in all).
+Tensor cell_output(at::IntArrayRef shape, const Tensor& like) { return at::detail::empty_cpu(shape, like.scalar_type()); }
+
+// Below this many multiply-adds a cell call keeps the GIL: releasing and retaking it would cost this
+// thread more than the wait costs any other.
+constexpr int64_t kReleaseGilFromWork = int64_t(1) << 16;
+
+template <class T>
+using compute_t = typename cpu::ComputeOf<kernel_t<T>>::type;
+
+// w (gates * H, K) as the cell kernels read it: [ceil(H / lanes), K, gates, lanes] in the compute type,
+// for the vector width of the instruction set in use.
+Tensor cell_pack(const Tensor& w, int64_t gates) {
+  check_storage(w);
+  TORCH_CHECK(w.device().is_cpu(), "fastrnn cpp backend: w must be a CPU tensor, got one on ", w.device());
+  TORCH_CHECK(gates >= 1 && w.dim() == 2 && w.size(0) % gates == 0, "fastrnn cpp backend: cell_pack_cpu takes a "
+              "weight of shape (gates * hidden, depth) with gates = ", gates, ", got ", w.sizes());
+  const Tensor source = w.contiguous();
+  const int64_t H = w.size(0) / gates, K = w.size(1);
+  const at::ScalarType compute = compute_type(w.scalar_type());
+  const int64_t lanes = lanes_now(compute);
+  Tensor packed = at::empty({(H + lanes - 1) / lanes, K, gates, lanes}, w.options().dtype(compute));
+  bool done = false;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.scalar_type(), "fastrnn_cell_pack", [&] {
+    const cpu::CellPack<kernel_t<scalar_t>> args{data<scalar_t>(source), gates, H, K, static_cast<int>(lanes),
+                                                 static_cast<compute_t<scalar_t>*>(packed.data_ptr())};
+    done = cpu::cell_pack(args);
+  });
+  TORCH_CHECK(done, "fastrnn cpp backend: the instruction set changed while packing; pack again");
+  return packed;
+}
+
+// A packing by cell_pack_cpu of a (gates * units, depth) weight for storage like x's; returns its lanes.
+// The unit count is seen only to a block of lanes units (the packing pads the last block with zeros).
+int64_t check_packed(const Tensor& packed, const char* name, const Tensor& x, int64_t gates, int64_t units,
+                     int64_t depth) {
+  const at::ScalarType compute = compute_type(x.scalar_type());
+  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == compute && packed.dim() == 4 &&
+                  packed.is_contiguous(),
+              "fastrnn cpp backend: ", name, " must be a weight packed by cell_pack_cpu for ", x.scalar_type(),
+              " (a contiguous 4-D ", compute, " CPU tensor), got ", packed.scalar_type(), " ", packed.sizes());
+  const int64_t lanes = packed.size(3), now = lanes_now(compute);
+  TORCH_CHECK(lanes == now, "fastrnn cpp backend: ", name, " was packed for vectors of ", lanes,
+              " lanes, but the instruction set in use (", cpu::instruction_set(), ") has ", now,
+              ": pack the weight again (cell_pack_cpu)");
+  TORCH_CHECK(packed.size(0) == (units + lanes - 1) / lanes && packed.size(1) == depth && packed.size(2) == gates,
+              "fastrnn cpp backend: ", name, " is a packing of shape ", packed.sizes(), " but this call needs a "
+              "weight of shape [", gates * units, ", ", depth, "] (", gates, " gates of ", units, " units), packed as [",
+              (units + lanes - 1) / lanes, ", ", depth, ", ", gates, ", ", lanes, "]");
+  return lanes;
+}
+
+std::tuple<Tensor, Tensor, Tensor> cell_forward(const std::string& mode_name, const Tensor& x, const Tensor& h,
+                                                const std::optional<Tensor>& c, const Tensor& packed_ih,
+                                                const Tensor& packed_hh, const std::optional<Tensor>& b_ih,
+                                                const std::optional<Tensor>& b_hh, bool save) {
+  const cpu::CellMode mode = cell_mode(mode_name);
+  const int64_t gates = gates_of(mode);
+  const bool lstm = mode == cpu::CellMode::lstm, keeps = save && gates > 1;
+  check_storage(x);
+  TORCH_CHECK(x.dim() == 2 && h.dim() == 2, "fastrnn cpp backend: x and h must be 2-D (batch, features), got ",
+              x.sizes(), " and ", h.sizes());
+  const int64_t B = x.size(0), I = x.size(1), H = h.size(1);
+  check_input(x, "x", x, {B, I}, "x");
+  check_input(h, "h", x, {B, H}, "x");
+  TORCH_CHECK(c.has_value() == lstm, "fastrnn cpp backend: the ", mode_name, " cell ",
+              lstm ? "needs the cell state c" : "has no cell state: c must be None");
+  if (lstm) check_input(*c, "c", x, {B, H}, "x");
+  const int64_t lanes = check_packed(packed_ih, "packed_ih", x, gates, H, I);
+  check_packed(packed_hh, "packed_hh", x, gates, H, H);
+  if (b_ih.has_value()) check_input(*b_ih, "b_ih", x, {gates * H}, "x");
+  if (b_hh.has_value()) check_input(*b_hh, "b_hh", x, {gates * H}, "x");
+  Tensor h_new = cell_output({B, H}, x);
+  Tensor c_new = cell_output({lstm ? B : 0, H}, x);
+  Tensor saved = cell_output({keeps ? B : 0, 4 * H}, x);
+  bool done = false;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastrnn_cell_forward", [&] {
+    const cpu::CellForward<kernel_t<scalar_t>> args{mode,
+                                                    B,
+                                                    I,
+                                                    H,
+                                                    static_cast<int>(lanes),
+                                                    threads_here(),
+                                                    data<scalar_t>(x),
+                                                    data<scalar_t>(h),
+                                                    data_or_null<scalar_t>(c),
+                                                    static_cast<const compute_t<scalar_t>*>(packed_ih.data_ptr()),
+                                                    static_cast<const compute_t<scalar_t>*>(packed_hh.data_ptr()),
+                                                    data_or_null<scalar_t>(b_ih),
+                                                    data_or_null<scalar_t>(b_hh),
+                                                    data<scalar_t>(h_new),
+                                                    lstm ? data<scalar_t>(c_new) : nullptr,
+                                                    keeps ? data<scalar_t>(saved) : nullptr};
+    std::optional<pybind11::gil_scoped_release> no_gil;
+    if (B * gates * H * (I + H) >= kReleaseGilFromWork) no_gil.emplace();
+    done = cpu::cell_forward(args);
+  });
+  TORCH_CHECK(done, "fastrnn cpp backend: the weights were packed for vectors of ", lanes,
+              " lanes, but the instruction set in use (", cpu::instruction_set(), ") has ",
+              lanes_now(compute_type(x.scalar_type())), ": pack the weights again (cell_pack_cpu)");
+  return {h_new, c_new, saved};
+}
+
+// The pointwise backward of one step: (dgx, dgh, dh_direct, dc_prev), empty where the cell has none;
+// dgh is dgx itself where both sides share the gradient (LSTM, Elman).
+std::tuple<Tensor, Tensor, Tensor, Tensor> cell_backward(const std::string& mode_name, const Tensor& dh,
+                                                         const std::optional<Tensor>& dc, const Tensor& h,
+                                                         const std::optional<Tensor>& c, const Tensor& h_new,
+                                                         const std::optional<Tensor>& c_new, const Tensor& saved) {
+  const cpu::CellMode mode = cell_mode(mode_name);
+  check_storage(dh);
+  TORCH_CHECK(dh.dim() == 2, "fastrnn cpp backend: dh must be 2-D (batch, hidden), got ", dh.sizes());
+  const int64_t B = dh.size(0), H = dh.size(1);
+  check_input(dh, "dh", dh, {B, H}, "dh");
+  const bool lstm = mode == cpu::CellMode::lstm, gru = mode == cpu::CellMode::gru;
+  if (lstm) {
+    TORCH_CHECK(c.has_value() && c_new.has_value(), "fastrnn cpp backend: the LSTM cell's backward needs c and c_new");
+    if (dc.has_value()) check_input(*dc, "dc", dh, {B, H}, "dh");
+    check_input(*c, "c", dh, {B, H}, "dh");
+    check_input(*c_new, "c_new", dh, {B, H}, "dh");
+    check_input(saved, "saved", dh, {B, 4 * H}, "dh");
+  } else if (gru) {
+    check_input(h, "h", dh, {B, H}, "dh");
+    check_input(saved, "saved", dh, {B, 4 * H}, "dh");
+  } else {
+    check_input(h_new, "h_new", dh, {B, H}, "dh");
+  }
+  const Tensor dgx = cell_output({B, (lstm ? 4 : gru ? 3 : 1) * H}, dh);
+  const Tensor dgh = gru ? cell_output({B, 3 * H}, dh) : dgx;
+  const Tensor direct = cell_output({gru ? B : 0, H}, dh), dc_prev = cell_output({lstm ? B : 0, H}, dh);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dh.scalar_type(), "fastrnn_cell_backward", [&] {
+    const cpu::CellBackward<kernel_t<scalar_t>> args{mode,
+                                                     B,
+                                                     H,
+                                                     threads_here(),
+                                                     data<scalar_t>(dh),
+                                                     lstm ? data_or_null<scalar_t>(dc) : nullptr,
+                                                     gru ? data<scalar_t>(h) : nullptr,
+                                                     lstm ? data<scalar_t>(*c) : nullptr,
+                                                     lstm || gru ? nullptr : data<scalar_t>(h_new),
+                                                     lstm ? data<scalar_t>(*c_new) : nullptr,
+                                                     lstm || gru ? data<scalar_t>(saved) : nullptr,
+                                                     data<scalar_t>(dgx),
+                                                     gru ? data<scalar_t>(dgh) : nullptr,
+                                                     gru ? data<scalar_t>(direct) : nullptr,
+                                                     lstm ? data<scalar_t>(dc_prev) : nullptr};
+    std::optional<pybind11::gil_scoped_release> no_gil;
+    if (B * H * 32 >= kReleaseGilFromWork) no_gil.emplace();
+    cpu::cell_backward(args);
+  });
+  return {dgx, dgh, direct, dc_prev};
 }
 
 void set_cpu_instruction_set(const std::string& name) {
@@ -555,11 +777,24 @@ void define(pybind11::module_& m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrnn's compiled kernels (see csrc/)";
 #if !defined(FASTRNN_CUDA_ONLY)
+  namespace py = pybind11;
   // save=false: an inference call; what only the backward needs (gates, cell states) comes back empty.
   m.def("lstm_forward_cpu", &lstm_forward, "LSTM recurrence, one layer-direction (CPU)");
   m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)");
   m.def("gru_forward_cpu", &gru_forward, "GRU recurrence, one layer-direction (CPU)");
   m.def("gru_backward_cpu", &gru_backward, "GRU recurrence backward (CPU)");
+  m.def("rnn_forward_cpu", &rnn_forward, "Elman recurrence (tanh or relu), one layer-direction (CPU)", py::arg("xp"),
+        py::arg("h0"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true);
+  m.def("rnn_backward_cpu", &rnn_backward, "Elman recurrence backward (CPU)", py::arg("dy"), py::arg("dh_n"),
+        py::arg("y"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"));
+  m.def("cell_pack_cpu", &cell_pack, "A cell weight (gates * hidden, depth) packed for cell_forward_cpu on the "
+        "instruction set in use", py::arg("w"), py::arg("gates"));
+  m.def("cell_forward_cpu", &cell_forward, "One cell step (LSTM, GRU, RNN_TANH, RNN_RELU) on packed weights (CPU): "
+        "(h_new, c_new, saved)", py::arg("mode"), py::arg("x"), py::arg("h"), py::arg("c"), py::arg("packed_ih"),
+        py::arg("packed_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("save") = true);
+  m.def("cell_backward_cpu", &cell_backward, "One cell step's pointwise backward (CPU): (dgx, dgh, dh_direct, "
+        "dc_prev)", py::arg("mode"), py::arg("dh"), py::arg("dc"), py::arg("h"), py::arg("c"), py::arg("h_new"),
+        py::arg("c_new"), py::arg("saved"));
   m.def("cpu_instruction_set", [] { return std::string(cpu::instruction_set()); },
         "The instruction set the CPU kernels run on now");
   m.def("cpu_supported_instruction_sets", [] { return std::string(cpu::supported_instruction_sets()); },

@@ -1,4 +1,4 @@
-// The LSTM and GRU cell math, stated once for every kernel: the CPU kernels (scalar and SIMD vector
+// The LSTM, GRU and Elman cell math, stated once for every kernel: the CPU kernels (scalar and SIMD vector
 // types), the CUDA kernels, and the CUDA kernels run on the host by the SIMT emulator.
 //
 // Only the pointwise part of a step lives here; the matmuls are the kernels' business. The math is
@@ -7,11 +7,12 @@
 //   LSTM  i, f, o = sigmoid(.), g = tanh(.);  c' = f c + i g;  h' = o tanh(c')   (then h' W_hr^T with proj_size)
 //   GRU   r = sigmoid(xr + hr), z = sigmoid(xz + hz), n = tanh(xn + r * hn);  h' = (1 - z) n + z h
 //         (hn = h W_hn^T + b_hn: b_hn sits inside the reset product)
+//   Elman h' = act(pre), act = tanh or relu
 //
 // Every function is a template over the value type V: float or double, or a SIMD vector type that
-// supplies +, -, *, /, construction from a scalar, and the overloads fastrnn_exp(V) and fastrnn_tanh(V)
-// (found by argument-dependent lookup). Low-precision storage (bf16, fp16) is converted to float by
-// the caller; the cell always computes in float or double.
+// supplies +, -, *, /, construction from a scalar, and the overloads fastrnn_exp(V), fastrnn_tanh(V),
+// fastrnn_relu(V) and fastrnn_positive(V) (found by argument-dependent lookup). Low-precision storage
+// (bf16, fp16) is converted to float by the caller; the cell always computes in float or double.
 //
 // Everything has internal linkage (unnamed namespace): the CPU build compiles this header into
 // several translation units for different instruction sets, and one TU's AVX-512 copy of an inline
@@ -41,6 +42,12 @@ FASTRNN_HD double fastrnn_exp(double x) { return __builtin_exp(x); }
 FASTRNN_HD float fastrnn_tanh(float x) { return __builtin_tanhf(x); }
 FASTRNN_HD double fastrnn_tanh(double x) { return __builtin_tanh(x); }
 #endif
+
+// relu as torch's (a NaN stays NaN), and its derivative read off its output: 1 where x > 0, else 0.
+FASTRNN_HD float fastrnn_relu(float x) { return x < 0.0f ? 0.0f : x; }
+FASTRNN_HD double fastrnn_relu(double x) { return x < 0.0 ? 0.0 : x; }
+FASTRNN_HD float fastrnn_positive(float x) { return x > 0.0f ? 1.0f : 0.0f; }
+FASTRNN_HD double fastrnn_positive(double x) { return x > 0.0 ? 1.0 : 0.0; }
 
 template <class V>
 FASTRNN_HD V sigmoid(V x) {
@@ -104,6 +111,21 @@ FASTRNN_HD void gru_cell_backward(V dh, V r, V z, V n, V hn, V h_prev,
   d_pre_z = dh * (h_prev - n) * z * (V(1) - z);
   d_hn = d_pre_n * r;
   dh_prev_direct = dh * z;
+}
+
+// --- Elman ---------------------------------------------------------------------------------------
+
+// One Elman cell forward: the pre-activation (x W_ih^T + b_ih + h W_hh^T + b_hh) to h' = act(pre).
+template <class V>
+FASTRNN_HD V rnn_cell_forward(V pre, bool relu) {
+  return relu ? fastrnn_relu(pre) : fastrnn_tanh(pre);
+}
+
+// One Elman cell backward: dh, the total gradient of h', to that of the pre-activation. act' is read
+// off h' (tanh: 1 - h'^2; relu: h' > 0), so the forward keeps nothing but its output.
+template <class V>
+FASTRNN_HD V rnn_cell_backward(V dh, V h, bool relu) {
+  return dh * (relu ? fastrnn_positive(h) : V(1) - h * h);
 }
 
 }  // namespace

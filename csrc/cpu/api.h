@@ -1,8 +1,9 @@
 // The fused C++ CPU kernels: what the binding calls (plain pointers and sizes, no torch types), and
 // the little the instruction-set variants share with the portable dispatcher.
 //
-// Each call runs one layer in one direction: the whole T-step recurrence (forward) or its reverse
-// (backward), the contract of fastrnn/backends/reference.py. Tensors are contiguous and time-major:
+// Each layer call runs one layer in one direction: the whole T-step recurrence (forward) or its reverse
+// (backward), the contract of fastrnn/backends/reference.py. The cell calls run one step of a cell
+// (reference.cell_forward, cell_backward) on weights packed beforehand (CellPack). Tensors are contiguous and time-major:
 // per step t the rows of batch b start at [t][b]. `live` (T entries) gives the number of sequences still
 // running at step t (lengths sorted non-increasing, so they are a prefix of the batch), or is null when
 // every sequence runs all T steps. Outputs at steps where a row does not run are not written (the
@@ -18,6 +19,16 @@ namespace cpu {
 // round to bfloat16 (to nearest even) only where they store.
 struct bfloat16 {
   uint16_t bits;
+};
+
+// The type the kernels compute in for a storage type: itself, or float for bfloat16.
+template <class S>
+struct ComputeOf {
+  using type = S;
+};
+template <>
+struct ComputeOf<bfloat16> {
+  using type = float;
 };
 
 struct Shape {
@@ -87,18 +98,100 @@ struct GruBackward {
   T* dh0;  // [B, H]
 };
 
+template <class T>
+struct RnnForward {
+  Shape shape;    // state == hidden
+  bool relu;      // act = relu, else tanh
+  const T* xp;    // [T, B, H]  x W_ih^T + b_ih + b_hh
+  const T* h0;    // [B, H]
+  const T* w_hh;  // [H, H]
+  T* y;           // [T, B, H]
+  T* h_n;         // [B, H]
+};
+
+template <class T>
+struct RnnBackward {
+  Shape shape;
+  bool relu;
+  const T* dy;    // [T, B, H]
+  const T* dh_n;  // [B, H]
+  const T* y;     // [T, B, H] the forward's outputs (act' is read off them)
+  const T* w_hh;
+  T* dxp;  // [T, B, H] gradient of the pre-activations
+  T* dh0;  // [B, H]
+};
+
+// --- the cells: one step, x and h in, the new states out ------------------------------------------
+
+enum class CellMode : int { lstm, gru, rnn_tanh, rnn_relu };
+
+// A weight (gates * units, depth) packed as the cell kernels read it, in the compute type:
+// packed[block][k][gate][lane] = w[gate * units + block * lanes + lane][k] (0 past the edge), blocks =
+// ceil(units / lanes). `lanes` is the vector width of the instruction set in use; a variant of another
+// width refuses the call (returns false): the layout is that width's.
+template <class S>
+struct CellPack {
+  const S* w;
+  int64_t gates, units, depth;
+  int lanes;
+  typename ComputeOf<S>::type* packed;  // [blocks, depth, gates, lanes]
+};
+
+template <class S>
+struct CellForward {
+  CellMode mode;
+  int64_t batch, input, hidden;  // B, I, H
+  int lanes;                     // the packings' vector width
+  int max_threads;
+  const S* x;                                      // [B, I]
+  const S* h;                                      // [B, H]
+  const S* c;                                      // [B, H] (LSTM), else null
+  const typename ComputeOf<S>::type* packed_ih;    // W_ih (G, I) packed with depth I
+  const typename ComputeOf<S>::type* packed_hh;    // W_hh (G, H) packed with depth H
+  const S* b_ih;                                   // [G] or null
+  const S* b_hh;                                   // [G] or null
+  S* h_new;                                        // [B, H]
+  S* c_new;                                        // [B, H] (LSTM), else null
+  S* saved;  // [B, 4H] or null: LSTM the activated i, f, g, o; GRU r, z, n, hn (Elman: always null)
+};
+
+template <class S>
+struct CellBackward {
+  CellMode mode;
+  int64_t batch, hidden;
+  int max_threads;
+  const S* dh;     // [B, H] the gradient of h'
+  const S* dc;     // [B, H] the gradient of c' (LSTM), or null: zero
+  const S* h;      // [B, H] (GRU)
+  const S* c;      // [B, H] (LSTM)
+  const S* h_new;  // [B, H] (Elman)
+  const S* c_new;  // [B, H] (LSTM)
+  const S* saved;  // [B, 4H] (LSTM, GRU)
+  S* dgx;          // LSTM [B, 4H] the gates' gradient; GRU [B, 3H] d_r, d_z, d_n; Elman [B, H] d pre
+  S* dgh;          // GRU [B, 3H] d_r, d_z, d_hn; else null (the same as dgx)
+  S* dh_direct;    // GRU [B, H] dh * z; else null
+  S* dc_prev;      // LSTM [B, H]; else null
+};
+
 // Entry points (dispatch.cpp): run on the best instruction set this CPU has, or the one chosen with
 // set_instruction_set.
-// Each for float, double and bfloat16 storage.
-#define FASTRNN_CPU_ENTRY_POINTS(T)            \
+// Each for float, double and bfloat16 storage; and vector_bytes(), the vector width in bytes of the
+// instruction set in use (a cell packing's lanes: this over the compute type's size).
+#define FASTRNN_CPU_ENTRY_POINTS(T)                \
   void lstm_forward(const LstmForward<T>& args);   \
   void lstm_backward(const LstmBackward<T>& args); \
   void gru_forward(const GruForward<T>& args);     \
-  void gru_backward(const GruBackward<T>& args);
-#define FASTRNN_CPU_ALL_ENTRY_POINTS    \
-  FASTRNN_CPU_ENTRY_POINTS(float)  \
-  FASTRNN_CPU_ENTRY_POINTS(double) \
-  FASTRNN_CPU_ENTRY_POINTS(bfloat16)
+  void gru_backward(const GruBackward<T>& args);   \
+  void rnn_forward(const RnnForward<T>& args);     \
+  void rnn_backward(const RnnBackward<T>& args);   \
+  bool cell_pack(const CellPack<T>& args);         \
+  bool cell_forward(const CellForward<T>& args);   \
+  void cell_backward(const CellBackward<T>& args);
+#define FASTRNN_CPU_ALL_ENTRY_POINTS   \
+  FASTRNN_CPU_ENTRY_POINTS(float)      \
+  FASTRNN_CPU_ENTRY_POINTS(double)     \
+  FASTRNN_CPU_ENTRY_POINTS(bfloat16)   \
+  int vector_bytes();
 
 FASTRNN_CPU_ALL_ENTRY_POINTS
 

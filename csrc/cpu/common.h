@@ -1,4 +1,4 @@
-// What the LSTM and GRU CPU kernels share: the workspace, the split of work between threads, and the
+// What the CPU kernels share: the workspace, the split of work between threads, and the
 // choice of how many threads a call uses. Internal linkage (see cell.h).
 #pragma once
 
@@ -45,12 +45,19 @@ FASTRNN_HD Range share(int64_t count, int thread, int threads) {
 // than it saves (measured on the benchmark grid; see bench/RESULTS.md).
 constexpr int64_t kMinStepWorkPerThread = 8192;
 
-inline int choose_threads(const Shape& shape, int64_t step_work, int64_t blocks) {
-  int64_t threads = shape.max_threads < 1 ? 1 : shape.max_threads;
-  const int64_t by_work = step_work / kMinStepWorkPerThread;
+// A one-step call (the cells) meets no barrier but pays for starting its threads, so it splits later.
+constexpr int64_t kMinCellWorkPerThread = 1 << 17;
+
+inline int threads_for(int max_threads, int64_t work, int64_t min_work_per_thread, int64_t blocks) {
+  int64_t threads = max_threads < 1 ? 1 : max_threads;
+  const int64_t by_work = work / min_work_per_thread;
   if (threads > by_work) threads = by_work < 1 ? 1 : by_work;
   if (threads > blocks) threads = blocks < 1 ? 1 : blocks;
   return static_cast<int>(threads);
+}
+
+inline int choose_threads(const Shape& shape, int64_t step_work, int64_t blocks) {
+  return threads_for(shape.max_threads, step_work, kMinStepWorkPerThread, blocks);
 }
 
 FASTRNN_HD int64_t live_rows(const Shape& shape, int64_t t) { return shape.live ? shape.live[t] : shape.batch; }
@@ -59,6 +66,7 @@ FASTRNN_HD int64_t step_at(const Shape& shape, int64_t s) { return shape.reverse
 // The step at which row b of a layer-direction ended (its final state was made there), or -1 if the
 // row never ran (length 0).
 inline int64_t last_step_of_row(const Shape& shape, int64_t row) {
+  if (shape.steps == 0) return -1;
   if (!shape.live) return shape.reverse ? 0 : shape.steps - 1;
   int64_t length = 0;  // rows live at step t are a prefix, so row b runs the steps with live[t] > b
   while (length < shape.steps && shape.live[length] > row) ++length;

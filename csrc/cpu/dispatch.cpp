@@ -57,36 +57,47 @@ Isa best_isa() {
 
 std::atomic<Isa> current_isa{best_isa()};
 
-template <class Args>
-void dispatch(const Args& args, void (*generic)(const Args&), void (*avx2)(const Args&), void (*avx512)(const Args&)) {
+template <class R, class... Args>
+R dispatch(R (*generic)(Args...), R (*avx2)(Args...), R (*avx512)(Args...), Args... args) {
   switch (current_isa.load(std::memory_order_relaxed)) {
-    case Isa::avx512: return avx512(args);
-    case Isa::avx2: return avx2(args);
-    default: return generic(args);
+    case Isa::avx512: return avx512(args...);
+    case Isa::avx2: return avx2(args...);
+    default: return generic(args...);
   }
 }
 
 }  // namespace
 
 #if defined(__x86_64__)
-#define FASTRNN_DISPATCH(fn, Args)                                                                   \
-  void fn(const Args& args) {                                                                        \
-    dispatch<Args>(args, &generic::fn, &avx2::fn, &avx512::fn);                                      \
+#define FASTRNN_DISPATCH(R, fn, Args)                                               \
+  R fn(const Args& args) {                                                          \
+    return dispatch<R, const Args&>(&generic::fn, &avx2::fn, &avx512::fn, args);  \
   }
 #else
-#define FASTRNN_DISPATCH(fn, Args) \
-  void fn(const Args& args) { generic::fn(args); }
+#define FASTRNN_DISPATCH(R, fn, Args) \
+  R fn(const Args& args) { return generic::fn(args); }
 #endif
 
-#define FASTRNN_DISPATCH_ALL(T)               \
-  FASTRNN_DISPATCH(lstm_forward, LstmForward<T>)   \
-  FASTRNN_DISPATCH(lstm_backward, LstmBackward<T>) \
-  FASTRNN_DISPATCH(gru_forward, GruForward<T>)     \
-  FASTRNN_DISPATCH(gru_backward, GruBackward<T>)
+#define FASTRNN_DISPATCH_ALL(T)                          \
+  FASTRNN_DISPATCH(void, lstm_forward, LstmForward<T>)   \
+  FASTRNN_DISPATCH(void, lstm_backward, LstmBackward<T>) \
+  FASTRNN_DISPATCH(void, gru_forward, GruForward<T>)     \
+  FASTRNN_DISPATCH(void, gru_backward, GruBackward<T>)   \
+  FASTRNN_DISPATCH(void, rnn_forward, RnnForward<T>)     \
+  FASTRNN_DISPATCH(void, rnn_backward, RnnBackward<T>)   \
+  FASTRNN_DISPATCH(bool, cell_pack, CellPack<T>)         \
+  FASTRNN_DISPATCH(bool, cell_forward, CellForward<T>)   \
+  FASTRNN_DISPATCH(void, cell_backward, CellBackward<T>)
 
 FASTRNN_DISPATCH_ALL(float)
 FASTRNN_DISPATCH_ALL(double)
 FASTRNN_DISPATCH_ALL(bfloat16)
+
+#if defined(__x86_64__)
+int vector_bytes() { return dispatch<int>(&generic::vector_bytes, &avx2::vector_bytes, &avx512::vector_bytes); }
+#else
+int vector_bytes() { return generic::vector_bytes(); }
+#endif
 
 const char* instruction_set() { return name_of(current_isa.load()); }
 

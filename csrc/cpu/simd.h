@@ -17,16 +17,6 @@ namespace fastrnn {
 namespace cpu {
 namespace {
 
-// The type the kernels compute in for a storage type: itself, or float for bfloat16.
-template <class S>
-struct ComputeOf {
-  using type = S;
-};
-template <>
-struct ComputeOf<bfloat16> {
-  using type = float;
-};
-
 template <class T>
 struct IntOf;
 template <>
@@ -157,6 +147,20 @@ template <class T, int N>
 FASTRNN_HD Vec<T, N> fastrnn_tanh(Vec<T, N> x) {
   using V = Vec<T, N>;
   return V(T(1)) - V(T(2)) / (fastrnn_exp(x + x) + V(T(1)));
+}
+
+// --- relu ---------------------------------------------------------------------------------------
+// Selects, not max: a NaN input stays NaN, as torch's relu keeps it.
+
+template <class T, int N>
+FASTRNN_HD Vec<T, N> fastrnn_relu(Vec<T, N> x) {
+  return Vec<T, N>::of(x.v < T(0) ? Vec<T, N>(T(0)).v : x.v);
+}
+
+// 1 where x > 0, else 0: relu's derivative read off its output.
+template <class T, int N>
+FASTRNN_HD Vec<T, N> fastrnn_positive(Vec<T, N> x) {
+  return Vec<T, N>::of(x.v > T(0) ? Vec<T, N>(T(1)).v : Vec<T, N>(T(0)).v);
 }
 
 // --- storage ------------------------------------------------------------------------------------

@@ -39,3 +39,66 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
 
 def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
     return _kernels().gru_backward_cpu(dy, dh_n, h_prev, w_hh, saved, lengths, reverse)
+
+
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+    return _kernels().rnn_forward_cpu(xp, h0, w_hh, relu, lengths, reverse, save)
+
+
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+    return _kernels().rnn_backward_cpu(dy, dh_n, y, w_hh, relu, lengths, reverse)
+
+
+# --- the cells: one step per call, on weights packed once ------------------------------------------
+# A decoder calls these once per step, so the path is kept short: the module is looked up once, and a
+# cache entry is one tuple compare per weight.
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_module = None
+
+
+def _cell_kernels():
+    global _module
+    if _module is None:
+        _module = _kernels()
+    return _module
+
+
+def _packed(kernels, cache, slot, w, gates, isa):
+    """w packed for the cell kernels, from `cache` while w is unchanged: its storage (data_ptr), its
+    in-place version (an optimizer step, load_state_dict), dtype, shape and the instruction set (whose
+    vector width is the packing's). The entry keeps w alive, so its address cannot be reused."""
+    key = (w.data_ptr(), w._version, w.dtype, w.shape, isa)
+    entry = cache.get(slot)
+    if entry is None or entry[0] != key:
+        entry = cache[slot] = (key, kernels.cell_pack_cpu(w, gates), w)
+    return entry[1]
+
+
+def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None):
+    """reference.cell_forward on the C++ cell kernels; `cache` (a dict the caller owns and keeps, or None:
+    pack on every call) holds the packed weights between calls."""
+    kernels = _module or _cell_kernels()
+    gates = _GATES[mode]
+    if cache is None:
+        packed_ih, packed_hh = kernels.cell_pack_cpu(w_ih, gates), kernels.cell_pack_cpu(w_hh, gates)
+    else:
+        isa = kernels.cpu_instruction_set()
+        packed_ih = _packed(kernels, cache, "ih", w_ih, gates, isa)
+        packed_hh = _packed(kernels, cache, "hh", w_hh, gates, isa)
+    if gates == 4:
+        h, c, saved = kernels.cell_forward_cpu(mode, x, states[0], states[1], packed_ih, packed_hh, b_ih, b_hh, save)
+        return (h, c), saved
+    h, _, saved = kernels.cell_forward_cpu(mode, x, states[0], None, packed_ih, packed_hh, b_ih, b_hh, save)
+    return (h,), saved
+
+
+def cell_backward(mode, d_new, states, new, saved):
+    """reference.cell_backward: (d gx, d gh, the direct part of each state's gradient or None)."""
+    kernels = _module or _cell_kernels()
+    if mode == "LSTM":
+        dgates, _, _, dc = kernels.cell_backward_cpu(mode, d_new[0], d_new[1], states[0], states[1], new[0], new[1],
+                                                     saved)
+        return dgates, dgates, (None, dc)
+    dgx, dgh, direct, _ = kernels.cell_backward_cpu(mode, d_new[0], None, states[0], None, new[0], None, saved)
+    return dgx, dgh, (direct if mode == "GRU" else None,)

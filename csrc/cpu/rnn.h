@@ -1,0 +1,156 @@
+// The Elman recurrence (nn.RNN, tanh or relu) on the CPU, forward and backward; the plan of gru.h
+// (threads own unit blocks, the cell in the GEMM's epilogue, one barrier per step, storage type S
+// computed in T). One gate per unit, so a microkernel call covers up to four unit blocks to fill its
+// registers. Included by each isa_*.cpp; see api.h.
+#pragma once
+
+#include "common.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+template <class S, int N, int REGISTERS>
+struct RnnKernels {
+  using T = typename ComputeOf<S>::type;
+  using V = Vec<T, N>;
+  static constexpr bool kStoredAsComputed = std::is_same_v<S, T>;
+
+  struct Forward {
+    const RnnForward<S>& a;
+    const T* w_packed;  // W_hh^T in column panels (depth H)
+    T* h_buffers[2];
+    Barrier barrier;
+
+    void run(int thread, int threads) {
+      const Shape& s = a.shape;
+      const int64_t H = s.hidden, B = s.batch;
+      const Range mine = share(ceil_div(H, N), thread, threads);
+      const PanelGeometry<N> panels{H, 1};
+      int parity = 0;
+      for (int64_t step = 0; step < s.steps; ++step) {
+        const int64_t t = step_at(s, step), rows = live_rows(s, t);
+        if (rows == 0) continue;
+        const T* h_in = h_buffers[parity];
+        T* h_out = h_buffers[parity ^ 1];
+        const S* xp = a.xp + t * B * H;
+        S* y = a.y + t * B * H;
+        for_block_groups(mine.begin, mine.end, [&](auto group, int64_t first) {
+          constexpr int NP = decltype(group)::value;
+          for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {
+            constexpr int MR = decltype(tile)::value;
+            for (int m = 0; m < MR; ++m)
+              for (int q = 0; q < NP; ++q) __builtin_prefetch(xp + (r0 + m) * H + (first + q) * N);
+            V acc[MR][NP];
+            zero(acc);
+            accumulate(acc, h_in + r0 * H, H, H, w_packed + panels.block_offset(first), panels.k_stride(),
+                       panels.block_offset(1));
+            // Not unrolled: a tanh per vector is all of this epilogue, and a copy of it per element of
+            // every tile shape doubled the build time.
+            for (int m = 0; m < MR; ++m)
+              for (int q = 0; q < NP; ++q) {
+                const int64_t at = (r0 + m) * H + (first + q) * N;
+                const int width = static_cast<int>(H - (first + q) * N < N ? H - (first + q) * N : N);
+                const V h = rnn_cell_forward(acc[m][q] + load_n<V>(xp + at, width), a.relu);
+                store_n(h, h_out + at, width);
+                store_n(h, y + at, width);
+              }
+          });
+        });
+        barrier_wait(&barrier, threads);
+        parity ^= 1;
+      }
+    }
+  };
+
+  static void forward(const RnnForward<S>& a) {
+    const Shape& s = a.shape;
+    const int64_t H = s.hidden, B = s.batch;
+    Scratch<T> w_packed(ceil_div(H, N) * H * N);
+    pack_panels<T, N>(w_packed.get(), a.w_hh, 1, H, H, 1, H);
+    Scratch<T> h_buffers(2 * B * H);
+    convert(h_buffers.get(), a.h0, B * H);
+    convert(h_buffers.get() + B * H, a.h0, B * H);  // rows that start late (reverse, lengths) find h0 in both
+    Forward job{a, w_packed.get(), {h_buffers.get(), h_buffers.get() + B * H}, {}};
+    run_job(job, choose_threads(s, B * H * H, ceil_div(H, N)));
+    gather_final_state(s, a.y, a.h0, a.h_n, H);
+  }
+
+  struct Backward {
+    const RnnBackward<S>& a;
+    const T* w_packed;  // W_hh in column panels over its H columns (depth H)
+    T* dh;              // [B, H] the carried hidden gradient
+    // [2][B, H] this step's d pre in T for the carry GEMM, or null: read from a.dxp. Two buffers: a
+    // thread may start the next step's phase A while another still reads this step's in phase B.
+    T* d_pre_steps;
+    Barrier barrier;
+
+    void run(int thread, int threads) {
+      const Shape& s = a.shape;
+      const int64_t H = s.hidden, B = s.batch;
+      const Range mine = share(ceil_div(H, N), thread, threads);  // units and state columns alike
+      const PanelGeometry<N> panels{H, 1};
+      int parity = 0;
+      for (int64_t step = s.steps - 1; step >= 0; --step) {
+        const int64_t t = step_at(s, step), rows = live_rows(s, t);
+        if (rows == 0) continue;
+        T* d_pre_step = d_pre_steps ? d_pre_steps + parity * B * H : nullptr;
+        parity ^= 1;
+        S* dxp = a.dxp + t * B * H;
+        // Phase A: d pre = (dy + dh) act'(y) for the own units.
+        for (int64_t block = mine.begin; block < mine.end; ++block) {
+          const int64_t u0 = block * N;
+          const int width = static_cast<int>(H - u0 < N ? H - u0 : N);
+          for (int64_t b = 0; b < rows; ++b) {
+            const int64_t at = (t * B + b) * H + u0;
+            const V d_pre = rnn_cell_backward(load_n<V>(a.dy + at, width) + load_n<V>(dh + b * H + u0, width),
+                                              load_n<V>(a.y + at, width), a.relu);
+            store_n(d_pre, dxp + b * H + u0, width);
+            if (d_pre_step) store_n(d_pre, d_pre_step + b * H + u0, width);
+          }
+        }
+        barrier_wait(&barrier, threads);
+        // Phase B: dh_{t-1} = d pre W_hh for the own columns.
+        const T* d_pre = d_pre_step;
+        if constexpr (kStoredAsComputed) {
+          if (!d_pre) d_pre = dxp;
+        }
+        for_block_groups(mine.begin, mine.end, [&](auto group, int64_t first) {
+          constexpr int NP = decltype(group)::value;
+          for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {
+            constexpr int MR = decltype(tile)::value;
+            V acc[MR][NP];
+            zero(acc);
+            accumulate(acc, d_pre + r0 * H, H, H, w_packed + panels.block_offset(first), panels.k_stride(),
+                       panels.block_offset(1));
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+              for (int q = 0; q < NP; ++q) {
+                const int64_t col = (first + q) * N;
+                store_n(acc[m][q], dh + (r0 + m) * H + col, static_cast<int>(H - col < N ? H - col : N));
+              }
+          });
+        });
+      }
+    }
+  };
+
+  static void backward(const RnnBackward<S>& a) {
+    const Shape& s = a.shape;
+    const int64_t H = s.hidden, B = s.batch;
+    Scratch<T> w_packed(ceil_div(H, N) * H * N);
+    pack_panels<T, N>(w_packed.get(), a.w_hh, H, 1, H, 1, H);
+    Scratch<T> dh(B * H);
+    convert(dh.get(), a.dh_n, B * H);
+    // Low-precision storage: the carry GEMM reads T copies of what is stored rounded.
+    Scratch<T> d_pre(kStoredAsComputed ? 0 : 2 * B * H);
+    Backward job{a, w_packed.get(), dh.get(), kStoredAsComputed ? nullptr : d_pre.get(), {}};
+    run_job(job, choose_threads(s, B * H * H, ceil_div(H, N)));
+    convert(a.dh0, dh.get(), B * H);
+  }
+};
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastrnn
