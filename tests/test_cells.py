@@ -169,6 +169,7 @@ def test_compiled_decoder_loop_matches_nn(mode, backend):
         return torch.stack(outputs)
 
     x = torch.randn(4, 3, 6, dtype=torch.float64)
+    torch._dynamo.reset()  # every case compiles the same code object: start each from a clean cache
     compiled = torch.compile(functools.partial(decode, ours), fullgraph=True, backend="aot_eager")
     got, expected = compiled(x, None), decode(theirs, x, None)
     assert rel_error(got, expected) < 1e-10
@@ -257,10 +258,10 @@ def test_torch_func_transforms(mode):
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
     got = torch.func.vmap(lambda xs: first(ours(xs)))(x)
-    expected = torch.func.vmap(lambda xs: first(theirs(xs)))(x)
+    expected = torch.stack([first(theirs(xs)) for xs in x])  # nn.LSTMCell has no batching rule for vmap
     assert rel_error(got, expected) < 1e-12
     jac = torch.func.jacrev(lambda xs: first(ours(xs)))(x[0])
-    expected_jac = torch.func.jacrev(lambda xs: first(theirs(xs)))(x[0])
+    expected_jac = torch.autograd.functional.jacobian(lambda xs: first(theirs(xs)), x[0])
     assert rel_error(jac, expected_jac) < 1e-12
 
 

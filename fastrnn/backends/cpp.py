@@ -90,7 +90,7 @@ def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None)
         h, c, saved = kernels.cell_forward_cpu(mode, x, states[0], states[1], packed_ih, packed_hh, b_ih, b_hh, save)
         return (h, c), saved
     h, _, saved = kernels.cell_forward_cpu(mode, x, states[0], None, packed_ih, packed_hh, b_ih, b_hh, save)
-    return (h,), saved
+    return (h,), saved if gates == 3 else x.new_empty(0)  # the Elman cell keeps nothing: reference's (0,) tensor
 
 
 def cell_backward(mode, d_new, states, new, saved):
