@@ -67,8 +67,8 @@ DTYPE_NAMES = "float32/float64"
     ("LSTM", torch.float64, 4, SMALL // 4, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden <= {SMALL}"),
     ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, batch > 1 and batch x hidden > {SMALL}"),
     ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, batch > 1 and batch x hidden > {SMALL}"),
-    ("LSTM", torch.bfloat16, 1, 4, False, "LSTM or GRU in bfloat16/float16"),
-    ("GRU", torch.float16, 8, 40, False, "LSTM or GRU in bfloat16/float16"),
+    ("LSTM", torch.bfloat16, 1, 4, False, "LSTM, GRU or RNN in bfloat16/float16"),
+    ("GRU", torch.float16, 8, 40, False, "LSTM, GRU or RNN in bfloat16/float16"),
 ])
 def test_explain_says_what_auto_runs_for_each_kind_of_workload(cell, dtype, batch, hidden, packed, kind):
     eager, compiled_training, compiled_inference = _auto_table(fastrnn.explain("cpu"))[kind]
@@ -97,7 +97,7 @@ def test_explain_has_one_row_per_kind_of_workload_the_rule_tells_apart():
     table = _auto_table(fastrnn.explain("cpu"))
     assert list(table) == [kind for kind, _ in backends.auto.kinds(torch.device("cpu"))]
     assert len(set(table.values())) > 1  # the rule's outcome depends on the workload, and the table shows it
-    assert list(_auto_table(fastrnn.explain("cuda"))) == ["any LSTM or GRU, any shape and dtype"]
+    assert list(_auto_table(fastrnn.explain("cuda"))) == ["any LSTM, GRU or RNN, any shape and dtype"]
 
 
 def test_resolve_while_compiling_is_marked_constant_as_torchs_decorator_marks():
