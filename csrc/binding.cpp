@@ -45,6 +45,8 @@ torch::Tensor checked_lengths(const torch::Tensor& lengths, int64_t steps, int64
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 
+#include <limits>
+
 #include "cpu/api.h"
 
 namespace {
@@ -103,9 +105,18 @@ cpu::Shape make_shape(int64_t steps, int64_t batch, int64_t hidden, int64_t stat
   return {steps, batch, hidden, state, reverse, live.empty() ? nullptr : live.data(), threads};
 }
 
+// A test aid: outputs the kernels must write in full start as NaN, so an element one forgets to write
+// can never pass a comparison.
+bool poison_cpu_outputs = false;
+
+Tensor poisoned(Tensor out) {
+  if (poison_cpu_outputs) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
 // Outputs every step writes need no zeroing; with lengths, the padding of finished rows must be 0.
-Tensor output(const Tensor& like, std::vector<int64_t> shape, bool zeroed) {
-  return zeroed ? at::zeros(shape, like.options()) : at::empty(shape, like.options());
+Tensor output(const Tensor& like, at::IntArrayRef shape, bool zeroed) {
+  return zeroed ? at::zeros(shape, like.options()) : poisoned(at::empty(shape, like.options()));
 }
 
 void check_storage(const Tensor& tensor) {
@@ -261,7 +272,7 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const
   check_input(h0, "h0", xp, {B, H});
   check_input(w_hh, "w_hh", xp, {H, H});
   const std::vector<int64_t> live = live_rows(lengths, T, B);
-  Tensor y = output(xp, {T, B, H}, lengths.has_value()), h_n = at::empty_like(h0);
+  Tensor y = output(xp, {T, B, H}, lengths.has_value()), h_n = output(h0, {B, H}, false);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_rnn_forward", [&] {
     const cpu::RnnForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live), relu, data<scalar_t>(xp),
                                                    data<scalar_t>(h0), data<scalar_t>(w_hh), data<scalar_t>(y),
@@ -280,7 +291,7 @@ std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dy, const Tensor& dh_n, co
   check_input(y, "y", dy, {T, B, H});
   check_input(w_hh, "w_hh", dy, {H, H});
   const std::vector<int64_t> live = live_rows(lengths, T, B);
-  Tensor dxp = output(dy, {T, B, H}, lengths.has_value()), dh0 = at::empty_like(dh_n);
+  Tensor dxp = output(dy, {T, B, H}, lengths.has_value()), dh0 = output(dh_n, {B, H}, false);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastrnn_rnn_backward", [&] {
     const cpu::RnnBackward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live), relu, data<scalar_t>(dy),
                                                     data<scalar_t>(dh_n), data<scalar_t>(y), data<scalar_t>(w_hh),
@@ -315,7 +326,9 @@ int threads_here() { return at::in_parallel_region() ? 1 : at::get_num_threads()
 
 // A cell's output, allocated without at::empty's trip through the dispatcher (a visible part of a call
 // that costs a few microseconds in all).
-Tensor cell_output(at::IntArrayRef shape, const Tensor& like) { return at::detail::empty_cpu(shape, like.scalar_type()); }
+Tensor cell_output(at::IntArrayRef shape, const Tensor& like) {
+  return poisoned(at::detail::empty_cpu(shape, like.scalar_type()));
+}
 
 // Below this many multiply-adds a cell call keeps the GIL: releasing and retaking it would cost this
 // thread more than the wait costs any other.
@@ -387,8 +400,8 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(const std::string& mode_name, co
   if (b_ih.has_value()) check_input(*b_ih, "b_ih", x, {gates * H}, "x");
   if (b_hh.has_value()) check_input(*b_hh, "b_hh", x, {gates * H}, "x");
   Tensor h_new = cell_output({B, H}, x);
-  Tensor c_new = cell_output({lstm ? B : 0, H}, x);
-  Tensor saved = cell_output({keeps ? B : 0, 4 * H}, x);
+  Tensor c_new = lstm ? cell_output({B, H}, x) : cell_output({0}, x);
+  Tensor saved = keeps ? cell_output({B, 4 * H}, x) : cell_output({0}, x);
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastrnn_cell_forward", [&] {
     const cpu::CellForward<kernel_t<scalar_t>> args{mode,
@@ -443,7 +456,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_backward(const std::string& mode
   }
   const Tensor dgx = cell_output({B, (lstm ? 4 : gru ? 3 : 1) * H}, dh);
   const Tensor dgh = gru ? cell_output({B, 3 * H}, dh) : dgx;
-  const Tensor direct = cell_output({gru ? B : 0, H}, dh), dc_prev = cell_output({lstm ? B : 0, H}, dh);
+  const Tensor direct = gru ? cell_output({B, H}, dh) : cell_output({0}, dh);
+  const Tensor dc_prev = lstm ? cell_output({B, H}, dh) : cell_output({0}, dh);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dh.scalar_type(), "fastrnn_cell_backward", [&] {
     const cpu::CellBackward<kernel_t<scalar_t>> args{mode,
                                                      B,
@@ -799,6 +813,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The instruction set the CPU kernels run on now");
   m.def("cpu_supported_instruction_sets", [] { return std::string(cpu::supported_instruction_sets()); },
         "The instruction sets this CPU and build support, best first, comma-separated");
+  m.def("cpu_set_poison_outputs", [](bool on) { poison_cpu_outputs = on; },
+        "Fill the CPU kernels' outputs with NaN before each call (a test aid: unwritten elements then show)");
   m.def("set_cpu_instruction_set", &set_cpu_instruction_set,
         "Run the CPU kernels on the named instruction set (one of cpu_supported_instruction_sets())");
 #endif
