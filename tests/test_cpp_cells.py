@@ -147,7 +147,7 @@ def test_elman_layer_through_functional_previous_states_matches_autograd():
     xp, h0, w_hh = _randn(gen, 7, 4, 9), _randn(gen, 4, 9), _randn(gen, 9, 9, scale=1 / 3)
     lengths = torch.tensor([7, 5, 5, 2])
     leaves = [t.clone().requires_grad_(True) for t in (xp, h0, w_hh)]
-    y, h_n = cell_math.rnn_recurrence(*leaves, True, lengths, True)
+    y, h_n = cell_math.rnn_recurrence(*leaves, lengths, True, relu=True)
     dy, dh_n = _randn(gen, *y.shape), _randn(gen, *h_n.shape)
     expected = torch.autograd.grad((y * dy).sum() + (h_n * dh_n).sum(), leaves)
     y_ours, h_ours = cpp.rnn_forward(xp, h0, w_hh, True, lengths, True)

@@ -609,7 +609,9 @@ def assert_same_run(ours, theirs):
     a, b = final_weights(ours), final_weights(theirs)
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7, msg=name)
+        # Summing a step's gradient over two half batches rounds differently from one batch: a few float32 ulps
+        # of a weight (seen: 1.5e-7 on one of 1024 elements); a step on other examples differs far more.
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("stop_at", [3, 5])  # inside the first epoch (5 steps), and at its end
