@@ -23,8 +23,6 @@ struct CellKernels {
 
   static int gates_of(CellMode mode) { return mode == CellMode::lstm ? 4 : mode == CellMode::gru ? 3 : 1; }
 
-  static FASTRNN_HD int width_at(int64_t units, int64_t u0) { return static_cast<int>(units - u0 < N ? units - u0 : N); }
-
   static bool pack(const CellPack<S>& a) {
     if (a.lanes != N) return false;
     pack_panels<T, N>(a.packed, a.w, 1, a.depth, a.depth, a.gates, a.units);
@@ -54,7 +52,7 @@ struct CellKernels {
       const PanelGeometry<N> ih{I, 4}, hh{H, 4};
       for (int64_t block = units.begin; block < units.end; ++block) {
         const int64_t u0 = block * N;
-        const int width = width_at(H, u0);
+        const int width = block_width<N>(H, u0);
         V b[4];
         for (int q = 0; q < 4; ++q) b[q] = bias(a.b_ih, q * H + u0, width) + bias(a.b_hh, q * H + u0, width);
         for_row_tiles<rows_per_tile(REGISTERS, 4)>(B, [&](auto tile, int64_t r0) {
@@ -88,7 +86,7 @@ struct CellKernels {
       const PanelGeometry<N> ih{I, 3}, hh{H, 3};
       for (int64_t block = units.begin; block < units.end; ++block) {
         const int64_t u0 = block * N;
-        const int width = width_at(H, u0);
+        const int width = block_width<N>(H, u0);
         V bx[3], bh[3];
         for (int q = 0; q < 3; ++q) bx[q] = bias(a.b_ih, q * H + u0, width), bh[q] = bias(a.b_hh, q * H + u0, width);
         for_row_tiles<rows_per_tile(REGISTERS, 3)>(B, [&](auto tile, int64_t r0) {
@@ -123,6 +121,11 @@ struct CellKernels {
       const PanelGeometry<N> ih{I, 1}, hh{H, 1};
       for_block_groups(units.begin, units.end, [&](auto group, int64_t first) {
         constexpr int NP = decltype(group)::value;
+        V b[NP];  // b_ih + b_hh of the group's units, once for all its row tiles
+        for (int q = 0; q < NP; ++q) {
+          const int64_t u0 = (first + q) * N;
+          b[q] = bias(a.b_ih, u0, block_width<N>(H, u0)) + bias(a.b_hh, u0, block_width<N>(H, u0));
+        }
         for_row_tiles<rows_per_tile(REGISTERS, NP)>(B, [&](auto tile, int64_t r0) {
           constexpr int MR = decltype(tile)::value;
           V acc[MR][NP];
@@ -134,9 +137,7 @@ struct CellKernels {
           for (int m = 0; m < MR; ++m)
             for (int q = 0; q < NP; ++q) {
               const int64_t u0 = (first + q) * N;
-              const int width = width_at(H, u0);
-              const V pre = acc[m][q] + (bias(a.b_ih, u0, width) + bias(a.b_hh, u0, width));
-              store_n(rnn_cell_forward(pre, relu), a.h_new + (r0 + m) * H + u0, width);
+              store_n(rnn_cell_forward(acc[m][q] + b[q], relu), a.h_new + (r0 + m) * H + u0, block_width<N>(H, u0));
             }
         });
       });
@@ -187,7 +188,7 @@ struct CellKernels {
     void each(Range blocks, F&& f) {
       for (int64_t block = blocks.begin; block < blocks.end; ++block) {
         const int64_t u0 = block * N;
-        const int width = width_at(a.hidden, u0);
+        const int width = block_width<N>(a.hidden, u0);
         for (int64_t b = 0; b < a.batch; ++b) f(b, u0, width);
       }
     }

@@ -21,6 +21,12 @@ namespace {
 
 FASTRNN_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// How many of the N lanes of the block starting at column `first` lie inside `columns` (N but at the edge).
+template <int N>
+FASTRNN_HD int block_width(int64_t columns, int64_t first) {
+  return static_cast<int>(columns - first < N ? columns - first : N);
+}
+
 // Interleaves the lanes of a and b, [a0, b0, a1, b1, ...]: from their first halves (OFFSET 0) or their
 // second halves (OFFSET N / 2).
 template <int OFFSET, class V, int... Is>
@@ -61,7 +67,7 @@ void pack_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, in
   using V = Vec<T, N>;
   const int64_t blocks = ceil_div(units, N), out_k = gates * N;
   for (int64_t block = 0; block < blocks; ++block) {
-    const int live = static_cast<int>(units - block * N < N ? units - block * N : N);
+    const int live = block_width<N>(units, block * N);
     for (int64_t gate = 0; gate < gates; ++gate) {
       const S* first = src + (gate * units + block * N) * c_stride;  // B(0, first column of this panel)
       T* out = packed + (block * depth * gates + gate) * N;
@@ -176,6 +182,32 @@ FASTRNN_HD void for_block_groups(int64_t first, int64_t last, F&& f) {
     case 1: f(Const<1>{}, block); break;
     default: break;
   }
+}
+
+// out[r * columns + c] = sum_k a[r * depth + k] B(k, c) for rows [0, rows) and the column blocks [first, last)
+// of a plain panel packing of B (gates 1, `columns` columns, depth `depth`): the backward's carry of a step's
+// gate gradients into the previous step's hidden gradient, each thread over its own state columns.
+template <int REGISTERS, class T, int N>
+void store_product(T* out, int64_t columns, int64_t rows, int64_t first, int64_t last, const T* a, int64_t depth,
+                   const T* packed) {
+  const PanelGeometry<N> panels{depth, 1};
+  for_block_groups(first, last, [&](auto group, int64_t block) {
+    constexpr int NP = decltype(group)::value;
+    for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {
+      constexpr int MR = decltype(tile)::value;
+      Vec<T, N> acc[MR][NP];
+      zero(acc);
+      accumulate(acc, a + r0 * depth, depth, depth, packed + panels.block_offset(block), panels.k_stride(),
+                 panels.block_offset(1));
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+        for (int q = 0; q < NP; ++q) {
+          const int64_t col = (block + q) * N;
+          store_n(acc[m][q], out + (r0 + m) * columns + col, block_width<N>(columns, col));
+        }
+    });
+  });
 }
 
 }  // namespace

@@ -38,7 +38,7 @@ struct GruKernels {
         S* y = a.y + t * B * H;
         for (int64_t block = my_units.begin; block < my_units.end; ++block) {
           const int64_t u0 = block * N;
-          const int width = static_cast<int>(H - u0 < N ? H - u0 : N);
+          const int width = block_width<N>(H, u0);
           const V b_hn = a.b_hn ? load_n<V>(a.b_hn + u0, width) : V(T(0));
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
@@ -114,7 +114,7 @@ struct GruKernels {
         // Phase A: the cell backward of the own units; dh keeps the direct part dh * z.
         for (int64_t block = mine.begin; block < mine.end; ++block) {
           const int64_t u0 = block * N;
-          const int width = static_cast<int>(H - u0 < N ? H - u0 : N);
+          const int width = block_width<N>(H, u0);
           for (int64_t b = 0; b < rows; ++b) {
             const S* saved = a.saved + (t * B + b) * 4 * H + u0;
             const int64_t at = (t * B + b) * H + u0;
@@ -159,7 +159,7 @@ struct GruKernels {
 #pragma GCC unroll 4
               for (int q = 0; q < NP; ++q) {
                 const int64_t col = (first + q) * N;
-                const int width = static_cast<int>(H - col < N ? H - col : N);
+                const int width = block_width<N>(H, col);
                 T* out = dh + (r0 + m) * H + col;
                 store_n(acc[m][q] + load_n<V>(out, width), out, width);
               }

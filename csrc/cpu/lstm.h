@@ -59,7 +59,7 @@ struct LstmKernels {
         S* y = a.y + t * B * R;
         for (int64_t block = my_units.begin; block < my_units.end; ++block) {
           const int64_t u0 = block * N;
-          const int width = static_cast<int>(H - u0 < N ? H - u0 : N);
+          const int width = block_width<N>(H, u0);
           const T* panel = w_packed + gate_panels.block_offset(block);
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
@@ -120,7 +120,7 @@ struct LstmKernels {
 #pragma GCC unroll 4
             for (int q = 0; q < NP; ++q) {
               const int64_t col = (first + q) * N;
-              const int width = static_cast<int>(R - col < N ? R - col : N);
+              const int width = block_width<N>(R, col);
               store_n(acc[m][q], h_out + (r0 + m) * R + col, width);
               store_n(acc[m][q], y + (r0 + m) * R + col, width);
             }
@@ -169,7 +169,7 @@ struct LstmKernels {
       const int64_t H = s.hidden, R = s.state, B = s.batch, G = 4 * H;
       const Range my_units = share(ceil_div(H, N), thread, threads);
       const Range my_columns = share(ceil_div(R, N), thread, threads);
-      const PanelGeometry<N> carry_panels{G, 1}, proj_panels{R, 1};
+      const PanelGeometry<N> proj_panels{R, 1};
       int parity = 0;
       for (int64_t step = s.steps - 1; step >= 0; --step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
@@ -185,7 +185,7 @@ struct LstmKernels {
           T* dh_gemm = stored_or(dh_step, dh_all);
           for (int64_t block = my_columns.begin; block < my_columns.end; ++block) {
             const int64_t col = block * N;
-            const int width = static_cast<int>(R - col < N ? R - col : N);
+            const int width = block_width<N>(R, col);
             for (int64_t b = 0; b < rows; ++b) {
               const V sum = load_n<V>(dy + b * R + col, width) + load_n<V>(dh + b * R + col, width);
               store_n(sum, dh_all + b * R + col, width);
@@ -198,7 +198,7 @@ struct LstmKernels {
           cell_backward(t, rows, my_units, dy, dgates, dgates_step);
         }
         barrier_wait(&barrier, threads);
-        carry(rows, my_columns, carry_panels, dgates_gemm);
+        carry(rows, my_columns, dgates_gemm);
       }
     }
 
@@ -237,7 +237,7 @@ struct LstmKernels {
       const int64_t H = a.shape.hidden;  // R == H here
       for (int64_t block = units.begin; block < units.end; ++block) {
         const int64_t u0 = block * N;
-        const int width = static_cast<int>(H - u0 < N ? H - u0 : N);
+        const int width = block_width<N>(H, u0);
         for (int64_t b = 0; b < rows; ++b)
           cell(t, b, u0, width, load_n<V>(dy + b * H + u0, width) + load_n<V>(dh + b * H + u0, width), dgates,
                dgates_step);
@@ -261,32 +261,16 @@ struct LstmKernels {
 #pragma GCC unroll 4
             for (int q = 0; q < NP; ++q) {
               const int64_t u0 = (first + q) * N;
-              cell(t, r0 + m, u0, static_cast<int>(H - u0 < N ? H - u0 : N), acc[m][q], dgates, dgates_step);
+              cell(t, r0 + m, u0, block_width<N>(H, u0), acc[m][q], dgates, dgates_step);
             }
         });
       });
     }
 
     // dh_{t-1} = dG_t W_hh for the own state columns.
-    void carry(int64_t rows, Range columns, PanelGeometry<N> panels, const T* dgates) {
-      const int64_t R = a.shape.state, G = 4 * a.shape.hidden;
-      for_block_groups(columns.begin, columns.end, [&](auto group, int64_t first) {
-        constexpr int NP = decltype(group)::value;
-        for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {
-          constexpr int MR = decltype(tile)::value;
-          V acc[MR][NP];
-          zero(acc);
-          accumulate(acc, dgates + r0 * G, G, G, w_packed + panels.block_offset(first), panels.k_stride(),
-                     panels.block_offset(1));
-#pragma GCC unroll 8
-          for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-            for (int q = 0; q < NP; ++q) {
-              const int64_t col = (first + q) * N;
-              store_n(acc[m][q], dh + (r0 + m) * R + col, static_cast<int>(R - col < N ? R - col : N));
-            }
-        });
-      });
+    void carry(int64_t rows, Range columns, const T* dgates) {
+      store_product<REGISTERS, T, N>(dh, a.shape.state, rows, columns.begin, columns.end, dgates, 4 * a.shape.hidden,
+                               w_packed);
     }
   };
 

@@ -50,7 +50,7 @@ struct RnnKernels {
             for (int m = 0; m < MR; ++m)
               for (int q = 0; q < NP; ++q) {
                 const int64_t at = (r0 + m) * H + (first + q) * N;
-                const int width = static_cast<int>(H - (first + q) * N < N ? H - (first + q) * N : N);
+                const int width = block_width<N>(H, (first + q) * N);
                 const V h = rnn_cell_forward(acc[m][q] + load_n<V>(xp + at, width), a.relu);
                 store_n(h, h_out + at, width);
                 store_n(h, y + at, width);
@@ -89,7 +89,6 @@ struct RnnKernels {
       const Shape& s = a.shape;
       const int64_t H = s.hidden, B = s.batch;
       const Range mine = share(ceil_div(H, N), thread, threads);  // units and state columns alike
-      const PanelGeometry<N> panels{H, 1};
       int parity = 0;
       for (int64_t step = s.steps - 1; step >= 0; --step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
@@ -100,7 +99,7 @@ struct RnnKernels {
         // Phase A: d pre = (dy + dh) act'(y) for the own units.
         for (int64_t block = mine.begin; block < mine.end; ++block) {
           const int64_t u0 = block * N;
-          const int width = static_cast<int>(H - u0 < N ? H - u0 : N);
+          const int width = block_width<N>(H, u0);
           for (int64_t b = 0; b < rows; ++b) {
             const int64_t at = (t * B + b) * H + u0;
             const V d_pre = rnn_cell_backward(load_n<V>(a.dy + at, width) + load_n<V>(dh + b * H + u0, width),
@@ -115,23 +114,7 @@ struct RnnKernels {
         if constexpr (kStoredAsComputed) {
           if (!d_pre) d_pre = dxp;
         }
-        for_block_groups(mine.begin, mine.end, [&](auto group, int64_t first) {
-          constexpr int NP = decltype(group)::value;
-          for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {
-            constexpr int MR = decltype(tile)::value;
-            V acc[MR][NP];
-            zero(acc);
-            accumulate(acc, d_pre + r0 * H, H, H, w_packed + panels.block_offset(first), panels.k_stride(),
-                       panels.block_offset(1));
-#pragma GCC unroll 8
-            for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-              for (int q = 0; q < NP; ++q) {
-                const int64_t col = (first + q) * N;
-                store_n(acc[m][q], dh + (r0 + m) * H + col, static_cast<int>(H - col < N ? H - col : N));
-              }
-          });
-        });
+        store_product<REGISTERS, T, N>(dh, H, rows, mine.begin, mine.end, d_pre, H, w_packed);
       }
     }
   };
