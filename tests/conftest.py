@@ -33,6 +33,35 @@ GPU_GRIDS = {
 GPU_GRID = GPU_GRIDS[os.environ.get("FASTRNN_GPU_GRID", "full") or "full"]
 
 
+def _cpu_instruction_sets() -> list[str]:
+    """The instruction-set variants of the cpp kernels this CPU runs (none where the kernels are unavailable)."""
+    if fastrnn.backends.unavailable_reason("cpp", "cpu") or fastrnn._ext.unavailable_reason():
+        return []
+    return fastrnn._ext.extension().cpu_supported_instruction_sets().split(",")
+
+
+CPU_INSTRUCTION_SETS = _cpu_instruction_sets()
+
+
+@pytest.fixture(params=CPU_INSTRUCTION_SETS)
+def isa(request):
+    """Run the test on one instruction-set variant of the cpp kernels, then go back to the one before."""
+    kernels = fastrnn._ext.extension()
+    before = kernels.cpu_instruction_set()
+    kernels.set_cpu_instruction_set(request.param)
+    yield request.param
+    kernels.set_cpu_instruction_set(before)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Run the test with torch (and so the kernels) on 1, then 2 threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64; NaN/inf anywhere make it inf, so they never pass."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()

@@ -24,27 +24,6 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpp backend unavail
 
 from fastrnn.backends import cpp  # noqa: E402
 
-ISAS = _ext.extension().cpu_supported_instruction_sets().split(",") if REASON is None else []
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Run the test on one instruction-set variant, then go back to the best one."""
-    kernels = _ext.extension()
-    best = kernels.cpu_instruction_set()
-    kernels.set_cpu_instruction_set(request.param)
-    yield request.param
-    kernels.set_cpu_instruction_set(best)
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def _randn(gen, *shape, scale=1.0, dtype=torch.float64):
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastrnn import _ext, functional
+from fastrnn import _ext, cells, functional
 from fastrnn.backends import reference, unavailable_reason
 
 from conftest import rel_error
@@ -20,9 +20,9 @@ REASON = unavailable_reason("cpp", "cpu") or _ext.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpp backend unavailable: {REASON}")
 
 from fastrnn.backends import cpp  # noqa: E402
+from conftest import CPU_INSTRUCTION_SETS as ISAS  # noqa: E402
+from test_cpp import _randn  # noqa: E402
 
-ISAS = _ext.extension().cpu_supported_instruction_sets().split(",") if REASON is None else []
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -31,28 +31,6 @@ def poisoned_outputs():
     kernels.cpu_set_poison_outputs(True)
     yield
     kernels.cpu_set_poison_outputs(False)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Run the test on one instruction-set variant, then go back to the one before."""
-    kernels = _ext.extension()
-    before = kernels.cpu_instruction_set()
-    kernels.set_cpu_instruction_set(request.param)
-    yield request.param
-    kernels.set_cpu_instruction_set(before)
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
-def _randn(gen, *shape, scale=1.0, dtype=torch.float64):
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 
 
 def _low(args, dtype):
@@ -170,16 +148,16 @@ def test_elman_layer_refuses_bad_shapes_and_dtypes():
 
 # --- the cells ---------------------------------------------------------------------------------------
 
-MODES = list(GATES)
+MODES = list(cells.CELLS)
 CELL_SIZES = [(batch, hidden) for batch in (1, 3, 9) for hidden in (1, 7, 33, 70)]
 
 
 def _cell_args(mode, batch, hidden, bias, seed, dtype=torch.float64, input_size=None):
     gen = torch.Generator().manual_seed(seed)
     input_size = input_size or hidden + 4
-    g = GATES[mode] * hidden
+    g = cells.CELLS[mode].gates * hidden
     x = _randn(gen, batch, input_size, dtype=dtype)
-    states = tuple(_randn(gen, batch, hidden, dtype=dtype) for _ in range(2 if mode == "LSTM" else 1))
+    states = tuple(_randn(gen, batch, hidden, dtype=dtype) for _ in cells.CELLS[mode].states)
     w_ih = _randn(gen, g, input_size, scale=input_size ** -0.5, dtype=dtype)
     w_hh = _randn(gen, g, hidden, scale=hidden ** -0.5, dtype=dtype)
     b_ih, b_hh = (_randn(gen, g, dtype=dtype), _randn(gen, g, dtype=dtype)) if bias else (None, None)

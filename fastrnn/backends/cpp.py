@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
+from .. import _ext, cells
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -53,7 +53,6 @@ def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
 # A decoder calls these once per step, so the path is kept short: the module is looked up once, and a
 # cache entry is one tuple compare per weight.
 
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _module = None
 
 
@@ -79,7 +78,7 @@ def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None)
     """reference.cell_forward on the C++ cell kernels; `cache` (a dict the caller owns and keeps, or None:
     pack on every call) holds the packed weights between calls."""
     kernels = _module or _cell_kernels()
-    gates = _GATES[mode]
+    gates = cells.CELLS[mode].gates
     if cache is None:
         packed_ih, packed_hh = kernels.cell_pack_cpu(w_ih, gates), kernels.cell_pack_cpu(w_hh, gates)
     else:
