@@ -224,10 +224,20 @@ def gru_recurrence(
     plain differentiable ops, as `lstm_recurrence`. Returns (outputs (T, B, H), h_n)."""
     hidden = h0.shape[-1]
     h_bias = None if b_hn is None else torch.cat((b_hn.new_zeros(2 * hidden), b_hn))
+
+    def step(x_t: Tensor, h: Tensor) -> Tensor:
+        return gru_pointwise(x_t, h @ w_hh.T if h_bias is None else h @ w_hh.T + h_bias, h)[1]
+
+    return _hidden_state_recurrence(xp, h0, step, lengths, reverse)
+
+
+def _hidden_state_recurrence(xp: Tensor, h0: Tensor, step, lengths: Tensor | None,
+                             reverse: bool) -> tuple[Tensor, Tensor]:
+    """The loop of a cell whose only state is h: h = step(xp_t, h) at each step in order, held where a
+    sequence has ended (its outputs there 0). Returns (outputs (T, B, H), h_n)."""
     h, outputs = h0, [None] * xp.shape[0]
     for t, live in _time_steps(lengths.to(xp.device) if lengths is not None else None, xp.shape[0], reverse):
-        h_gates = h @ w_hh.T if h_bias is None else h @ w_hh.T + h_bias
-        h_new = gru_pointwise(xp[t], h_gates, h)[1]
+        h_new = step(xp[t], h)
         h = h_new if live is None else torch.where(live, h_new, h)
         outputs[t] = h if live is None else h * live
     return torch.stack(outputs), h
@@ -280,12 +290,7 @@ def rnn_recurrence(
 ) -> tuple[Tensor, Tensor]:
     """The Elman recurrence from xp (T, B, H) = x W_ih^T + b_ih + b_hh; plain differentiable ops, as
     `lstm_recurrence`. Returns (outputs (T, B, H), h_n)."""
-    h, outputs = h0, [None] * xp.shape[0]
-    for t, live in _time_steps(lengths.to(xp.device) if lengths is not None else None, xp.shape[0], reverse):
-        h_new = rnn_pointwise(xp[t] + h @ w_hh.T, relu)
-        h = h_new if live is None else torch.where(live, h_new, h)
-        outputs[t] = h if live is None else h * live
-    return torch.stack(outputs), h
+    return _hidden_state_recurrence(xp, h0, lambda x_t, h: rnn_pointwise(x_t + h @ w_hh.T, relu), lengths, reverse)
 
 
 def rnn_layer(
