@@ -1,0 +1,86 @@
+"""The weight gradients of a loop of cell steps, summed once per backward pass instead of once per step.
+
+A decoder calls its cell T times with the same weights. Differentiated step by step, each step writes a
+full-size dW = dG^T x (a rank-B outer product: at B = 1 nothing but memory traffic) and autograd adds it
+into the gradient: 3T passes over every weight matrix, most of a training step's time once W no longer
+fits in cache. Instead the cell steps of one module share a `tap`: one autograd node that hands the weights
+to every step as aliases. A step's backward gives no weight gradient of its own but leaves its (dG, x, h)
+with the tap; the engine runs the tap's backward after every step that reaches it in that backward pass,
+and there the gradients are one GEMM each over all the steps: dW_ih = [dGx_1 .. dGx_T]^T [x_1 .. x_T].
+
+A step defers only where that is exactly equivalent: grad mode off inside the backward (not
+create_graph=True, whose gradients must stay differentiable) and the engine going to run the tap in this
+pass (torch.autograd.grad for other inputs does not: then the step defers nothing, as it needs no weight
+gradient anyway). A tap serves new steps until its backward has run, or a weight changes (an optimizer
+step, load_state_dict), or grad mode, thread or weights differ; then the next step opens a new one.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+
+class Pending:
+    """What the steps of one tap have left for its backward: per step (dgx, x, dgh, h)."""
+
+    __slots__ = ("terms", "open", "node")
+
+    def __init__(self) -> None:
+        self.terms: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.open = True  # new steps may join; closed once the tap's backward has run
+        self.node = None  # the tap's autograd node, which the steps' backward asks the engine about
+
+    def defers(self) -> bool:
+        """Inside a step's backward: whether to leave its weight gradients to the tap."""
+        return not torch.is_grad_enabled() and torch._C._will_engine_execute_node(self.node)
+
+
+def _stacked(tensors: list[Tensor]) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on the weights (w_ih, w_hh[, b_ih, b_hh]) forward; backward adds the deferred gradients."""
+
+    @staticmethod
+    def forward(ctx, pending, *weights):
+        ctx.pending = pending
+        ctx.set_materialize_grads(False)
+        return tuple(w.detach() for w in weights)  # aliases: the steps read the weights themselves
+
+    @staticmethod
+    def backward(ctx, *grads):
+        pending = ctx.pending
+        terms, pending.terms = pending.terms, []
+        pending.open = False
+        if not terms:
+            return (None, *grads)
+        dgx = _stacked([t[0] for t in terms])
+        dgh = dgx if all(t[0] is t[2] for t in terms) else _stacked([t[2] for t in terms])
+        deferred = [dgx.T @ _stacked([t[1] for t in terms]), dgh.T @ _stacked([t[3] for t in terms])]
+        if len(grads) == 4:
+            deferred += [dgx.sum(0), dgh.sum(0)]
+        return (None, *(d if g is None else g + d for g, d in zip(grads, deferred)))
+
+
+def tapped(cache: dict, weights: tuple[Tensor | None, ...]) -> tuple[tuple[Tensor | None, ...], Pending | None]:
+    """The weights (w_ih, w_hh, b_ih, b_hh) as the current tap of `cache` (the module's dict) hands them to a
+    step, and the tap's Pending; the weights themselves and None where no tap applies (a weight without
+    requires_grad: the tap sums all four gradients or none)."""
+    if not all(w is None or w.requires_grad for w in weights):
+        return weights, None
+    present = weights if weights[2] is not None else weights[:2]
+    key = (threading.get_ident(), *((id(w), w._version) for w in present))
+    entry = cache.get("tap")
+    if entry is not None and entry[0] == key and entry[1].open:
+        return entry[2], entry[1]
+    pending = Pending()
+    views = _Tap.apply(pending, *present)
+    pending.node = views[0].grad_fn
+    views = (*views, None, None) if len(views) == 2 else views
+    # The entry holds the weights (through the views), so the ids in its key cannot be reused meanwhile.
+    cache["tap"] = (key, pending, views)
+    return views, pending
