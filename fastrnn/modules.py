@@ -138,8 +138,27 @@ class _RNNBase(nn.Module):
             return self._checked_cell(backends.resolve_while_compiling(self.backend, str(device)))
         if self.backend != "auto":
             return self._checked_cell(backends.resolve(self.backend, device))
-        workload = None if input is None else self._workload(input, device)
-        return backends.resolve("auto", device, workload)
+        if type(input) is not Tensor or input.dim() != 3:
+            return backends.resolve("auto", device, None if input is None else self._workload(input, device))
+        # auto's choice for a padded batch, by all that it depends on (the rest is the module's own): kept, as
+        # building the workload and asking the rule cost more than a small layer's kernel.
+        batch, steps = (input.shape[0], input.shape[1]) if self.batch_first else (input.shape[1], input.shape[0])
+        key = (device, input.dtype, batch, steps == 1, _autocast_enabled(device.type))
+        choices = self.__dict__.setdefault("_auto_choices", {})
+        choice = choices.get(key)
+        if choice is None:
+            choice = choices[key] = backends.resolve("auto", device, self._workload(input, device))
+        return choice
+
+    def _weights_now(self) -> dict[str, Tensor]:
+        """Every weight by name, read once for this forward: from the parameter dict (nn.Module's attribute
+        lookup costs a microsecond each), or as attributes where one is computed (parametrized, pruned: a
+        parametrized one is computed anew on every read, and spectral_norm steps its power iteration)."""
+        params = self._parameters
+        try:
+            return {name: params[name] for name in self._flat_weights_names}
+        except KeyError:
+            return {name: getattr(self, name) for name in self._flat_weights_names}
 
     def _checked_cell(self, backend: str) -> str:
         return backends.check_cell(backend, self.mode, f"nn.{self._cell.name}") if self.mode not in ("LSTM", "GRU") else backend
@@ -167,6 +186,7 @@ class _RNNBase(nn.Module):
             twin._flat_weight_refs = []
             self.__dict__.pop("_twin_param_ids", None)
         self.__dict__["_step_packs"] = {}  # the one-step path's packed weights belong to the old tensors
+        self.__dict__["_auto_choices"] = {}
         result = super()._apply(fn, recurse)
         self.flatten_parameters()  # as nn.RNNBase does after .cuda()/.to(): cuDNN wants one weight buffer
         return result
@@ -218,7 +238,7 @@ class _RNNBase(nn.Module):
             return self._forward_torch_op(input, data, hx)
         # Each weight is read once per forward: a parametrized one is computed anew on every read (and
         # spectral_norm steps its power iteration each time).
-        weights = {name: getattr(self, name) for name in self._flat_weights_names}
+        weights = self._weights_now()
         states, batched_input, batch = self._checked_states(input, data, hx, batch_sizes, weights["weight_ih_l0"])
 
         if packed:
@@ -499,7 +519,7 @@ class _RNNBase(nn.Module):
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = self._dropout_between_layers(layer_input, packing)
-        return layer_input, [torch.stack(collected) for collected in finals]
+        return layer_input, [_stacked(collected) for collected in finals]
 
     def _steps_as_cell(self, backend: str, dtype: torch.dtype, x: Tensor) -> bool:
         """Whether a one-step forward runs as the fused cell step (see backends/auto.py, is_one_step): on
@@ -530,7 +550,7 @@ class _RNNBase(nn.Module):
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = self._dropout_between_layers(layer_input.unsqueeze(0), None)[0]
-        return layer_input.unsqueeze(0), [torch.stack(collected) for collected in finals]
+        return layer_input.unsqueeze(0), [_stacked(collected) for collected in finals]
 
     def _dropout_between_layers(self, layer_input: Tensor, packing: _Packing | None) -> Tensor:
         """The dropout of torch's CPU code (aten/src/ATen/native/RNN.cpp, apply_layer_stack): at::dropout
@@ -688,6 +708,11 @@ def _autocast_enabled(device_type: str) -> bool:
 def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     """tensor.to(dtype), without the call when it is a no-op (the forward makes a dozen of them)."""
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _stacked(tensors: list[Tensor]) -> Tensor:
+    """torch.stack, without its cost for one tensor (a layer of one direction)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
 def _permute(states: list[Tensor], indices: Tensor | None) -> list[Tensor]:
