@@ -120,7 +120,9 @@ class CellStep(torch.autograd.Function):
             dgx, dgh, *direct = cell_backward(ctx.mode, list(d_new), list(states), list(new), saved, ctx.backend)
         needs = ctx.needs_input_grad[4:]
         pending = ctx.pending
-        if pending is not None:  # the weights come through a tap: their gradients are its to sum
+        if pending is not None and pending.node is None:
+            pending.open = False  # an untapped step's backward has run: the module's next step starts afresh
+        elif pending is not None:  # the weights come through a tap: their gradients are its to sum
             if pending.defers():
                 pending.terms.append((dgx, x, dgh, states[0]))
             needs = (needs[0], False, False, False, False, *needs[5:])

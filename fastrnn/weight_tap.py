@@ -24,13 +24,14 @@ from torch import Tensor
 
 
 class Pending:
-    """What the steps of one tap have left for its backward: per step (dgx, x, dgh, h)."""
+    """What the steps of one tap have left for its backward: per step (dgx, x, dgh, h). Without a node, the
+    marker of an untapped step (see `tapped`)."""
 
     __slots__ = ("terms", "open", "node")
 
     def __init__(self) -> None:
         self.terms: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        self.open = True  # new steps may join; closed once the tap's backward has run
+        self.open = True  # new steps may join; closed once the tap's (or the marked step's) backward has run
         self.node = None  # the tap's autograd node, which the steps' backward asks the engine about
 
     def defers(self) -> bool:
@@ -67,20 +68,27 @@ class _Tap(torch.autograd.Function):
 
 
 def tapped(cache: dict, weights: tuple[Tensor | None, ...]) -> tuple[tuple[Tensor | None, ...], Pending | None]:
-    """The weights (w_ih, w_hh, b_ih, b_hh) as the current tap of `cache` (the module's dict) hands them to a
-    step, and the tap's Pending; the weights themselves and None where no tap applies (a weight without
-    requires_grad: the tap sums all four gradients or none)."""
+    """The weights (w_ih, w_hh, b_ih, b_hh) as a step of the module owning `cache` is to use them, and the
+    Pending its backward reports to. A step after which a backward has run (or the first one) is not tapped:
+    one step per backward pass gains nothing from the tap and would pay for its node. Its Pending (node None)
+    only records whether its backward has run; if not, by the next step, the module is in a loop, and that
+    step opens a tap which the steps that follow share. No tap where a weight does not require a gradient
+    (the tap sums all four gradients or none)."""
     if not all(w is None or w.requires_grad for w in weights):
         return weights, None
     present = weights if weights[2] is not None else weights[:2]
     key = (threading.get_ident(), *((id(w), w._version) for w in present))
     entry = cache.get("tap")
     if entry is not None and entry[0] == key and entry[1].open:
-        return entry[2], entry[1]
-    pending = Pending()
-    views = _Tap.apply(pending, *present)
-    pending.node = views[0].grad_fn
-    views = (*views, None, None) if len(views) == 2 else views
-    # The entry holds the weights (through the views), so the ids in its key cannot be reused meanwhile.
-    cache["tap"] = (key, pending, views)
-    return views, pending
+        if entry[2] is not None:
+            return entry[2], entry[1]
+        pending = Pending()
+        views = _Tap.apply(pending, *present)
+        pending.node = views[0].grad_fn
+        views = (*views, None, None) if len(views) == 2 else views
+        # The entry holds the weights (through the views), so the ids in its key cannot be reused meanwhile.
+        cache["tap"] = (key, pending, views)
+        return views, pending
+    marker = Pending()
+    cache["tap"] = (key, marker, None, weights)  # holds the weights, as above
+    return weights, marker
