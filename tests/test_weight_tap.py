@@ -205,3 +205,16 @@ def test_threads_do_not_share_a_tap(backend):
         worker.join()
     for want, got in zip(expected, found):
         assert_same(list(want), list(got))
+
+
+def test_a_step_per_backward_pass_opens_no_tap_and_a_loop_does():
+    _, ours = twins("GRU", "cpp")
+    state = None
+    for x in inputs():
+        state = ours(x, state.detach() if state is not None else None)
+        state.sum().backward()
+        assert ours._packed["tap"][2] is None  # untapped: one step per backward pass
+    state = None
+    for x in inputs():
+        state = ours(x, state)
+    assert ours._packed["tap"][2] is not None  # the second step before a backward opened a tap
