@@ -207,6 +207,7 @@ def test_threads_do_not_share_a_tap(backend):
         assert_same(list(want), list(got))
 
 
+@pytest.mark.skipif(backends.unavailable_reason("cpp", "cpu") is not None, reason="the cpp backend is unavailable")
 def test_a_step_per_backward_pass_opens_no_tap_and_a_loop_does():
     _, ours = twins("GRU", "cpp")
     state = None
