@@ -56,65 +56,63 @@ def assert_same(a, b):
             torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
 
 
+def assert_same_on_both(kind, backend, procedure, bias=True):
+    """procedure(cell) -> tensors, on nn's cell and on ours: the same tensors."""
+    theirs, ours = twins(kind, backend, bias)
+    assert_same(procedure(theirs), procedure(ours))
+    return ours
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_loop_gradients_match_nn(kind, bias, backend):
-    theirs, ours = twins(kind, backend, bias)
-    results = []
-    for cell in (theirs, ours):
+    def procedure(cell):
         xs = inputs()
-        out, _ = run(cell, xs)
-        (out.sin().sum()).backward()
-        results.append([xs.grad, *grads(cell)])
-    assert_same(*results)
+        run(cell, xs)[0].sin().sum().backward()
+        return [xs.grad, *grads(cell)]
+
+    ours = assert_same_on_both(kind, backend, procedure, bias)
     if backend == "cpp":  # the kernel backends' steps share a tap; reference runs plain differentiable ops
         assert "tap" in ours._packed
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_a_frozen_bias_is_left_out_and_the_rest_still_match(kind, backend):
-    theirs, ours = twins(kind, backend)
-    results = []
-    for cell in (theirs, ours):
+    def procedure(cell):
         cell.bias_hh.requires_grad_(False)
-        out, _ = run(cell, inputs())
-        out.sum().backward()
-        results.append(grads(cell))
-    assert_same(*results)
+        run(cell, inputs())[0].sum().backward()
+        return grads(cell)
+
+    assert_same_on_both(kind, backend, procedure)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_gradient_of_the_inputs_only_leaves_nothing_for_the_next_pass(kind, backend):
-    theirs, ours = twins(kind, backend)
-    results = []
-    for cell in (theirs, ours):
+    def procedure(cell):
         xs = inputs()
         out, _ = run(cell, xs)
         (d_x,) = torch.autograd.grad(out.sum(), xs, retain_graph=True)  # the weights are not asked for
         assert all(p.grad is None for p in cell.parameters())
         out.square().sum().backward()
-        results.append([d_x, *grads(cell)])
-    assert_same(*results)
+        return [d_x, *grads(cell)]
+
+    assert_same_on_both(kind, backend, procedure)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_retained_graph_backward_twice_accumulates_twice(kind, backend):
-    theirs, ours = twins(kind, backend)
-    results = []
-    for cell in (theirs, ours):
-        out, _ = run(cell, inputs())
-        loss = out.cos().sum()
+    def procedure(cell):
+        loss = run(cell, inputs())[0].cos().sum()
         loss.backward(retain_graph=True)
         loss.backward()
-        results.append(grads(cell))
-    assert_same(*results)
+        return grads(cell)
+
+    assert_same_on_both(kind, backend, procedure)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_truncated_backpropagation_with_optimizer_steps(kind, backend):
-    theirs, ours = twins(kind, backend)
-    results = []
-    for cell in (theirs, ours):
+    def procedure(cell):
         optimizer = torch.optim.SGD(cell.parameters(), lr=0.1)
         state, trace = None, []
         for chunk in range(3):
@@ -124,38 +122,36 @@ def test_truncated_backpropagation_with_optimizer_steps(kind, backend):
             trace += grads(cell)
             optimizer.step()
             state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        results.append(trace + [p.detach().clone() for p in cell.parameters()])
-    assert_same(*results)
+        return trace + [p.detach().clone() for p in cell.parameters()]
+
+    assert_same_on_both(kind, backend, procedure)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_backward_from_midway_then_the_loop_goes_on(kind, backend):
     """A backward pass from an early output closes the tap; the later steps join a new one, and the final
     backward walks the steps of both."""
-    theirs, ours = twins(kind, backend)
-    results = []
-    for cell in (theirs, ours):
+    def procedure(cell):
         xs = inputs()
         early, state = run(cell, xs[:2])
         early.sum().backward(retain_graph=True)
         first = grads(cell)
         late, _ = run(cell, xs[2:], state)
         late.tanh().sum().backward()
-        results.append(first + grads(cell) + [xs.grad])
-    assert_same(*results)
+        return first + grads(cell) + [xs.grad]
+
+    assert_same_on_both(kind, backend, procedure)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_create_graph_gradients_stay_differentiable(kind, backend):
-    theirs, ours = twins(kind, backend)
-    results = []
-    for cell in (theirs, ours):
-        out, _ = run(cell, inputs())
+    def procedure(cell):
         params = list(cell.parameters())
-        first = torch.autograd.grad(out.sin().sum(), params, create_graph=True)
+        first = torch.autograd.grad(run(cell, inputs())[0].sin().sum(), params, create_graph=True)
         penalty = sum(g.square().sum() for g in first)
-        results.append([*first, *torch.autograd.grad(penalty, params)])
-    assert_same(*[[t.detach() for t in r] for r in results])
+        return [t.detach() for t in (*first, *torch.autograd.grad(penalty, params))]
+
+    assert_same_on_both(kind, backend, procedure)
 
 
 @pytest.mark.parametrize("kind", KINDS)
