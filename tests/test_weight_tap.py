@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fastrnn
-from fastrnn import backends
+from fastrnn import backends, weight_tap
 
 KINDS = {"LSTM": (nn.LSTMCell, fastrnn.LSTMCell), "GRU": (nn.GRUCell, fastrnn.GRUCell),
          "RNN": (nn.RNNCell, fastrnn.RNNCell)}
@@ -215,3 +215,18 @@ def test_a_step_per_backward_pass_opens_no_tap_and_a_loop_does():
     for x in inputs():
         state = ours(x, state)
     assert ours._packed["tap"][2] is not None  # the second step before a backward opened a tap
+
+
+@pytest.mark.skipif(backends.unavailable_reason("cpp", "cpu") is not None, reason="the cpp backend is unavailable")
+@pytest.mark.parametrize("chunk_rows", [1, 7])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_deferred_sums_over_several_chunks(kind, chunk_rows, monkeypatch):
+    """Chunks of one step and of two steps with a shorter last one (B = 3, 5 steps): the same sums."""
+    monkeypatch.setattr(weight_tap, "CHUNK_ROWS", chunk_rows)
+
+    def procedure(cell):
+        xs = inputs()
+        run(cell, xs)[0].sin().sum().backward()
+        return [xs.grad, *grads(cell)]
+
+    assert_same_on_both(kind, "cpp", procedure)
