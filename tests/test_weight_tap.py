@@ -230,3 +230,28 @@ def test_the_deferred_sums_over_several_chunks(kind, chunk_rows, monkeypatch):
         return [xs.grad, *grads(cell)]
 
     assert_same_on_both(kind, "cpp", procedure)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_checkpointed_chunks_of_the_loop(kind, reentrant, backend):
+    """torch.utils.checkpoint recomputes some chunks of steps in the backward (inside it, with use_reentrant,
+    as a backward pass of their own) while the other steps share the loop's tap."""
+    from torch.utils.checkpoint import checkpoint
+
+    def procedure(cell):
+        xs = inputs()
+
+        def chunk(x0, x1, *state):
+            state = cell(x1, cell(x0, state if len(state) == 2 else state[0]))
+            return state if isinstance(state, tuple) else (state,)
+
+        state, outputs = (torch.zeros(BATCH, HIDDEN, dtype=torch.float64),) * (2 if kind == "LSTM" else 1), []
+        for t in range(0, STEPS - 1, 2):
+            state = checkpoint(chunk, xs[t], xs[t + 1], *state, use_reentrant=reentrant) if t == 2 else \
+                chunk(xs[t], xs[t + 1], *state)
+            outputs.append(state[0])
+        torch.stack(outputs).sin().sum().backward()
+        return [xs.grad, *grads(cell)]
+
+    assert_same_on_both(kind, backend, procedure)
