@@ -1,8 +1,8 @@
 """Triton backend: the recurrence contract of `fastrnn.backends.reference`, on fused Triton kernels.
 
 Each call picks a launch plan (fastrnn/triton/plans.py: persistent or stepwise, and tile sizes) for
-its shape, then runs the kernels of fastrnn/triton/lstm.py or gru.py. Runs on CUDA tensors, and on
-CPU tensors under TRITON_INTERPRET=1 (how CI exercises it).
+its shape, then runs the kernels of fastrnn/triton/lstm.py, gru.py or rnn.py. Runs on CUDA tensors, and
+on CPU tensors under TRITON_INTERPRET=1 (how CI exercises it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from . import BackendUnavailableError, tf32_enabled
 from ..triton import gru as gru_kernels
 from ..triton import lstm as lstm_kernels
 from ..triton import plans
+from ..triton import rnn as rnn_kernels
 from .reference import live_rows, step_order
 
 # Triton decides at kernel definition (import) whether they are compiled or interpreted (TRITON_INTERPRET=1).
@@ -97,6 +98,26 @@ def _final_state(y, h_buffers, steps: _Steps, h0, lengths, lens, reverse):
     last = torch.zeros_like(lens) if reverse else (lens - 1).clamp(min=0)
     final = y[last, torch.arange(y.shape[1], device=y.device)]
     return torch.where((lens > 0)[:, None], final, h0)
+
+
+def _single_state_forward(plan, persistent_kernel, step_kernel, xp, h0, weights, outputs, lengths, reverse, **flags):
+    """The forward launches of a cell whose only state is h (GRU, Elman), in either strategy; returns h_n.
+    The kernels take (xp, h, *weights, lens, *outputs, T, B, H) (persistent) and (xp, h_in, h_out, *weights,
+    lens, *outputs, t, B, H) (stepwise); outputs[0] is y, zero-initialised."""
+    seq_len, batch, _ = xp.shape
+    hidden = h0.shape[-1]
+    lens = _device_lengths(lengths, seq_len, batch, xp.device)
+    if plan.strategy == "persistent":
+        h = h0.clone()
+        _persistent(persistent_kernel, plan, batch, xp, h, *weights, lens, *outputs, seq_len, batch, hidden,
+                    REVERSE=reverse, **flags)
+        return h
+    steps = _Steps(plan, lengths, seq_len, batch, reverse)
+    h_buffers = (h0.clone(), h0.clone())
+    for s, (t, live) in enumerate(steps.forward_order):
+        steps.launch(step_kernel, live, hidden, xp, h_buffers[s % 2], h_buffers[(s + 1) % 2], *weights, lens, *outputs,
+                     t, batch, hidden, **flags)
+    return _final_state(outputs[0], h_buffers, steps, h0, lengths, lens, reverse)
 
 
 # --- LSTM ------------------------------------------------------------------------------------------
@@ -199,21 +220,9 @@ def _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse):
     y = xp.new_zeros(seq_len, batch, hidden)
     saved = xp.new_zeros(seq_len, batch, 4 * hidden)
     b_hn_arg = b_hn if b_hn is not None else xp.new_empty(0)
-    lens = _device_lengths(lengths, seq_len, batch, xp.device)
-    flags = _flags(xp.dtype)
-    if plan.strategy == "persistent":
-        h = h0.clone()
-        _persistent(gru_kernels.gru_forward_kernel, plan, batch,
-                    xp, h, w_hh, b_hn_arg, lens, y, saved, seq_len, batch, hidden,
-                    HAS_BIAS=b_hn is not None, REVERSE=reverse, **flags)
-    else:
-        steps = _Steps(plan, lengths, seq_len, batch, reverse)
-        h_buffers = (h0.clone(), h0.clone())
-        for s, (t, live) in enumerate(steps.forward_order):
-            steps.launch(gru_kernels.gru_cell_step_kernel, live, hidden,
-                         xp, h_buffers[s % 2], h_buffers[(s + 1) % 2], w_hh, b_hn_arg, lens, y, saved, t, batch, hidden,
-                         HAS_BIAS=b_hn is not None, **flags)
-        h = _final_state(y, h_buffers, steps, h0, lengths, lens, reverse)
+    h = _single_state_forward(plan, gru_kernels.gru_forward_kernel, gru_kernels.gru_cell_step_kernel, xp, h0,
+                              (w_hh, b_hn_arg), (y, saved), lengths, reverse, HAS_BIAS=b_hn is not None,
+                              **_flags(xp.dtype))
     return y, h, saved
 
 
@@ -243,3 +252,66 @@ def _gru_backward(plan, dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
             steps.launch(gru_kernels.gru_carry_step_kernel, live, hidden,
                          dxp, dhn, w_hh, dh, lens, t, batch, hidden, **flags)
     return dxp, dhn, dh
+
+
+# --- Elman -----------------------------------------------------------------------------------------
+
+
+def _check_rnn_arguments(xp, h0, w_hh, lengths) -> None:
+    """The shapes the Elman kernels index by, checked before a launch could read past a tensor."""
+    if xp.dim() != 3 or h0.dim() != 2 or w_hh.dim() != 2:
+        raise RuntimeError(f"triton rnn_forward: expected xp (T, B, H), h0 (B, H), w_hh (H, H); got "
+                           f"{tuple(xp.shape)}, {tuple(h0.shape)}, {tuple(w_hh.shape)}")
+    batch, hidden = xp.shape[1], xp.shape[2]
+    if h0.shape != (batch, hidden) or w_hh.shape != (hidden, hidden):
+        raise RuntimeError(f"triton rnn_forward: xp {tuple(xp.shape)} needs h0 ({batch}, {hidden}) and w_hh "
+                           f"({hidden}, {hidden}); got {tuple(h0.shape)}, {tuple(w_hh.shape)}")
+    if lengths is not None and lengths.shape != (batch,):
+        raise RuntimeError(f"triton rnn_forward: lengths must be ({batch},); got {tuple(lengths.shape)}")
+
+
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+    """reference.rnn_forward: (y, h_n). The backward needs nothing but y, so `save` changes nothing."""
+    _check_dtype(xp.dtype)
+    _check_rnn_arguments(xp, h0, w_hh, lengths)
+    args = (xp.contiguous(), h0.contiguous(), w_hh.contiguous(), bool(relu), lengths, reverse)
+    hidden = h0.shape[-1]
+    plan = _plan("rnn", "forward", hidden, hidden, xp.dtype, xp.shape[1], xp.device, lambda p: _rnn_forward(p, *args))
+    return _rnn_forward(plan, *args)
+
+
+def _rnn_forward(plan, xp, h0, w_hh, relu, lengths, reverse):
+    y = torch.zeros_like(xp)
+    h = _single_state_forward(plan, rnn_kernels.rnn_forward_kernel, rnn_kernels.rnn_cell_step_kernel, xp, h0,
+                              (w_hh,), (y,), lengths, reverse, RELU=relu, **_flags(xp.dtype))
+    return y, h
+
+
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+    """reference.rnn_backward: (dxp, dh0), act' read off the forward's outputs y."""
+    _check_dtype(dy.dtype)
+    _check_rnn_arguments(y, dh_n, w_hh, lengths)
+    if dy.shape != y.shape:
+        raise RuntimeError(f"triton rnn_backward: dy {tuple(dy.shape)} must have y's shape {tuple(y.shape)}")
+    args = (dy.contiguous(), dh_n.contiguous(), y.contiguous(), w_hh.contiguous(), bool(relu), lengths, reverse)
+    hidden = y.shape[-1]
+    plan = _plan("rnn", "backward", hidden, hidden, dy.dtype, dy.shape[1], dy.device, lambda p: _rnn_backward(p, *args))
+    return _rnn_backward(plan, *args)
+
+
+def _rnn_backward(plan, dy, dh_n, y, w_hh, relu, lengths, reverse):
+    seq_len, batch, hidden = dy.shape
+    dxp = torch.zeros_like(dy)
+    dh = dh_n.clone()
+    lens = _device_lengths(lengths, seq_len, batch, dy.device)
+    flags = _flags(dy.dtype)
+    if plan.strategy == "persistent":
+        _persistent(rnn_kernels.rnn_backward_kernel, plan, batch,
+                    dy, y, w_hh, lens, dh, dxp, seq_len, batch, hidden, RELU=relu, REVERSE=reverse, **flags)
+    else:
+        steps = _Steps(plan, lengths, seq_len, batch, reverse)
+        for t, live in reversed(steps.forward_order):
+            steps.launch(rnn_kernels.rnn_cell_backward_step_kernel, live, hidden,
+                         dy, dh, y, lens, dxp, t, batch, hidden, RELU=relu, ACC=flags["ACC"], tiles_k=False)
+            steps.launch(rnn_kernels.rnn_carry_step_kernel, live, hidden, dxp, w_hh, dh, lens, t, batch, hidden, **flags)
+    return dxp, dh

@@ -1,4 +1,4 @@
-"""Device helpers shared by the LSTM and GRU kernels."""
+"""Device helpers shared by the Triton kernels: the layers (LSTM, GRU, Elman) and the fused cell steps."""
 
 import triton
 import triton.language as tl
@@ -7,6 +7,24 @@ import triton.language as tl
 @triton.jit
 def _tanh(x):
     return 2 * tl.sigmoid(2 * x) - 1
+
+
+@triton.jit
+def _elman_activation(pre, RELU: tl.constexpr):
+    """The Elman cell's nonlinearity: relu (NaN kept, as torch.relu keeps it) or tanh."""
+    if RELU:
+        return tl.maximum(pre, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    else:
+        return _tanh(pre)
+
+
+@triton.jit
+def _elman_derivative(h_new, RELU: tl.constexpr):
+    """act'(pre), read off the cell's output h' = act(pre) as the reference does: (h' > 0) or 1 - h'^2."""
+    if RELU:
+        return tl.where(h_new > 0, 1.0, 0.0).to(h_new.dtype)
+    else:
+        return 1 - h_new * h_new
 
 
 @triton.jit
