@@ -27,7 +27,7 @@ BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
 # backend for a cell it lacks.
 CELLS_OF = {"cuda": ("LSTM", "GRU"), "triton": ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")}
 # The kernel backends with fused cell steps (cell_forward, cell_backward) for the cell modules.
-CELL_STEP_BACKENDS = ("cpp", "reference")
+CELL_STEP_BACKENDS = ("cpp", "triton", "reference")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -167,7 +167,8 @@ def explain(device: torch.device | str | None = None) -> str:
     lines += auto_lines(device)
     lines.append(f"  cells (fastrnn.LSTMCell, GRUCell, RNNCell): auto runs "
                  + ("the cpp kernels' fused step in float32/float64 (weights prepacked once), nn's own code otherwise"
-                    if device.type == "cpu" else "nn's own code (no fused GPU cell kernel is enabled for auto)"))
+                    if device.type == "cpu" else "nn's own code (backend='triton' runs the fused Triton step; auto "
+                    "leaves it until it is measured faster than nn's cells)"))
     if device.type == "cpu":
         from .. import projection
 
