@@ -42,7 +42,7 @@ def _gate_sides(gate, x_ptr, h_ptr, w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr, rows
 
 @triton.jit(do_not_specialize=["B"])  # one compiled kernel for every batch size
 def cell_forward_kernel(
-    x_ptr, h_ptr, c_ptr, w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr,  # inputs; c (LSTM only), biases may be unused
+    x_ptr, h_ptr, c_in_ptr, w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr,  # inputs; c (LSTM only), biases may be unused
     h_out_ptr, c_out_ptr, saved_ptr,  # outputs: h' (B, H); c' (LSTM); saved (B, 4H) (LSTM, GRU; when SAVE)
     B, I, H,
     MODE: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
@@ -65,7 +65,7 @@ def cell_forward_kernel(
         gx, gh = _gate_sides(3, x_ptr, h_ptr, w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr, rows, row_ok, cols, col_ok, I, H,
                              HAS_BIAS, ACC, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
         o = tl.sigmoid(gx + gh)
-        c_new = f * tl.load(c_ptr + state_offsets, mask=mask, other=0.0).to(ACC) + i * g
+        c_new = f * tl.load(c_in_ptr + state_offsets, mask=mask, other=0.0).to(ACC) + i * g
         h_new = o * _tanh(c_new)
         tl.store(c_out_ptr + state_offsets, c_new, mask=mask)
         if SAVE:
@@ -98,7 +98,7 @@ def cell_forward_kernel(
 
 @triton.jit(do_not_specialize=["B"])  # one compiled kernel for every batch size
 def cell_backward_kernel(
-    dh_ptr, dc_ptr, h_ptr, c_ptr, h_new_ptr, c_new_ptr, saved_ptr,  # inputs (dc, c, c': LSTM only)
+    dh_new_ptr, dc_new_ptr, h_ptr, c_in_ptr, h_new_ptr, c_new_ptr, saved_ptr,  # inputs (dc', c, c': LSTM only)
     dgx_ptr, dgh_ptr, direct_ptr,  # outputs: d gx (B, G*H); d gh (GRU; the others' equals d gx); direct (LSTM dc, GRU dh)
     B, H,
     MODE: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -107,15 +107,15 @@ def cell_backward_kernel(
     mask = row_ok[:, None] & col_ok[None, :]
     state_offsets = rows[:, None] * H + cols[None, :]
     saved_offsets = rows[:, None] * 4 * H + cols[None, :]
-    dh = tl.load(dh_ptr + state_offsets, mask=mask, other=0.0).to(ACC)
+    dh = tl.load(dh_new_ptr + state_offsets, mask=mask, other=0.0).to(ACC)
     if MODE == "LSTM":
         i = tl.load(saved_ptr + saved_offsets + 0 * H, mask=mask, other=0.0).to(ACC)
         f = tl.load(saved_ptr + saved_offsets + 1 * H, mask=mask, other=0.0).to(ACC)
         g = tl.load(saved_ptr + saved_offsets + 2 * H, mask=mask, other=0.0).to(ACC)
         o = tl.load(saved_ptr + saved_offsets + 3 * H, mask=mask, other=0.0).to(ACC)
         tanh_c = _tanh(tl.load(c_new_ptr + state_offsets, mask=mask, other=0.0).to(ACC))
-        dc = tl.load(dc_ptr + state_offsets, mask=mask, other=0.0).to(ACC) + dh * o * (1 - tanh_c * tanh_c)
-        c = tl.load(c_ptr + state_offsets, mask=mask, other=0.0).to(ACC)
+        dc = tl.load(dc_new_ptr + state_offsets, mask=mask, other=0.0).to(ACC) + dh * o * (1 - tanh_c * tanh_c)
+        c = tl.load(c_in_ptr + state_offsets, mask=mask, other=0.0).to(ACC)
         gate_offsets = rows[:, None] * 4 * H + cols[None, :]
         tl.store(dgx_ptr + gate_offsets + 0 * H, dc * g * i * (1 - i), mask=mask)
         tl.store(dgx_ptr + gate_offsets + 1 * H, dc * c * f * (1 - f), mask=mask)
