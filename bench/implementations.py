@@ -51,7 +51,8 @@ class FastRNN(Implementation):
 
     def unavailable_reason(self, case, device):
         reason = backends.unavailable_reason(self.backend, device)
-        if reason is None and self.backend in ("cuda", "triton") and case.decoder:
+        if reason is None and case.decoder and self.backend in backends.KERNEL_BACKENDS \
+                and self.backend not in backends.CELL_STEP_BACKENDS:
             return f"backend {self.backend!r} has no fused cell kernels yet"
         if reason is None and case.mode not in backends.CELLS_OF.get(self.backend, (case.mode,)):
             return f"backend {self.backend!r} has no {case.mode} kernels yet"

@@ -221,7 +221,8 @@ def _resolve(backend: str, device: str, dtype: torch.dtype, cell_name: str) -> s
     """The backend a cell's forward on `device` in `dtype` runs."""
     device = torch.device(device)
     if backend == "auto":
-        # No fused GPU cell kernel yet: on a GPU, and for the dtypes the cpp kernels leave, nn's own code.
+        # On a GPU nn's own code: the Triton cell step runs when asked for (backend="triton"), not picked by
+        # auto before it is measured faster than nn's cells there; so do the dtypes the cpp kernels leave.
         return "cpp" if device.type == "cpu" and dtype in _CPP_DTYPES and backends.runs("cpp", device) else "aten"
     backend = backends.resolve(backend, device)
     if backend not in (*backends.CELL_STEP_BACKENDS, "aten"):
@@ -248,7 +249,8 @@ def _cell_mode(module: nn.Module) -> str | None:
 
 class LSTMCell(_CellBase):
     """Drop-in nn.LSTMCell: forward(input, (h, c)=None) -> (h', c'). Extra keyword: backend = "auto" | "cpp"
-    | "reference" | "aten" (the GPU kernel backends have no fused cells yet: on a GPU auto runs nn's code)."""
+    | "triton" | "reference" | "aten" (auto: the cpp kernels on a CPU in float32/float64, nn's own code elsewhere;
+    "triton": the fused Triton step, on CUDA tensors or under TRITON_INTERPRET=1)."""
 
     mode = "LSTM"
 

@@ -623,7 +623,7 @@ class GRU(_RNNBase):
 
 class RNN(_RNNBase):
     """Drop-in nn.RNN (Elman, nonlinearity "tanh" or "relu"). Extra keyword: backend = "auto" | "cpp" |
-    "reference" | "aten" (the GPU kernel backends have no Elman kernels yet: on a GPU auto runs cuDNN)."""
+    "triton" | "reference" | "aten", or any kernel backend backends.CELLS_OF lists for RNN (on a GPU auto runs cuDNN)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,

@@ -89,7 +89,7 @@ def test_matches_nn_in_float64(backend, mode, input_size, hidden_size, form, bia
     assert max(errors.values()) < 1e-10, errors
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "triton"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch", [1, 6])
 def test_float32_error_bounded_by_nn_error(backend, mode, batch):
@@ -142,7 +142,7 @@ def test_step_gradcheck_and_gradgradcheck(backend, mode, bias):
     assert torch.autograd.gradcheck(through_op, inputs)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 @pytest.mark.parametrize("mode", MODES)
 def test_custom_ops_pass_opcheck(backend, mode):
     skip_unavailable(backend)
@@ -160,7 +160,7 @@ def test_custom_ops_pass_opcheck(backend, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("backend", ["auto", "cpp", "reference"])
+@pytest.mark.parametrize("backend", ["auto", "cpp", "reference", "triton"])
 def test_compiled_decoder_loop_matches_nn(mode, backend):
     """A decoder loop of cell calls under torch.compile(fullgraph=True): the same states and gradients as nn's."""
     skip_unavailable("cpp" if backend == "auto" else backend)
@@ -239,7 +239,14 @@ def test_errors_carry_torch_text():
         fastrnn.GRUCell(4, 3)(torch.randn(2, 4), torch.randn(1, 2, 3))
     with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
         fastrnn.RNNCell(4, 3, nonlinearity="gelu")
-    with pytest.raises(fastrnn.BackendUnavailableError, match="no fused nn.GRUCell kernel"):
+
+
+def test_a_kernel_backend_without_fused_cells_is_refused(monkeypatch):
+    """A kernel backend outside backends.CELL_STEP_BACKENDS is refused, naming what runs the cell instead."""
+    skip_unavailable("triton")
+    monkeypatch.setattr(fastrnn.backends, "CELL_STEP_BACKENDS", ("cpp", "reference"))
+    with pytest.raises(fastrnn.BackendUnavailableError,
+                       match="backend='triton' has no fused nn.GRUCell kernel yet; use backend='aten'"):
         fastrnn.GRUCell(4, 3, backend="triton")(torch.randn(2, 4))
 
 
@@ -274,7 +281,7 @@ def test_torch_func_transforms(mode):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_SKIP)])
 @pytest.mark.parametrize("mode", MODES)
 def test_auto_runs_the_fused_kernel_where_it_has_one(device, mode):
-    """auto: the cpp kernels on a CPU in float32/float64, nn's own code elsewhere (no fused GPU cell yet)
+    """auto: the cpp kernels on a CPU in float32/float64, nn's own code elsewhere (it picks no GPU cell kernel yet)
     and under autocast (which casts nn's cells' inner ops)."""
     ours = TWINS[mode][0](3, 4, device=device)
     x = torch.randn(2, 3, device=device)

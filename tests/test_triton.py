@@ -2,7 +2,7 @@
 
 Without a GPU they run in Triton's interpreter (conftest sets TRITON_INTERPRET=1) on tiny shapes.
 The full shape grid, bf16, the no-recompile check and the 4096-step run need the GPU and skip here.
-(Module-level agreement with nn.LSTM/nn.GRU on every layer option: tests/test_conformance.py.)
+(Module-level agreement with nn.LSTM/nn.GRU/nn.RNN on every layer option: tests/test_conformance.py.)
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def _gru_case(seq_len, batch, hidden, bias, seed):
     randn = _seeded_randn(seed)
     return (randn(seq_len, batch, 3 * hidden), randn(batch, hidden), randn(3 * hidden, hidden, scale=hidden ** -0.5),
             randn(hidden) if bias else None)
+
+
+def _rnn_case(seq_len, batch, hidden, seed):
+    randn = _seeded_randn(seed)
+    return randn(seq_len, batch, hidden), randn(batch, hidden), randn(hidden, hidden, scale=hidden ** -0.5)
 
 
 def _cast(tensors, dtype):
@@ -139,8 +144,38 @@ def _check_gru(dtype, seq_len, batch, hidden, bias, reverse, ragged, seed, tf32)
     assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
 
 
+def check_rnn(dtype, seq_len, batch, hidden, relu, reverse, ragged, seed=0, tf32=False):
+    """The Elman kernels against the reference, as check_lstm; save=False returns the same."""
+    with tf32_switch(tf32):
+        _check_rnn(dtype, seq_len, batch, hidden, relu, reverse, ragged, seed, tf32 and dtype == torch.float32)
+
+
+def _check_rnn(dtype, seq_len, batch, hidden, relu, reverse, ragged, seed, tf32):
+    xp, h0, w_hh = _rnn_case(seq_len, batch, hidden, seed)
+    lengths = _lengths(batch, seq_len, ragged, seed)
+    exact = reference.rnn_forward(xp, h0, w_hh, relu, lengths, reverse)
+    low = _cast((xp, h0, w_hh), dtype)
+    ours = triton_backend.rnn_forward(*low, relu, lengths, reverse)
+    low_reference = in_kernel_arithmetic(reference.rnn_forward, *low, relu, lengths, reverse, tf32=tf32)
+    assert_bounded(ours, low_reference, exact, dtype, "forward")
+    inference = triton_backend.rnn_forward(*low, relu, lengths, reverse, save=False)
+    assert all(torch.equal(a, b) for a, b in zip(inference, ours, strict=True))
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in exact]
+    exact_grads = reference.rnn_backward(*grads, exact[0], w_hh, relu, lengths, reverse)
+    low_grads = _cast(grads, dtype)
+    ours_grads = triton_backend.rnn_backward(*low_grads, ours[0], low[2], relu, lengths, reverse)
+    reference_grads = in_kernel_arithmetic(reference.rnn_backward, *low_grads, low_reference[0], low[2], relu, lengths,
+                                           reverse, tf32=tf32)
+    assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+    if lengths is not None:  # padding: outputs and their gradients stay 0 past each row's length
+        padding = torch.arange(seq_len)[:, None] >= lengths[None, :]
+        assert not ours[0][padding.to(DEVICE)].any() and not ours_grads[0][padding.to(DEVICE)].any()
+
+
 @pytest.mark.skipif(not INTERPRETED, reason="checks what the Triton interpreter refuses; kernels are compiled here")
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_RELU"])
 def test_bf16_in_the_interpreter_is_refused_not_answered_wrongly(cell):
     """The interpreter's bf16 products are wrong by order 1: the backend must refuse bf16 there, saying
     why and what to run instead."""
@@ -173,6 +208,14 @@ def test_gru_kernels_match_reference(strategy, dtype, tf32, bias, reverse, ragge
     check_gru(dtype, seq_len=7, batch=5, hidden=19, bias=bias, reverse=reverse, ragged=ragged, tf32=tf32)
 
 
+@pytest.mark.parametrize("dtype,tf32", PRECISIONS)
+@pytest.mark.parametrize("relu", [False, True], ids=["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_rnn_kernels_match_reference(strategy, dtype, tf32, relu, reverse, ragged):
+    check_rnn(dtype, seq_len=7, batch=5, hidden=19, relu=relu, reverse=reverse, ragged=ragged, tf32=tf32)
+
+
 def _every_candidate():
     prob = plans.problem("lstm", "forward", 64, 64, torch.float32, "ieee", 64, torch.device("cpu"))
     return [pytest.param(plan, id=str(plan)) for plan in plans.candidates(prob)]
@@ -185,11 +228,14 @@ def test_every_tuning_candidate_is_correct(plan):
     with plans.forced(plan):
         check_lstm(torch.float64, seq_len=3, batch=70, hidden=37, proj=33, reverse=False, ragged=True)
         check_gru(torch.float64, seq_len=3, batch=70, hidden=37, bias=True, reverse=True, ragged=True)
+        check_rnn(torch.float64, seq_len=3, batch=70, hidden=37, relu=False, reverse=True, ragged=True)
 
 
 @pytest.mark.parametrize("cell,config", [
     ("LSTM", dict(input_size=5, hidden_size=19, proj_size=3, num_layers=2, bidirectional=True)),
     ("GRU", dict(input_size=5, hidden_size=19, num_layers=2, bidirectional=True, batch_first=True)),
+    ("RNN_TANH", dict(input_size=7, hidden_size=5, num_layers=2, bidirectional=True)),
+    ("RNN_RELU", dict(input_size=7, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True)),
 ])
 def test_module_matches_torch_under_each_strategy(strategy, cell, config):
     """The layer modules end to end (stacked, both directions, packed unsorted, initial states)."""
@@ -220,12 +266,15 @@ GPU_PRECISIONS = precisions([torch.float64, torch.float32, torch.float16, torch.
 @pytest.mark.parametrize("batch", GPU_GRID["batch"])
 @pytest.mark.parametrize("hidden", GPU_GRID["hidden"])
 @pytest.mark.parametrize("seq_len", GPU_GRID["seq_len"])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_RELU"])
 def test_gpu_grid(strategy, cell, seq_len, hidden, batch, dtype, tf32):
     """The shape grid (conftest.GPU_GRID), float32 with TF32 off and on."""
     if cell == "LSTM":
         check_lstm(dtype, seq_len, batch, hidden, proj=0, reverse=False, ragged=batch > 1, seed=seq_len + hidden,
                    tf32=tf32)
+    elif cell == "RNN_RELU":
+        check_rnn(dtype, seq_len, batch, hidden, relu=True, reverse=True, ragged=batch > 1, seed=seq_len + hidden,
+                  tf32=tf32)
     else:
         check_gru(dtype, seq_len, batch, hidden, bias=True, reverse=True, ragged=batch > 1, seed=seq_len + hidden,
                   tf32=tf32)
@@ -269,12 +318,16 @@ def _compiled_variants(kernel) -> int:
 @CUDA_SKIP
 def test_no_recompile_across_batch_and_length(strategy):
     from fastrnn.triton import lstm as lstm_kernels
+    from fastrnn.triton import rnn as rnn_kernels
 
-    kernels = [getattr(lstm_kernels, name) for name in dir(lstm_kernels) if name.endswith("_kernel")]
+    kernels = [getattr(module, name) for module in (lstm_kernels, rnn_kernels) for name in dir(module)
+               if name.endswith("_kernel")]
     check_lstm(torch.float32, seq_len=5, batch=3, hidden=64, proj=0, reverse=False, ragged=True)
+    check_rnn(torch.float32, seq_len=5, batch=3, hidden=64, relu=False, reverse=False, ragged=True)
     before = sum(_compiled_variants(kernel) for kernel in kernels)
     for seq_len, batch in [(9, 7), (33, 64), (2, 257)]:
         check_lstm(torch.float32, seq_len=seq_len, batch=batch, hidden=64, proj=0, reverse=False, ragged=True)
+        check_rnn(torch.float32, seq_len=seq_len, batch=batch, hidden=64, relu=False, reverse=False, ragged=True)
     assert sum(_compiled_variants(kernel) for kernel in kernels) == before
 
 
@@ -291,7 +344,7 @@ def test_offsets_past_two_to_the_31(strategy):
 
 
 @CUDA_SKIP
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
 def test_replays_from_a_cuda_graph(strategy, cell):
     """Dense inputs run under CUDA-graph capture (no host sync, no tuning inside a capture): the stepwise
     strategy's per-step launches are then replayed as one graph."""

@@ -26,12 +26,16 @@ import pytest
 CAPABILITIES = (90, 80)
 DTYPES = ("bf16", "fp16", "fp32")
 # Every optional path switched on, wherever a kernel has the flag.
-FLAGS = dict(HAS_PROJ=True, HAS_BIAS=True, REVERSE=True)
-# The default tiles everywhere; the largest tuning candidate's on sm_90 (the shared-memory bound that matters).
+FLAGS = dict(HAS_PROJ=True, HAS_BIAS=True, REVERSE=True, RELU=True, SAVE=True)
+# The layers' kernels: the default tiles everywhere; the largest tuning candidate's on sm_90 (the shared-memory
+# bound that matters). The cell kernels run one fixed tile (backends/triton.py, CELL_BLOCK_*), for each cell
+# branch of their MODE (the Elman one with relu, whose code is tanh's but for the activation).
 TILES = {90: [(16, 32, 32), (64, 64, 64)], 80: [(16, 32, 32)]}
+CELL_TILES = {90: [(16, 32, 32)], 80: [(16, 32, 32)]}
+CELL_MODES = ("LSTM", "GRU", "RNN_RELU")
 # Buffers that are fp32 (or int32) whatever the data dtype: carried cell state and its gradient, lengths.
 FIXED_POINTERS = {"c_ptr": "*fp32", "dc_ptr": "*fp32", "len_ptr": "*i32"}
-SIZES = ("T", "t", "B", "H", "R")
+SIZES = ("T", "t", "B", "I", "H", "R")
 # Shared memory a block may use (Triton's launcher opts in past 48 KB): 227 KB on sm_90, 163 KB on sm_80.
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 TIMEOUT_S = 1200  # for all compiles together
@@ -40,17 +44,24 @@ HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def kernels():
-    from fastrnn.triton import gru, lstm
+    from fastrnn.triton import cell_step, gru, lstm, rnn
 
-    return {name: getattr(module, name) for module in (lstm, gru) for name in dir(module) if name.endswith("_kernel")}
+    return {name: getattr(module, name) for module in (lstm, gru, rnn, cell_step) for name in dir(module)
+            if name.endswith("_kernel")}
 
 
 KERNEL_NAMES = sorted(kernels()) if HAVE_TRITON else []
 
 
+def _is_cell_kernel(name: str) -> bool:
+    return name in ("cell_forward_kernel", "cell_backward_kernel")
+
+
 def variants(names=KERNEL_NAMES):
-    return [(name, dtype, capability, tiles) for name in names for dtype in DTYPES
-            for capability in CAPABILITIES for tiles in TILES[capability]]
+    """(kernel, dtype, capability, tiles, MODE or None) of every compile."""
+    return [(name, dtype, capability, tiles, mode) for name in names for dtype in DTYPES
+            for capability in CAPABILITIES for tiles in (CELL_TILES if _is_cell_kernel(name) else TILES)[capability]
+            for mode in (CELL_MODES if _is_cell_kernel(name) else (None,))]
 
 
 def compile_one(variant) -> str:
@@ -60,13 +71,13 @@ def compile_one(variant) -> str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    name, dtype, capability, (block_b, block_h, block_k) = variant
+    name, dtype, capability, (block_b, block_h, block_k), mode = variant
     kernel = kernels()[name]
-    what = f"{name} {dtype} sm_{capability} tiles={block_b}x{block_h}x{block_k}"
+    what = f"{name} {dtype} sm_{capability} tiles={block_b}x{block_h}x{block_k}" + (f" {mode}" if mode else "")
     try:
         constexprs = {p.name for p in kernel.params if p.is_constexpr}
         values = dict(FLAGS, ACC=tl.float32, PRECISION="tf32" if dtype == "fp32" else "ieee",
-                      BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k)
+                      BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, MODE=mode)
         constants = {k: v for k, v in values.items() if k in constexprs}
         assert constants.keys() == constexprs, f"no value for {constexprs - constants.keys()}"
         signature = {arg: "constexpr" if arg in constants else "i32" if arg in SIZES
@@ -154,7 +165,8 @@ needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not install
 
 @needs_triton
 def test_every_kernel_is_covered():
-    assert len(KERNEL_NAMES) == 12  # 2 persistent + 5 stepwise LSTM kernels, 2 persistent + 3 stepwise GRU kernels
+    # 2 persistent + 5 stepwise LSTM kernels, 2 + 3 GRU ones, 2 + 3 Elman ones, the cells' forward and backward
+    assert len(KERNEL_NAMES) == 19
 
 
 @needs_triton

@@ -1,8 +1,9 @@
 """Backend registry: which implementations of the recurrence exist, which can run, which `auto` picks.
 
-A kernel backend is a module with `unavailable_reason(device)` and the four recurrence functions of
-`fastrnn.backends.reference` (lstm_forward, lstm_backward, gru_forward, gru_backward), same
-arguments and results. The forwards also take `save` (default True); save=False is an inference call,
+A kernel backend is a module with `unavailable_reason(device)` and the recurrence functions of
+`fastrnn.backends.reference` (lstm_forward/backward, gru_forward/backward, rnn_forward/backward; only those of
+its cells where CELLS_OF lists them), same arguments and results; those in CELL_STEP_BACKENDS also have the
+fused cell step (cell_forward, cell_backward). The forwards also take `save` (default True); save=False is an inference call,
 which returns empty tensors for what only the backward needs (LSTM gates and cell states, GRU saved). `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
 (cuDNN on GPU), run whole by the layer modules.
 """
@@ -24,9 +25,9 @@ BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
 
 # The cells (cells.Cell.mode) each kernel backend has kernels for, where not all of them; auto never picks a
 # backend for a cell it lacks.
-CELLS_OF = {"cuda": ("LSTM", "GRU"), "triton": ("LSTM", "GRU")}
+CELLS_OF = {"cuda": ("LSTM", "GRU"), "triton": ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")}
 # The kernel backends with fused cell steps (cell_forward, cell_backward) for the cell modules.
-CELL_STEP_BACKENDS = ("cpp", "reference")
+CELL_STEP_BACKENDS = ("cpp", "triton", "reference")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -166,7 +167,8 @@ def explain(device: torch.device | str | None = None) -> str:
     lines += auto_lines(device)
     lines.append(f"  cells (fastrnn.LSTMCell, GRUCell, RNNCell): auto runs "
                  + ("the cpp kernels' fused step in float32/float64 (weights prepacked once), nn's own code otherwise"
-                    if device.type == "cpu" else "nn's own code (no fused GPU cell kernel is enabled for auto)"))
+                    if device.type == "cpu" else "nn's own code (backend='triton' runs the fused Triton step; auto "
+                    "leaves it until it is measured faster than nn's cells)"))
     if device.type == "cpu":
         from .. import projection
 

@@ -1,8 +1,10 @@
 """Triton backend: the recurrence contract of `fastrnn.backends.reference`, on fused Triton kernels.
 
-Each call picks a launch plan (fastrnn/triton/plans.py: persistent or stepwise, and tile sizes) for
-its shape, then runs the kernels of fastrnn/triton/lstm.py or gru.py. Runs on CUDA tensors, and on
-CPU tensors under TRITON_INTERPRET=1 (how CI exercises it).
+The layers (LSTM, GRU, Elman tanh/relu): each call picks a launch plan (fastrnn/triton/plans.py:
+persistent or stepwise, and tile sizes) for its shape, then runs the kernels of fastrnn/triton/lstm.py,
+gru.py or rnn.py. The cells (cell_forward, cell_backward, for fastrnn.LSTMCell, GRUCell, RNNCell): one
+launch of fastrnn/triton/cell_step.py per step and pass. Runs on CUDA tensors, and on CPU tensors under
+TRITON_INTERPRET=1 (how CI exercises it).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import triton
 import triton.language as tl
 
 from . import BackendUnavailableError, tf32_enabled
+from .. import cells
+from ..triton import cell_step as cell_kernels
 from ..triton import gru as gru_kernels
 from ..triton import lstm as lstm_kernels
 from ..triton import plans
+from ..triton import rnn as rnn_kernels
 from .reference import live_rows, step_order
 
 # Triton decides at kernel definition (import) whether they are compiled or interpreted (TRITON_INTERPRET=1).
@@ -97,6 +102,26 @@ def _final_state(y, h_buffers, steps: _Steps, h0, lengths, lens, reverse):
     last = torch.zeros_like(lens) if reverse else (lens - 1).clamp(min=0)
     final = y[last, torch.arange(y.shape[1], device=y.device)]
     return torch.where((lens > 0)[:, None], final, h0)
+
+
+def _single_state_forward(plan, persistent_kernel, step_kernel, xp, h0, weights, outputs, lengths, reverse, **flags):
+    """The forward launches of a cell whose only state is h (GRU, Elman), in either strategy; returns h_n.
+    The kernels take (xp, h, *weights, lens, *outputs, T, B, H) (persistent) and (xp, h_in, h_out, *weights,
+    lens, *outputs, t, B, H) (stepwise); outputs[0] is y, zero-initialised."""
+    seq_len, batch, _ = xp.shape
+    hidden = h0.shape[-1]
+    lens = _device_lengths(lengths, seq_len, batch, xp.device)
+    if plan.strategy == "persistent":
+        h = h0.clone()
+        _persistent(persistent_kernel, plan, batch, xp, h, *weights, lens, *outputs, seq_len, batch, hidden,
+                    REVERSE=reverse, **flags)
+        return h
+    steps = _Steps(plan, lengths, seq_len, batch, reverse)
+    h_buffers = (h0.clone(), h0.clone())
+    for s, (t, live) in enumerate(steps.forward_order):
+        steps.launch(step_kernel, live, hidden, xp, h_buffers[s % 2], h_buffers[(s + 1) % 2], *weights, lens, *outputs,
+                     t, batch, hidden, **flags)
+    return _final_state(outputs[0], h_buffers, steps, h0, lengths, lens, reverse)
 
 
 # --- LSTM ------------------------------------------------------------------------------------------
@@ -199,21 +224,9 @@ def _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse):
     y = xp.new_zeros(seq_len, batch, hidden)
     saved = xp.new_zeros(seq_len, batch, 4 * hidden)
     b_hn_arg = b_hn if b_hn is not None else xp.new_empty(0)
-    lens = _device_lengths(lengths, seq_len, batch, xp.device)
-    flags = _flags(xp.dtype)
-    if plan.strategy == "persistent":
-        h = h0.clone()
-        _persistent(gru_kernels.gru_forward_kernel, plan, batch,
-                    xp, h, w_hh, b_hn_arg, lens, y, saved, seq_len, batch, hidden,
-                    HAS_BIAS=b_hn is not None, REVERSE=reverse, **flags)
-    else:
-        steps = _Steps(plan, lengths, seq_len, batch, reverse)
-        h_buffers = (h0.clone(), h0.clone())
-        for s, (t, live) in enumerate(steps.forward_order):
-            steps.launch(gru_kernels.gru_cell_step_kernel, live, hidden,
-                         xp, h_buffers[s % 2], h_buffers[(s + 1) % 2], w_hh, b_hn_arg, lens, y, saved, t, batch, hidden,
-                         HAS_BIAS=b_hn is not None, **flags)
-        h = _final_state(y, h_buffers, steps, h0, lengths, lens, reverse)
+    h = _single_state_forward(plan, gru_kernels.gru_forward_kernel, gru_kernels.gru_cell_step_kernel, xp, h0,
+                              (w_hh, b_hn_arg), (y, saved), lengths, reverse, HAS_BIAS=b_hn is not None,
+                              **_flags(xp.dtype))
     return y, h, saved
 
 
@@ -243,3 +256,157 @@ def _gru_backward(plan, dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
             steps.launch(gru_kernels.gru_carry_step_kernel, live, hidden,
                          dxp, dhn, w_hh, dh, lens, t, batch, hidden, **flags)
     return dxp, dhn, dh
+
+
+# --- Elman -----------------------------------------------------------------------------------------
+
+
+def _check_rnn_arguments(xp, h0, w_hh, lengths) -> None:
+    """The shapes the Elman kernels index by, checked before a launch could read past a tensor."""
+    if xp.dim() != 3 or h0.dim() != 2 or w_hh.dim() != 2:
+        raise RuntimeError(f"triton rnn_forward: expected xp (T, B, H), h0 (B, H), w_hh (H, H); got "
+                           f"{tuple(xp.shape)}, {tuple(h0.shape)}, {tuple(w_hh.shape)}")
+    batch, hidden = xp.shape[1], xp.shape[2]
+    if h0.shape != (batch, hidden) or w_hh.shape != (hidden, hidden):
+        raise RuntimeError(f"triton rnn_forward: xp {tuple(xp.shape)} needs h0 ({batch}, {hidden}) and w_hh "
+                           f"({hidden}, {hidden}); got {tuple(h0.shape)}, {tuple(w_hh.shape)}")
+    if lengths is not None and lengths.shape != (batch,):
+        raise RuntimeError(f"triton rnn_forward: lengths must be ({batch},); got {tuple(lengths.shape)}")
+
+
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+    """reference.rnn_forward: (y, h_n). The backward needs nothing but y, so `save` changes nothing."""
+    _check_dtype(xp.dtype)
+    _check_rnn_arguments(xp, h0, w_hh, lengths)
+    args = (xp.contiguous(), h0.contiguous(), w_hh.contiguous(), bool(relu), lengths, reverse)
+    hidden = h0.shape[-1]
+    plan = _plan("rnn", "forward", hidden, hidden, xp.dtype, xp.shape[1], xp.device, lambda p: _rnn_forward(p, *args))
+    return _rnn_forward(plan, *args)
+
+
+def _rnn_forward(plan, xp, h0, w_hh, relu, lengths, reverse):
+    y = torch.zeros_like(xp)
+    h = _single_state_forward(plan, rnn_kernels.rnn_forward_kernel, rnn_kernels.rnn_cell_step_kernel, xp, h0,
+                              (w_hh,), (y,), lengths, reverse, RELU=relu, **_flags(xp.dtype))
+    return y, h
+
+
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+    """reference.rnn_backward: (dxp, dh0), act' read off the forward's outputs y."""
+    _check_dtype(dy.dtype)
+    _check_rnn_arguments(y, dh_n, w_hh, lengths)
+    if dy.shape != y.shape:
+        raise RuntimeError(f"triton rnn_backward: dy {tuple(dy.shape)} must have y's shape {tuple(y.shape)}")
+    args = (dy.contiguous(), dh_n.contiguous(), y.contiguous(), w_hh.contiguous(), bool(relu), lengths, reverse)
+    hidden = y.shape[-1]
+    plan = _plan("rnn", "backward", hidden, hidden, dy.dtype, dy.shape[1], dy.device, lambda p: _rnn_backward(p, *args))
+    return _rnn_backward(plan, *args)
+
+
+def _rnn_backward(plan, dy, dh_n, y, w_hh, relu, lengths, reverse):
+    seq_len, batch, hidden = dy.shape
+    dxp = torch.zeros_like(dy)
+    dh = dh_n.clone()
+    lens = _device_lengths(lengths, seq_len, batch, dy.device)
+    flags = _flags(dy.dtype)
+    if plan.strategy == "persistent":
+        _persistent(rnn_kernels.rnn_backward_kernel, plan, batch,
+                    dy, y, w_hh, lens, dh, dxp, seq_len, batch, hidden, RELU=relu, REVERSE=reverse, **flags)
+    else:
+        steps = _Steps(plan, lengths, seq_len, batch, reverse)
+        for t, live in reversed(steps.forward_order):
+            steps.launch(rnn_kernels.rnn_cell_backward_step_kernel, live, hidden,
+                         dy, dh, y, lens, dxp, t, batch, hidden, RELU=relu, ACC=flags["ACC"], tiles_k=False)
+            steps.launch(rnn_kernels.rnn_carry_step_kernel, live, hidden, dxp, w_hh, dh, lens, t, batch, hidden, **flags)
+    return dxp, dh
+
+
+# --- the cells: one fused step per call, for the cell modules ----------------------------------------
+
+# Tiles of the cell kernels: rows x hidden units per program, and the GEMMs' reduction chunk (tl.dot needs >= 16).
+CELL_BLOCK_B, CELL_BLOCK_H, CELL_BLOCK_K = 16, 32, 32
+_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _cell_precision(dtype: torch.dtype) -> str:
+    """fp32 cell GEMMs follow the switch nn's cells obey (their GEMMs are torch's matmul, not cuDNN's):
+    TF32 only while torch.backends.cuda.matmul.allow_tf32 is on (off by default)."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _empty(shape, like: torch.Tensor) -> torch.Tensor:
+    """A cell kernel's output, every element of which the kernel writes."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def _check_cell_arguments(cell: cells.Cell, x, states, w_ih, w_hh, b_ih, b_hh) -> None:
+    """The shapes, dtypes and devices the cell kernels index by, checked before a launch could read past a tensor."""
+    if len(states) != len(cell.states):
+        raise RuntimeError(f"triton cell_forward: {cell.mode} takes states {cell.states}; got {len(states)}")
+    if x.dim() != 2 or states[0].dim() != 2:
+        raise RuntimeError(f"triton cell_forward: expected x (B, I) and states (B, H); got {tuple(x.shape)}, "
+                           f"{tuple(states[0].shape)}")
+    if x.dtype not in _FLOATING:
+        raise RuntimeError(f"triton cell_forward: the kernels take {', '.join(map(str, _FLOATING))}; got {x.dtype}")
+    (batch, inputs), hidden = x.shape, states[0].shape[1]
+    gate_rows = cell.gates * hidden
+    expected = [("w_ih", w_ih, (gate_rows, inputs)), ("w_hh", w_hh, (gate_rows, hidden))]
+    expected += [(f"state {name}", state, (batch, hidden)) for name, state in zip(cell.states, states)]
+    if (b_ih is None) != (b_hh is None):
+        raise RuntimeError("triton cell_forward: b_ih and b_hh are both given or both None")
+    if b_ih is not None:
+        expected += [("b_ih", b_ih, (gate_rows,)), ("b_hh", b_hh, (gate_rows,))]
+    for name, tensor, shape in expected:
+        if tensor.shape != shape or tensor.dtype != x.dtype or tensor.device != x.device:
+            raise RuntimeError(f"triton cell_forward: {cell.mode} with x {tuple(x.shape)} {x.dtype} on {x.device} needs "
+                               f"{name} of shape {shape} in that dtype and device; got {tuple(tensor.shape)} "
+                               f"{tensor.dtype} on {tensor.device}")
+
+
+def _cell_grid(batch: int, hidden: int) -> tuple[int, int]:
+    return triton.cdiv(batch, CELL_BLOCK_B), triton.cdiv(hidden, CELL_BLOCK_H)
+
+
+def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None):
+    """reference.cell_forward in one launch: both gate GEMMs and the cell (fastrnn/triton/cell_step.py). The
+    kernel reads the weights as they are, so `cache` (the module's dict for prepacked weights) is unused."""
+    cell = cells.cell(mode)
+    _check_dtype(x.dtype)
+    _check_cell_arguments(cell, x, states, w_ih, w_hh, b_ih, b_hh)
+    batch, hidden = x.shape[0], states[0].shape[1]
+    lstm = len(cell.states) == 2
+    h_new = _empty((batch, hidden), x)
+    c_new = _empty((batch, hidden), x) if lstm else x.new_empty(0)
+    saved = _empty((batch, 4 * hidden), x) if save and cell.gates > 1 else x.new_empty(0)
+    if batch:
+        unused = x.new_empty(0)
+        cell_kernels.cell_forward_kernel[_cell_grid(batch, hidden)](
+            x.contiguous(), states[0].contiguous(), states[1].contiguous() if lstm else unused,
+            w_ih.contiguous(), w_hh.contiguous(), unused if b_ih is None else b_ih.contiguous(),
+            unused if b_hh is None else b_hh.contiguous(), h_new, c_new, saved, batch, x.shape[1], hidden,
+            MODE=mode, HAS_BIAS=b_ih is not None, SAVE=saved.numel() > 0, ACC=_TRITON_DTYPE[_accumulator(x.dtype)],
+            PRECISION=_cell_precision(x.dtype), BLOCK_B=CELL_BLOCK_B, BLOCK_H=CELL_BLOCK_H, BLOCK_K=CELL_BLOCK_K)
+    return ((h_new, c_new) if lstm else (h_new,)), saved
+
+
+def cell_backward(mode, d_new, states, new, saved):
+    """reference.cell_backward as one pointwise launch: (d gx, d gh, the direct part of each state's gradient,
+    None where a state reaches the result only through W_hh). d gh is d gx itself but for the GRU."""
+    cell = cells.cell(mode)
+    _check_dtype(d_new[0].dtype)
+    h = states[0]
+    batch, hidden = h.shape
+    lstm, gru = mode == "LSTM", mode == "GRU"
+    dgx = _empty((batch, cell.gates * hidden), h)
+    dgh = _empty((batch, 3 * hidden), h) if gru else dgx
+    direct = _empty((batch, hidden), h) if lstm or gru else h.new_empty(0)
+    if batch:
+        unused = h.new_empty(0)
+        cell_kernels.cell_backward_kernel[_cell_grid(batch, hidden)](
+            d_new[0].contiguous(), d_new[1].contiguous() if lstm else unused, h.contiguous(),
+            states[1].contiguous() if lstm else unused, new[0].contiguous(), new[1].contiguous() if lstm else unused,
+            saved.contiguous(), dgx, dgh, direct, batch, hidden,
+            MODE=mode, ACC=_TRITON_DTYPE[_accumulator(h.dtype)], BLOCK_B=CELL_BLOCK_B, BLOCK_H=CELL_BLOCK_H)
+    if lstm:
+        return dgx, dgh, (None, direct)
+    return dgx, dgh, (direct if gru else None,)

@@ -68,7 +68,7 @@ class Plan:
 class Problem:
     """What a plan is chosen for (the tuning key), built by `problem()`."""
 
-    cell: str  # "lstm" | "gru"
+    cell: str  # "lstm" | "gru" | "rnn"
     pass_: str  # "forward" | "backward"
     hidden: int
     state: int  # R: proj_size, or hidden
