@@ -37,15 +37,23 @@ void run_plan(void (*kernel)(Params), Params params, const Geometry& geometry, G
   }
 }
 
-// Calls f.template operator()<T, M>() for the storage type and math of (dtype, allow_tf32).
+// The storage type and math of a call, as one value: dispatch() hands it to a generic lambda, which reads
+// them back as typename decltype(k)::type and decltype(k)::math.
+template <class T, Math M>
+struct KernelTypes {
+  using type = T;
+  static constexpr Math math = M;
+};
+
+// Calls f(KernelTypes<T, M>{}) for the storage type and math of (dtype, allow_tf32).
 template <class F>
 auto dispatch(DType dtype, bool allow_tf32, const F& f) {
   switch (dtype) {
-    case DType::float64: return f.template operator()<double, Math::fma>();
+    case DType::float64: return f(KernelTypes<double, Math::fma>{});
     case DType::float32:
-      return allow_tf32 ? f.template operator()<float, Math::tf32>() : f.template operator()<float, Math::fma>();
-    case DType::float16: return f.template operator()<__half, Math::tensor16>();
-    default: return f.template operator()<__nv_bfloat16, Math::tensor16>();
+      return allow_tf32 ? f(KernelTypes<float, Math::tf32>{}) : f(KernelTypes<float, Math::fma>{});
+    case DType::float16: return f(KernelTypes<__half, Math::tensor16>{});
+    default: return f(KernelTypes<__nv_bfloat16, Math::tensor16>{});
   }
 }
 
