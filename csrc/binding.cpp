@@ -727,6 +727,59 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& 
   return {dxp, dhn, dh0};
 }
 
+std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh, bool relu,
+                                       const std::optional<Tensor>& lengths, bool reverse, bool save, bool allow_tf32,
+                                       int strategy, int ctas, int threads, int row_tile, int k_chunk) {
+  (void)save;  // the backward reads act' off y: nothing more to keep
+  check_first(xp, "xp");
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.dim() == 2 ? h0.size(1) : -1;
+  TORCH_CHECK(H > 0, "fastrnn cuda backend: h0 must be 2-D (B, hidden), got ", h0.sizes());
+  check_input(xp, "xp", xp, {T, B, H});
+  check_input(h0, "h0", xp, {B, H});
+  check_input(w_hh, "w_hh", xp, {H, H});
+  const DeviceGuard guard(xp);
+  const Tensor lens = device_lengths(lengths, T, B, xp);
+  Tensor y = output(xp, {T, B, H});
+  if (T == 0 || B == 0) return {y, h0.clone()};
+  Tensor h_n = output(h0, {B, H});
+  const gpu::Problem p = problem(T, B, H, H, false, reverse, xp, lens);
+  Tensor space = workspace(gpu::Kernel::rnn_forward, p, xp);
+  const gpu::RnnForward args{p, relu, xp.data_ptr(), h0.data_ptr(), w_hh.data_ptr(), y.data_ptr(), h_n.data_ptr(),
+                             space.data_ptr()};
+  const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, xp);
+  {
+    pybind11::gil_scoped_release no_gil;
+    gpu::rnn_forward(args, o);
+  }
+  return {y, h_n};
+}
+
+std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& y, const Tensor& w_hh,
+                                        bool relu, const std::optional<Tensor>& lengths, bool reverse, bool allow_tf32,
+                                        int strategy, int ctas, int threads, int row_tile, int k_chunk) {
+  check_first(dy, "dy");
+  const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2);
+  TORCH_CHECK(H > 0, "fastrnn cuda backend: dy's last dimension (hidden) must be positive");
+  check_input(dh_n, "dh_n", dy, {B, H});
+  check_input(y, "y", dy, {T, B, H});
+  check_input(w_hh, "w_hh", dy, {H, H});
+  const DeviceGuard guard(dy);
+  const Tensor lens = device_lengths(lengths, T, B, dy);
+  Tensor dxp = output(dy, {T, B, H});
+  if (T == 0 || B == 0) return {dxp, dh_n.clone()};
+  Tensor dh0 = output(dh_n, {B, H});
+  const gpu::Problem p = problem(T, B, H, H, false, reverse, dy, lens);
+  Tensor space = workspace(gpu::Kernel::rnn_backward, p, dy);
+  const gpu::RnnBackward args{p, relu, dy.data_ptr(), dh_n.data_ptr(), y.data_ptr(), w_hh.data_ptr(), dxp.data_ptr(),
+                              dh0.data_ptr(), space.data_ptr()};
+  const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, dy);
+  {
+    pybind11::gil_scoped_release no_gil;
+    gpu::rnn_backward(args, o);
+  }
+  return {dxp, dh0};
+}
+
 gpu::DType dtype_named(const std::string& name) {
   if (name == "float64") return gpu::DType::float64;
   if (name == "float32") return gpu::DType::float32;
@@ -739,8 +792,8 @@ gpu::DType dtype_named(const std::string& name) {
 std::string describe_plan(int kernel, int64_t steps, int64_t batch, int64_t hidden, int64_t state, bool projection,
                           const std::string& dtype, bool allow_tf32, int strategy, int ctas, int threads, int row_tile,
                           int k_chunk) {
-  TORCH_CHECK(kernel >= 0 && kernel <= 3, "fastrnn cuda backend: kernel must be 0..3 (lstm forward, lstm backward, "
-              "gru forward, gru backward)");
+  TORCH_CHECK(kernel >= 0 && kernel <= 5, "fastrnn cuda backend: kernel must be 0..5 (lstm forward, lstm backward, "
+              "gru forward, gru backward, rnn forward, rnn backward)");
   TORCH_CHECK(steps >= 1 && batch >= 1 && hidden >= 1 && state >= 1, "fastrnn cuda backend: sizes must be positive");
   const gpu::Problem p{steps, batch, hidden, state, projection, false, dtype_named(dtype), nullptr};
   gpu::Options o;
@@ -770,6 +823,14 @@ void define(pybind11::module_& m) {
         py::arg("k_chunk") = 0);
   m.def("gru_backward_cuda", &gru_backward, "GRU recurrence backward (CUDA)", py::arg("dy"), py::arg("dh_n"),
         py::arg("h_prev"), py::arg("w_hh"), py::arg("saved"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
+        py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("rnn_forward_cuda", &rnn_forward, "Elman recurrence (tanh or relu), one layer-direction (CUDA)", py::arg("xp"),
+        py::arg("h0"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
+        py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
+        py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("rnn_backward_cuda", &rnn_backward, "Elman recurrence backward (CUDA)", py::arg("dy"), py::arg("dh_n"),
+        py::arg("y"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"),
         py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
         py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
   m.def("cuda_describe_plan", &describe_plan, "The launch plan a CUDA kernel call would run here, in words",

@@ -19,7 +19,14 @@ namespace cuda {
 enum class DType : int { float64 = 0, float32 = 1, float16 = 2, bfloat16 = 3 };
 
 // Which kernel: (cell, pass).
-enum class Kernel : int { lstm_forward = 0, lstm_backward = 1, gru_forward = 2, gru_backward = 3 };
+enum class Kernel : int {
+  lstm_forward = 0,
+  lstm_backward = 1,
+  gru_forward = 2,
+  gru_backward = 3,
+  rnn_forward = 4,  // Elman, tanh or relu
+  rnn_backward = 5,
+};
 
 // How the recurrence is launched (see csrc/cuda/plan.h): one persistent cooperative launch for all steps,
 // or one fused launch per step (and per phase of a step).
@@ -103,6 +110,29 @@ struct GruBackward {
   void* workspace;
 };
 
+struct RnnForward {
+  Problem problem;   // state == hidden
+  bool relu;         // act = relu, else tanh
+  const void* xp;    // [T, B, H]  x W_ih^T + b_ih + b_hh
+  const void* h0;    // [B, H]
+  const void* w_hh;  // [H, H]
+  void* y;           // [T, B, H] (all the backward needs: act' is read off y)
+  void* h_n;         // [B, H]
+  void* workspace;
+};
+
+struct RnnBackward {
+  Problem problem;
+  bool relu;
+  const void* dy;    // [T, B, H]
+  const void* dh_n;  // [B, H]
+  const void* y;     // [T, B, H] the forward's outputs
+  const void* w_hh;
+  void* dxp;  // [T, B, H] gradient of the pre-activations
+  void* dh0;  // [B, H]
+  void* workspace;
+};
+
 // Bytes of device workspace a call needs (carried states, h exchange buffers, the grid barrier).
 size_t workspace_bytes(Kernel kernel, const Problem& problem);
 
@@ -111,6 +141,8 @@ void lstm_forward(const LstmForward& args, const Options& options);
 void lstm_backward(const LstmBackward& args, const Options& options);
 void gru_forward(const GruForward& args, const Options& options);
 void gru_backward(const GruBackward& args, const Options& options);
+void rnn_forward(const RnnForward& args, const Options& options);
+void rnn_backward(const RnnBackward& args, const Options& options);
 
 // The launch plan a call with these arguments would run, in words (strategy, CTAs, threads, tiles,
 // shared memory, and why), computed for the current device.

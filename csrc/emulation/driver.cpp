@@ -5,7 +5,7 @@
 //
 //   driver run CASE_DIR...     each CASE_DIR holds case.txt (key=value lines: kernel, dtype, steps, batch,
 //                              hidden, state, projection, reverse, strategy, ctas, threads, row_tile,
-//                              k_chunk, allow_tf32) and one raw little-endian file per input (NAME.bin,
+//                              k_chunk, allow_tf32; relu for the Elman kernels) and one raw little-endian file per input (NAME.bin,
 //                              optional ones may be absent; lengths.bin is int32); writes NAME.out per output
 //   driver selftest NAME       runs one of the planted bugs of selftest.h
 //
@@ -103,10 +103,13 @@ class Case {
     if (name == "lstm_backward") return gpu::Kernel::lstm_backward;
     if (name == "gru_forward") return gpu::Kernel::gru_forward;
     if (name == "gru_backward") return gpu::Kernel::gru_backward;
+    if (name == "rnn_forward") return gpu::Kernel::rnn_forward;
+    if (name == "rnn_backward") return gpu::Kernel::rnn_backward;
     throw UsageError("unknown kernel " + name);
   }
 
   const gpu::Problem& problem() const { return problem_; }
+  bool relu() const { return number("relu") != 0; }
   const gpu::Options& options() const { return options_; }
   void* workspace() {  // 256-byte aligned, as the binding's allocations are
     const auto address = reinterpret_cast<uintptr_t>(workspace_.data());
@@ -186,6 +189,19 @@ void run_case(const std::string& dir) {
                                   c.output("dxp", T * B * 3 * H), c.output("dhn", T * B * H), c.output("dh0", B * H),
                                   c.workspace()};
       gpu::gru_backward(args, c.options());
+      break;
+    }
+    case gpu::Kernel::rnn_forward: {
+      const gpu::RnnForward args{p, c.relu(), c.input("xp", T * B * H), c.input("h0", B * H), c.input("w_hh", H * H),
+                                 c.output("y", T * B * H), c.output("h_n", B * H), c.workspace()};
+      gpu::rnn_forward(args, c.options());
+      break;
+    }
+    case gpu::Kernel::rnn_backward: {
+      const gpu::RnnBackward args{p, c.relu(), c.input("dy", T * B * H), c.input("dh_n", B * H), c.input("y", T * B * H),
+                                  c.input("w_hh", H * H), c.output("dxp", T * B * H), c.output("dh0", B * H),
+                                  c.workspace()};
+      gpu::rnn_backward(args, c.options());
       break;
     }
   }

@@ -1,8 +1,8 @@
 """Backend registry: which implementations of the recurrence exist, which can run, which `auto` picks.
 
-A kernel backend is a module with `unavailable_reason(device)` and the four recurrence functions of
-`fastrnn.backends.reference` (lstm_forward, lstm_backward, gru_forward, gru_backward), same
-arguments and results. The forwards also take `save` (default True); save=False is an inference call,
+A kernel backend is a module with `unavailable_reason(device)` and the recurrence functions of
+`fastrnn.backends.reference` (lstm_forward, lstm_backward, gru_forward, gru_backward, and rnn_forward,
+rnn_backward where CELLS_OF says it has the Elman cells), same arguments and results. The forwards also take `save` (default True); save=False is an inference call,
 which returns empty tensors for what only the backward needs (LSTM gates and cell states, GRU saved). `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
 (cuDNN on GPU), run whole by the layer modules.
 """
@@ -22,9 +22,9 @@ from .auto import Workload
 KERNEL_BACKENDS = ("cuda", "triton", "cpp", "reference")
 BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
 
-# The cells (cells.Cell.mode) each kernel backend has kernels for, where not all of them; auto never picks a
-# backend for a cell it lacks.
-CELLS_OF = {"cuda": ("LSTM", "GRU"), "triton": ("LSTM", "GRU")}
+# The cells (cells.Cell.mode) each kernel backend has layer kernels for (a backend not listed has them all);
+# auto never picks a backend for a cell it lacks.
+CELLS_OF = {"cuda": ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"), "triton": ("LSTM", "GRU")}
 # The kernel backends with fused cell steps (cell_forward, cell_backward) for the cell modules.
 CELL_STEP_BACKENDS = ("cpp", "reference")
 

@@ -1,5 +1,5 @@
 """CUDA backend: the recurrence contract of `fastrnn.backends.reference` on the CUDA C++ kernels of
-fastrnn._C (csrc/cuda/): float64, float32 (on TF32 tensor cores while
+fastrnn._C (csrc/cuda/), for LSTM, GRU and the Elman RNN (tanh, relu): float64, float32 (on TF32 tensor cores while
 torch.backends.cudnn.allow_tf32 is on, as nn.LSTM's cuDNN), float16 and bfloat16, on CUDA tensors.
 
 Each call plans its launch per shape and device (csrc/cuda/plan.h): `persistent`, one cooperative
@@ -95,7 +95,7 @@ def _kernels() -> ModuleType:
 
 # The shapes of the latest call of each kernel, for explain(): (steps, batch, hidden, state, projection, dtype).
 last_problems: dict[str, tuple] = {}
-KERNELS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
+KERNELS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward")
 
 
 def describe_plan(kernel: str, steps: int, batch: int, hidden: int, state: int, projection: bool,
@@ -129,6 +129,16 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
 def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
     _record("gru_backward", dy.shape[0], dy.shape[1], dy.shape[-1], dy.shape[-1], False, dy.dtype)
     return _kernels().gru_backward_cuda(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, **_knobs(dy.dtype))
+
+
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+    _record("rnn_forward", xp.shape[0], xp.shape[1], h0.shape[-1], h0.shape[-1], False, xp.dtype)
+    return _kernels().rnn_forward_cuda(xp, h0, w_hh, relu, lengths, reverse, save, **_knobs(xp.dtype))
+
+
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+    _record("rnn_backward", dy.shape[0], dy.shape[1], dy.shape[-1], dy.shape[-1], False, dy.dtype)
+    return _kernels().rnn_backward_cuda(dy, dh_n, y, w_hh, relu, lengths, reverse, **_knobs(dy.dtype))
 
 
 def explain_lines() -> list[str]:
