@@ -103,3 +103,29 @@ def check_gru(kernels, dtype, seq_len, batch, hidden, bias, reverse, ragged, see
     reference_grads = in_kernel_arithmetic(backward, reference.gru_backward, low_reference, low_grads, low[2], low[1],
                                            tf32=tf32)
     assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")
+
+
+def check_rnn(kernels, dtype, seq_len, batch, hidden, relu, reverse, ragged, seed=0, device="cpu", **knobs):
+    """The Elman kernels (tanh or relu) against the reference, as check_lstm."""
+    knobs.setdefault("allow_tf32", False)
+    tf32 = bool(knobs["allow_tf32"]) and dtype == torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    exact_in = (_randn(gen, seq_len, batch, hidden), _randn(gen, batch, hidden),
+                _randn(gen, hidden, hidden, scale=hidden ** -0.5))
+    lengths = _lengths(batch, seq_len, ragged, gen)
+    exact = reference.rnn_forward(*exact_in, relu, lengths, reverse)
+    low = _cast(exact_in, dtype)
+    ours = _cpu(kernels.rnn_forward_cuda(*_to(low, device), relu, lengths, reverse, **knobs))
+    low_reference = in_kernel_arithmetic(reference.rnn_forward, *low, relu, lengths, reverse, tf32=tf32)
+    assert_bounded(ours, low_reference, exact, dtype, "forward")
+
+    # Both backwards read the reference forward's y in `dtype`: relu's act' at a pre-activation near 0 hangs on
+    # the forward's last bit, which would make one flipped unit the whole difference.
+    grads = [_randn(gen, *t.shape) for t in exact]
+    exact_grads = reference.rnn_backward(*grads, exact[0], exact_in[2], relu, lengths, reverse)
+    low_grads = _cast(grads, dtype)
+    ours_grads = _cpu(kernels.rnn_backward_cuda(*_to((*low_grads, low_reference[0], low[2]), device), relu, lengths,
+                                                reverse, **knobs))
+    reference_grads = in_kernel_arithmetic(reference.rnn_backward, *low_grads, low_reference[0], low[2], relu, lengths,
+                                           reverse, tf32=tf32)
+    assert_bounded(ours_grads, reference_grads, exact_grads, dtype, "backward")

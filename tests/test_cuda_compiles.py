@@ -41,7 +41,7 @@ FLAGS = ["-std=c++17", *_build.NVCC_FLAGS, *TORCH_NVCC_FLAGS, "-Xptxas", "-v,--w
          "-Werror", "all-warnings"]
 CACHE = Path(os.environ.get("FASTRNN_PTXAS_CACHE", Path.home() / ".cache" / "fastrnn" / "ptxas"))
 # Kernels per .cu: (cell, pass) x (float64/fma, float32/fma, float32/tf32, float16, bfloat16).
-EXPECTED_KERNELS = {"lstm.cu": 10, "gru.cu": 10, "plans.cu": 0}
+EXPECTED_KERNELS = {"lstm.cu": 10, "gru.cu": 10, "rnn.cu": 10, "plans.cu": 0}
 MATH = {"0": "fma", "1": "tf32", "2": "tensor16"}
 
 

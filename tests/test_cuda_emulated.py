@@ -29,6 +29,7 @@ from conftest import compare, detached, make_pair, random_inputs, rel_error, run
 from cuda_checks import DTYPES, _cast, _randn
 from cuda_checks import check_gru as _check_gru
 from cuda_checks import check_lstm as _check_lstm
+from cuda_checks import check_rnn as _check_rnn
 
 REASON = simt_build.skip_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"SIMT emulator unavailable: {REASON}")
@@ -53,6 +54,11 @@ def check_gru(*args, **knobs):
     _check_gru(*args, **knobs)
 
 
+def check_rnn(*args, **knobs):
+    knobs.setdefault("threads", 64)
+    _check_rnn(*args, **knobs)
+
+
 # --- every kernel, dtype, plan and option, on tiny awkward shapes ----------------------------------
 
 
@@ -72,6 +78,15 @@ def test_gru_kernels_match_reference(emulated, plan, dtype, bias, reverse, ragge
     check_gru(emulated, dtype, seq_len=6, batch=5, hidden=7, bias=bias, reverse=reverse, ragged=ragged, **PLANS[plan])
 
 
+@pytest.mark.parametrize("plan", PLANS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu,reverse,ragged", [(False, False, False), (True, True, True), (False, True, True),
+                                                 (True, False, True)], ids=["tanh", "relu-reverse-ragged",
+                                                                           "tanh-reverse-ragged", "relu-ragged"])
+def test_rnn_kernels_match_reference(emulated, plan, dtype, relu, reverse, ragged):
+    check_rnn(emulated, dtype, seq_len=6, batch=5, hidden=7, relu=relu, reverse=reverse, ragged=ragged, **PLANS[plan])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("knobs", [
     dict(strategy=1, ctas=2, threads=32, row_tile=16, k_chunk=16),   # one warp, 3 row tiles, several k chunks
@@ -83,17 +98,30 @@ def test_tiles_that_do_not_divide(emulated, dtype, knobs):
     with a ragged last one, CTAs owning slices of different widths, split reductions."""
     check_lstm(emulated, dtype, seq_len=4, batch=37, hidden=19, proj=11, reverse=True, ragged=True, seed=1, **knobs)
     check_gru(emulated, dtype, seq_len=4, batch=37, hidden=19, bias=True, reverse=False, ragged=True, seed=2, **knobs)
+    check_rnn(emulated, dtype, seq_len=4, batch=37, hidden=19, relu=True, reverse=True, ragged=True, seed=3, **knobs)
 
 
 def test_more_ctas_than_units(emulated):
     """4 CTAs for 3 units: the idle CTA still meets the others at every grid barrier."""
     check_lstm(emulated, torch.float64, seq_len=5, batch=3, hidden=3, proj=2, reverse=False, ragged=True, strategy=1, ctas=4)
     check_gru(emulated, torch.float64, seq_len=5, batch=3, hidden=3, bias=True, reverse=True, ragged=True, strategy=1, ctas=4)
+    check_rnn(emulated, torch.float64, seq_len=5, batch=3, hidden=3, relu=False, reverse=False, ragged=True, strategy=1,
+              ctas=4)
 
 
 def test_batch_of_one_and_single_step(emulated):
     check_lstm(emulated, torch.float32, seq_len=1, batch=1, hidden=1, proj=0, reverse=False, ragged=False, strategy=1, ctas=1)
     check_gru(emulated, torch.float32, seq_len=1, batch=1, hidden=1, bias=True, reverse=True, ragged=False, strategy=2)
+    check_rnn(emulated, torch.float32, seq_len=1, batch=1, hidden=1, relu=True, reverse=False, ragged=False, strategy=1,
+              ctas=1)
+    check_rnn(emulated, torch.float16, seq_len=1, batch=1, hidden=1, relu=False, reverse=True, ragged=False, strategy=2)
+
+
+def test_rnn_on_tf32(emulated):
+    """float32 with allow_tf32: the Elman kernels' products on TF32, against the TF32-rounded reference."""
+    for strategy in (1, 2):
+        check_rnn(emulated, torch.float32, seq_len=5, batch=6, hidden=20, relu=False, reverse=False, ragged=True,
+                  seed=4, strategy=strategy, ctas=2, allow_tf32=True)
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -112,9 +140,13 @@ def test_inference_call_keeps_nothing_for_a_backward(emulated, plan):
     kept = emulated.gru_forward_cuda(*gru, lengths, False, True, **knobs)
     light = emulated.gru_forward_cuda(*gru, lengths, False, False, **knobs)
     assert torch.equal(kept[0], light[0]) and torch.equal(kept[1], light[1]) and light[2].numel() == 0
+    rnn = (_randn(gen, 5, 3, 7), _randn(gen, 3, 7), _randn(gen, 7, 7))
+    kept = emulated.rnn_forward_cuda(*rnn, True, lengths, True, True, **knobs)
+    light = emulated.rnn_forward_cuda(*rnn, True, lengths, True, False, **knobs)
+    assert len(light) == 2 and torch.equal(kept[0], light[0]) and torch.equal(kept[1], light[1])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_empty_problems(emulated, cell):
     """T = 0 or B = 0: nothing to launch; the final states are the initial ones."""
     for seq_len, batch in [(0, 3), (4, 0)]:
@@ -123,10 +155,16 @@ def test_empty_problems(emulated, cell):
             args = (_randn(gen, seq_len, batch, 8), _randn(gen, batch, 2), _randn(gen, batch, 2), _randn(gen, 8, 2))
             y, h_n, c_n, gates, c_all = emulated.lstm_forward_cuda(*args, None, None, False)
             assert y.shape == (seq_len, batch, 2) and torch.equal(h_n, args[1]) and torch.equal(c_n, args[2])
-        else:
+        elif cell == "gru":
             args = (_randn(gen, seq_len, batch, 6), _randn(gen, batch, 2), _randn(gen, 6, 2))
             y, h_n, saved = emulated.gru_forward_cuda(*args, None, None, False)
             assert saved.shape == (seq_len, batch, 8) and torch.equal(h_n, args[1])
+        else:
+            args = (_randn(gen, seq_len, batch, 2), _randn(gen, batch, 2), _randn(gen, 2, 2))
+            y, h_n = emulated.rnn_forward_cuda(*args, False, None, False)
+            assert y.shape == (seq_len, batch, 2) and torch.equal(h_n, args[1])
+            dxp, dh0 = emulated.rnn_backward_cuda(y, h_n, y, args[2], False, None, False)
+            assert dxp.shape == (seq_len, batch, 2) and torch.equal(dh0, h_n)
 
 
 # --- TF32 and low precision over many steps ----------------------------------------------------------
@@ -187,11 +225,13 @@ def cuda_backend_on_cpu(monkeypatch, emulated):
     ("LSTM", dict(input_size=4, hidden_size=9, num_layers=2, batch_first=True)),
     ("GRU", dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True)),
     ("GRU", dict(input_size=3, hidden_size=6, bias=False, bidirectional=True)),
+    ("RNN_TANH", dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True)),
+    ("RNN_RELU", dict(input_size=3, hidden_size=6, bias=False, num_layers=2)),
 ])
 @pytest.mark.parametrize("strategy", ["persistent", "stepwise"])
 def test_modules_match_torch(cuda_backend_on_cpu, cell, config, strategy):
     """Stacked, both directions, packed unsorted with an initial state: output, final states and every
-    gradient against nn.LSTM / nn.GRU, in float64."""
+    gradient against nn.LSTM / nn.GRU / nn.RNN, in float64."""
     torch.manual_seed(2)
     ours, theirs = make_pair(cell, "cuda", "cpu", torch.float64, **config)
     x, hx = random_inputs(ours, 4, 9, lengths=[7, 9, 1, 4], seed=2)
@@ -242,13 +282,13 @@ def test_modules_in_float32_bounded_by_torch(cuda_backend_on_cpu, monkeypatch, c
 # an H100 (the emulator's modelled device: 132 SMs, 227 KB of shared memory per CTA). In float32 the LSTM
 # backward's slice of W_hh (4H rows by a 16-column tile) outgrows shared memory at H = 1024: that one runs
 # stepwise, and must say why.
-ANCHORS = [(cell, dtype, batch, hidden) for cell in ("lstm", "gru") for dtype in ("float16", "bfloat16", "float32")
+ANCHORS = [(cell, dtype, batch, hidden) for cell in ("lstm", "gru", "rnn") for dtype in ("float16", "bfloat16", "float32")
            for batch in (16, 64) for hidden in (256, 512, 1024)]
 
 
 @pytest.mark.parametrize("cell,dtype,batch,hidden", ANCHORS)
 def test_anchor_shapes_run_persistent_on_an_h100(emulated, cell, dtype, batch, hidden):
-    for index, kernel in enumerate(("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")):
+    for index, kernel in enumerate(cuda_backend.KERNELS):
         if not kernel.startswith(cell):
             continue
         plan = emulated.cuda_describe_plan(index, 256, batch, hidden, hidden, False, dtype)
@@ -278,6 +318,20 @@ def test_explain_names_the_plan_of_the_latest_call(cuda_backend_on_cpu):
 
 
 # --- errors ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel,args,message", [
+    ("rnn_forward_cuda", lambda: (torch.randn(3, 2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64),
+                                  torch.randn(4, 5, dtype=torch.float64)), r"w_hh must have shape \[4, 4\]"),
+    ("rnn_forward_cuda", lambda: (torch.randn(3, 2, 5, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64),
+                                  torch.randn(4, 4, dtype=torch.float64)), r"xp must have shape \[3, 2, 4\]"),
+    ("rnn_backward_cuda", lambda: (torch.randn(3, 2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64),
+                                   torch.randn(3, 2, 4), torch.randn(4, 4, dtype=torch.float64)),
+     "y has dtype Float but the other inputs have Double"),
+])
+def test_rnn_bad_inputs_raise_clear_errors(emulated, kernel, args, message):
+    with pytest.raises(RuntimeError, match=message):
+        getattr(emulated, kernel)(*args(), False, None, False)
 
 
 def _lstm_inputs(dtype=torch.float64):

@@ -17,7 +17,7 @@ from fastrnn.backends import cuda as cuda_backend
 from fastrnn.backends import reference, unavailable_reason
 
 from conftest import CUDA_SKIP, GPU_GRID, compare, detached, make_pair, random_inputs, rel_error, run
-from cuda_checks import DTYPES, _cast, _randn, check_gru, check_lstm
+from cuda_checks import DTYPES, _cast, _randn, check_gru, check_lstm, check_rnn
 from tolerance import allowed_error, precisions, reference as in_kernel_arithmetic, tf32_switch
 
 # float32 twice: allow_tf32 explicitly off (IEEE bound) and on (TF32 bound; see tests/tolerance.py).
@@ -44,13 +44,13 @@ def kernels():
 @pytest.mark.parametrize("batch", GPU_GRID["batch"])
 @pytest.mark.parametrize("hidden", GPU_GRID["hidden"])
 @pytest.mark.parametrize("seq_len", GPU_GRID["seq_len"])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
 def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype, tf32):
     """The same grid as the Triton backend's GPU tests (conftest.GPU_GRID), under each strategy (persistent
     where it fits), float32 with TF32 off and on."""
     plan = dict(strategy=STRATEGIES[strategy], allow_tf32=tf32)
     if strategy == "persistent":
-        kind = 0 if cell == "LSTM" else 2
+        kind = {"LSTM": 0, "GRU": 2}.get(cell, 4)
         described = kernels.cuda_describe_plan(kind, seq_len, batch, hidden, hidden, False, str(dtype)[6:],
                                                allow_tf32=tf32)
         if not described.startswith("persistent"):
@@ -58,9 +58,12 @@ def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype, tf32):
     if cell == "LSTM":
         check_lstm(kernels, dtype, seq_len, batch, hidden, proj=0, reverse=False, ragged=batch > 1,
                    seed=seq_len + hidden, device="cuda", **plan)
-    else:
+    elif cell == "GRU":
         check_gru(kernels, dtype, seq_len, batch, hidden, bias=True, reverse=True, ragged=batch > 1,
                   seed=seq_len + hidden, device="cuda", **plan)
+    else:
+        check_rnn(kernels, dtype, seq_len, batch, hidden, relu=cell == "RNN_RELU", reverse=cell == "RNN_TANH",
+                  ragged=batch > 1, seed=seq_len + hidden, device="cuda", **plan)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -96,7 +99,7 @@ def test_backend_is_selected_by_name():
     assert "cuda-plan lstm_forward" in fastrnn.explain("cuda")
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_long_sequence_does_not_drift(strategy, cell):
     torch.manual_seed(3)
@@ -139,4 +142,6 @@ def test_small_shapes_for_compute_sanitizer(kernels, strategy, dtype, tf32):
     check_lstm(kernels, dtype, seq_len=5, batch=19, hidden=37, proj=11, reverse=True, ragged=True, seed=6,
                device="cuda", **plan)
     check_gru(kernels, dtype, seq_len=5, batch=19, hidden=37, bias=True, reverse=False, ragged=True, seed=7,
+              device="cuda", **plan)
+    check_rnn(kernels, dtype, seq_len=5, batch=19, hidden=37, relu=True, reverse=True, ragged=True, seed=8,
               device="cuda", **plan)

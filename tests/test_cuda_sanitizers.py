@@ -40,6 +40,11 @@ CASES = {
                               ragged=True, strategy=2, threads=64, allow_tf32=1),
     "gru-f16-persistent-4ctas": dict(cell="gru", dtype=torch.float16, steps=4, batch=5, hidden=9, extra=1, reverse=True,
                                      ragged=False, strategy=1, ctas=4, threads=64),
+    # extra: 1 for relu, 0 for tanh
+    "rnn-relu-bf16-persistent-3ctas": dict(cell="rnn", dtype=torch.bfloat16, steps=4, batch=5, hidden=35, extra=1,
+                                           reverse=True, ragged=True, strategy=1, ctas=3, threads=64),
+    "rnn-tanh-f64-stepwise-tiles": dict(cell="rnn", dtype=torch.float64, steps=3, batch=37, hidden=19, extra=0,
+                                        reverse=False, ragged=True, strategy=2, threads=32, row_tile=16, k_chunk=16),
 }
 
 
@@ -71,12 +76,19 @@ def _prepare(case: dict, folder):
                       w_hr=randn(R, H, scale=H ** -0.5) if extra else None)
         forward = reference.lstm_forward
         out_names = ("y", "h_n", "c_n", "gates", "c_all")
-    else:
+    elif case["cell"] == "gru":
         R = H
         inputs = dict(xp=randn(T, B, 3 * H), h0=randn(B, H), w_hh=randn(3 * H, H, scale=H ** -0.5),
                       b_hn=randn(H) if extra else None)
         forward = reference.gru_forward
         out_names = ("y", "h_n", "saved")
+    else:
+        R, relu = H, bool(extra)
+        inputs = dict(xp=randn(T, B, H), h0=randn(B, H), w_hh=randn(H, H, scale=H ** -0.5))
+
+        def forward(xp, h0, w_hh, lengths, reverse):
+            return reference.rnn_forward(xp, h0, w_hh, relu, lengths, reverse)
+        out_names = ("y", "h_n")
     low = {k: None if v is None else v.to(dtype) for k, v in inputs.items()}
     exact_out = forward(*inputs.values(), lengths, case["reverse"])
     low_out = forward(*low.values(), lengths, case["reverse"])
@@ -89,11 +101,18 @@ def _prepare(case: dict, folder):
             return dict(dy=grad[0], dh_n=grad[1], dc_n=grad[2], c_prev=c_prev, w_hh=w["w_hh"], w_hr=w["w_hr"],
                         gates=out[3], c_all=out[4])
         backward, grad_names = reference.lstm_backward, ("dgates", "dh_all", "dh0", "dc0")
-    else:
+    elif case["cell"] == "gru":
         def backward_inputs(out, grad, w):
             h_prev = functional.previous_states(out[0], w["h0"], lengths, case["reverse"])
             return dict(dy=grad[0], dh_n=grad[1], h_prev=h_prev, w_hh=w["w_hh"], saved=out[2])
         backward, grad_names = reference.gru_backward, ("dxp", "dhn", "dh0")
+    else:
+        def backward_inputs(out, grad, w):
+            return dict(dy=grad[0], dh_n=grad[1], y=out[0], w_hh=w["w_hh"])
+
+        def backward(dy, dh_n, y, w_hh, lengths, reverse):
+            return reference.rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse)
+        grad_names = ("dxp", "dh0")
     exact_back_in = backward_inputs(exact_out, grads, inputs)
     low_back_in = backward_inputs(low_out, [g.to(dtype) for g in grads], low)
     exact_grads = backward(*exact_back_in.values(), lengths, case["reverse"])
@@ -116,7 +135,7 @@ def _prepare(case: dict, folder):
                         projection=int(case["cell"] == "lstm" and bool(extra)), reverse=int(case["reverse"]),
                         strategy=case["strategy"], ctas=case.get("ctas", 0), threads=case["threads"],
                         row_tile=case.get("row_tile", 0), k_chunk=case.get("k_chunk", 0),
-                        allow_tf32=case.get("allow_tf32", 0))
+                        allow_tf32=case.get("allow_tf32", 0), relu=int(case["cell"] == "rnn" and bool(extra)))
         (sub / "case.txt").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         for name, tensor in tensors.items():
             if tensor is not None:
