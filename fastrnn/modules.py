@@ -565,8 +565,9 @@ class GRU(_RNNBase):
 
 
 class RNN(_RNNBase):
-    """Drop-in nn.RNN (Elman, nonlinearity "tanh" or "relu"). Extra keyword: backend = "auto" | "cpp" |
-    "reference" | "aten" (the GPU kernel backends have no Elman kernels yet: on a GPU auto runs cuDNN)."""
+    """Drop-in nn.RNN (Elman, nonlinearity "tanh" or "relu"). Extra keyword: backend = "auto" | "cpp" | "cuda" |
+    "reference" | "aten" (triton has no Elman kernels yet; on a GPU auto runs cuDNN: the cuda kernels are not
+    yet measured against it)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
