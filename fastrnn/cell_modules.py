@@ -221,7 +221,8 @@ def _resolve(backend: str, device: str, dtype: torch.dtype, cell_name: str) -> s
     """The backend a cell's forward on `device` in `dtype` runs."""
     device = torch.device(device)
     if backend == "auto":
-        # No fused GPU cell kernel yet: on a GPU, and for the dtypes the cpp kernels leave, nn's own code.
+        # On a GPU nn's own code until the cuda cell kernel is measured against it there (asked for by name, it
+        # runs); on a CPU, for the dtypes the cpp kernels leave, nn's own code too.
         return "cpp" if device.type == "cpu" and dtype in _CPP_DTYPES and backends.runs("cpp", device) else "aten"
     backend = backends.resolve(backend, device)
     if backend not in (*backends.CELL_STEP_BACKENDS, "aten"):
@@ -248,7 +249,8 @@ def _cell_mode(module: nn.Module) -> str | None:
 
 class LSTMCell(_CellBase):
     """Drop-in nn.LSTMCell: forward(input, (h, c)=None) -> (h', c'). Extra keyword: backend = "auto" | "cpp"
-    | "reference" | "aten" (the GPU kernel backends have no fused cells yet: on a GPU auto runs nn's code)."""
+    | "cuda" | "reference" | "aten" (triton has no fused cells; on a GPU auto runs nn's code: the cuda cell kernel
+    is not yet measured against it)."""
 
     mode = "LSTM"
 

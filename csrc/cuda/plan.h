@@ -112,14 +112,19 @@ inline const char* kernel_name(Kernel kernel) {
     case Kernel::gru_forward: return "gru forward";
     case Kernel::gru_backward: return "gru backward";
     case Kernel::rnn_forward: return "rnn forward";
-    default: return "rnn backward";
+    case Kernel::rnn_backward: return "rnn backward";
+    case Kernel::lstm_cell: return "lstm cell";
+    case Kernel::gru_cell: return "gru cell";
+    default: return "rnn cell";
   }
 }
 
 // The reduction and the slicing of each phase kind. (LSTM forward: units with their 4 gate rows of W_hh
 // over R, then state columns of W_hr over H. Backwards: columns of W_hh over its 4H or 3H rows, the
 // transposed product dG W_hh; with a projection the state columns first, then the units through W_hr.
-// Elman: units with their one row of W_hh over H; backward, columns of W_hh over its H rows.)
+// Elman: units with their one row of W_hh over H; backward, columns of W_hh over its H rows. A cell step:
+// units with their rows of [W_ih | W_hh] over I + H, the GRU's candidate in two rows, input and hidden
+// part apart, as its reset gate multiplies only the hidden part.)
 struct PhaseSpec {
   int k, gates, extent;
 };
@@ -141,8 +146,12 @@ inline int phase_kinds(Kernel kernel, const Problem& p, PhaseSpec* specs) {
     case Kernel::gru_backward:
       specs[0] = {3 * H, 1, H};
       return 1;
-    default:  // the Elman forward and backward
+    case Kernel::rnn_forward:
+    case Kernel::rnn_backward:
       specs[0] = {H, 1, H};
+      return 1;
+    default:  // a cell step
+      specs[0] = {static_cast<int>(p.input) + H, kernel == Kernel::rnn_cell ? 1 : 4, H};
       return 1;
   }
 }
@@ -372,16 +381,19 @@ inline WorkspaceLayout workspace_layout(Kernel kernel, const Problem& p) {
       w.carry = take(BR * acc);
       if (kernel == Kernel::lstm_backward) w.dc_state = take(BH * acc);
       break;
+    default:  // a cell step keeps nothing between launches
+      break;
   }
   w.barrier = take(2 * sizeof(unsigned int));
   w.bytes = used;
   return w;
 }
 
-// The plan each family's launcher would run (lstm.cu, gru.cu, rnn.cu), for describe_plan().
+// The plan each family's launcher would run (lstm.cu, gru.cu, rnn.cu, cell_step.cu), for describe_plan().
 Plan lstm_plan(Kernel kernel, const Problem& problem, const Options& options);
 Plan gru_plan(Kernel kernel, const Problem& problem, const Options& options);
 Plan rnn_plan(Kernel kernel, const Problem& problem, const Options& options);
+Plan cell_plan(Kernel kernel, const Problem& problem, const Options& options);
 
 }  // namespace cuda
 }  // namespace fastrnn

@@ -15,6 +15,9 @@ std::string describe_plan(Kernel kernel, const Problem& problem, const Options& 
     case Kernel::gru_backward: return gru_plan(kernel, problem, options).description;
     case Kernel::rnn_forward:
     case Kernel::rnn_backward: return rnn_plan(kernel, problem, options).description;
+    case Kernel::lstm_cell:
+    case Kernel::gru_cell:
+    case Kernel::rnn_cell: return cell_plan(kernel, problem, options).description;
   }
   throw std::invalid_argument("fastrnn cuda backend: unknown kernel " + std::to_string(static_cast<int>(kernel)));
 }

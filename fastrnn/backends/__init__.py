@@ -26,7 +26,7 @@ BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
 # auto never picks a backend for a cell it lacks.
 CELLS_OF = {"cuda": ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"), "triton": ("LSTM", "GRU")}
 # The kernel backends with fused cell steps (cell_forward, cell_backward) for the cell modules.
-CELL_STEP_BACKENDS = ("cpp", "reference")
+CELL_STEP_BACKENDS = ("cpp", "cuda", "reference")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -166,7 +166,8 @@ def explain(device: torch.device | str | None = None) -> str:
     lines += auto_lines(device)
     lines.append(f"  cells (fastrnn.LSTMCell, GRUCell, RNNCell): auto runs "
                  + ("the cpp kernels' fused step in float32/float64 (weights prepacked once), nn's own code otherwise"
-                    if device.type == "cpu" else "nn's own code (no fused GPU cell kernel is enabled for auto)"))
+                    if device.type == "cpu" else "nn's own code (backend='cuda' runs the fused CUDA cell step, not yet "
+                    "measured against nn's, so auto does not pick it)"))
     if device.type == "cpu":
         from .. import projection
 

@@ -141,6 +141,35 @@ def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
     return _kernels().rnn_backward_cuda(dy, dh_n, y, w_hh, relu, lengths, reverse, **_knobs(dy.dtype))
 
 
+# --- the cells: one fused step per call (both gate GEMMs and the cell in one launch) ------------------
+
+
+def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None):
+    """reference.cell_forward on the CUDA cell kernel (csrc/cuda/cell_step.cu); it reads W_ih and W_hh as they
+    are, so `cache` is unused. Always one stepwise launch: the layers' strategy and CTA count do not apply."""
+    launch = _forced
+    tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    knobs = {} if launch is None else dict(threads=launch.threads, row_tile=launch.row_tile, k_chunk=launch.k_chunk)
+    if len(states) == 2:
+        h, c, saved = _kernels().cell_forward_cuda(mode, x, states[0], states[1], w_ih, w_hh, b_ih, b_hh, save, tf32,
+                                                   **knobs)
+        return (h, c), saved
+    h, _, saved = _kernels().cell_forward_cuda(mode, x, states[0], None, w_ih, w_hh, b_ih, b_hh, save, tf32, **knobs)
+    return (h,), saved
+
+
+def cell_backward(mode, d_new, states, new, saved):
+    """reference.cell_backward: (d gx, d gh, the direct part of each state's gradient or None)."""
+    threads = 0 if _forced is None else _forced.threads
+    if mode == "LSTM":
+        dgates, _, _, dc = _kernels().cell_backward_cuda(mode, d_new[0], d_new[1], states[0], states[1], new[0], new[1],
+                                                         saved, threads)
+        return dgates, dgates, (None, dc)
+    dgx, dgh, direct, _ = _kernels().cell_backward_cuda(mode, d_new[0], None, states[0], None, new[0], None, saved,
+                                                        threads)
+    return dgx, dgh, (direct if mode == "GRU" else None,)
+
+
 def explain_lines() -> list[str]:
     """What explain() says about the cuda backend beyond available/unavailable."""
     lines = [f"  cuda-kernels: {VERIFIED}",
