@@ -29,6 +29,7 @@ from conftest import compare, detached, make_pair, random_inputs, rel_error, run
 from cuda_checks import DTYPES, _cast, _randn
 from cuda_checks import check_gru as _check_gru
 from cuda_checks import check_lstm as _check_lstm
+from cuda_checks import check_cell as _check_cell
 from cuda_checks import check_rnn as _check_rnn
 
 REASON = simt_build.skip_reason()
@@ -57,6 +58,11 @@ def check_gru(*args, **knobs):
 def check_rnn(*args, **knobs):
     knobs.setdefault("threads", 64)
     _check_rnn(*args, **knobs)
+
+
+def check_cell(*args, **knobs):
+    knobs.setdefault("threads", 64)
+    _check_cell(*args, **knobs)
 
 
 # --- every kernel, dtype, plan and option, on tiny awkward shapes ----------------------------------
@@ -167,6 +173,71 @@ def test_empty_problems(emulated, cell):
             assert dxp.shape == (seq_len, batch, 2) and torch.equal(dh0, h_n)
 
 
+# --- the fused cell step -------------------------------------------------------------------------------
+
+CELL_MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", CELL_MODES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_step_matches_reference(emulated, mode, dtype, bias):
+    check_cell(emulated, mode, dtype, batch=5, input_size=6, hidden=7, bias=bias, seed=len(mode))
+
+
+@pytest.mark.parametrize("mode", CELL_MODES)
+@pytest.mark.parametrize("knobs", [dict(threads=32, row_tile=16, k_chunk=16), dict(threads=96, allow_tf32=True)],
+                         ids=["1warp-16x16", "3warps-tf32"])
+def test_cell_step_tiles_that_do_not_divide(emulated, mode, knobs):
+    """Batch 37, input 21, hidden 19: several row blocks and unit slices, the x|h boundary inside a reduction
+    chunk, a ragged last chunk; float32 exact and on TF32."""
+    check_cell(emulated, mode, torch.float32, batch=37, input_size=21, hidden=19, bias=True, seed=5, **knobs)
+
+
+def test_cell_step_of_one_row_and_one_unit(emulated):
+    for mode in CELL_MODES:
+        check_cell(emulated, mode, torch.float64, batch=1, input_size=1, hidden=1, bias=True)
+
+
+@pytest.mark.parametrize("mode", CELL_MODES)
+def test_cell_step_without_save_keeps_nothing(emulated, mode):
+    gen = torch.Generator().manual_seed(9)
+    gates = 4 if mode == "LSTM" else 3 if mode == "GRU" else 1
+    x, h, c = _randn(gen, 3, 4), _randn(gen, 3, 5), _randn(gen, 3, 5) if mode == "LSTM" else None
+    weights = (_randn(gen, gates * 5, 4), _randn(gen, gates * 5, 5), _randn(gen, gates * 5), _randn(gen, gates * 5))
+    kept = emulated.cell_forward_cuda(mode, x, h, c, *weights, True, threads=64)
+    light = emulated.cell_forward_cuda(mode, x, h, c, *weights, False, threads=64)
+    assert torch.equal(kept[0], light[0]) and torch.equal(kept[1], light[1]) and light[2].shape == (0,)
+    assert kept[2].shape == ((3, 20) if gates > 1 else (0,))
+
+
+def test_cell_step_of_an_empty_batch(emulated):
+    h_new, c_new, saved = emulated.cell_forward_cuda("GRU", torch.randn(0, 4), torch.randn(0, 5), None,
+                                                     torch.randn(15, 4), torch.randn(15, 5), None, None)
+    assert h_new.shape == (0, 5) and saved.shape == (0, 20) and c_new.shape == (0,)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m: m.cell_forward_cuda("LSTMX", *_cell_inputs()), "mode must be LSTM, GRU, RNN_TANH or RNN_RELU"),
+    (lambda m: m.cell_forward_cuda("LSTM", *_cell_inputs()[:2], None, *_cell_inputs()[3:]), "needs the cell state c"),
+    (lambda m: m.cell_forward_cuda("GRU", *_cell_inputs()), "has no cell state"),
+    (lambda m: m.cell_forward_cuda("LSTM", *_cell_inputs()[:3], torch.randn(8, 3, dtype=torch.float64),
+                                   *_cell_inputs()[4:]), r"w_ih must have shape \[8, 4\]"),
+    (lambda m: m.cell_forward_cuda("LSTM", *_cell_inputs()[:6], None), "b_ih and b_hh come together"),
+    (lambda m: m.cell_forward_cuda("LSTM", _cell_inputs()[0][0], *_cell_inputs()[1:]), "x must be 2-D"),
+])
+def test_cell_step_bad_inputs_raise_clear_errors(emulated, call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call(emulated)
+
+
+def _cell_inputs():
+    """An LSTM cell's arguments, B=2, I=4, H=2: x, h, c, w_ih, w_hh, b_ih, b_hh."""
+    gen = torch.Generator().manual_seed(1)
+    return [_randn(gen, 2, 4), _randn(gen, 2, 2), _randn(gen, 2, 2), _randn(gen, 8, 4), _randn(gen, 8, 2),
+            _randn(gen, 8), _randn(gen, 8)]
+
+
 # --- TF32 and low precision over many steps ----------------------------------------------------------
 
 
@@ -239,6 +310,34 @@ def test_modules_match_torch(cuda_backend_on_cpu, cell, config, strategy):
         errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
     assert ours.last_backend == "cuda"
     assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("mode", CELL_MODES)
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_cell_modules_match_torch(cuda_backend_on_cpu, mode, unbatched):
+    """fastrnn.LSTMCell / GRUCell / RNNCell on backend="cuda", a few decoder steps with autograd: outputs and
+    every gradient against nn's cells, in float64."""
+    torch.manual_seed(4)
+    kind = {"LSTM": "LSTMCell", "GRU": "GRUCell"}.get(mode, "RNNCell")
+    extra = {} if kind != "RNNCell" else {"nonlinearity": "relu" if mode == "RNN_RELU" else "tanh"}
+    ours = getattr(fastrnn, kind)(5, 7, backend="cuda", dtype=torch.float64, **extra)
+    theirs = getattr(torch.nn, kind)(5, 7, dtype=torch.float64, **extra)
+    theirs.load_state_dict(ours.state_dict())
+    xs = torch.randn(3, 5, dtype=torch.float64) if unbatched else torch.randn(3, 4, 5, dtype=torch.float64)
+
+    def unroll(cell):
+        state, outputs = None, []
+        for x in xs:
+            state = cell(x, state)
+            outputs.append(state[0] if mode == "LSTM" else state)
+        loss = sum((o * (i + 1)).sum() for i, o in enumerate(outputs)) + (state[1].sum() if mode == "LSTM" else 0)
+        grads = torch.autograd.grad(loss, list(cell.parameters()))
+        return [o.detach() for o in outputs], grads
+
+    (ours_out, ours_grads), (their_out, their_grads) = unroll(ours), unroll(theirs)
+    assert ours.last_backend == "cuda"
+    for a, b in zip(ours_out + list(ours_grads), their_out + list(their_grads)):
+        assert rel_error(a, b) < 1e-12
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
