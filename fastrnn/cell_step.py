@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import weight_tap
 from .backends import kernels, reference
 from .functional import _PLAIN, _backward_is_differentiated, _direct
 
@@ -79,28 +80,30 @@ def _plain_step_gradients(ctx, inputs: tuple[Tensor | None, ...], grads: tuple[T
     """The step's gradients as ops autograd can differentiate again (create_graph=True, batched gradients):
     the step re-run as cell_math's plain ops (reference.cell_forward) and differentiated by autograd."""
     create_graph = torch.is_grad_enabled()
+    needs = ctx.needs_input_grad[4:]
     with torch.enable_grad():
         aliases = [None if t is None else t.view_as(t) for t in inputs]
         x, w_ih, w_hh, b_ih, b_hh, *states = aliases
         new, _ = reference.cell_forward(ctx.mode, x, tuple(states), w_ih, w_hh, b_ih, b_hh, save=False)
-        wanted = [a for a, need in zip(aliases, ctx.needs_input_grad[3:]) if need and a is not None]
+        wanted = [a for a, need in zip(aliases, needs) if need and a is not None]
         found = iter(torch.autograd.grad(new, wanted, grads, create_graph=create_graph, allow_unused=True,
                                          materialize_grads=True))
-    return tuple(next(found) if need and a is not None else None for a, need in zip(aliases, ctx.needs_input_grad[3:]))
+    return tuple(next(found) if need and a is not None else None for a, need in zip(aliases, needs))
 
 
 class CellStep(torch.autograd.Function):
-    """One fused step as one autograd node. Inputs (mode, backend, cache, x, w_ih, w_hh, b_ih, b_hh, *states);
-    outputs the new states. `cache`: the calling module's dict for prepacked weights (or None)."""
+    """One fused step as one autograd node. Inputs (mode, backend, cache, pending, x, w_ih, w_hh, b_ih, b_hh,
+    *states); outputs the new states. `cache`: the calling module's dict for prepacked weights (or None);
+    `pending`: the weight_tap.Pending of the tap the weights come through (or None: no tap)."""
 
     @staticmethod
-    def forward(ctx, mode, backend, cache, x, w_ih, w_hh, b_ih, b_hh, *states):
+    def forward(ctx, mode, backend, cache, pending, x, w_ih, w_hh, b_ih, b_hh, *states):
         if _direct(x, w_ih, w_hh, b_ih, b_hh, *states):
             new, saved = kernels(backend).cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, True, cache)
         else:
             *new, saved = cell_forward(mode, x, list(states), w_ih, w_hh, b_ih, b_hh, backend)
         ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, *states, *new, saved)
-        ctx.mode, ctx.backend, ctx.count = mode, backend, len(states)
+        ctx.mode, ctx.backend, ctx.count, ctx.pending = mode, backend, len(states), pending
         return tuple(new)
 
     @staticmethod
@@ -109,14 +112,21 @@ class CellStep(torch.autograd.Function):
         count = ctx.count
         states, new, saved = tuple(rest[:count]), tuple(rest[count:2 * count]), rest[-1]
         if _backward_is_differentiated(*d_new):
-            return (None, None, None, *_plain_step_gradients(ctx, (x, w_ih, w_hh, b_ih, b_hh, *states), d_new))
+            return (None,) * 4 + _plain_step_gradients(ctx, (x, w_ih, w_hh, b_ih, b_hh, *states), d_new)
         d_new = tuple(d.contiguous() for d in d_new)
         if _direct(*d_new):
             dgx, dgh, direct = kernels(ctx.backend).cell_backward(ctx.mode, d_new, states, new, saved)
         else:
             dgx, dgh, *direct = cell_backward(ctx.mode, list(d_new), list(states), list(new), saved, ctx.backend)
-        return (None, None, None,
-                *_gradients(ctx.needs_input_grad[3:], dgx, dgh, direct, x, states, w_ih, w_hh, b_ih is not None))
+        needs = ctx.needs_input_grad[4:]
+        pending = ctx.pending
+        if pending is not None and pending.node is None:
+            pending.open = False  # an untapped step's backward has run: the module's next step starts afresh
+        elif pending is not None:  # the weights come through a tap: their gradients are its to sum
+            if pending.defers():
+                pending.terms.append((dgx, x, dgh, states[0]))
+            needs = (needs[0], False, False, False, False, *needs[5:])
+        return (None,) * 4 + _gradients(needs, dgx, dgh, direct, x, states, w_ih, w_hh, b_ih is not None)
 
 
 # --- the custom op's own autograd: what a torch.compile'd or exported step differentiates ----------
@@ -172,5 +182,8 @@ def step(mode: str, backend: str, cache: dict | None, x: Tensor, states: tuple[T
     if not _plain(tensors):
         return tuple(cell_forward(mode, x, list(states), w_ih, w_hh, b_ih, b_hh, backend)[:-1])
     if _requires_grad(tensors):
-        return CellStep.apply(mode, backend, cache, x, w_ih, w_hh, b_ih, b_hh, *states)
+        pending = None
+        if cache is not None:
+            (w_ih, w_hh, b_ih, b_hh), pending = weight_tap.tapped(cache, (w_ih, w_hh, b_ih, b_hh))
+        return CellStep.apply(mode, backend, cache, pending, x, w_ih, w_hh, b_ih, b_hh, *states)
     return kernels(backend).cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, False, cache)[0]

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, cells, functional
+from . import backends, cell_step, cells, functional
 from .quantization import QConfigSlot
 
 
@@ -138,8 +138,27 @@ class _RNNBase(nn.Module):
             return self._checked_cell(backends.resolve_while_compiling(self.backend, str(device)))
         if self.backend != "auto":
             return self._checked_cell(backends.resolve(self.backend, device))
-        workload = None if input is None else self._workload(input, device)
-        return backends.resolve("auto", device, workload)
+        if type(input) is not Tensor or input.dim() != 3:
+            return backends.resolve("auto", device, None if input is None else self._workload(input, device))
+        # auto's choice for a padded batch, by all that it depends on (the rest is the module's own): kept, as
+        # building the workload and asking the rule cost more than a small layer's kernel.
+        batch, steps = (input.shape[0], input.shape[1]) if self.batch_first else (input.shape[1], input.shape[0])
+        key = (device, input.dtype, batch, steps == 1, _autocast_enabled(device.type))
+        choices = self.__dict__.setdefault("_auto_choices", {})
+        choice = choices.get(key)
+        if choice is None:
+            choice = choices[key] = backends.resolve("auto", device, self._workload(input, device))
+        return choice
+
+    def _weights_now(self) -> dict[str, Tensor]:
+        """Every weight by name, read once for this forward: from the parameter dict (nn.Module's attribute
+        lookup costs a microsecond each), or as attributes where one is computed (parametrized, pruned: a
+        parametrized one is computed anew on every read, and spectral_norm steps its power iteration)."""
+        params = self._parameters
+        try:
+            return {name: params[name] for name in self._flat_weights_names}
+        except KeyError:
+            return {name: getattr(self, name) for name in self._flat_weights_names}
 
     def _checked_cell(self, backend: str) -> str:
         return backends.check_cell(backend, self.mode, f"nn.{self._cell.name}") if self.mode not in ("LSTM", "GRU") else backend
@@ -148,11 +167,14 @@ class _RNNBase(nn.Module):
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         if packed:
-            batch = int(input.batch_sizes[0])
+            batch, steps = int(input.batch_sizes[0]), len(input.batch_sizes)
+        elif data.dim() < 3:
+            batch, steps = 1, data.shape[0] if data.dim() else 0
         else:
-            batch = 1 if data.dim() < 3 else data.shape[0 if self.batch_first else 1]
+            batch, steps = data.shape[0 if self.batch_first else 1], data.shape[1 if self.batch_first else 0]
         dtype = _compute_dtype(data, self._cell) if data.is_floating_point() else self.weight_ih_l0.dtype
-        return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed)
+        return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed, steps,
+                                 bool(getattr(self, "proj_size", 0)))
 
     def _apply(self, fn, recurse=True):
         twin = self.__dict__.get("_twin")
@@ -163,6 +185,8 @@ class _RNNBase(nn.Module):
             # twin, and so makes them anew, at its next use.
             twin._flat_weight_refs = []
             self.__dict__.pop("_twin_param_ids", None)
+        self.__dict__["_step_packs"] = {}  # the one-step path's packed weights belong to the old tensors
+        self.__dict__["_auto_choices"] = {}
         result = super()._apply(fn, recurse)
         self.flatten_parameters()  # as nn.RNNBase does after .cuda()/.to(): cuDNN wants one weight buffer
         return result
@@ -214,7 +238,7 @@ class _RNNBase(nn.Module):
             return self._forward_torch_op(input, data, hx)
         # Each weight is read once per forward: a parametrized one is computed anew on every read (and
         # spectral_norm steps its power iteration each time).
-        weights = {name: getattr(self, name) for name in self._flat_weights_names}
+        weights = self._weights_now()
         states, batched_input, batch = self._checked_states(input, data, hx, batch_sizes, weights["weight_ih_l0"])
 
         if packed:
@@ -307,7 +331,7 @@ class _RNNBase(nn.Module):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (data, *states, *self.parameters())):
             return False
         workload = backends.Workload(self.mode, data.dtype, data.shape[0 if self.batch_first else 1], self.hidden_size,
-                                     packed=False)
+                                     False, data.shape[1 if self.batch_first else 0], bool(getattr(self, "proj_size", 0)))
         return backends.auto.compiled_inference_runs_torch(data.device, workload)
 
     def _forward_torch_op(self, input: Tensor, data: Tensor, hx):
@@ -468,6 +492,8 @@ class _RNNBase(nn.Module):
 
     def _run_layers(self, x: Tensor, states: list[Tensor], weights: dict[str, Tensor], packing: _Packing | None,
                     backend: str, dtype: torch.dtype):
+        if packing is None and x.shape[0] == 1 and self._steps_as_cell(backend, dtype, x):
+            return self._run_one_step(x, states, weights, backend, dtype)
         lengths = packing.lengths if packing is not None else None
         layer_fn = functional.LAYERS[self.mode]
         finals: list[list[Tensor]] = [[] for _ in states]
@@ -493,7 +519,38 @@ class _RNNBase(nn.Module):
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = self._dropout_between_layers(layer_input, packing)
-        return layer_input, [torch.stack(collected) for collected in finals]
+        return layer_input, [_stacked(collected) for collected in finals]
+
+    def _steps_as_cell(self, backend: str, dtype: torch.dtype, x: Tensor) -> bool:
+        """Whether a one-step forward runs as the fused cell step (see backends/auto.py, is_one_step): on
+        the cpp kernels, in their dtypes, without a projection, eagerly on plain tensors (the custom ops of
+        the layer are what torch.compile, tracing and torch.func see)."""
+        return (backend == "cpp" and dtype in backends.auto.CPP_DTYPES and not getattr(self, "proj_size", 0)
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+                and not torch._C._are_functorch_transforms_active() and type(x) in functional._PLAIN)
+
+    def _run_one_step(self, x: Tensor, states: list[Tensor], weights: dict[str, Tensor], backend: str,
+                      dtype: torch.dtype):
+        """_run_layers for T = 1: each layer and direction (one step is the same in both) as the fused cell
+        step on weights packed once per module and kept between calls, where the layer kernel would pack
+        W_hh on every call (a streaming loop makes one such call per step)."""
+        packs = self.__dict__.setdefault("_step_packs", {})
+        finals: list[list[Tensor]] = [[] for _ in states]
+        layer_input = x[0]
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                w_ih, w_hh, b_ih, b_hh = self._layer_weights(weights, layer, direction, dtype)[:4]
+                new = cell_step.step(self.mode, backend, packs.setdefault(index, {}), layer_input.contiguous(),
+                                     tuple(s[index].contiguous() for s in states), w_ih, w_hh, b_ih, b_hh)
+                outputs.append(new[0])
+                for collected, state in zip(finals, new):
+                    collected.append(state)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = self._dropout_between_layers(layer_input.unsqueeze(0), None)[0]
+        return layer_input.unsqueeze(0), [_stacked(collected) for collected in finals]
 
     def _dropout_between_layers(self, layer_input: Tensor, packing: _Packing | None) -> Tensor:
         """The dropout of torch's CPU code (aten/src/ATen/native/RNN.cpp, apply_layer_stack): at::dropout
@@ -652,6 +709,11 @@ def _autocast_enabled(device_type: str) -> bool:
 def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     """tensor.to(dtype), without the call when it is a no-op (the forward makes a dozen of them)."""
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _stacked(tensors: list[Tensor]) -> Tensor:
+    """torch.stack, without its cost for one tensor (a layer of one direction)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
 def _permute(states: list[Tensor], indices: Tensor | None) -> list[Tensor]:

@@ -125,10 +125,16 @@ def test_step_gradcheck_and_gradgradcheck(backend, mode, bias):
     inputs = (x, w_ih, w_hh, *biases, *states)
 
     def fused(*tensors):
-        return cell_step.CellStep.apply(mode, backend, None, *tensors)
+        return cell_step.CellStep.apply(mode, backend, None, None, *tensors)
 
     assert torch.autograd.gradcheck(fused, inputs)
     assert torch.autograd.gradgradcheck(fused, inputs)
+
+    def tapped(x, w_ih, w_hh, b_ih, b_hh, *states):  # the weights through a tap (fastrnn/weight_tap.py)
+        return cell_step.step(mode, backend, {}, x, tuple(states), w_ih, w_hh, b_ih, b_hh)
+
+    assert torch.autograd.gradcheck(tapped, inputs)
+    assert torch.autograd.gradgradcheck(tapped, inputs)
 
     def through_op(x, w_ih, w_hh, b_ih, b_hh, *states):
         return tuple(cell_step.cell_forward(mode, x, list(states), w_ih, w_hh, b_ih, b_hh, backend)[:-1])

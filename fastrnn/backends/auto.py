@@ -3,8 +3,9 @@
 On a CPU the fused C++ kernels ("cpp") run where `python -m bench` measured them faster than torch's
 own code (bench/RESULTS.md, CPU section): every GRU and Elman RNN (torch's CPU code for both is a generic
 per-step path),
-every packed LSTM (likewise), and padded LSTMs of one sequence or small enough that the per-step cost
-dominates; larger padded LSTMs keep torch's oneDNN LSTM. On a GPU a kernel backend runs only once it has been measured
+every packed LSTM (likewise), padded LSTMs of one sequence or small enough that the per-step cost
+dominates, and every one-step call (T = 1, as a streaming or decoding loop makes them), which runs as the
+fused cell step on weights packed once; larger padded LSTMs keep torch's oneDNN LSTM. On a GPU a kernel backend runs only once it has been measured
 faster than cuDNN there (none has yet). Under torch.compile, which cannot trace torch's RNN code,
 auto runs a traceable custom op instead: the cpp kernels on a CPU, the reference loop elsewhere; on a
 CPU an inference the rule gives to oneDNN runs torch's code as an opaque op (fastrnn::torch_rnn_inference,
@@ -42,6 +43,8 @@ class Workload:
     batch: int
     hidden: int
     packed: bool
+    steps: int = 0  # T, the longest sequence (0: not known)
+    projection: bool = False  # an LSTM with proj_size
 
 
 def _cpu_prefers_cpp(workload: Workload | None) -> bool:
@@ -49,9 +52,17 @@ def _cpu_prefers_cpp(workload: Workload | None) -> bool:
         return True  # no shape to judge by (the choice made once while torch.compile traces): the typical small-model case
     if workload.dtype not in CPP_DTYPES:
         return False
-    if workload.cell != "LSTM" or workload.packed:
+    if workload.cell != "LSTM" or workload.packed or is_one_step(workload):
         return True
     return workload.batch == 1 or workload.batch * workload.hidden <= LSTM_CPP_MAX_BATCH_X_HIDDEN
+
+
+# A one-step call runs as the fused cell step: `python -m bench --cells gru lstm --seq-len 1` style timings
+# (thread CPU time, 1 thread, commit a5b66c3) had the cell step ahead of nn.GRU/nn.LSTM (ATen, oneDNN) and of
+# the layer kernel, which packs W_hh on every call, at every B in {1, 8, 32, 128} and H in {64, 256, 512}.
+def is_one_step(workload: Workload) -> bool:
+    """Whether a forward is one step of padded input without a projection: what the cell step runs."""
+    return workload.steps == 1 and not workload.packed and not workload.projection
 
 
 def choose(device: torch.device, workload: Workload | None, compiling: bool,
@@ -104,6 +115,8 @@ def kinds(device: torch.device) -> list[tuple[str, Workload]]:
         (f"LSTM, {dtypes}, padded, batch x hidden <= {small}", Workload("LSTM", torch.float32, 4, small // 4, False)),
         (f"LSTM, {dtypes}, padded, batch > 1 and batch x hidden > {small}",
          Workload("LSTM", torch.float32, 2, small, False)),
+        (f"LSTM, GRU or RNN, {dtypes}, one step (T = 1), padded, no projection",
+         Workload("LSTM", torch.float32, 64, 512, False, steps=1)),
         (f"LSTM, GRU or RNN in {_dtype_names(OTHER_CPU_DTYPES)}", Workload("LSTM", torch.bfloat16, 1, small, False)),
     ]
 

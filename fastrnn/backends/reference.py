@@ -29,6 +29,13 @@ def live_rows(lengths: Tensor | None, seq_len: int, batch: int) -> list[int]:
     return (lengths.unsqueeze(0) > steps).sum(1).tolist()
 
 
+def live_steps(lengths: Tensor | None, seq_len: int, batch: int, reverse: bool) -> list[tuple[int, int]]:
+    """(t, n) for each step that has live rows, in processing order: its live rows are the first n (lengths
+    are sorted in decreasing order)."""
+    live = live_rows(lengths, seq_len, batch)
+    return [(t, live[t]) for t in step_order(seq_len, reverse) if live[t]]
+
+
 def step_order(seq_len: int, reverse: bool) -> range:
     return range(seq_len - 1, -1, -1) if reverse else range(seq_len)
 
@@ -40,11 +47,7 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     gates = xp.new_zeros(seq_len, batch, 4 * hidden)
     c_all = xp.new_zeros(seq_len, batch, hidden)
     h, c = h0.clone(), c0.clone()
-    live = live_rows(lengths, seq_len, batch)
-    for t in step_order(seq_len, reverse):
-        n = live[t]
-        if n == 0:
-            continue
+    for t, n in live_steps(lengths, seq_len, batch, reverse):
         acts, c_new, h_new = lstm_pointwise(torch.addmm(xp[t, :n], h[:n], w_hh.T), c[:n])
         if w_hr is not None:
             h_new = h_new @ w_hr.T
@@ -60,11 +63,7 @@ def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, rev
     dgates = torch.zeros_like(gates)
     dh_all = torch.zeros_like(dy) if w_hr is not None else dy.new_empty(0)
     dh, dc = dh_n.clone(), dc_n.clone()
-    live = live_rows(lengths, seq_len, batch)
-    for t in reversed(step_order(seq_len, reverse)):
-        n = live[t]
-        if n == 0:
-            continue
+    for t, n in reversed(live_steps(lengths, seq_len, batch, reverse)):
         i, f, g, o = gates[t, :n].chunk(4, dim=-1)
         tanh_c = torch.tanh(c_all[t, :n])
         dh_t = dy[t, :n] + dh[:n]
@@ -94,11 +93,7 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     saved = xp.new_zeros(seq_len, batch, 4 * hidden)
     h_bias = None if b_hn is None else torch.cat((b_hn.new_zeros(2 * hidden), b_hn))
     h = h0.clone()
-    live = live_rows(lengths, seq_len, batch)
-    for t in step_order(seq_len, reverse):
-        n = live[t]
-        if n == 0:
-            continue
+    for t, n in live_steps(lengths, seq_len, batch, reverse):
         h_gates = h[:n] @ w_hh.T if h_bias is None else torch.addmm(h_bias, h[:n], w_hh.T)
         acts, h_new = gru_pointwise(xp[t, :n], h_gates, h[:n])
         h[:n] = h_new
@@ -111,12 +106,8 @@ def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
     dxp = dy.new_zeros(seq_len, batch, 3 * hidden)
     dhn = torch.zeros_like(dy)
     dh = dh_n.clone()
-    live = live_rows(lengths, seq_len, batch)
     w_rz, w_n = w_hh[: 2 * hidden], w_hh[2 * hidden :]
-    for t in reversed(step_order(seq_len, reverse)):
-        n = live[t]
-        if n == 0:
-            continue
+    for t, n in reversed(live_steps(lengths, seq_len, batch, reverse)):
         r, z, cand, hn = saved[t, :n].chunk(4, dim=-1)
         dh_t = dy[t, :n] + dh[:n]
         dcand = dh_t * (1 - z) * (1 - cand * cand)
@@ -136,11 +127,7 @@ def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
     seq_len, batch, _ = xp.shape
     y = xp.new_zeros(seq_len, batch, h0.shape[-1])
     h = h0.clone()
-    live = live_rows(lengths, seq_len, batch)
-    for t in step_order(seq_len, reverse):
-        n = live[t]
-        if n == 0:
-            continue
+    for t, n in live_steps(lengths, seq_len, batch, reverse):
         h[:n] = y[t, :n] = rnn_pointwise(torch.addmm(xp[t, :n], h[:n], w_hh.T), relu)
     return y, h
 
@@ -150,11 +137,7 @@ def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
     seq_len, batch, _ = dy.shape
     dxp = torch.zeros_like(dy)
     dh = dh_n.clone()
-    live = live_rows(lengths, seq_len, batch)
-    for t in reversed(step_order(seq_len, reverse)):
-        n = live[t]
-        if n == 0:
-            continue
+    for t, n in reversed(live_steps(lengths, seq_len, batch, reverse)):
         dxp[t, :n] = d_pre = (dy[t, :n] + dh[:n]) * rnn_derivative(y[t, :n], relu)
         dh[:n] = d_pre @ w_hh
     return dxp, dh

@@ -1,0 +1,119 @@
+"""The weight gradients of a loop of cell steps, summed once per backward pass instead of once per step.
+
+A decoder calls its cell T times with the same weights. Differentiated step by step, each step writes a
+full-size dW = dG^T x (a rank-B outer product: at B = 1 nothing but memory traffic) and autograd adds it
+into the gradient: 3T passes over every weight matrix, most of a training step's time once W no longer
+fits in cache. Instead the cell steps of one module share a `tap`: one autograd node that hands the weights
+to every step as aliases. A step's backward gives no weight gradient of its own but leaves its (dG, x, h)
+with the tap; the engine runs the tap's backward after every step that reaches it in that backward pass,
+and there the gradients are one GEMM each over all the steps: dW_ih = [dGx_1 .. dGx_T]^T [x_1 .. x_T].
+
+A step defers only where that is exactly equivalent: grad mode off inside the backward (not
+create_graph=True, whose gradients must stay differentiable) and the engine going to run the tap in this
+pass (torch.autograd.grad for other inputs does not: then the step defers nothing, as it needs no weight
+gradient anyway). A tap serves new steps until its backward has run, or a weight changes (an optimizer
+step, load_state_dict), or grad mode, thread or weights differ; then the next step opens a new one.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+
+class Pending:
+    """What the steps of one tap have left for its backward: per step (dgx, x, dgh, h). Without a node, the
+    marker of an untapped step (see `tapped`)."""
+
+    __slots__ = ("terms", "open", "node")
+
+    def __init__(self) -> None:
+        self.terms: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.open = True  # new steps may join; closed once the tap's (or the marked step's) backward has run
+        self.node = None  # the tap's autograd node, which the steps' backward asks the engine about
+
+    def defers(self) -> bool:
+        """Inside a step's backward: whether to leave its weight gradients to the tap."""
+        return not torch.is_grad_enabled() and torch._C._will_engine_execute_node(self.node)
+
+
+def _stacked(tensors: list[Tensor]) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on the weights (w_ih, w_hh[, b_ih, b_hh]) forward; backward adds the deferred gradients."""
+
+    @staticmethod
+    def forward(ctx, pending, *weights):
+        ctx.pending = pending
+        ctx.set_materialize_grads(False)
+        return tuple(w.detach() for w in weights)  # aliases: the steps read the weights themselves
+
+    @staticmethod
+    def backward(ctx, *grads):
+        pending = ctx.pending
+        terms, pending.terms = pending.terms, []
+        pending.open = False
+        if not terms:
+            return (None, *grads)
+        deferred = _summed(terms, with_biases=len(grads) == 4)
+        return (None, *(d if g is None else g + d for g, d in zip(grads, deferred)))
+
+
+# Rows (steps x batch) per GEMM of the deferred sums. Stacking costs a copy of operands that have gone cold
+# since their step, and dW is read back once per chunk, in place (addmm_; dW_ih and dW_hh of an H = 256 cell
+# fit in L2). Measured (GRU/LSTM cell, H = 64-256, B = 1-32, T = 64): 16-64 rows alike, 256 up to 1.4x slower
+# at B = 32 (where 32 rows is one step, no copy at all); at B = 1 a chunk of 32 steps still amortises dW.
+CHUNK_ROWS = 32
+
+
+def _summed(terms: list[tuple[Tensor, Tensor, Tensor, Tensor]], with_biases: bool) -> list[Tensor]:
+    """[dW_ih, dW_hh(, db_ih, db_hh)] = sums over the steps' (dgx, x, dgh, h) of dgx^T x, dgh^T h (and of
+    dgx, dgh over rows), a GEMM per chunk of about CHUNK_ROWS rows accumulated in place."""
+    per_chunk = max(1, CHUNK_ROWS // max(1, terms[0][0].shape[0]))
+    shared = all(t[0] is t[2] for t in terms)  # the LSTM's and Elman cell's dgh is their dgx
+    sums: list[Tensor] = []
+    for start in range(0, len(terms), per_chunk):
+        chunk = terms[start:start + per_chunk]
+        dgx = _stacked([t[0] for t in chunk])
+        dgh = dgx if shared else _stacked([t[2] for t in chunk])
+        x, h = _stacked([t[1] for t in chunk]), _stacked([t[3] for t in chunk])
+        if not sums:
+            sums = [dgx.T @ x, dgh.T @ h] + ([dgx.sum(0), dgh.sum(0)] if with_biases else [])
+            continue
+        sums[0].addmm_(dgx.T, x)
+        sums[1].addmm_(dgh.T, h)
+        if with_biases:
+            sums[2].add_(dgx.sum(0))
+            sums[3].add_(dgh.sum(0))
+    return sums
+
+
+def tapped(cache: dict, weights: tuple[Tensor | None, ...]) -> tuple[tuple[Tensor | None, ...], Pending | None]:
+    """The weights (w_ih, w_hh, b_ih, b_hh) as a step of the module owning `cache` is to use them, and the
+    Pending its backward reports to. A step after which a backward has run (or the first one) is not tapped:
+    one step per backward pass gains nothing from the tap and would pay for its node. Its Pending (node None)
+    only records whether its backward has run; if not, by the next step, the module is in a loop, and that
+    step opens a tap which the steps that follow share. No tap where a weight does not require a gradient
+    (the tap sums all four gradients or none)."""
+    if not all(w is None or w.requires_grad for w in weights):
+        return weights, None
+    present = weights if weights[2] is not None else weights[:2]
+    key = (threading.get_ident(), *((id(w), w._version) for w in present))
+    entry = cache.get("tap")
+    if entry is not None and entry[0] == key and entry[1].open:
+        if entry[2] is not None:
+            return entry[2], entry[1]
+        pending = Pending()
+        views = _Tap.apply(pending, *present)
+        pending.node = views[0].grad_fn
+        views = (*views, None, None) if len(views) == 2 else views
+        # The entry holds the weights (through the views), so the ids in its key cannot be reused meanwhile.
+        cache["tap"] = (key, pending, views)
+        return views, pending
+    marker = Pending()
+    cache["tap"] = (key, marker, None, weights)  # holds the weights, as above
+    return weights, marker
