@@ -170,6 +170,67 @@ def test_kernels_run_clean_under_sanitizer(tmp_path, sanitizer, case):
             assert rel_error(ours, truth) <= bound, (sub.name, name, rel_error(ours, truth), bound)
 
 
+# The cell step: several row blocks and unit slices (threads 64, row tile 16, chunks of 16), on the tensor-core
+# and FMA paths.
+CELL_CASES = {"LSTM-bf16": ("LSTM", torch.bfloat16), "GRU-f16": ("GRU", torch.float16),
+              "RNN_RELU-f64": ("RNN_RELU", torch.float64)}
+
+
+def _cell_case(folder, kernel, mode, dtype, batch, input_size, hidden, tensors):
+    folder.mkdir()
+    settings = dict(kernel=kernel, mode=mode, input=input_size, dtype=DTYPE_NAMES[dtype], steps=1, batch=batch,
+                    hidden=hidden, state=hidden, projection=0, reverse=0, strategy=2, ctas=0, threads=64, row_tile=16,
+                    k_chunk=16, allow_tf32=0)
+    (folder / "case.txt").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    for name, tensor in tensors.items():
+        if tensor is not None:
+            _write(folder, name, tensor.to(dtype))
+
+
+@pytest.mark.parametrize("sanitizer", ["thread", "address"])
+@pytest.mark.parametrize("case", CELL_CASES)
+def test_cell_step_runs_clean_under_sanitizer(tmp_path, sanitizer, case):
+    reason = simt_build.sanitizer_runtime_reason(sanitizer)
+    if reason is not None:
+        pytest.skip(reason)
+    mode, dtype = CELL_CASES[case]
+    batch, input_size, hidden = 19, 13, 11
+    lstm, gates = mode == "LSTM", {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    gen = torch.Generator().manual_seed(23)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    x, h, c = randn(batch, input_size), randn(batch, hidden), randn(batch, hidden) if lstm else None
+    weights = (randn(gates * hidden, input_size, scale=input_size ** -0.5), randn(gates * hidden, hidden,
+               scale=hidden ** -0.5), randn(gates * hidden), randn(gates * hidden))
+    states = (h, c) if lstm else (h,)
+    low = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    exact_new, exact_saved = reference.cell_forward(mode, x, states, *weights)
+    low_new, low_saved = reference.cell_forward(mode, low(x), tuple(map(low, states)), *map(low, weights))
+    d_new = [randn(batch, hidden) for _ in states]
+    exact_back = reference.cell_backward(mode, d_new, states, exact_new, exact_saved)
+    low_back = reference.cell_backward(mode, [low(d) for d in d_new], tuple(map(low, states)), low_new, low_saved)
+    _cell_case(tmp_path / "forward", "cell_forward", mode, dtype, batch, input_size, hidden,
+               dict(x=x, h=h, c=c, w_ih=weights[0], w_hh=weights[1], b_ih=weights[2], b_hh=weights[3]))
+    # The backward reads the reference forward's results in `dtype`, as tests/cuda_checks.py's check_cell does.
+    _cell_case(tmp_path / "backward", "cell_backward", mode, dtype, batch, input_size, hidden,
+               dict(dh=d_new[0], dc=d_new[1] if lstm else None, h=h, c=c, h_new=low_new[0],
+                    c_new=low_new[1] if lstm else None, saved=low_saved if gates > 1 else None))
+    done = simt_build.run_driver(sanitizer, "run", str(tmp_path / "forward"), str(tmp_path / "backward"))
+    _assert_clean(done, f"{case} cell step under -fsanitize={sanitizer}")
+    forward = [("h_new", exact_new[0], low_new[0])] + ([("c_new", exact_new[1], low_new[1])] if lstm else []) + \
+        ([("saved", exact_saved, low_saved)] if gates > 1 else [])
+    backward = [("dgx", exact_back[0], low_back[0])] + \
+        ([("dgh", exact_back[1], low_back[1]), ("direct", exact_back[2][0], low_back[2][0])] if mode == "GRU" else []) + \
+        ([("dc_prev", exact_back[2][1], low_back[2][1])] if lstm else [])
+    for sub, names in (("forward", forward), ("backward", backward)):
+        for name, truth, theirs in names:
+            ours = _read(tmp_path / sub, name, theirs)
+            bound = 2 * rel_error(theirs, truth) + FLOOR[dtype]
+            assert rel_error(ours, truth) <= bound, (sub, name, rel_error(ours, truth), bound)
+
+
 # --- the checks themselves ---------------------------------------------------------------------------
 
 CAUGHT_BY_THE_EMULATOR = {

@@ -18,11 +18,13 @@ Plan plan_for(void (*kernel)(Params), Kernel which, const Problem& problem, cons
                    });
 }
 
-// Kernels read their Geometry (params.g) and run phases [phase_begin, phase_end).
+// Kernels read their Geometry (params.g) and run phases [phase_begin, phase_end). `barrier`: the grid
+// barrier's state in device memory (persistent plans; a stepwise-only caller may pass null).
 template <class Params>
 void run_plan(void (*kernel)(Params), Params params, const Geometry& geometry, GridBarrierState* barrier, void* stream) {
   params.g = geometry;
   if (geometry.persistent) {
+    if (barrier == nullptr) throw std::logic_error("fastrnn cuda backend: a persistent plan without a grid barrier");
     platform::zero_async(barrier, sizeof(GridBarrierState), stream);
     params.g.phase_begin = 0;
     params.g.phase_end = geometry.phases;
