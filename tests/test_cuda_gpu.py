@@ -17,7 +17,7 @@ from fastrnn.backends import cuda as cuda_backend
 from fastrnn.backends import reference, unavailable_reason
 
 from conftest import CUDA_SKIP, GPU_GRID, compare, detached, make_pair, random_inputs, rel_error, run
-from cuda_checks import DTYPES, _cast, _randn, check_gru, check_lstm, check_rnn
+from cuda_checks import DTYPES, _cast, _randn, check_cell, check_gru, check_lstm, check_rnn
 from tolerance import allowed_error, precisions, reference as in_kernel_arithmetic, tf32_switch
 
 # float32 twice: allow_tf32 explicitly off (IEEE bound) and on (TF32 bound; see tests/tolerance.py).
@@ -71,6 +71,35 @@ def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype, tf32):
 def test_projection_on_gpu(kernels, strategy, dtype, tf32):
     check_lstm(kernels, dtype, seq_len=33, batch=40, hidden=200, proj=72, reverse=True, ragged=True, seed=3,
                device="cuda", strategy=STRATEGIES[strategy], allow_tf32=tf32)
+
+
+@pytest.mark.parametrize("dtype,tf32", PRECISIONS)
+@pytest.mark.parametrize("batch,input_size,hidden", [(1, 32, 64), (37, 100, 200), (128, 256, 512)])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_cell_step_on_gpu(kernels, mode, batch, input_size, hidden, dtype, tf32):
+    """The fused cell step at decoder shapes (one row) and past a CTA's slice and row block."""
+    check_cell(kernels, mode, dtype, batch, input_size, hidden, bias=True, seed=hidden, device="cuda", allow_tf32=tf32)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_cell_modules_on_gpu_match_torch(mode):
+    """fastrnn's cells on backend="cuda" against nn's on the GPU, a few steps with autograd, in float64."""
+    torch.manual_seed(5)
+    kind = {"LSTM": "LSTMCell", "GRU": "GRUCell"}.get(mode, "RNNCell")
+    ours = getattr(fastrnn, kind)(9, 33, backend="cuda", device="cuda", dtype=torch.float64)
+    theirs = getattr(torch.nn, kind)(9, 33, device="cuda", dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    xs = torch.randn(4, 6, 9, device="cuda", dtype=torch.float64)
+    results = []
+    for cell in (ours, theirs):
+        state, loss = None, 0
+        for x in xs:
+            state = cell(x, state)
+            loss = loss + (state[0] if mode == "LSTM" else state).square().sum()
+        results.append(torch.autograd.grad(loss, list(cell.parameters())))
+    assert ours.last_backend == "cuda"
+    for a, b in zip(*results):
+        assert rel_error(a, b) < 1e-12
 
 
 def test_tf32_follows_cudnn_switch(kernels):
@@ -145,3 +174,6 @@ def test_small_shapes_for_compute_sanitizer(kernels, strategy, dtype, tf32):
               device="cuda", **plan)
     check_rnn(kernels, dtype, seq_len=5, batch=19, hidden=37, relu=True, reverse=True, ragged=True, seed=8,
               device="cuda", **plan)
+    for mode in ("LSTM", "GRU", "RNN_RELU"):
+        check_cell(kernels, mode, dtype, batch=19, input_size=13, hidden=37, bias=True, seed=9, device="cuda",
+                   allow_tf32=tf32)
