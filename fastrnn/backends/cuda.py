@@ -9,6 +9,10 @@ fused GEMM + cell launch per step. The choice is visible (`describe_plan`, `fast
 overridable: FASTRNN_CUDA_STRATEGY=persistent|stepwise, or `with forced(...)` for the strategy, the
 number of CTAs, threads per CTA and the tiles.
 
+The cells (`cell_forward`, `cell_backward`, for fastrnn.LSTMCell, GRUCell, RNNCell) run one fused step per
+call: both gate GEMMs and the cell in one launch (csrc/cuda/cell_step.cu), then the pointwise backward;
+`auto` does not pick them on a GPU until they are measured against nn's cells there.
+
 What is verified without a GPU: the kernels compile for sm_80 and sm_90 within the resources that let
 the persistent grid be co-resident on an H100 (tests/test_cuda_compiles.py), and their same sources run
 in the project's SIMT emulator on CPU tensors against the reference, plainly and under ThreadSanitizer
