@@ -727,6 +727,155 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& 
   return {dxp, dhn, dh0};
 }
 
+std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh, bool relu,
+                                       const std::optional<Tensor>& lengths, bool reverse, bool save, bool allow_tf32,
+                                       int strategy, int ctas, int threads, int row_tile, int k_chunk) {
+  (void)save;  // the backward reads act' off y: nothing more to keep
+  check_first(xp, "xp");
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.dim() == 2 ? h0.size(1) : -1;
+  TORCH_CHECK(H > 0, "fastrnn cuda backend: h0 must be 2-D (B, hidden), got ", h0.sizes());
+  check_input(xp, "xp", xp, {T, B, H});
+  check_input(h0, "h0", xp, {B, H});
+  check_input(w_hh, "w_hh", xp, {H, H});
+  const DeviceGuard guard(xp);
+  const Tensor lens = device_lengths(lengths, T, B, xp);
+  Tensor y = output(xp, {T, B, H});
+  if (T == 0 || B == 0) return {y, h0.clone()};
+  Tensor h_n = output(h0, {B, H});
+  const gpu::Problem p = problem(T, B, H, H, false, reverse, xp, lens);
+  Tensor space = workspace(gpu::Kernel::rnn_forward, p, xp);
+  const gpu::RnnForward args{p, relu, xp.data_ptr(), h0.data_ptr(), w_hh.data_ptr(), y.data_ptr(), h_n.data_ptr(),
+                             space.data_ptr()};
+  const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, xp);
+  {
+    pybind11::gil_scoped_release no_gil;
+    gpu::rnn_forward(args, o);
+  }
+  return {y, h_n};
+}
+
+std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& y, const Tensor& w_hh,
+                                        bool relu, const std::optional<Tensor>& lengths, bool reverse, bool allow_tf32,
+                                        int strategy, int ctas, int threads, int row_tile, int k_chunk) {
+  check_first(dy, "dy");
+  const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2);
+  TORCH_CHECK(H > 0, "fastrnn cuda backend: dy's last dimension (hidden) must be positive");
+  check_input(dh_n, "dh_n", dy, {B, H});
+  check_input(y, "y", dy, {T, B, H});
+  check_input(w_hh, "w_hh", dy, {H, H});
+  const DeviceGuard guard(dy);
+  const Tensor lens = device_lengths(lengths, T, B, dy);
+  Tensor dxp = output(dy, {T, B, H});
+  if (T == 0 || B == 0) return {dxp, dh_n.clone()};
+  Tensor dh0 = output(dh_n, {B, H});
+  const gpu::Problem p = problem(T, B, H, H, false, reverse, dy, lens);
+  Tensor space = workspace(gpu::Kernel::rnn_backward, p, dy);
+  const gpu::RnnBackward args{p, relu, dy.data_ptr(), dh_n.data_ptr(), y.data_ptr(), w_hh.data_ptr(), dxp.data_ptr(),
+                              dh0.data_ptr(), space.data_ptr()};
+  const gpu::Options o = options(allow_tf32, strategy, ctas, threads, row_tile, k_chunk, dy);
+  {
+    pybind11::gil_scoped_release no_gil;
+    gpu::rnn_backward(args, o);
+  }
+  return {dxp, dh0};
+}
+
+// --- the cells: one step per call --------------------------------------------------------------------
+
+gpu::CellMode cell_mode(const std::string& mode) {
+  if (mode == "LSTM") return gpu::CellMode::lstm;
+  if (mode == "GRU") return gpu::CellMode::gru;
+  if (mode == "RNN_TANH") return gpu::CellMode::rnn_tanh;
+  if (mode == "RNN_RELU") return gpu::CellMode::rnn_relu;
+  TORCH_CHECK(false, "fastrnn cuda backend: mode must be LSTM, GRU, RNN_TANH or RNN_RELU, got ", mode);
+}
+
+int64_t gates_of(gpu::CellMode mode) { return mode == gpu::CellMode::lstm ? 4 : mode == gpu::CellMode::gru ? 3 : 1; }
+
+void check_2d(const Tensor& tensor, const char* name) {
+  TORCH_CHECK(on_device(tensor), "fastrnn cuda backend: ", name, " must be a ", kDevice, " tensor, got one on ",
+              tensor.device());
+  dtype_of(tensor);
+  TORCH_CHECK(tensor.dim() == 2, "fastrnn cuda backend: ", name, " must be 2-D (batch, features), got ",
+              tensor.sizes());
+}
+
+// (h_new, c_new, saved): c_new empty but for the LSTM, saved empty for the Elman cell or without save.
+std::tuple<Tensor, Tensor, Tensor> cell_forward(const std::string& mode_name, const Tensor& x, const Tensor& h,
+                                                const std::optional<Tensor>& c, const Tensor& w_ih, const Tensor& w_hh,
+                                                const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                                                bool save, bool allow_tf32, int threads, int row_tile, int k_chunk) {
+  const gpu::CellMode mode = cell_mode(mode_name);
+  const bool lstm = mode == gpu::CellMode::lstm, keeps = save && gates_of(mode) > 1;
+  check_2d(x, "x");
+  check_2d(h, "h");
+  const int64_t B = x.size(0), I = x.size(1), H = h.size(1), G = gates_of(mode) * H;
+  check_input(h, "h", x, {B, H});
+  TORCH_CHECK(c.has_value() == lstm, "fastrnn cuda backend: the ", mode_name, " cell ",
+              lstm ? "needs the cell state c" : "has no cell state: c must be None");
+  if (lstm) check_input(*c, "c", x, {B, H});
+  check_input(w_ih, "w_ih", x, {G, I});
+  check_input(w_hh, "w_hh", x, {G, H});
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "fastrnn cuda backend: b_ih and b_hh come together or not at all");
+  if (b_ih.has_value()) check_input(*b_ih, "b_ih", x, {G});
+  if (b_hh.has_value()) check_input(*b_hh, "b_hh", x, {G});
+  TORCH_CHECK(B <= std::numeric_limits<int32_t>::max() && I + G <= std::numeric_limits<int32_t>::max(),
+              "fastrnn cuda backend: sizes beyond 2**31 are not supported");
+  const DeviceGuard guard(x);
+  Tensor h_new = output(x, {B, H});
+  Tensor c_new = lstm ? output(x, {B, H}) : at::empty({0}, x.options());
+  Tensor saved = keeps ? output(x, {B, 4 * H}) : at::empty({0}, x.options());
+  if (B == 0) return {h_new, c_new, saved};
+  const gpu::CellForward args{mode, dtype_of(x), B, I, H, x.data_ptr(), h.data_ptr(), lstm ? c->data_ptr() : nullptr,
+                              w_ih.data_ptr(), w_hh.data_ptr(), data_or_null(b_ih), data_or_null(b_hh),
+                              h_new.data_ptr(), lstm ? c_new.data_ptr() : nullptr, keeps ? saved.data_ptr() : nullptr};
+  const gpu::Options o = options(allow_tf32, 2, 0, threads, row_tile, k_chunk, x);
+  gpu::cell_forward(args, o);  // a few microseconds: keeping the GIL costs less than handing it over
+  return {h_new, c_new, saved};
+}
+
+// The pointwise backward of one step: (dgx, dgh, dh_direct, dc_prev), empty where the cell has none;
+// dgh is dgx itself where both sides share the gradient (LSTM, Elman).
+std::tuple<Tensor, Tensor, Tensor, Tensor> cell_backward(const std::string& mode_name, const Tensor& dh,
+                                                         const std::optional<Tensor>& dc, const Tensor& h,
+                                                         const std::optional<Tensor>& c, const Tensor& h_new,
+                                                         const std::optional<Tensor>& c_new, const Tensor& saved,
+                                                         int threads) {
+  const gpu::CellMode mode = cell_mode(mode_name);
+  const bool lstm = mode == gpu::CellMode::lstm, gru = mode == gpu::CellMode::gru;
+  check_2d(dh, "dh");
+  const int64_t B = dh.size(0), H = dh.size(1);
+  check_input(dh, "dh", dh, {B, H});
+  if (lstm) {
+    TORCH_CHECK(c.has_value() && c_new.has_value(), "fastrnn cuda backend: the LSTM cell's backward needs c and c_new");
+    if (dc.has_value()) check_input(*dc, "dc", dh, {B, H});
+    check_input(*c, "c", dh, {B, H});
+    check_input(*c_new, "c_new", dh, {B, H});
+    check_input(saved, "saved", dh, {B, 4 * H});
+  } else if (gru) {
+    check_input(h, "h", dh, {B, H});
+    check_input(saved, "saved", dh, {B, 4 * H});
+  } else {
+    check_input(h_new, "h_new", dh, {B, H});
+  }
+  const DeviceGuard guard(dh);
+  const Tensor dgx = output(dh, {B, (lstm ? 4 : gru ? 3 : 1) * H});
+  const Tensor dgh = gru ? output(dh, {B, 3 * H}) : dgx;
+  const Tensor direct = gru ? output(dh, {B, H}) : at::empty({0}, dh.options());
+  const Tensor dc_prev = lstm ? output(dh, {B, H}) : at::empty({0}, dh.options());
+  if (B == 0 || H == 0) return {dgx, dgh, direct, dc_prev};
+  const gpu::CellBackward args{mode, dtype_of(dh), B, H, dh.data_ptr(), lstm ? data_or_null(dc) : nullptr,
+                               gru ? h.data_ptr() : nullptr, lstm ? c->data_ptr() : nullptr,
+                               lstm || gru ? nullptr : h_new.data_ptr(), lstm ? c_new->data_ptr() : nullptr,
+                               lstm || gru ? saved.data_ptr() : nullptr, dgx.data_ptr(), gru ? dgh.data_ptr() : nullptr,
+                               gru ? direct.data_ptr() : nullptr, lstm ? dc_prev.data_ptr() : nullptr};
+  gpu::Options o;
+  o.threads = threads;
+  o.stream = stream_of(dh);
+  gpu::cell_backward(args, o);
+  return {dgx, dgh, direct, dc_prev};
+}
+
 gpu::DType dtype_named(const std::string& name) {
   if (name == "float64") return gpu::DType::float64;
   if (name == "float32") return gpu::DType::float32;
@@ -739,8 +888,8 @@ gpu::DType dtype_named(const std::string& name) {
 std::string describe_plan(int kernel, int64_t steps, int64_t batch, int64_t hidden, int64_t state, bool projection,
                           const std::string& dtype, bool allow_tf32, int strategy, int ctas, int threads, int row_tile,
                           int k_chunk) {
-  TORCH_CHECK(kernel >= 0 && kernel <= 3, "fastrnn cuda backend: kernel must be 0..3 (lstm forward, lstm backward, "
-              "gru forward, gru backward)");
+  TORCH_CHECK(kernel >= 0 && kernel <= 5, "fastrnn cuda backend: kernel must be 0..5 (lstm forward, lstm backward, "
+              "gru forward, gru backward, rnn forward, rnn backward)");
   TORCH_CHECK(steps >= 1 && batch >= 1 && hidden >= 1 && state >= 1, "fastrnn cuda backend: sizes must be positive");
   const gpu::Problem p{steps, batch, hidden, state, projection, false, dtype_named(dtype), nullptr};
   gpu::Options o;
@@ -772,6 +921,21 @@ void define(pybind11::module_& m) {
         py::arg("h_prev"), py::arg("w_hh"), py::arg("saved"), py::arg("lengths"), py::arg("reverse"),
         py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
         py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("rnn_forward_cuda", &rnn_forward, "Elman recurrence (tanh or relu), one layer-direction (CUDA)", py::arg("xp"),
+        py::arg("h0"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
+        py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
+        py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("rnn_backward_cuda", &rnn_backward, "Elman recurrence backward (CUDA)", py::arg("dy"), py::arg("dh_n"),
+        py::arg("y"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("allow_tf32") = true, py::arg("strategy") = 0, py::arg("ctas") = 0, py::arg("threads") = 0,
+        py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("cell_forward_cuda", &cell_forward, "One cell step (LSTM, GRU, RNN_TANH, RNN_RELU), both gate GEMMs and the "
+        "cell in one launch (CUDA): (h_new, c_new, saved)", py::arg("mode"), py::arg("x"), py::arg("h"), py::arg("c"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("save") = true,
+        py::arg("allow_tf32") = true, py::arg("threads") = 0, py::arg("row_tile") = 0, py::arg("k_chunk") = 0);
+  m.def("cell_backward_cuda", &cell_backward, "One cell step's pointwise backward (CUDA): (dgx, dgh, dh_direct, "
+        "dc_prev)", py::arg("mode"), py::arg("dh"), py::arg("dc"), py::arg("h"), py::arg("c"), py::arg("h_new"),
+        py::arg("c_new"), py::arg("saved"), py::arg("threads") = 0);
   m.def("cuda_describe_plan", &describe_plan, "The launch plan a CUDA kernel call would run here, in words",
         py::arg("kernel"), py::arg("steps"), py::arg("batch"), py::arg("hidden"), py::arg("state"),
         py::arg("projection"), py::arg("dtype"), py::arg("allow_tf32") = true, py::arg("strategy") = 0,

@@ -221,8 +221,8 @@ def _resolve(backend: str, device: str, dtype: torch.dtype, cell_name: str) -> s
     """The backend a cell's forward on `device` in `dtype` runs."""
     device = torch.device(device)
     if backend == "auto":
-        # On a GPU nn's own code: the Triton cell step runs when asked for (backend="triton"), not picked by
-        # auto before it is measured faster than nn's cells there; so do the dtypes the cpp kernels leave.
+        # On a GPU nn's own code: the cuda and Triton cell steps run when asked for by name, not picked by auto
+        # before they are measured faster than nn's cells there; so do the dtypes the cpp kernels leave.
         return "cpp" if device.type == "cpu" and dtype in _CPP_DTYPES and backends.runs("cpp", device) else "aten"
     backend = backends.resolve(backend, device)
     if backend not in (*backends.CELL_STEP_BACKENDS, "aten"):
@@ -249,8 +249,8 @@ def _cell_mode(module: nn.Module) -> str | None:
 
 class LSTMCell(_CellBase):
     """Drop-in nn.LSTMCell: forward(input, (h, c)=None) -> (h', c'). Extra keyword: backend = "auto" | "cpp"
-    | "triton" | "reference" | "aten" (auto: the cpp kernels on a CPU in float32/float64, nn's own code elsewhere;
-    "triton": the fused Triton step, on CUDA tensors or under TRITON_INTERPRET=1)."""
+    | "cuda" | "triton" | "reference" | "aten" (auto: the cpp kernels on a CPU in float32/float64, nn's own code
+    elsewhere; "cuda", "triton": their fused step, on CUDA tensors, Triton's also under TRITON_INTERPRET=1)."""
 
     mode = "LSTM"
 

@@ -622,8 +622,9 @@ class GRU(_RNNBase):
 
 
 class RNN(_RNNBase):
-    """Drop-in nn.RNN (Elman, nonlinearity "tanh" or "relu"). Extra keyword: backend = "auto" | "cpp" |
-    "triton" | "reference" | "aten", or any kernel backend backends.CELLS_OF lists for RNN (on a GPU auto runs cuDNN)."""
+    """Drop-in nn.RNN (Elman, nonlinearity "tanh" or "relu"). Extra keyword: backend = "auto" | "cpp" | "cuda" |
+    "triton" | "reference" | "aten" (on a GPU auto runs cuDNN: the cuda and Triton kernels are not yet measured
+    against it)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,

@@ -27,7 +27,10 @@ sys.path.pop(0)
 
 CSRC = ROOT / "csrc"
 CACHE = Path(os.environ.get("FASTRNN_SIMT_CACHE", Path.home() / ".cache" / "fastrnn" / "simt"))
-DRIVER_SOURCES = ["emulation/driver.cpp", "emulation/cuda_lstm.cpp", "emulation/cuda_gru.cpp", "emulation/cuda_plans.cpp"]
+# The driver and every emulated kernel family (the emulated extension's sources, less the binding).
+DRIVER_SOURCES = ["emulation/driver.cpp",
+                  *(str(Path(source).relative_to("csrc")) for source in _build.emulation_sources()
+                    if Path(source).name != "binding.cpp")]
 SANITIZER_FLAGS = {
     "none": ["-O2"],
     "thread": ["-O1", "-g", "-fsanitize=thread"],

@@ -281,7 +281,7 @@ def test_torch_func_transforms(mode):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA_SKIP)])
 @pytest.mark.parametrize("mode", MODES)
 def test_auto_runs_the_fused_kernel_where_it_has_one(device, mode):
-    """auto: the cpp kernels on a CPU in float32/float64, nn's own code elsewhere (it picks no GPU cell kernel yet)
+    """auto: the cpp kernels on a CPU in float32/float64, nn's own code elsewhere (it picks no GPU cell step yet)
     and under autocast (which casts nn's cells' inner ops)."""
     ours = TWINS[mode][0](3, 4, device=device)
     x = torch.randn(2, 3, device=device)

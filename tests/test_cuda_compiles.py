@@ -40,8 +40,9 @@ TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSION
 FLAGS = ["-std=c++17", *_build.NVCC_FLAGS, *TORCH_NVCC_FLAGS, "-Xptxas", "-v,--warn-on-spills,--warn-on-local-memory-usage",
          "-Werror", "all-warnings"]
 CACHE = Path(os.environ.get("FASTRNN_PTXAS_CACHE", Path.home() / ".cache" / "fastrnn" / "ptxas"))
-# Kernels per .cu: (cell, pass) x (float64/fma, float32/fma, float32/tf32, float16, bfloat16).
-EXPECTED_KERNELS = {"lstm.cu": 10, "gru.cu": 10, "plans.cu": 0}
+# Kernels per .cu: (cell, pass) x (float64/fma, float32/fma, float32/tf32, float16, bfloat16); the cell step's
+# forward likewise, its pointwise backward once per storage type.
+EXPECTED_KERNELS = {"lstm.cu": 10, "gru.cu": 10, "rnn.cu": 10, "cell_step.cu": 9, "plans.cu": 0}
 MATH = {"0": "fma", "1": "tf32", "2": "tensor16"}
 
 
@@ -90,7 +91,9 @@ def parse(report: str) -> list[dict]:
                             smem=int(smem.group(1)) if smem else 0, cmem=int(cmem.group(1)) if cmem else 0))
     for entry, name in zip(entries, _demangle([e["mangled"] for e in entries])):
         short = re.search(r"(\w+_kernel)<([^,]+), \(fastrnn::cuda::Math\)(\d)>", name)
-        entry["name"] = f"{short.group(1)}<{short.group(2)}, {MATH[short.group(3)]}>" if short else name
+        alone = re.search(r"(\w+_kernel)<([^,<>]+)>", name)  # a kernel templated on its storage type only
+        entry["name"] = (f"{short.group(1)}<{short.group(2)}, {MATH[short.group(3)]}>" if short else
+                         f"{alone.group(1)}<{alone.group(2)}>" if alone else name)
     return entries
 
 

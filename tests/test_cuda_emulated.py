@@ -29,6 +29,8 @@ from conftest import compare, detached, make_pair, random_inputs, rel_error, run
 from cuda_checks import DTYPES, _cast, _randn
 from cuda_checks import check_gru as _check_gru
 from cuda_checks import check_lstm as _check_lstm
+from cuda_checks import check_cell as _check_cell
+from cuda_checks import check_rnn as _check_rnn
 
 REASON = simt_build.skip_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"SIMT emulator unavailable: {REASON}")
@@ -53,6 +55,16 @@ def check_gru(*args, **knobs):
     _check_gru(*args, **knobs)
 
 
+def check_rnn(*args, **knobs):
+    knobs.setdefault("threads", 64)
+    _check_rnn(*args, **knobs)
+
+
+def check_cell(*args, **knobs):
+    knobs.setdefault("threads", 64)
+    _check_cell(*args, **knobs)
+
+
 # --- every kernel, dtype, plan and option, on tiny awkward shapes ----------------------------------
 
 
@@ -72,6 +84,15 @@ def test_gru_kernels_match_reference(emulated, plan, dtype, bias, reverse, ragge
     check_gru(emulated, dtype, seq_len=6, batch=5, hidden=7, bias=bias, reverse=reverse, ragged=ragged, **PLANS[plan])
 
 
+@pytest.mark.parametrize("plan", PLANS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu,reverse,ragged", [(False, False, False), (True, True, True), (False, True, True),
+                                                 (True, False, True)], ids=["tanh", "relu-reverse-ragged",
+                                                                           "tanh-reverse-ragged", "relu-ragged"])
+def test_rnn_kernels_match_reference(emulated, plan, dtype, relu, reverse, ragged):
+    check_rnn(emulated, dtype, seq_len=6, batch=5, hidden=7, relu=relu, reverse=reverse, ragged=ragged, **PLANS[plan])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("knobs", [
     dict(strategy=1, ctas=2, threads=32, row_tile=16, k_chunk=16),   # one warp, 3 row tiles, several k chunks
@@ -83,17 +104,30 @@ def test_tiles_that_do_not_divide(emulated, dtype, knobs):
     with a ragged last one, CTAs owning slices of different widths, split reductions."""
     check_lstm(emulated, dtype, seq_len=4, batch=37, hidden=19, proj=11, reverse=True, ragged=True, seed=1, **knobs)
     check_gru(emulated, dtype, seq_len=4, batch=37, hidden=19, bias=True, reverse=False, ragged=True, seed=2, **knobs)
+    check_rnn(emulated, dtype, seq_len=4, batch=37, hidden=19, relu=True, reverse=True, ragged=True, seed=3, **knobs)
 
 
 def test_more_ctas_than_units(emulated):
     """4 CTAs for 3 units: the idle CTA still meets the others at every grid barrier."""
     check_lstm(emulated, torch.float64, seq_len=5, batch=3, hidden=3, proj=2, reverse=False, ragged=True, strategy=1, ctas=4)
     check_gru(emulated, torch.float64, seq_len=5, batch=3, hidden=3, bias=True, reverse=True, ragged=True, strategy=1, ctas=4)
+    check_rnn(emulated, torch.float64, seq_len=5, batch=3, hidden=3, relu=False, reverse=False, ragged=True, strategy=1,
+              ctas=4)
 
 
 def test_batch_of_one_and_single_step(emulated):
     check_lstm(emulated, torch.float32, seq_len=1, batch=1, hidden=1, proj=0, reverse=False, ragged=False, strategy=1, ctas=1)
     check_gru(emulated, torch.float32, seq_len=1, batch=1, hidden=1, bias=True, reverse=True, ragged=False, strategy=2)
+    check_rnn(emulated, torch.float32, seq_len=1, batch=1, hidden=1, relu=True, reverse=False, ragged=False, strategy=1,
+              ctas=1)
+    check_rnn(emulated, torch.float16, seq_len=1, batch=1, hidden=1, relu=False, reverse=True, ragged=False, strategy=2)
+
+
+def test_rnn_on_tf32(emulated):
+    """float32 with allow_tf32: the Elman kernels' products on TF32, against the TF32-rounded reference."""
+    for strategy in (1, 2):
+        check_rnn(emulated, torch.float32, seq_len=5, batch=6, hidden=20, relu=False, reverse=False, ragged=True,
+                  seed=4, strategy=strategy, ctas=2, allow_tf32=True)
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -112,9 +146,13 @@ def test_inference_call_keeps_nothing_for_a_backward(emulated, plan):
     kept = emulated.gru_forward_cuda(*gru, lengths, False, True, **knobs)
     light = emulated.gru_forward_cuda(*gru, lengths, False, False, **knobs)
     assert torch.equal(kept[0], light[0]) and torch.equal(kept[1], light[1]) and light[2].numel() == 0
+    rnn = (_randn(gen, 5, 3, 7), _randn(gen, 3, 7), _randn(gen, 7, 7))
+    kept = emulated.rnn_forward_cuda(*rnn, True, lengths, True, True, **knobs)
+    light = emulated.rnn_forward_cuda(*rnn, True, lengths, True, False, **knobs)
+    assert len(light) == 2 and torch.equal(kept[0], light[0]) and torch.equal(kept[1], light[1])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_empty_problems(emulated, cell):
     """T = 0 or B = 0: nothing to launch; the final states are the initial ones."""
     for seq_len, batch in [(0, 3), (4, 0)]:
@@ -123,10 +161,81 @@ def test_empty_problems(emulated, cell):
             args = (_randn(gen, seq_len, batch, 8), _randn(gen, batch, 2), _randn(gen, batch, 2), _randn(gen, 8, 2))
             y, h_n, c_n, gates, c_all = emulated.lstm_forward_cuda(*args, None, None, False)
             assert y.shape == (seq_len, batch, 2) and torch.equal(h_n, args[1]) and torch.equal(c_n, args[2])
-        else:
+        elif cell == "gru":
             args = (_randn(gen, seq_len, batch, 6), _randn(gen, batch, 2), _randn(gen, 6, 2))
             y, h_n, saved = emulated.gru_forward_cuda(*args, None, None, False)
             assert saved.shape == (seq_len, batch, 8) and torch.equal(h_n, args[1])
+        else:
+            args = (_randn(gen, seq_len, batch, 2), _randn(gen, batch, 2), _randn(gen, 2, 2))
+            y, h_n = emulated.rnn_forward_cuda(*args, False, None, False)
+            assert y.shape == (seq_len, batch, 2) and torch.equal(h_n, args[1])
+            dxp, dh0 = emulated.rnn_backward_cuda(y, h_n, y, args[2], False, None, False)
+            assert dxp.shape == (seq_len, batch, 2) and torch.equal(dh0, h_n)
+
+
+# --- the fused cell step -------------------------------------------------------------------------------
+
+CELL_MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", CELL_MODES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_step_matches_reference(emulated, mode, dtype, bias):
+    check_cell(emulated, mode, dtype, batch=5, input_size=6, hidden=7, bias=bias, seed=len(mode))
+
+
+@pytest.mark.parametrize("mode", CELL_MODES)
+@pytest.mark.parametrize("knobs", [dict(threads=32, row_tile=16, k_chunk=16), dict(threads=96, allow_tf32=True)],
+                         ids=["1warp-16x16", "3warps-tf32"])
+def test_cell_step_tiles_that_do_not_divide(emulated, mode, knobs):
+    """Batch 37, input 21, hidden 19: several row blocks and unit slices, the x|h boundary inside a reduction
+    chunk, a ragged last chunk; float32 exact and on TF32."""
+    check_cell(emulated, mode, torch.float32, batch=37, input_size=21, hidden=19, bias=True, seed=5, **knobs)
+
+
+def test_cell_step_of_one_row_and_one_unit(emulated):
+    for mode in CELL_MODES:
+        check_cell(emulated, mode, torch.float64, batch=1, input_size=1, hidden=1, bias=True)
+
+
+@pytest.mark.parametrize("mode", CELL_MODES)
+def test_cell_step_without_save_keeps_nothing(emulated, mode):
+    gen = torch.Generator().manual_seed(9)
+    gates = 4 if mode == "LSTM" else 3 if mode == "GRU" else 1
+    x, h, c = _randn(gen, 3, 4), _randn(gen, 3, 5), _randn(gen, 3, 5) if mode == "LSTM" else None
+    weights = (_randn(gen, gates * 5, 4), _randn(gen, gates * 5, 5), _randn(gen, gates * 5), _randn(gen, gates * 5))
+    kept = emulated.cell_forward_cuda(mode, x, h, c, *weights, True, threads=64)
+    light = emulated.cell_forward_cuda(mode, x, h, c, *weights, False, threads=64)
+    assert torch.equal(kept[0], light[0]) and torch.equal(kept[1], light[1]) and light[2].shape == (0,)
+    assert kept[2].shape == ((3, 20) if gates > 1 else (0,))
+
+
+def test_cell_step_of_an_empty_batch(emulated):
+    h_new, c_new, saved = emulated.cell_forward_cuda("GRU", torch.randn(0, 4), torch.randn(0, 5), None,
+                                                     torch.randn(15, 4), torch.randn(15, 5), None, None)
+    assert h_new.shape == (0, 5) and saved.shape == (0, 20) and c_new.shape == (0,)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m: m.cell_forward_cuda("LSTMX", *_cell_inputs()), "mode must be LSTM, GRU, RNN_TANH or RNN_RELU"),
+    (lambda m: m.cell_forward_cuda("LSTM", *_cell_inputs()[:2], None, *_cell_inputs()[3:]), "needs the cell state c"),
+    (lambda m: m.cell_forward_cuda("GRU", *_cell_inputs()), "has no cell state"),
+    (lambda m: m.cell_forward_cuda("LSTM", *_cell_inputs()[:3], torch.randn(8, 3, dtype=torch.float64),
+                                   *_cell_inputs()[4:]), r"w_ih must have shape \[8, 4\]"),
+    (lambda m: m.cell_forward_cuda("LSTM", *_cell_inputs()[:6], None), "b_ih and b_hh come together"),
+    (lambda m: m.cell_forward_cuda("LSTM", _cell_inputs()[0][0], *_cell_inputs()[1:]), "x must be 2-D"),
+])
+def test_cell_step_bad_inputs_raise_clear_errors(emulated, call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call(emulated)
+
+
+def _cell_inputs():
+    """An LSTM cell's arguments, B=2, I=4, H=2: x, h, c, w_ih, w_hh, b_ih, b_hh."""
+    gen = torch.Generator().manual_seed(1)
+    return [_randn(gen, 2, 4), _randn(gen, 2, 2), _randn(gen, 2, 2), _randn(gen, 8, 4), _randn(gen, 8, 2),
+            _randn(gen, 8), _randn(gen, 8)]
 
 
 # --- TF32 and low precision over many steps ----------------------------------------------------------
@@ -187,11 +296,13 @@ def cuda_backend_on_cpu(monkeypatch, emulated):
     ("LSTM", dict(input_size=4, hidden_size=9, num_layers=2, batch_first=True)),
     ("GRU", dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True)),
     ("GRU", dict(input_size=3, hidden_size=6, bias=False, bidirectional=True)),
+    ("RNN_TANH", dict(input_size=5, hidden_size=7, num_layers=2, bidirectional=True, batch_first=True)),
+    ("RNN_RELU", dict(input_size=3, hidden_size=6, bias=False, num_layers=2)),
 ])
 @pytest.mark.parametrize("strategy", ["persistent", "stepwise"])
 def test_modules_match_torch(cuda_backend_on_cpu, cell, config, strategy):
     """Stacked, both directions, packed unsorted with an initial state: output, final states and every
-    gradient against nn.LSTM / nn.GRU, in float64."""
+    gradient against nn.LSTM / nn.GRU / nn.RNN, in float64."""
     torch.manual_seed(2)
     ours, theirs = make_pair(cell, "cuda", "cpu", torch.float64, **config)
     x, hx = random_inputs(ours, 4, 9, lengths=[7, 9, 1, 4], seed=2)
@@ -199,6 +310,34 @@ def test_modules_match_torch(cuda_backend_on_cpu, cell, config, strategy):
         errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
     assert ours.last_backend == "cuda"
     assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("mode", CELL_MODES)
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_cell_modules_match_torch(cuda_backend_on_cpu, mode, unbatched):
+    """fastrnn.LSTMCell / GRUCell / RNNCell on backend="cuda", a few decoder steps with autograd: outputs and
+    every gradient against nn's cells, in float64."""
+    torch.manual_seed(4)
+    kind = {"LSTM": "LSTMCell", "GRU": "GRUCell"}.get(mode, "RNNCell")
+    extra = {} if kind != "RNNCell" else {"nonlinearity": "relu" if mode == "RNN_RELU" else "tanh"}
+    ours = getattr(fastrnn, kind)(5, 7, backend="cuda", dtype=torch.float64, **extra)
+    theirs = getattr(torch.nn, kind)(5, 7, dtype=torch.float64, **extra)
+    theirs.load_state_dict(ours.state_dict())
+    xs = torch.randn(3, 5, dtype=torch.float64) if unbatched else torch.randn(3, 4, 5, dtype=torch.float64)
+
+    def unroll(cell):
+        state, outputs = None, []
+        for x in xs:
+            state = cell(x, state)
+            outputs.append(state[0] if mode == "LSTM" else state)
+        loss = sum((o * (i + 1)).sum() for i, o in enumerate(outputs)) + (state[1].sum() if mode == "LSTM" else 0)
+        grads = torch.autograd.grad(loss, list(cell.parameters()))
+        return [o.detach() for o in outputs], grads
+
+    (ours_out, ours_grads), (their_out, their_grads) = unroll(ours), unroll(theirs)
+    assert ours.last_backend == "cuda"
+    for a, b in zip(ours_out + list(ours_grads), their_out + list(their_grads)):
+        assert rel_error(a, b) < 1e-12
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -242,13 +381,13 @@ def test_modules_in_float32_bounded_by_torch(cuda_backend_on_cpu, monkeypatch, c
 # an H100 (the emulator's modelled device: 132 SMs, 227 KB of shared memory per CTA). In float32 the LSTM
 # backward's slice of W_hh (4H rows by a 16-column tile) outgrows shared memory at H = 1024: that one runs
 # stepwise, and must say why.
-ANCHORS = [(cell, dtype, batch, hidden) for cell in ("lstm", "gru") for dtype in ("float16", "bfloat16", "float32")
+ANCHORS = [(cell, dtype, batch, hidden) for cell in ("lstm", "gru", "rnn") for dtype in ("float16", "bfloat16", "float32")
            for batch in (16, 64) for hidden in (256, 512, 1024)]
 
 
 @pytest.mark.parametrize("cell,dtype,batch,hidden", ANCHORS)
 def test_anchor_shapes_run_persistent_on_an_h100(emulated, cell, dtype, batch, hidden):
-    for index, kernel in enumerate(("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")):
+    for index, kernel in enumerate(cuda_backend.KERNELS):
         if not kernel.startswith(cell):
             continue
         plan = emulated.cuda_describe_plan(index, 256, batch, hidden, hidden, False, dtype)
@@ -278,6 +417,20 @@ def test_explain_names_the_plan_of_the_latest_call(cuda_backend_on_cpu):
 
 
 # --- errors ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel,args,message", [
+    ("rnn_forward_cuda", lambda: (torch.randn(3, 2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64),
+                                  torch.randn(4, 5, dtype=torch.float64)), r"w_hh must have shape \[4, 4\]"),
+    ("rnn_forward_cuda", lambda: (torch.randn(3, 2, 5, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64),
+                                  torch.randn(4, 4, dtype=torch.float64)), r"xp must have shape \[3, 2, 4\]"),
+    ("rnn_backward_cuda", lambda: (torch.randn(3, 2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64),
+                                   torch.randn(3, 2, 4), torch.randn(4, 4, dtype=torch.float64)),
+     "y has dtype Float but the other inputs have Double"),
+])
+def test_rnn_bad_inputs_raise_clear_errors(emulated, kernel, args, message):
+    with pytest.raises(RuntimeError, match=message):
+        getattr(emulated, kernel)(*args(), False, None, False)
 
 
 def _lstm_inputs(dtype=torch.float64):

@@ -17,7 +17,7 @@ from fastrnn.backends import cuda as cuda_backend
 from fastrnn.backends import reference, unavailable_reason
 
 from conftest import CUDA_SKIP, GPU_GRID, compare, detached, make_pair, random_inputs, rel_error, run
-from cuda_checks import DTYPES, _cast, _randn, check_gru, check_lstm
+from cuda_checks import DTYPES, _cast, _randn, check_cell, check_gru, check_lstm, check_rnn
 from tolerance import allowed_error, precisions, reference as in_kernel_arithmetic, tf32_switch
 
 # float32 twice: allow_tf32 explicitly off (IEEE bound) and on (TF32 bound; see tests/tolerance.py).
@@ -44,13 +44,13 @@ def kernels():
 @pytest.mark.parametrize("batch", GPU_GRID["batch"])
 @pytest.mark.parametrize("hidden", GPU_GRID["hidden"])
 @pytest.mark.parametrize("seq_len", GPU_GRID["seq_len"])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
 def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype, tf32):
     """The same grid as the Triton backend's GPU tests (conftest.GPU_GRID), under each strategy (persistent
     where it fits), float32 with TF32 off and on."""
     plan = dict(strategy=STRATEGIES[strategy], allow_tf32=tf32)
     if strategy == "persistent":
-        kind = 0 if cell == "LSTM" else 2
+        kind = {"LSTM": 0, "GRU": 2}.get(cell, 4)
         described = kernels.cuda_describe_plan(kind, seq_len, batch, hidden, hidden, False, str(dtype)[6:],
                                                allow_tf32=tf32)
         if not described.startswith("persistent"):
@@ -58,9 +58,12 @@ def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype, tf32):
     if cell == "LSTM":
         check_lstm(kernels, dtype, seq_len, batch, hidden, proj=0, reverse=False, ragged=batch > 1,
                    seed=seq_len + hidden, device="cuda", **plan)
-    else:
+    elif cell == "GRU":
         check_gru(kernels, dtype, seq_len, batch, hidden, bias=True, reverse=True, ragged=batch > 1,
                   seed=seq_len + hidden, device="cuda", **plan)
+    else:
+        check_rnn(kernels, dtype, seq_len, batch, hidden, relu=cell == "RNN_RELU", reverse=cell == "RNN_TANH",
+                  ragged=batch > 1, seed=seq_len + hidden, device="cuda", **plan)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -68,6 +71,35 @@ def test_gpu_grid(kernels, strategy, cell, seq_len, hidden, batch, dtype, tf32):
 def test_projection_on_gpu(kernels, strategy, dtype, tf32):
     check_lstm(kernels, dtype, seq_len=33, batch=40, hidden=200, proj=72, reverse=True, ragged=True, seed=3,
                device="cuda", strategy=STRATEGIES[strategy], allow_tf32=tf32)
+
+
+@pytest.mark.parametrize("dtype,tf32", PRECISIONS)
+@pytest.mark.parametrize("batch,input_size,hidden", [(1, 32, 64), (37, 100, 200), (128, 256, 512)])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_cell_step_on_gpu(kernels, mode, batch, input_size, hidden, dtype, tf32):
+    """The fused cell step at decoder shapes (one row) and past a CTA's slice and row block."""
+    check_cell(kernels, mode, dtype, batch, input_size, hidden, bias=True, seed=hidden, device="cuda", allow_tf32=tf32)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_cell_modules_on_gpu_match_torch(mode):
+    """fastrnn's cells on backend="cuda" against nn's on the GPU, a few steps with autograd, in float64."""
+    torch.manual_seed(5)
+    kind = {"LSTM": "LSTMCell", "GRU": "GRUCell"}.get(mode, "RNNCell")
+    ours = getattr(fastrnn, kind)(9, 33, backend="cuda", device="cuda", dtype=torch.float64)
+    theirs = getattr(torch.nn, kind)(9, 33, device="cuda", dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    xs = torch.randn(4, 6, 9, device="cuda", dtype=torch.float64)
+    results = []
+    for cell in (ours, theirs):
+        state, loss = None, 0
+        for x in xs:
+            state = cell(x, state)
+            loss = loss + (state[0] if mode == "LSTM" else state).square().sum()
+        results.append(torch.autograd.grad(loss, list(cell.parameters())))
+    assert ours.last_backend == "cuda"
+    for a, b in zip(*results):
+        assert rel_error(a, b) < 1e-12
 
 
 def test_tf32_follows_cudnn_switch(kernels):
@@ -96,7 +128,7 @@ def test_backend_is_selected_by_name():
     assert "cuda-plan lstm_forward" in fastrnn.explain("cuda")
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_long_sequence_does_not_drift(strategy, cell):
     torch.manual_seed(3)
@@ -140,3 +172,8 @@ def test_small_shapes_for_compute_sanitizer(kernels, strategy, dtype, tf32):
                device="cuda", **plan)
     check_gru(kernels, dtype, seq_len=5, batch=19, hidden=37, bias=True, reverse=False, ragged=True, seed=7,
               device="cuda", **plan)
+    check_rnn(kernels, dtype, seq_len=5, batch=19, hidden=37, relu=True, reverse=True, ragged=True, seed=8,
+              device="cuda", **plan)
+    for mode in ("LSTM", "GRU", "RNN_RELU"):
+        check_cell(kernels, mode, dtype, batch=19, input_size=13, hidden=37, bias=True, seed=9, device="cuda",
+                   allow_tf32=tf32)

@@ -40,6 +40,11 @@ CASES = {
                               ragged=True, strategy=2, threads=64, allow_tf32=1),
     "gru-f16-persistent-4ctas": dict(cell="gru", dtype=torch.float16, steps=4, batch=5, hidden=9, extra=1, reverse=True,
                                      ragged=False, strategy=1, ctas=4, threads=64),
+    # extra: 1 for relu, 0 for tanh
+    "rnn-relu-bf16-persistent-3ctas": dict(cell="rnn", dtype=torch.bfloat16, steps=4, batch=5, hidden=35, extra=1,
+                                           reverse=True, ragged=True, strategy=1, ctas=3, threads=64),
+    "rnn-tanh-f64-stepwise-tiles": dict(cell="rnn", dtype=torch.float64, steps=3, batch=37, hidden=19, extra=0,
+                                        reverse=False, ragged=True, strategy=2, threads=32, row_tile=16, k_chunk=16),
 }
 
 
@@ -71,12 +76,19 @@ def _prepare(case: dict, folder):
                       w_hr=randn(R, H, scale=H ** -0.5) if extra else None)
         forward = reference.lstm_forward
         out_names = ("y", "h_n", "c_n", "gates", "c_all")
-    else:
+    elif case["cell"] == "gru":
         R = H
         inputs = dict(xp=randn(T, B, 3 * H), h0=randn(B, H), w_hh=randn(3 * H, H, scale=H ** -0.5),
                       b_hn=randn(H) if extra else None)
         forward = reference.gru_forward
         out_names = ("y", "h_n", "saved")
+    else:
+        R, relu = H, bool(extra)
+        inputs = dict(xp=randn(T, B, H), h0=randn(B, H), w_hh=randn(H, H, scale=H ** -0.5))
+
+        def forward(xp, h0, w_hh, lengths, reverse):
+            return reference.rnn_forward(xp, h0, w_hh, relu, lengths, reverse)
+        out_names = ("y", "h_n")
     low = {k: None if v is None else v.to(dtype) for k, v in inputs.items()}
     exact_out = forward(*inputs.values(), lengths, case["reverse"])
     low_out = forward(*low.values(), lengths, case["reverse"])
@@ -89,11 +101,18 @@ def _prepare(case: dict, folder):
             return dict(dy=grad[0], dh_n=grad[1], dc_n=grad[2], c_prev=c_prev, w_hh=w["w_hh"], w_hr=w["w_hr"],
                         gates=out[3], c_all=out[4])
         backward, grad_names = reference.lstm_backward, ("dgates", "dh_all", "dh0", "dc0")
-    else:
+    elif case["cell"] == "gru":
         def backward_inputs(out, grad, w):
             h_prev = functional.previous_states(out[0], w["h0"], lengths, case["reverse"])
             return dict(dy=grad[0], dh_n=grad[1], h_prev=h_prev, w_hh=w["w_hh"], saved=out[2])
         backward, grad_names = reference.gru_backward, ("dxp", "dhn", "dh0")
+    else:
+        def backward_inputs(out, grad, w):
+            return dict(dy=grad[0], dh_n=grad[1], y=out[0], w_hh=w["w_hh"])
+
+        def backward(dy, dh_n, y, w_hh, lengths, reverse):
+            return reference.rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse)
+        grad_names = ("dxp", "dh0")
     exact_back_in = backward_inputs(exact_out, grads, inputs)
     low_back_in = backward_inputs(low_out, [g.to(dtype) for g in grads], low)
     exact_grads = backward(*exact_back_in.values(), lengths, case["reverse"])
@@ -116,7 +135,7 @@ def _prepare(case: dict, folder):
                         projection=int(case["cell"] == "lstm" and bool(extra)), reverse=int(case["reverse"]),
                         strategy=case["strategy"], ctas=case.get("ctas", 0), threads=case["threads"],
                         row_tile=case.get("row_tile", 0), k_chunk=case.get("k_chunk", 0),
-                        allow_tf32=case.get("allow_tf32", 0))
+                        allow_tf32=case.get("allow_tf32", 0), relu=int(case["cell"] == "rnn" and bool(extra)))
         (sub / "case.txt").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         for name, tensor in tensors.items():
             if tensor is not None:
@@ -149,6 +168,67 @@ def test_kernels_run_clean_under_sanitizer(tmp_path, sanitizer, case):
             ours = _read(sub, name, theirs.to(dtype))
             bound = 2 * rel_error(theirs, truth) + FLOOR[theirs.dtype]
             assert rel_error(ours, truth) <= bound, (sub.name, name, rel_error(ours, truth), bound)
+
+
+# The cell step: several row blocks and unit slices (threads 64, row tile 16, chunks of 16), on the tensor-core
+# and FMA paths.
+CELL_CASES = {"LSTM-bf16": ("LSTM", torch.bfloat16), "GRU-f16": ("GRU", torch.float16),
+              "RNN_RELU-f64": ("RNN_RELU", torch.float64)}
+
+
+def _cell_case(folder, kernel, mode, dtype, batch, input_size, hidden, tensors):
+    folder.mkdir()
+    settings = dict(kernel=kernel, mode=mode, input=input_size, dtype=DTYPE_NAMES[dtype], steps=1, batch=batch,
+                    hidden=hidden, state=hidden, projection=0, reverse=0, strategy=2, ctas=0, threads=64, row_tile=16,
+                    k_chunk=16, allow_tf32=0)
+    (folder / "case.txt").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    for name, tensor in tensors.items():
+        if tensor is not None:
+            _write(folder, name, tensor.to(dtype))
+
+
+@pytest.mark.parametrize("sanitizer", ["thread", "address"])
+@pytest.mark.parametrize("case", CELL_CASES)
+def test_cell_step_runs_clean_under_sanitizer(tmp_path, sanitizer, case):
+    reason = simt_build.sanitizer_runtime_reason(sanitizer)
+    if reason is not None:
+        pytest.skip(reason)
+    mode, dtype = CELL_CASES[case]
+    batch, input_size, hidden = 19, 13, 11
+    lstm, gates = mode == "LSTM", {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    gen = torch.Generator().manual_seed(23)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    x, h, c = randn(batch, input_size), randn(batch, hidden), randn(batch, hidden) if lstm else None
+    weights = (randn(gates * hidden, input_size, scale=input_size ** -0.5), randn(gates * hidden, hidden,
+               scale=hidden ** -0.5), randn(gates * hidden), randn(gates * hidden))
+    states = (h, c) if lstm else (h,)
+    low = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    exact_new, exact_saved = reference.cell_forward(mode, x, states, *weights)
+    low_new, low_saved = reference.cell_forward(mode, low(x), tuple(map(low, states)), *map(low, weights))
+    d_new = [randn(batch, hidden) for _ in states]
+    exact_back = reference.cell_backward(mode, d_new, states, exact_new, exact_saved)
+    low_back = reference.cell_backward(mode, [low(d) for d in d_new], tuple(map(low, states)), low_new, low_saved)
+    _cell_case(tmp_path / "forward", "cell_forward", mode, dtype, batch, input_size, hidden,
+               dict(x=x, h=h, c=c, w_ih=weights[0], w_hh=weights[1], b_ih=weights[2], b_hh=weights[3]))
+    # The backward reads the reference forward's results in `dtype`, as tests/cuda_checks.py's check_cell does.
+    _cell_case(tmp_path / "backward", "cell_backward", mode, dtype, batch, input_size, hidden,
+               dict(dh=d_new[0], dc=d_new[1] if lstm else None, h=h, c=c, h_new=low_new[0],
+                    c_new=low_new[1] if lstm else None, saved=low_saved if gates > 1 else None))
+    done = simt_build.run_driver(sanitizer, "run", str(tmp_path / "forward"), str(tmp_path / "backward"))
+    _assert_clean(done, f"{case} cell step under -fsanitize={sanitizer}")
+    forward = [("h_new", exact_new[0], low_new[0])] + ([("c_new", exact_new[1], low_new[1])] if lstm else []) + \
+        ([("saved", exact_saved, low_saved)] if gates > 1 else [])
+    backward = [("dgx", exact_back[0], low_back[0])] + \
+        ([("dgh", exact_back[1], low_back[1]), ("direct", exact_back[2][0], low_back[2][0])] if mode == "GRU" else []) + \
+        ([("dc_prev", exact_back[2][1], low_back[2][1])] if lstm else [])
+    for sub, names in (("forward", forward), ("backward", backward)):
+        for name, truth, theirs in names:
+            ours = _read(tmp_path / sub, name, theirs)
+            bound = 2 * rel_error(theirs, truth) + FLOOR[dtype]
+            assert rel_error(ours, truth) <= bound, (sub, name, rel_error(ours, truth), bound)
 
 
 # --- the checks themselves ---------------------------------------------------------------------------

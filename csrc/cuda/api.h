@@ -19,7 +19,17 @@ namespace cuda {
 enum class DType : int { float64 = 0, float32 = 1, float16 = 2, bfloat16 = 3 };
 
 // Which kernel: (cell, pass).
-enum class Kernel : int { lstm_forward = 0, lstm_backward = 1, gru_forward = 2, gru_backward = 3 };
+enum class Kernel : int {
+  lstm_forward = 0,
+  lstm_backward = 1,
+  gru_forward = 2,
+  gru_backward = 3,
+  rnn_forward = 4,  // Elman, tanh or relu
+  rnn_backward = 5,
+  lstm_cell = 6,  // one fused cell step (cell_step.cu): both gate GEMMs and the cell
+  gru_cell = 7,
+  rnn_cell = 8,
+};
 
 // How the recurrence is launched (see csrc/cuda/plan.h): one persistent cooperative launch for all steps,
 // or one fused launch per step (and per phase of a step).
@@ -44,6 +54,7 @@ struct Problem {
   bool reverse;
   DType dtype;
   const int32_t* lengths;  // [B] on the device, or null
+  int64_t input = 0;       // a cell step's input width I (its reduction runs over I + H)
 };
 
 struct LstmForward {
@@ -103,6 +114,65 @@ struct GruBackward {
   void* workspace;
 };
 
+struct RnnForward {
+  Problem problem;   // state == hidden
+  bool relu;         // act = relu, else tanh
+  const void* xp;    // [T, B, H]  x W_ih^T + b_ih + b_hh
+  const void* h0;    // [B, H]
+  const void* w_hh;  // [H, H]
+  void* y;           // [T, B, H] (all the backward needs: act' is read off y)
+  void* h_n;         // [B, H]
+  void* workspace;
+};
+
+struct RnnBackward {
+  Problem problem;
+  bool relu;
+  const void* dy;    // [T, B, H]
+  const void* dh_n;  // [B, H]
+  const void* y;     // [T, B, H] the forward's outputs
+  const void* w_hh;
+  void* dxp;  // [T, B, H] gradient of the pre-activations
+  void* dh0;  // [B, H]
+  void* workspace;
+};
+
+// The cells (LSTMCell, GRUCell, RNNCell): one step from x and the states, as fastrnn.cells' step gives it.
+enum class CellMode : int { lstm = 0, gru = 1, rnn_tanh = 2, rnn_relu = 3 };
+
+struct CellForward {
+  CellMode mode;
+  DType dtype;
+  int64_t batch, input, hidden;  // B, I, H; G below is 4H (LSTM), 3H (GRU) or H (Elman)
+  const void* x;     // [B, I]
+  const void* h;     // [B, H]
+  const void* c;     // [B, H] (LSTM; else null)
+  const void* w_ih;  // [G, I]
+  const void* w_hh;  // [G, H]
+  const void* b_ih;  // [G], or null (then b_hh is null too)
+  const void* b_hh;  // [G]
+  void* h_new;       // [B, H]
+  void* c_new;       // [B, H] (LSTM; else null)
+  void* saved;       // [B, 4H]: LSTM's activated gates i, f, g, o, GRU's r, z, n, hn; null: nothing kept
+};
+
+struct CellBackward {
+  CellMode mode;
+  DType dtype;
+  int64_t batch, hidden;
+  const void* dh;     // [B, H] the gradient of h'
+  const void* dc;     // [B, H] the gradient of c' (LSTM), or null for zero
+  const void* h;      // [B, H] the state entering the step (GRU)
+  const void* c;      // [B, H] the cell state entering the step (LSTM)
+  const void* h_new;  // [B, H] the step's h' (Elman: act' is read off it)
+  const void* c_new;  // [B, H] the step's c' (LSTM)
+  const void* saved;  // [B, 4H] (LSTM, GRU)
+  void* dgx;          // [B, G] the gradient of x W_ih^T + b_ih (LSTM and Elman: also that of h W_hh^T + b_hh)
+  void* dgh;          // [B, 3H] the gradient of h W_hh^T + b_hh (GRU: (dr, dz, dhn)); else null
+  void* direct;       // [B, H] the direct part dh' z of dh (GRU); else null
+  void* dc_prev;      // [B, H] the gradient of c (LSTM); else null
+};
+
 // Bytes of device workspace a call needs (carried states, h exchange buffers, the grid barrier).
 size_t workspace_bytes(Kernel kernel, const Problem& problem);
 
@@ -111,6 +181,11 @@ void lstm_forward(const LstmForward& args, const Options& options);
 void lstm_backward(const LstmBackward& args, const Options& options);
 void gru_forward(const GruForward& args, const Options& options);
 void gru_backward(const GruBackward& args, const Options& options);
+void rnn_forward(const RnnForward& args, const Options& options);
+void rnn_backward(const RnnBackward& args, const Options& options);
+// One cell step: forward one launch (stepwise: (unit slice, row block) per CTA), backward one pointwise launch.
+void cell_forward(const CellForward& args, const Options& options);
+void cell_backward(const CellBackward& args, const Options& options);
 
 // The launch plan a call with these arguments would run, in words (strategy, CTAs, threads, tiles,
 // shared memory, and why), computed for the current device.

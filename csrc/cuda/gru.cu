@@ -40,19 +40,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) gru_forward_kernel(const __gri
   const SharedTiles<T> smem{shared, g};
   const int H = g.hidden, B = g.batch;
 
-  // Row n of a CTA's slice of W_hh: gate n / U (r, z, n) of unit u0 + n % U.
-  auto gate_rows = [&](int slice) {
-    const int U = g.phase[0].slice, u0 = slice * U;
-    return [=](int n, int k) {
-      const int gate = n / U, u = u0 + n % U;
-      return gate < 3 && u < H ? p.w_hh[(gate * static_cast<int64_t>(H) + u) * H + k] : zero<T>();
-    };
-  };
-
+  // A CTA's slice of W_hh: its units' rows of the three gates (r, z, n).
+  auto hh_rows = [&](int slice) { return gate_rows(p.w_hh, g.phase[0], H, slice); };
   if (g.persistent) {
-    const int slice = assignment(g, 0).slice;
-    const PhaseGeometry& ph = g.phase[0];
-    if (slice >= 0) stage_w(smem.w(0), ph.ld_w, ph, 0, ph.k_padded, gate_rows(slice));
+    stage_resident(g, smem, 0, hh_rows);
     __syncthreads();
   }
 
@@ -98,7 +89,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) gru_forward_kernel(const __gri
         }
       }
     };
-    run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, gate_rows(mine.slice), runs_here, epilogue);
+    run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, hh_rows(mine.slice), runs_here, epilogue);
   }
 }
 
@@ -125,16 +116,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) gru_backward_kernel(const __gr
   const SharedTiles<T> smem{shared, g};
   const int H = g.hidden, B = g.batch;
 
-  // Slice member n is column u0 + n of W_hh; its 3H rows are the reduction.
-  auto hh_columns = [&](int slice) {
-    const int U = g.phase[0].slice, u0 = slice * U;
-    return [=](int n, int k) { return n < U && u0 + n < H ? p.w_hh[static_cast<int64_t>(k) * H + u0 + n] : zero<T>(); };
-  };
-
+  // A CTA's slice of W_hh: its units' columns (the 3H rows are the reduction).
+  auto hh_columns = [&](int slice) { return weight_columns(p.w_hh, g.phase[0], slice); };
   if (g.persistent) {
-    const int slice = assignment(g, 0).slice;
-    const PhaseGeometry& ph = g.phase[0];
-    if (slice >= 0) stage_w(smem.w(0), ph.ld_w, ph, 0, ph.k_padded, hh_columns(slice));
+    stage_resident(g, smem, 0, hh_columns);
     __syncthreads();
   }
 
@@ -234,40 +219,24 @@ void run_backward(const GruBackward& a, const Options& o) {
   run_plan(&gru_backward_kernel<T, M>, p, plan.geometry, p.barrier, o.stream);
 }
 
-struct RunForward {
-  const GruForward& a;
-  const Options& o;
-  template <class T, Math M>
-  void operator()() const { run_forward<T, M>(a, o); }
-};
-
-struct RunBackward {
-  const GruBackward& a;
-  const Options& o;
-  template <class T, Math M>
-  void operator()() const { run_backward<T, M>(a, o); }
-};
-
-struct MakePlan {
-  Kernel k;
-  const Problem& p;
-  const Options& o;
-  template <class T, Math M>
-  Plan operator()() const { return plan_gru<T, M>(k, p, o); }
-};
-
 }  // namespace
 
 void gru_forward(const GruForward& args, const Options& options) {
-  dispatch(args.problem.dtype, options.allow_tf32, RunForward{args, options});
+  dispatch(args.problem.dtype, options.allow_tf32, [&](auto k) {
+    run_forward<typename decltype(k)::type, decltype(k)::math>(args, options);
+  });
 }
 
 void gru_backward(const GruBackward& args, const Options& options) {
-  dispatch(args.problem.dtype, options.allow_tf32, RunBackward{args, options});
+  dispatch(args.problem.dtype, options.allow_tf32, [&](auto k) {
+    run_backward<typename decltype(k)::type, decltype(k)::math>(args, options);
+  });
 }
 
 Plan gru_plan(Kernel kernel, const Problem& problem, const Options& options) {
-  return dispatch(problem.dtype, options.allow_tf32, MakePlan{kernel, problem, options});
+  return dispatch(problem.dtype, options.allow_tf32, [&](auto k) {
+    return plan_gru<typename decltype(k)::type, decltype(k)::math>(kernel, problem, options);
+  });
 }
 
 }  // namespace cuda

@@ -18,11 +18,13 @@ Plan plan_for(void (*kernel)(Params), Kernel which, const Problem& problem, cons
                    });
 }
 
-// Kernels read their Geometry (params.g) and run phases [phase_begin, phase_end).
+// Kernels read their Geometry (params.g) and run phases [phase_begin, phase_end). `barrier`: the grid
+// barrier's state in device memory (persistent plans; a stepwise-only caller may pass null).
 template <class Params>
 void run_plan(void (*kernel)(Params), Params params, const Geometry& geometry, GridBarrierState* barrier, void* stream) {
   params.g = geometry;
   if (geometry.persistent) {
+    if (barrier == nullptr) throw std::logic_error("fastrnn cuda backend: a persistent plan without a grid barrier");
     platform::zero_async(barrier, sizeof(GridBarrierState), stream);
     params.g.phase_begin = 0;
     params.g.phase_end = geometry.phases;
@@ -37,15 +39,23 @@ void run_plan(void (*kernel)(Params), Params params, const Geometry& geometry, G
   }
 }
 
-// Calls f.template operator()<T, M>() for the storage type and math of (dtype, allow_tf32).
+// The storage type and math of a call, as one value: dispatch() hands it to a generic lambda, which reads
+// them back as typename decltype(k)::type and decltype(k)::math.
+template <class T, Math M>
+struct KernelTypes {
+  using type = T;
+  static constexpr Math math = M;
+};
+
+// Calls f(KernelTypes<T, M>{}) for the storage type and math of (dtype, allow_tf32).
 template <class F>
 auto dispatch(DType dtype, bool allow_tf32, const F& f) {
   switch (dtype) {
-    case DType::float64: return f.template operator()<double, Math::fma>();
+    case DType::float64: return f(KernelTypes<double, Math::fma>{});
     case DType::float32:
-      return allow_tf32 ? f.template operator()<float, Math::tf32>() : f.template operator()<float, Math::fma>();
-    case DType::float16: return f.template operator()<__half, Math::tensor16>();
-    default: return f.template operator()<__nv_bfloat16, Math::tensor16>();
+      return allow_tf32 ? f(KernelTypes<float, Math::tf32>{}) : f(KernelTypes<float, Math::fma>{});
+    case DType::float16: return f(KernelTypes<__half, Math::tensor16>{});
+    default: return f(KernelTypes<__nv_bfloat16, Math::tensor16>{});
   }
 }
 

@@ -51,33 +51,13 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
   const bool projection = p.w_hr != nullptr;
   const bool saving = p.gates != nullptr;  // an inference call keeps nothing for a backward
 
-  // Rows n of a CTA's W slices: gate n / U of unit u0 + n % U (rows of W_hh), or state column q0 + n
-  // (rows of W_hr).
-  auto gate_rows = [&](int slice) {
-    const int U = g.phase[0].slice, u0 = slice * U;
-    return [=](int n, int k) {
-      const int gate = n / U, u = u0 + n % U;
-      return gate < 4 && u < H ? p.w_hh[(gate * static_cast<int64_t>(H) + u) * R + k] : zero<T>();
-    };
-  };
-  auto projection_rows = [&](int slice) {
-    const int Q = g.phase[1].slice, q0 = slice * Q;
-    return [=](int n, int k) {
-      return n < Q && q0 + n < R ? p.w_hr[static_cast<int64_t>(q0 + n) * H + k] : zero<T>();
-    };
-  };
-
+  // A CTA's slices of W: its units' rows of the four gates of W_hh; with a projection its state
+  // columns' rows of W_hr.
+  auto hh_rows = [&](int slice) { return gate_rows(p.w_hh, g.phase[0], R, slice); };
+  auto projection_rows = [&](int slice) { return gate_rows(p.w_hr, g.phase[1], H, slice); };
   if (g.persistent) {  // the CTA's slices of W stay in shared memory for every step
-    for (int kind = 0; kind < g.kinds; ++kind) {
-      const int slice = assignment(g, kind).slice;
-      if (slice < 0) continue;
-      const PhaseGeometry& ph = g.phase[kind];
-      if (kind == 0) {
-        stage_w(smem.w(0), ph.ld_w, ph, 0, ph.k_padded, gate_rows(slice));
-      } else {
-        stage_w(smem.w(1), ph.ld_w, ph, 0, ph.k_padded, projection_rows(slice));
-      }
-    }
+    stage_resident(g, smem, 0, hh_rows);
+    if (g.kinds > 1) stage_resident(g, smem, 1, projection_rows);
     __syncthreads();
   }
 
@@ -141,7 +121,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
           }
         }
       };
-      run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, gate_rows(mine.slice), runs_here, epilogue);
+      run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, hh_rows(mine.slice), runs_here, epilogue);
     } else {  // the projection onto state columns [q0, q0 + columns)
       const int Q = g.phase[1].slice, q0 = mine.slice * Q, columns = min_int(Q, R - q0);
       auto load_a = [&](int b, int k) { return p.units[static_cast<int64_t>(b) * H + k]; };
@@ -196,28 +176,13 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_backward_kernel(const __g
   const int64_t G = 4 * static_cast<int64_t>(H);
   const bool projection = p.w_hr != nullptr;
 
-  // Slice member n of the carry is column c0 + n of W_hh (its rows are the reduction over the gates);
-  // of the projected cell, column u0 + n of W_hr.
-  auto hh_columns = [&](int slice) {
-    const int C = g.phase[0].slice, c0 = slice * C;
-    return [=](int n, int k) { return n < C && c0 + n < R ? p.w_hh[static_cast<int64_t>(k) * R + c0 + n] : zero<T>(); };
-  };
-  auto hr_columns = [&](int slice) {
-    const int U = g.phase[1].slice, u0 = slice * U;
-    return [=](int n, int k) { return n < U && u0 + n < H ? p.w_hr[static_cast<int64_t>(k) * H + u0 + n] : zero<T>(); };
-  };
-
+  // A CTA's slices of W: the carry's columns of W_hh (its 4H rows are the reduction); with a projection
+  // the cell phase's columns of W_hr.
+  auto hh_columns = [&](int slice) { return weight_columns(p.w_hh, g.phase[0], slice); };
+  auto hr_columns = [&](int slice) { return weight_columns(p.w_hr, g.phase[1], slice); };
   if (g.persistent) {
-    for (int kind = 0; kind < g.kinds; ++kind) {
-      const int slice = assignment(g, kind).slice;
-      if (slice < 0) continue;
-      const PhaseGeometry& ph = g.phase[kind];
-      if (kind == 0) {
-        stage_w(smem.w(0), ph.ld_w, ph, 0, ph.k_padded, hh_columns(slice));
-      } else {
-        stage_w(smem.w(1), ph.ld_w, ph, 0, ph.k_padded, hr_columns(slice));
-      }
-    }
+    stage_resident(g, smem, 0, hh_columns);
+    if (g.kinds > 1) stage_resident(g, smem, 1, hr_columns);
     __syncthreads();
   }
 
@@ -367,40 +332,24 @@ void run_backward(const LstmBackward& a, const Options& o) {
   run_plan(&lstm_backward_kernel<T, M>, p, plan.geometry, p.barrier, o.stream);
 }
 
-struct RunForward {
-  const LstmForward& a;
-  const Options& o;
-  template <class T, Math M>
-  void operator()() const { run_forward<T, M>(a, o); }
-};
-
-struct RunBackward {
-  const LstmBackward& a;
-  const Options& o;
-  template <class T, Math M>
-  void operator()() const { run_backward<T, M>(a, o); }
-};
-
-struct MakePlan {
-  Kernel k;
-  const Problem& p;
-  const Options& o;
-  template <class T, Math M>
-  Plan operator()() const { return plan_lstm<T, M>(k, p, o); }
-};
-
 }  // namespace
 
 void lstm_forward(const LstmForward& args, const Options& options) {
-  dispatch(args.problem.dtype, options.allow_tf32, RunForward{args, options});
+  dispatch(args.problem.dtype, options.allow_tf32, [&](auto k) {
+    run_forward<typename decltype(k)::type, decltype(k)::math>(args, options);
+  });
 }
 
 void lstm_backward(const LstmBackward& args, const Options& options) {
-  dispatch(args.problem.dtype, options.allow_tf32, RunBackward{args, options});
+  dispatch(args.problem.dtype, options.allow_tf32, [&](auto k) {
+    run_backward<typename decltype(k)::type, decltype(k)::math>(args, options);
+  });
 }
 
 Plan lstm_plan(Kernel kernel, const Problem& problem, const Options& options) {
-  return dispatch(problem.dtype, options.allow_tf32, MakePlan{kernel, problem, options});
+  return dispatch(problem.dtype, options.allow_tf32, [&](auto k) {
+    return plan_lstm<typename decltype(k)::type, decltype(k)::math>(kernel, problem, options);
+  });
 }
 
 }  // namespace cuda

@@ -110,13 +110,21 @@ inline const char* kernel_name(Kernel kernel) {
     case Kernel::lstm_forward: return "lstm forward";
     case Kernel::lstm_backward: return "lstm backward";
     case Kernel::gru_forward: return "gru forward";
-    default: return "gru backward";
+    case Kernel::gru_backward: return "gru backward";
+    case Kernel::rnn_forward: return "rnn forward";
+    case Kernel::rnn_backward: return "rnn backward";
+    case Kernel::lstm_cell: return "lstm cell";
+    case Kernel::gru_cell: return "gru cell";
+    default: return "rnn cell";
   }
 }
 
 // The reduction and the slicing of each phase kind. (LSTM forward: units with their 4 gate rows of W_hh
 // over R, then state columns of W_hr over H. Backwards: columns of W_hh over its 4H or 3H rows, the
-// transposed product dG W_hh; with a projection the state columns first, then the units through W_hr.)
+// transposed product dG W_hh; with a projection the state columns first, then the units through W_hr.
+// Elman: units with their one row of W_hh over H; backward, columns of W_hh over its H rows. A cell step:
+// units with their rows of [W_ih | W_hh] over I + H, the GRU's candidate in two rows, input and hidden
+// part apart, as its reset gate multiplies only the hidden part.)
 struct PhaseSpec {
   int k, gates, extent;
 };
@@ -135,13 +143,22 @@ inline int phase_kinds(Kernel kernel, const Problem& p, PhaseSpec* specs) {
     case Kernel::gru_forward:
       specs[0] = {H, 3, H};
       return 1;
-    default:
+    case Kernel::gru_backward:
       specs[0] = {3 * H, 1, H};
+      return 1;
+    case Kernel::rnn_forward:
+    case Kernel::rnn_backward:
+      specs[0] = {H, 1, H};
+      return 1;
+    default:  // a cell step
+      specs[0] = {static_cast<int>(p.input) + H, kernel == Kernel::rnn_cell ? 1 : 4, H};
       return 1;
   }
 }
 
-inline bool is_backward(Kernel kernel) { return kernel == Kernel::lstm_backward || kernel == Kernel::gru_backward; }
+inline bool is_backward(Kernel kernel) {
+  return kernel == Kernel::lstm_backward || kernel == Kernel::gru_backward || kernel == Kernel::rnn_backward;
+}
 
 struct Plan {
   Geometry geometry;
@@ -350,6 +367,7 @@ inline WorkspaceLayout workspace_layout(Kernel kernel, const Problem& p) {
   switch (kernel) {
     case Kernel::lstm_forward:
     case Kernel::gru_forward:
+    case Kernel::rnn_forward:
       w.h_even = take(BR * elem);
       w.h_odd = take(BR * elem);
       if (kernel == Kernel::lstm_forward) {
@@ -359,8 +377,11 @@ inline WorkspaceLayout workspace_layout(Kernel kernel, const Problem& p) {
       break;
     case Kernel::lstm_backward:
     case Kernel::gru_backward:
+    case Kernel::rnn_backward:
       w.carry = take(BR * acc);
       if (kernel == Kernel::lstm_backward) w.dc_state = take(BH * acc);
+      break;
+    default:  // a cell step keeps nothing between launches
       break;
   }
   w.barrier = take(2 * sizeof(unsigned int));
@@ -368,9 +389,11 @@ inline WorkspaceLayout workspace_layout(Kernel kernel, const Problem& p) {
   return w;
 }
 
-// The plan each family's launcher would run (lstm.cu, gru.cu), for describe_plan().
+// The plan each family's launcher would run (lstm.cu, gru.cu, rnn.cu, cell_step.cu), for describe_plan().
 Plan lstm_plan(Kernel kernel, const Problem& problem, const Options& options);
 Plan gru_plan(Kernel kernel, const Problem& problem, const Options& options);
+Plan rnn_plan(Kernel kernel, const Problem& problem, const Options& options);
+Plan cell_plan(Kernel kernel, const Problem& problem, const Options& options);
 
 }  // namespace cuda
 }  // namespace fastrnn

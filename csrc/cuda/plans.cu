@@ -8,8 +8,18 @@ namespace cuda {
 size_t workspace_bytes(Kernel kernel, const Problem& problem) { return workspace_layout(kernel, problem).bytes; }
 
 std::string describe_plan(Kernel kernel, const Problem& problem, const Options& options) {
-  const bool lstm = kernel == Kernel::lstm_forward || kernel == Kernel::lstm_backward;
-  return (lstm ? lstm_plan(kernel, problem, options) : gru_plan(kernel, problem, options)).description;
+  switch (kernel) {
+    case Kernel::lstm_forward:
+    case Kernel::lstm_backward: return lstm_plan(kernel, problem, options).description;
+    case Kernel::gru_forward:
+    case Kernel::gru_backward: return gru_plan(kernel, problem, options).description;
+    case Kernel::rnn_forward:
+    case Kernel::rnn_backward: return rnn_plan(kernel, problem, options).description;
+    case Kernel::lstm_cell:
+    case Kernel::gru_cell:
+    case Kernel::rnn_cell: return cell_plan(kernel, problem, options).description;
+  }
+  throw std::invalid_argument("fastrnn cuda backend: unknown kernel " + std::to_string(static_cast<int>(kernel)));
 }
 
 }  // namespace cuda

@@ -208,6 +208,39 @@ __device__ void stage_w(T* w, int ld_w, const PhaseGeometry& ph, int k0, int col
   }
 }
 
+// The loaders of a CTA's slice of W (stage_w's load_w): slice member n of slice `slice` (U members each).
+// A gate-stacked weight [gates * extent, depth] gives the slice its rows: gate n / U of member
+// u0 + n % U (the forwards' W_hh, and W_hr with gates = 1). A weight [rows, extent] gives the slice its
+// columns u0 + n, its rows being the reduction (the backwards' transposed products dG W).
+template <class T>
+struct GateRows {
+  const T* w;
+  int gates, extent, depth, per_slice, first;
+  __device__ T operator()(int n, int k) const {
+    const int gate = n / per_slice, u = first + n % per_slice;
+    return gate < gates && u < extent ? w[(gate * static_cast<int64_t>(extent) + u) * depth + k] : zero<T>();
+  }
+};
+
+template <class T>
+struct WeightColumns {
+  const T* w;
+  int extent, per_slice, first;
+  __device__ T operator()(int n, int k) const {
+    return n < per_slice && first + n < extent ? w[static_cast<int64_t>(k) * extent + first + n] : zero<T>();
+  }
+};
+
+template <class T>
+__device__ GateRows<T> gate_rows(const T* w, const PhaseGeometry& ph, int depth, int slice) {
+  return {w, ph.gates, ph.extent, depth, ph.slice, slice * ph.slice};
+}
+
+template <class T>
+__device__ WeightColumns<T> weight_columns(const T* w, const PhaseGeometry& ph, int slice) {
+  return {w, ph.extent, ph.slice, slice * ph.slice};
+}
+
 // One phase of kind `kind` over rows [row_begin, row_end), in row tiles: for each tile with work
 // (has_work(row, rows)), acc = A W^T with A(b, k) = load_a(b, k), then epilogue(row, rows, result) with
 // result(i, n) the accumulator of row row + i and slice column n. A tile without work skips the GEMM
@@ -258,6 +291,15 @@ __device__ inline Assignment assignment(const Geometry& g, int kind) {
   const int slice = block % ph.slices, row_block = block / ph.slices;
   const int row_begin = row_block * g.row_tile;
   return {slice, row_begin, min_int(g.batch, row_begin + g.row_tile)};
+}
+
+// Persistent plans: the CTA's slice of W for phase kind `kind` goes to shared memory once, before the
+// first step (loader(slice) as run_phase's load_w); the caller's block barrier publishes it.
+template <class T, class Loader>
+__device__ void stage_resident(const Geometry& g, const SharedTiles<T>& smem, int kind, Loader loader) {
+  const int slice = assignment(g, kind).slice;
+  const PhaseGeometry& ph = g.phase[kind];
+  if (slice >= 0) stage_w(smem.w(kind), ph.ld_w, ph, 0, ph.k_padded, loader(slice));
 }
 
 }  // namespace cuda

@@ -5,8 +5,10 @@
 //
 //   driver run CASE_DIR...     each CASE_DIR holds case.txt (key=value lines: kernel, dtype, steps, batch,
 //                              hidden, state, projection, reverse, strategy, ctas, threads, row_tile,
-//                              k_chunk, allow_tf32) and one raw little-endian file per input (NAME.bin,
+//                              k_chunk, allow_tf32; relu for the Elman kernels) and one raw little-endian file per input (NAME.bin,
 //                              optional ones may be absent; lengths.bin is int32); writes NAME.out per output
+//                              a cell step (kernel cell_forward or cell_backward) adds mode (LSTM, GRU,
+//                              RNN_TANH, RNN_RELU) and input, its batch and hidden as above
 //   driver selftest NAME       runs one of the planted bugs of selftest.h
 //
 // Exit status: 0 on success, 3 when a kernel failed a check of the emulator (its message on stderr),
@@ -94,7 +96,6 @@ class Case {
       if (lengths_.size() != problem_.batch * sizeof(int32_t)) throw UsageError("lengths.bin has the wrong size");
       problem_.lengths = reinterpret_cast<const int32_t*>(lengths_.data());
     }
-    workspace_.resize(gpu::workspace_bytes(kernel(), problem_) + 256);
   }
 
   gpu::Kernel kernel() const {
@@ -103,12 +104,16 @@ class Case {
     if (name == "lstm_backward") return gpu::Kernel::lstm_backward;
     if (name == "gru_forward") return gpu::Kernel::gru_forward;
     if (name == "gru_backward") return gpu::Kernel::gru_backward;
+    if (name == "rnn_forward") return gpu::Kernel::rnn_forward;
+    if (name == "rnn_backward") return gpu::Kernel::rnn_backward;
     throw UsageError("unknown kernel " + name);
   }
 
   const gpu::Problem& problem() const { return problem_; }
+  bool relu() const { return number("relu") != 0; }
   const gpu::Options& options() const { return options_; }
   void* workspace() {  // 256-byte aligned, as the binding's allocations are
+    if (workspace_.empty()) workspace_.resize(gpu::workspace_bytes(kernel(), problem_) + 256);
     const auto address = reinterpret_cast<uintptr_t>(workspace_.data());
     return workspace_.data() + (256 - address % 256) % 256;
   }
@@ -135,13 +140,14 @@ class Case {
     for (const auto& [name, data] : outputs_) write_file(dir_ + "/" + name + ".out", data);
   }
 
- private:
   int64_t number(const std::string& key) const { return std::stoll(text(key)); }
   std::string text(const std::string& key) const {
     const auto found = values_.find(key);
     if (found == values_.end()) throw UsageError(dir_ + "/case.txt has no " + key);
     return found->second;
   }
+
+ private:
 
   std::string dir_;
   std::map<std::string, std::string> values_;
@@ -151,8 +157,45 @@ class Case {
   std::map<std::string, Bytes> inputs_, outputs_;
 };
 
+gpu::CellMode cell_mode_named(const std::string& name) {
+  if (name == "LSTM") return gpu::CellMode::lstm;
+  if (name == "GRU") return gpu::CellMode::gru;
+  if (name == "RNN_TANH") return gpu::CellMode::rnn_tanh;
+  if (name == "RNN_RELU") return gpu::CellMode::rnn_relu;
+  throw UsageError("unknown cell mode " + name);
+}
+
+void run_cell(Case& c, bool forward) {
+  const gpu::Problem& p = c.problem();
+  const gpu::CellMode mode = cell_mode_named(c.text("mode"));
+  const bool lstm = mode == gpu::CellMode::lstm, gru = mode == gpu::CellMode::gru;
+  const int64_t B = p.batch, H = p.hidden, I = c.number("input"), G = (lstm ? 4 : gru ? 3 : 1) * H;
+  if (forward) {
+    const gpu::CellForward args{mode, p.dtype, B, I, H, c.input("x", B * I), c.input("h", B * H),
+                                lstm ? c.input("c", B * H) : nullptr, c.input("w_ih", G * I), c.input("w_hh", G * H),
+                                c.input("b_ih", G, true), c.input("b_hh", G, true), c.output("h_new", B * H),
+                                lstm ? c.output("c_new", B * H) : nullptr,
+                                lstm || gru ? c.output("saved", B * 4 * H) : nullptr};
+    gpu::cell_forward(args, c.options());
+    return;
+  }
+  const gpu::CellBackward args{mode, p.dtype, B, H, c.input("dh", B * H), lstm ? c.input("dc", B * H, true) : nullptr,
+                               gru ? c.input("h", B * H) : nullptr, lstm ? c.input("c", B * H) : nullptr,
+                               lstm || gru ? nullptr : c.input("h_new", B * H), lstm ? c.input("c_new", B * H) : nullptr,
+                               lstm || gru ? c.input("saved", B * 4 * H) : nullptr, c.output("dgx", B * G),
+                               gru ? c.output("dgh", B * G) : nullptr, gru ? c.output("direct", B * H) : nullptr,
+                               lstm ? c.output("dc_prev", B * H) : nullptr};
+  gpu::cell_backward(args, c.options());
+}
+
 void run_case(const std::string& dir) {
   Case c(dir);
+  const std::string name = c.text("kernel");
+  if (name == "cell_forward" || name == "cell_backward") {
+    run_cell(c, name == "cell_forward");
+    c.save_outputs();
+    return;
+  }
   const gpu::Problem& p = c.problem();
   const int64_t T = p.steps, B = p.batch, H = p.hidden, R = p.state;
   switch (c.kernel()) {
@@ -188,6 +231,21 @@ void run_case(const std::string& dir) {
       gpu::gru_backward(args, c.options());
       break;
     }
+    case gpu::Kernel::rnn_forward: {
+      const gpu::RnnForward args{p, c.relu(), c.input("xp", T * B * H), c.input("h0", B * H), c.input("w_hh", H * H),
+                                 c.output("y", T * B * H), c.output("h_n", B * H), c.workspace()};
+      gpu::rnn_forward(args, c.options());
+      break;
+    }
+    case gpu::Kernel::rnn_backward: {
+      const gpu::RnnBackward args{p, c.relu(), c.input("dy", T * B * H), c.input("dh_n", B * H), c.input("y", T * B * H),
+                                  c.input("w_hh", H * H), c.output("dxp", T * B * H), c.output("dh0", B * H),
+                                  c.workspace()};
+      gpu::rnn_backward(args, c.options());
+      break;
+    }
+    default:
+      throw UsageError("kernel " + name + " is not a layer kernel");
   }
   c.save_outputs();
 }

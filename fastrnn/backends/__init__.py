@@ -23,11 +23,11 @@ from .auto import Workload
 KERNEL_BACKENDS = ("cuda", "triton", "cpp", "reference")
 BACKENDS = ("auto", *KERNEL_BACKENDS, "aten")
 
-# The cells (cells.Cell.mode) each kernel backend has kernels for, where not all of them; auto never picks a
-# backend for a cell it lacks.
-CELLS_OF = {"cuda": ("LSTM", "GRU"), "triton": ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")}
+# The cells (cells.Cell.mode) each kernel backend has layer kernels for, where it lacks some (a backend not
+# listed has them all: today every one); auto never picks a backend for a cell it lacks.
+CELLS_OF: dict[str, tuple[str, ...]] = {}
 # The kernel backends with fused cell steps (cell_forward, cell_backward) for the cell modules.
-CELL_STEP_BACKENDS = ("cpp", "triton", "reference")
+CELL_STEP_BACKENDS = ("cuda", "triton", "cpp", "reference")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -40,6 +40,12 @@ def tf32_enabled(dtype: torch.dtype) -> bool:
     both run the recurrence in the same arithmetic. torch.backends.cuda.matmul.allow_tf32 (off by default)
     governs torch's own GEMMs, the input projection and the weight gradients among them."""
     return dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
+def cell_tf32_enabled(dtype: torch.dtype) -> bool:
+    """The same for the fused cell steps, which follow the switch nn's cells obey: their GEMMs are torch's
+    matmul, so TF32 only while torch.backends.cuda.matmul.allow_tf32 is on (off by default)."""
+    return dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
 
 
 def check_name(backend: str) -> str:
@@ -165,10 +171,10 @@ def explain(device: torch.device | str | None = None) -> str:
     if built is not None:
         lines.append(f"  build: {built}")
     lines += auto_lines(device)
-    lines.append(f"  cells (fastrnn.LSTMCell, GRUCell, RNNCell): auto runs "
+    lines.append("  cells (fastrnn.LSTMCell, GRUCell, RNNCell): auto runs "
                  + ("the cpp kernels' fused step in float32/float64 (weights prepacked once), nn's own code otherwise"
-                    if device.type == "cpu" else "nn's own code (backend='triton' runs the fused Triton step; auto "
-                    "leaves it until it is measured faster than nn's cells)"))
+                    if device.type == "cpu" else "nn's own code (backend='cuda' or 'triton' runs their fused cell "
+                    "step; auto leaves them until they are measured faster than nn's cells on a GPU)"))
     if device.type == "cpu":
         from .. import projection
 

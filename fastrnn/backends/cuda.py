@@ -1,5 +1,5 @@
 """CUDA backend: the recurrence contract of `fastrnn.backends.reference` on the CUDA C++ kernels of
-fastrnn._C (csrc/cuda/): float64, float32 (on TF32 tensor cores while
+fastrnn._C (csrc/cuda/), for LSTM, GRU and the Elman RNN (tanh, relu): float64, float32 (on TF32 tensor cores while
 torch.backends.cudnn.allow_tf32 is on, as nn.LSTM's cuDNN), float16 and bfloat16, on CUDA tensors.
 
 Each call plans its launch per shape and device (csrc/cuda/plan.h): `persistent`, one cooperative
@@ -8,6 +8,10 @@ a grid barrier per step, where the slice fits and the grid can be co-resident; e
 fused GEMM + cell launch per step. The choice is visible (`describe_plan`, `fastrnn.explain()`) and
 overridable: FASTRNN_CUDA_STRATEGY=persistent|stepwise, or `with forced(...)` for the strategy, the
 number of CTAs, threads per CTA and the tiles.
+
+The cells (`cell_forward`, `cell_backward`, for fastrnn.LSTMCell, GRUCell, RNNCell) run one fused step per
+call: both gate GEMMs and the cell in one launch (csrc/cuda/cell_step.cu), then the pointwise backward;
+`auto` does not pick them on a GPU until they are measured against nn's cells there.
 
 What is verified without a GPU: the kernels compile for sm_80 and sm_90 within the resources that let
 the persistent grid be co-resident on an H100 (tests/test_cuda_compiles.py), and their same sources run
@@ -26,7 +30,7 @@ from types import ModuleType
 import torch
 
 from .. import _ext
-from . import tf32_enabled
+from . import cell_tf32_enabled, tf32_enabled
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 STRATEGIES = ("auto", "persistent", "stepwise")
@@ -95,7 +99,7 @@ def _kernels() -> ModuleType:
 
 # The shapes of the latest call of each kernel, for explain(): (steps, batch, hidden, state, projection, dtype).
 last_problems: dict[str, tuple] = {}
-KERNELS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
+KERNELS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward")
 
 
 def describe_plan(kernel: str, steps: int, batch: int, hidden: int, state: int, projection: bool,
@@ -129,6 +133,45 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
 def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
     _record("gru_backward", dy.shape[0], dy.shape[1], dy.shape[-1], dy.shape[-1], False, dy.dtype)
     return _kernels().gru_backward_cuda(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, **_knobs(dy.dtype))
+
+
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+    _record("rnn_forward", xp.shape[0], xp.shape[1], h0.shape[-1], h0.shape[-1], False, xp.dtype)
+    return _kernels().rnn_forward_cuda(xp, h0, w_hh, relu, lengths, reverse, save, **_knobs(xp.dtype))
+
+
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+    _record("rnn_backward", dy.shape[0], dy.shape[1], dy.shape[-1], dy.shape[-1], False, dy.dtype)
+    return _kernels().rnn_backward_cuda(dy, dh_n, y, w_hh, relu, lengths, reverse, **_knobs(dy.dtype))
+
+
+# --- the cells: one fused step per call (both gate GEMMs and the cell in one launch) ------------------
+
+
+def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None):
+    """reference.cell_forward on the CUDA cell kernel (csrc/cuda/cell_step.cu); it reads W_ih and W_hh as they
+    are, so `cache` is unused. Always one stepwise launch: the layers' strategy and CTA count do not apply."""
+    launch = _forced
+    tf32 = cell_tf32_enabled(x.dtype)  # as nn's cells' GEMMs: torch.backends.cuda.matmul.allow_tf32
+    knobs = {} if launch is None else dict(threads=launch.threads, row_tile=launch.row_tile, k_chunk=launch.k_chunk)
+    if len(states) == 2:
+        h, c, saved = _kernels().cell_forward_cuda(mode, x, states[0], states[1], w_ih, w_hh, b_ih, b_hh, save, tf32,
+                                                   **knobs)
+        return (h, c), saved
+    h, _, saved = _kernels().cell_forward_cuda(mode, x, states[0], None, w_ih, w_hh, b_ih, b_hh, save, tf32, **knobs)
+    return (h,), saved
+
+
+def cell_backward(mode, d_new, states, new, saved):
+    """reference.cell_backward: (d gx, d gh, the direct part of each state's gradient or None)."""
+    threads = 0 if _forced is None else _forced.threads
+    if mode == "LSTM":
+        dgates, _, _, dc = _kernels().cell_backward_cuda(mode, d_new[0], d_new[1], states[0], states[1], new[0], new[1],
+                                                         saved, threads)
+        return dgates, dgates, (None, dc)
+    dgx, dgh, direct, _ = _kernels().cell_backward_cuda(mode, d_new[0], None, states[0], None, new[0], None, saved,
+                                                        threads)
+    return dgx, dgh, (direct if mode == "GRU" else None,)
 
 
 def explain_lines() -> list[str]:

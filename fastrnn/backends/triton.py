@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import BackendUnavailableError, tf32_enabled
+from . import BackendUnavailableError, cell_tf32_enabled, tf32_enabled
 from .. import cells
 from ..triton import cell_step as cell_kernels
 from ..triton import gru as gru_kernels
@@ -329,9 +329,8 @@ _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _cell_precision(dtype: torch.dtype) -> str:
-    """fp32 cell GEMMs follow the switch nn's cells obey (their GEMMs are torch's matmul, not cuDNN's):
-    TF32 only while torch.backends.cuda.matmul.allow_tf32 is on (off by default)."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    """fp32 cell GEMMs on TF32 only where nn's cells' would be (backends.cell_tf32_enabled)."""
+    return "tf32" if cell_tf32_enabled(dtype) else "ieee"
 
 
 def _empty(shape, like: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,3 @@
+// The CUDA kernels of csrc/cuda/rnn.cu compiled as host C++ for the SIMT emulator (a .cpp, because
+// torch.utils.cpp_extension would hand a .cu to nvcc).
+#include "../cuda/rnn.cu"
