@@ -152,7 +152,7 @@ def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None)
     """reference.cell_forward on the CUDA cell kernel (csrc/cuda/cell_step.cu); it reads W_ih and W_hh as they
     are, so `cache` is unused. Always one stepwise launch: the layers' strategy and CTA count do not apply."""
     launch = _forced
-    tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    tf32 = tf32_enabled(x.dtype)
     knobs = {} if launch is None else dict(threads=launch.threads, row_tile=launch.row_tile, k_chunk=launch.k_chunk)
     if len(states) == 2:
         h, c, saved = _kernels().cell_forward_cuda(mode, x, states[0], states[1], w_ih, w_hh, b_ih, b_hh, save, tf32,
