@@ -825,7 +825,7 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(const std::string& mode_name, co
   Tensor h_new = output(x, {B, H});
   Tensor c_new = lstm ? output(x, {B, H}) : at::empty({0}, x.options());
   Tensor saved = keeps ? output(x, {B, 4 * H}) : at::empty({0}, x.options());
-  if (B == 0) return {h_new, c_new, saved};
+  if (B == 0 || H == 0) return {h_new, c_new, saved};  // nothing to launch
   const gpu::CellForward args{mode, dtype_of(x), B, I, H, x.data_ptr(), h.data_ptr(), lstm ? c->data_ptr() : nullptr,
                               w_ih.data_ptr(), w_hh.data_ptr(), data_or_null(b_ih), data_or_null(b_hh),
                               h_new.data_ptr(), lstm ? c_new.data_ptr() : nullptr, keeps ? saved.data_ptr() : nullptr};

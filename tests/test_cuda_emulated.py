@@ -211,10 +211,17 @@ def test_cell_step_without_save_keeps_nothing(emulated, mode):
     assert kept[2].shape == ((3, 20) if gates > 1 else (0,))
 
 
-def test_cell_step_of_an_empty_batch(emulated):
+def test_cell_step_of_an_empty_batch_or_no_units(emulated):
+    """B = 0 or H = 0: nothing to launch, outputs of the right (empty) shapes."""
     h_new, c_new, saved = emulated.cell_forward_cuda("GRU", torch.randn(0, 4), torch.randn(0, 5), None,
                                                      torch.randn(15, 4), torch.randn(15, 5), None, None)
     assert h_new.shape == (0, 5) and saved.shape == (0, 20) and c_new.shape == (0,)
+    h_new, c_new, saved = emulated.cell_forward_cuda("LSTM", torch.randn(3, 4), torch.randn(3, 0), torch.randn(3, 0),
+                                                     torch.randn(0, 4), torch.randn(0, 0), None, None)
+    assert h_new.shape == c_new.shape == (3, 0) and saved.shape == (3, 0)
+    dgx, dgh, direct, dc_prev = emulated.cell_backward_cuda("RNN_TANH", torch.randn(0, 5), None, torch.randn(0, 5),
+                                                            None, torch.randn(0, 5), None, torch.randn(0))
+    assert dgx.shape == (0, 5) and direct.shape == dc_prev.shape == (0,)
 
 
 @pytest.mark.parametrize("call,message", [
