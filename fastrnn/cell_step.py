@@ -124,7 +124,7 @@ class CellStep(torch.autograd.Function):
             pending.open = False  # an untapped step's backward has run: the module's next step starts afresh
         elif pending is not None:  # the weights come through a tap: their gradients are its to sum
             if pending.defers():
-                pending.terms.append((dgx, x, dgh, states[0]))
+                pending.add(dgx, x, dgh, states[0])
             needs = (needs[0], False, False, False, False, *needs[5:])
         return (None,) * 4 + _gradients(needs, dgx, dgh, direct, x, states, w_ih, w_hh, b_ih is not None)
 

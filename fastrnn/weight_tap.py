@@ -23,20 +23,61 @@ import torch
 from torch import Tensor
 
 
+# Rows (steps x batch) per GEMM of the deferred sums. Stacking costs a copy of operands that have gone cold
+# since their step, and dW is read back once per chunk, in place (addmm_; dW_ih and dW_hh of an H = 256 cell
+# fit in L2). Measured (GRU/LSTM cell, H = 64-256, B = 1-32, T = 64): 16-64 rows alike, 256 up to 1.4x slower
+# at B = 32 (where 32 rows is one step, no copy at all); at B = 1 a chunk of 32 steps still amortises dW.
+CHUNK_ROWS = 32
+
+
 class Pending:
-    """What the steps of one tap have left for its backward: per step (dgx, x, dgh, h). Without a node, the
-    marker of an untapped step (see `tapped`)."""
+    """What the steps of one tap have left for its backward: the running sums [dW_ih, dW_hh(, db_ih, db_hh)]
+    and the steps' (dgx, x, dgh, h) not yet folded into them. Without a node, the marker of an untapped step
+    (see `tapped`)."""
 
-    __slots__ = ("terms", "open", "node")
+    __slots__ = ("terms", "rows", "sums", "with_biases", "open", "node")
 
-    def __init__(self) -> None:
+    def __init__(self, with_biases: bool = False) -> None:
         self.terms: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.rows = 0  # the rows (batch rows of the steps) in terms
+        self.sums: list[Tensor] | None = None
+        self.with_biases = with_biases
         self.open = True  # new steps may join; closed once the tap's (or the marked step's) backward has run
         self.node = None  # the tap's autograd node, which the steps' backward asks the engine about
 
     def defers(self) -> bool:
         """Inside a step's backward: whether to leave its weight gradients to the tap."""
         return not torch.is_grad_enabled() and torch._C._will_engine_execute_node(self.node)
+
+    def add(self, dgx: Tensor, x: Tensor, dgh: Tensor, h: Tensor) -> None:
+        """A step's share: folded into the sums a chunk of about CHUNK_ROWS rows at a time, so that no more
+        than a chunk of the steps' gradients waits for the tap's backward."""
+        self.terms.append((dgx, x, dgh, h))
+        self.rows += dgx.shape[0]
+        if self.rows >= CHUNK_ROWS:
+            self._fold()
+
+    def drain(self) -> list[Tensor] | None:
+        """The sums over every step added since the last drain (None: no step was), and a fresh start."""
+        self._fold()
+        sums, self.sums = self.sums, None
+        return sums
+
+    def _fold(self) -> None:
+        terms, self.terms, self.rows = self.terms, [], 0
+        if not terms:
+            return
+        dgx = _stacked([t[0] for t in terms])
+        dgh = dgx if all(t[0] is t[2] for t in terms) else _stacked([t[2] for t in terms])  # LSTM, Elman: dgh is dgx
+        x, h = _stacked([t[1] for t in terms]), _stacked([t[3] for t in terms])
+        if self.sums is None:
+            self.sums = [dgx.T @ x, dgh.T @ h] + ([dgx.sum(0), dgh.sum(0)] if self.with_biases else [])
+            return
+        self.sums[0].addmm_(dgx.T, x)
+        self.sums[1].addmm_(dgh.T, h)
+        if self.with_biases:
+            self.sums[2].add_(dgx.sum(0))
+            self.sums[3].add_(dgh.sum(0))
 
 
 def _stacked(tensors: list[Tensor]) -> Tensor:
@@ -55,41 +96,11 @@ class _Tap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         pending = ctx.pending
-        terms, pending.terms = pending.terms, []
         pending.open = False
-        if not terms:
+        deferred = pending.drain()
+        if deferred is None:
             return (None, *grads)
-        deferred = _summed(terms, with_biases=len(grads) == 4)
         return (None, *(d if g is None else g + d for g, d in zip(grads, deferred)))
-
-
-# Rows (steps x batch) per GEMM of the deferred sums. Stacking costs a copy of operands that have gone cold
-# since their step, and dW is read back once per chunk, in place (addmm_; dW_ih and dW_hh of an H = 256 cell
-# fit in L2). Measured (GRU/LSTM cell, H = 64-256, B = 1-32, T = 64): 16-64 rows alike, 256 up to 1.4x slower
-# at B = 32 (where 32 rows is one step, no copy at all); at B = 1 a chunk of 32 steps still amortises dW.
-CHUNK_ROWS = 32
-
-
-def _summed(terms: list[tuple[Tensor, Tensor, Tensor, Tensor]], with_biases: bool) -> list[Tensor]:
-    """[dW_ih, dW_hh(, db_ih, db_hh)] = sums over the steps' (dgx, x, dgh, h) of dgx^T x, dgh^T h (and of
-    dgx, dgh over rows), a GEMM per chunk of about CHUNK_ROWS rows accumulated in place."""
-    per_chunk = max(1, CHUNK_ROWS // max(1, terms[0][0].shape[0]))
-    shared = all(t[0] is t[2] for t in terms)  # the LSTM's and Elman cell's dgh is their dgx
-    sums: list[Tensor] = []
-    for start in range(0, len(terms), per_chunk):
-        chunk = terms[start:start + per_chunk]
-        dgx = _stacked([t[0] for t in chunk])
-        dgh = dgx if shared else _stacked([t[2] for t in chunk])
-        x, h = _stacked([t[1] for t in chunk]), _stacked([t[3] for t in chunk])
-        if not sums:
-            sums = [dgx.T @ x, dgh.T @ h] + ([dgx.sum(0), dgh.sum(0)] if with_biases else [])
-            continue
-        sums[0].addmm_(dgx.T, x)
-        sums[1].addmm_(dgh.T, h)
-        if with_biases:
-            sums[2].add_(dgx.sum(0))
-            sums[3].add_(dgh.sum(0))
-    return sums
 
 
 def tapped(cache: dict, weights: tuple[Tensor | None, ...]) -> tuple[tuple[Tensor | None, ...], Pending | None]:
@@ -107,7 +118,7 @@ def tapped(cache: dict, weights: tuple[Tensor | None, ...]) -> tuple[tuple[Tenso
     if entry is not None and entry[0] == key and entry[1].open:
         if entry[2] is not None:
             return entry[2], entry[1]
-        pending = Pending()
+        pending = Pending(with_biases=len(present) == 4)
         views = _Tap.apply(pending, *present)
         pending.node = views[0].grad_fn
         views = (*views, None, None) if len(views) == 2 else views
