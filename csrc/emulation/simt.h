@@ -267,7 +267,10 @@ inline void Barrier::arrive_and_wait(Grid& grid, const ThreadState& thread, cons
     all_arrived_.notify_all();
     return;
   }
-  const auto deadline = std::chrono::steady_clock::now() + grid.timeout;
+  // Half again the spin waits' timeout: a block whose missing thread spins at a grid barrier is reported
+  // by that spin (which blocks arrived), the more telling message, even when that thread began spinning
+  // after its block's other threads reached this barrier (a late-scheduled thread, on a loaded machine).
+  const auto deadline = std::chrono::steady_clock::now() + grid.timeout * 3 / 2;
   while (generation_ == generation) {
     all_arrived_.wait_for(lock, std::chrono::milliseconds(20));
     if (generation_ != generation) break;
