@@ -20,7 +20,7 @@ from ..triton import gru as gru_kernels
 from ..triton import lstm as lstm_kernels
 from ..triton import plans
 from ..triton import rnn as rnn_kernels
-from .reference import live_rows, step_order
+from .reference import live_steps
 
 # Triton decides at kernel definition (import) whether they are compiled or interpreted (TRITON_INTERPRET=1).
 INTERPRETED = type(lstm_kernels.lstm_forward_kernel).__name__ == "InterpretedFunction"
@@ -82,8 +82,7 @@ class _Steps:
 
     def __init__(self, plan: plans.Plan, lengths: torch.Tensor | None, seq_len: int, batch: int, reverse: bool):
         self.plan = plan
-        live = live_rows(lengths, seq_len, batch)
-        self.forward_order = [(t, live[t]) for t in step_order(seq_len, reverse) if live[t]]
+        self.forward_order = live_steps(lengths, seq_len, batch, reverse)
 
     def launch(self, kernel, live: int, units: int, *args, tiles_k: bool = True, **flags) -> None:
         plan = self.plan
