@@ -249,7 +249,9 @@ def test_module_matches_torch_under_each_strategy(strategy, cell, config):
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_long_sequence_does_not_drift(strategy, cell):
     torch.manual_seed(3)
-    seq_len = 4096 if DEVICE == "cuda" else 200
+    # In Triton's interpreter each step costs ~0.1 s: 64 steps still carry the state through many launches
+    # (stepwise) and many loop iterations (persistent); a GPU runs the long sequence.
+    seq_len = 4096 if DEVICE == "cuda" else 64
     ours, theirs = make_pair(cell, "triton", DEVICE, torch.float64, input_size=4, hidden_size=6)
     x, hx = random_inputs(ours, 2, seq_len, device=DEVICE, seed=5)
     errors = compare(run(ours, *detached(x, hx)), run(theirs, *detached(x, hx)))
