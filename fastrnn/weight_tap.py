@@ -70,14 +70,18 @@ class Pending:
         dgx = _stacked([t[0] for t in terms])
         dgh = dgx if all(t[0] is t[2] for t in terms) else _stacked([t[2] for t in terms])  # LSTM, Elman: dgh is dgx
         x, h = _stacked([t[1] for t in terms]), _stacked([t[3] for t in terms])
+        if self.with_biases:
+            db_ih = dgx.sum(0)
+            db_hh = db_ih if dgh is dgx else dgh.sum(0)
         if self.sums is None:
-            self.sums = [dgx.T @ x, dgh.T @ h] + ([dgx.sum(0), dgh.sum(0)] if self.with_biases else [])
+            self.sums = [dgx.T @ x, dgh.T @ h] + ([db_ih, db_hh.clone() if db_hh is db_ih else db_hh]
+                                                   if self.with_biases else [])
             return
         self.sums[0].addmm_(dgx.T, x)
         self.sums[1].addmm_(dgh.T, h)
         if self.with_biases:
-            self.sums[2].add_(dgx.sum(0))
-            self.sums[3].add_(dgh.sum(0))
+            self.sums[2].add_(db_ih)
+            self.sums[3].add_(db_hh)
 
 
 def _stacked(tensors: list[Tensor]) -> Tensor:
