@@ -16,6 +16,8 @@ build and its resource report: tests/test_cuda_compiles.py; the same checks on a
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -105,6 +107,24 @@ def test_tiles_that_do_not_divide(emulated, dtype, knobs):
     check_lstm(emulated, dtype, seq_len=4, batch=37, hidden=19, proj=11, reverse=True, ragged=True, seed=1, **knobs)
     check_gru(emulated, dtype, seq_len=4, batch=37, hidden=19, bias=True, reverse=False, ragged=True, seed=2, **knobs)
     check_rnn(emulated, dtype, seq_len=4, batch=37, hidden=19, relu=True, reverse=True, ragged=True, seed=3, **knobs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,input_size", [(16, 16), (10, 6)], ids=["16-byte", "8-and-4-byte"])
+def test_staging_in_every_copy_width(emulated, dtype, hidden, input_size):
+    """Widths whose rows the A staging copies in 16-byte vectors (hidden 16 in every dtype; the cell's x | h
+    boundary at 16 elements) or in 8- and 4-byte ones (hidden 10: 20 or 40 bytes a row); hidden 7 and
+    19 in the tests above take 4-byte copies in float32 and element by element in the 16-bit types. Two
+    row tiles (batch 20), a k chunk of 16 (several chunks), both strategies."""
+    for strategy in (1, 2):
+        knobs = dict(strategy=strategy, ctas=2, row_tile=16, k_chunk=16)
+        check_lstm(emulated, dtype, seq_len=3, batch=20, hidden=hidden, proj=0, reverse=False, ragged=True, seed=7, **knobs)
+        check_gru(emulated, dtype, seq_len=3, batch=20, hidden=hidden, bias=True, reverse=True, ragged=True, seed=8, **knobs)
+        check_rnn(emulated, dtype, seq_len=3, batch=20, hidden=hidden, relu=False, reverse=False, ragged=False, seed=9,
+                  **knobs)
+    for mode in CELL_MODES:
+        check_cell(emulated, mode, dtype, batch=20, input_size=input_size, hidden=hidden, bias=True, seed=10,
+                   row_tile=16, k_chunk=16)
 
 
 def test_more_ctas_than_units(emulated):
@@ -405,11 +425,27 @@ def test_anchor_shapes_run_persistent_on_an_h100(emulated, cell, dtype, batch, h
         assert plan.startswith("persistent"), plan
         ctas = int(plan.split("launch of ")[1].split(" CTAs")[0])
         assert ctas <= 132, plan
+        _check_cost_model(plan, "barrier", 1.1)  # no projection: one phase kind, one grid barrier per step
+
+
+def _check_cost_model(plan: str, sync: str, sync_us: float) -> None:
+    """The plan ends with the cost model's step (csrc/README.md): its total is the sum of its parts and its
+    synchronisation is the grid barriers (1.1 us each) or the launches (2.5 us each) of a step's phases."""
+    found = re.search(r"expected ([\d.]+) us per step on an H100/H200 \((barrier|launch) ([\d.]+), staging ([\d.]+), "
+                      r"MMA ([\d.]+), epilogue ([\d.]+), L2 traffic ([\d.]+): a model, not a measurement\)", plan)
+    assert found and found.group(2) == sync, plan
+    total, *parts = (float(found.group(i)) for i in (1, 3, 4, 5, 6, 7))
+    assert abs(total - sum(parts)) <= 0.26, plan  # each figure rounded to 0.1
+    assert parts[0] == pytest.approx(sync_us), plan
 
 
 def test_shapes_too_large_for_shared_memory_go_stepwise(emulated):
     plan = emulated.cuda_describe_plan(0, 16, 64, 8192, 8192, False, "float64")
     assert plan.startswith("stepwise") and "not persistent" in plan and "shared memory" in plan, plan
+    _check_cost_model(plan, "launch", 2.5)
+    projected = emulated.cuda_describe_plan(0, 16, 16, 256, 128, True, "float16")  # units, then the projection
+    assert projected.startswith("persistent"), projected
+    _check_cost_model(projected, "barrier", 2.2)
     with pytest.raises(RuntimeError, match="persistent lstm forward kernel cannot run"):
         emulated.cuda_describe_plan(0, 16, 64, 8192, 8192, False, "float64", strategy=1)
     with pytest.raises(RuntimeError, match="cannot all be resident"):

@@ -242,6 +242,11 @@ CAUGHT_BY_THE_EMULATOR = {
     "misaligned_wmma": r"wmma::load_matrix_sync at selftest.h:\d+: pointer not 256-bit aligned",
     "wmma_past_shared_memory": r"touches bytes \[0, 512\) of a dynamic shared memory of 256 bytes \(out of range\)",
     "shared_overflow": r"wrote 0 byte\(s\) before and 4 byte\(s\) past its 128 bytes of dynamic shared memory",
+    "async_copy_not_waited": r"reached __syncthreads at selftest.h:\d+ with 1 asynchronous copies in flight \(the first "
+                             r"issued at selftest.h:\d+\): wait for them",
+    "misaligned_async_copy": r"asynchronous copy of 16 bytes at selftest.h:\d+: source or destination not 16-byte aligned",
+    # A copy lands only at its wait: what a read overtaking it finds is the poison (NaN), whatever the timing.
+    "async_copy_read_before_wait": r"read an asynchronous copy's destination before its wait",
 }
 
 
@@ -268,6 +273,14 @@ def test_address_sanitizer_reports_shared_memory_overflow_at_the_write():
     if reason is not None:
         pytest.skip(reason)
     done = simt_build.run_driver("address", "selftest", "shared_overflow", timeout=300)
+    assert "ERROR: AddressSanitizer: use-after-poison" in done.stderr and "selftest.h" in done.stderr, done.stderr[-4000:]
+
+
+def test_address_sanitizer_reports_a_read_of_an_asynchronous_copy_before_its_wait():
+    reason = simt_build.sanitizer_runtime_reason("address")
+    if reason is not None:
+        pytest.skip(reason)
+    done = simt_build.run_driver("address", "selftest", "async_copy_read_before_wait", timeout=300)
     assert "ERROR: AddressSanitizer: use-after-poison" in done.stderr and "selftest.h" in done.stderr, done.stderr[-4000:]
 
 

@@ -37,6 +37,7 @@ struct CellForwardParams {
 // hidden part.
 template <class T>
 struct StackedRows {
+  static constexpr bool kAlongSlice = false;  // rows of W_ih and W_hh, contiguous along k
   const T* w_ih;
   const T* w_hh;
   int gates, hidden, input, per_slice, first;
@@ -62,9 +63,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) cell_forward_kernel(const __gr
   const PhaseGeometry& ph = g.phase[0];
   const int U = ph.slice, u0 = mine.slice * U, units = min_int(U, H - u0);
   const StackedRows<T> rows_of_w{p.w_ih, p.w_hh, ph.gates, H, I, U, u0, gru};
-  auto load_a = [&](int b, int k) {
-    return k < I ? p.x[static_cast<int64_t>(b) * I + k] : p.h[static_cast<int64_t>(b) * H + k - I];
-  };
+  const RowSource<T> a_rows{p.x, I, I, p.h, H};
   auto every_row = [](int, int) { return true; };
   // Both biases of gate `gate` of unit u (0 without biases).
   auto bias = [&](int gate, int u) {
@@ -107,7 +106,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) cell_forward_kernel(const __gr
       }
     }
   };
-  run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, rows_of_w, every_row, epilogue);
+  run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, rows_of_w, every_row, epilogue);
 }
 
 template <class T>

@@ -1,13 +1,16 @@
 // The grid-wide barrier of the persistent kernels: every CTA of a cooperative launch meets here between
 // two phases, and whatever any CTA wrote before it is visible to every CTA after it.
 //
-// A counter and a generation in global memory (zeroed before the launch). Thread 0 of each CTA arrives
-// with an acquire-release increment; the last to arrive resets the counter and publishes a new
-// generation with a release store; the others spin on an acquire load of the generation. The block
-// barriers on both sides extend the ordering to every thread of the CTA: a thread's writes happen
-// before its CTA's arrival, and a waiter's acquire happens before its CTA's reads. Acquire/release
-// atomics at device scope, not volatile accesses and fences: that is what the CUDA memory model
-// guarantees, and what ThreadSanitizer can check when the emulator runs it.
+// One monotonic counter in global memory, zeroed before the launch: at its n-th barrier of the launch,
+// thread 0 of each CTA adds 1 with a release increment and spins, with acquire loads, until the counter
+// reaches n x gridDim.x. No CTA can add for barrier n + 1 before every CTA has added for barrier n, so
+// that count means all of them have arrived; every add is a read-modify-write, so each CTA's release
+// heads a release sequence that the waiters' acquire reads belong to. Nothing is reset, so there is no
+// generation to publish and no second round trip for the last CTA to arrive. The block barriers on both
+// sides extend the ordering to every thread of the CTA (PTX release is cumulative: it orders the writes
+// the block barrier made visible to thread 0), so no further fence is needed. Acquire/release atomics at
+// device scope, not volatile accesses and fences: that is what the CUDA memory model guarantees, and
+// what ThreadSanitizer can check when the emulator runs it.
 #pragma once
 
 #include "platform.cuh"
@@ -16,28 +19,21 @@ namespace fastrnn {
 namespace cuda {
 
 struct GridBarrierState {
-  unsigned int arrived;
-  unsigned int generation;
+  unsigned int arrived;  // CTA arrivals so far in this launch
 };
 
-__device__ inline void grid_barrier(GridBarrierState* state) {
+// The launch's barrier number `round` (1 for the first). A launch may hold at most 2^32 - 1 arrivals
+// (run_plan checks phases x CTAs).
+__device__ inline void grid_barrier(GridBarrierState* state, unsigned int round) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    const unsigned int blocks = gridDim.x;
+    const unsigned int blocks = gridDim.x, everyone = round * blocks;
     ::cuda::atomic_ref<unsigned int, ::cuda::thread_scope_device> arrived(state->arrived);
-    ::cuda::atomic_ref<unsigned int, ::cuda::thread_scope_device> generation(state->generation);
-    __threadfence();  // belt and braces for the CTA's writes (what cooperative groups' grid.sync does too)
-    // Read before arriving: the generation cannot move on until this CTA has arrived.
-    const unsigned int current = generation.load(::cuda::memory_order_acquire);
-    if (arrived.fetch_add(1, ::cuda::memory_order_acq_rel) == blocks - 1) {
-      arrived.store(0, ::cuda::memory_order_relaxed);  // ordered before the release below
-      generation.store(current + 1, ::cuda::memory_order_release);
-    } else {
-      SpinWait wait;
-      while (generation.load(::cuda::memory_order_acquire) == current)
-        wait.pause("grid barrier", arrived.load(::cuda::memory_order_relaxed), blocks);
-    }
-    __threadfence();
+    arrived.fetch_add(1, ::cuda::memory_order_release);
+    SpinWait wait;
+    for (unsigned int seen = arrived.load(::cuda::memory_order_acquire); seen < everyone;
+         seen = arrived.load(::cuda::memory_order_acquire))
+      wait.pause("grid barrier", seen - (round - 1) * blocks, blocks);
   }
   __syncthreads();
 }

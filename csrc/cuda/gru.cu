@@ -56,7 +56,9 @@ template <class T, Math M>
 __global__ void __launch_bounds__(kMaxThreads, 1) gru_backward_kernel(const __grid_constant__ GruBackwardParams<T> p) {
   const int H = p.g.hidden;
   // The previous step's (dr, dz, dhn): the gradients that reach h through W_hh.
-  auto previous = [&](int64_t tb, int k) { return k < 2 * H ? p.dxp[tb * 3 * H + k] : p.dhn[tb * H + k - 2 * H]; };
+  auto previous = [&](int64_t tb0) {
+    return RowSource<T>{p.dxp + tb0 * 3 * H, 3 * static_cast<int64_t>(H), 2 * H, p.dhn + tb0 * H, H};
+  };
   single_state_backward<T, M>(p, previous, [&](const StepSite& at, Acc<T> dh, bool runs) {
     T* dx = p.dxp + at.tb * 3 * H + at.u;
     if (!runs) {

@@ -25,6 +25,11 @@ void run_plan(void (*kernel)(Params), Params params, const Geometry& geometry, G
   params.g = geometry;
   if (geometry.persistent) {
     if (barrier == nullptr) throw std::logic_error("fastrnn cuda backend: a persistent plan without a grid barrier");
+    // The barrier's counter holds every CTA's arrival at every phase boundary of the launch.
+    if (static_cast<uint64_t>(geometry.phases) * static_cast<uint64_t>(geometry.grid) >= (uint64_t{1} << 32))
+      throw std::invalid_argument("fastrnn cuda backend: " + std::to_string(geometry.phases) + " phases x " +
+                                  std::to_string(geometry.grid) + " CTAs exceed the grid barrier's 2^32 arrivals in "
+                                  "one launch; split the sequence into shorter calls");
     platform::zero_async(barrier, sizeof(GridBarrierState), stream);
     params.g.phase_begin = 0;
     params.g.phase_end = geometry.phases;

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
   }
 
   for (int phase = g.phase_begin; phase < g.phase_end; ++phase) {
-    if (phase > g.phase_begin) grid_barrier(p.barrier);
+    if (phase > g.phase_begin) grid_barrier(p.barrier, phase - g.phase_begin);
     const int s = phase / g.kinds, kind = phase % g.kinds;
     const int t = forward_step(g, s);
     const bool last = s == g.steps - 1;
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
 
     if (kind == 0) {  // gates and cell for units [u0, u0 + units)
       const int U = g.phase[0].slice, u0 = mine.slice * U, units = min_int(U, H - u0);
-      auto load_a = [&](int b, int k) { return h_in[static_cast<int64_t>(b) * R + k]; };
+      const RowSource<T> a_rows = rows_of(h_in, R, R);
       auto epilogue = [&](int row, int rows, bool work, const TileResult<Acc<T>>& acc) {
         for (int index = static_cast<int>(threadIdx.x); index < rows * units; index += static_cast<int>(blockDim.x)) {
           const int i = index / units, j = index % units, b = row + i, u = u0 + j;
@@ -121,10 +121,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
           }
         }
       };
-      run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, hh_rows(mine.slice), runs_here, epilogue);
+      run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, hh_rows(mine.slice), runs_here, epilogue);
     } else {  // the projection onto state columns [q0, q0 + columns)
       const int Q = g.phase[1].slice, q0 = mine.slice * Q, columns = min_int(Q, R - q0);
-      auto load_a = [&](int b, int k) { return p.units[static_cast<int64_t>(b) * H + k]; };
+      const RowSource<T> a_rows = rows_of(p.units, H, H);
       auto epilogue = [&](int row, int rows, bool work, const TileResult<Acc<T>>& acc) {
         for (int index = static_cast<int>(threadIdx.x); index < rows * columns; index += static_cast<int>(blockDim.x)) {
           const int i = index / columns, j = index % columns, b = row + i, q = q0 + j;
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
           }
         }
       };
-      run_phase<T, M>(g, smem, 1, mine.row_begin, mine.row_end, load_a, projection_rows(mine.slice), runs_here, epilogue);
+      run_phase<T, M>(g, smem, 1, mine.row_begin, mine.row_end, a_rows, projection_rows(mine.slice), runs_here, epilogue);
     }
   }
 }
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_backward_kernel(const __g
   };
 
   for (int phase = g.phase_begin; phase < g.phase_end; ++phase) {
-    if (phase > g.phase_begin) grid_barrier(p.barrier);
+    if (phase > g.phase_begin) grid_barrier(p.barrier, phase - g.phase_begin);
     const int s = phase / g.kinds, kind = phase % g.kinds;
     const bool final_carry = s == g.steps;  // the last phase: carry into dh0
     const int t = final_carry ? -1 : backward_step(g, s);
@@ -218,7 +218,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_backward_kernel(const __g
 
     if (kind == 0) {  // carry dG_{t_prev} W_hh into dh for columns [c0, c0 + columns); without a projection also the cell
       const int C = g.phase[0].slice, c0 = mine.slice * C, columns = min_int(C, R - c0);
-      auto load_a = [&](int b, int k) { return p.dgates[(static_cast<int64_t>(t_prev) * B + b) * G + k]; };
+      // (At s = 0 no row ran before: nothing is read, and step 0 stands in for the missing one.)
+      const int64_t tb0 = static_cast<int64_t>(t_prev < 0 ? 0 : t_prev) * B;
+      const RowSource<T> a_rows = rows_of(p.dgates + tb0 * G, G, static_cast<int>(G));
       auto ran_before = [&](int row, int rows) { return s > 0 && any_row_runs(p.lengths, row, rows, t_prev); };
       auto epilogue = [&](int row, int rows, bool work, const TileResult<Acc<T>>& acc) {
         for (int index = static_cast<int>(threadIdx.x); index < rows * columns; index += static_cast<int>(blockDim.x)) {
@@ -249,10 +251,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_backward_kernel(const __g
           if (last) p.dc0[bu] = store<T>(dc_next);
         }
       };
-      run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, hh_columns(mine.slice), ran_before, epilogue);
+      run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, hh_columns(mine.slice), ran_before, epilogue);
     } else {  // with a projection: dh_t W_hr for units [u0, u0 + units), then their cell
       const int U = g.phase[1].slice, u0 = mine.slice * U, units = min_int(U, H - u0);
-      auto load_a = [&](int b, int k) { return p.dh_all[(static_cast<int64_t>(t) * B + b) * R + k]; };
+      const RowSource<T> a_rows = rows_of(p.dh_all + static_cast<int64_t>(t) * B * R, R, R);
       auto runs_now = [&](int row, int rows) { return any_row_runs(p.lengths, row, rows, t); };
       auto epilogue = [&](int row, int rows, bool work, const TileResult<Acc<T>>& acc) {
         for (int index = static_cast<int>(threadIdx.x); index < rows * units; index += static_cast<int>(blockDim.x)) {
@@ -269,7 +271,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_backward_kernel(const __g
           if (last) p.dc0[bu] = store<T>(dc_next);
         }
       };
-      run_phase<T, M>(g, smem, 1, mine.row_begin, mine.row_end, load_a, hr_columns(mine.slice), runs_now, epilogue);
+      run_phase<T, M>(g, smem, 1, mine.row_begin, mine.row_end, a_rows, hr_columns(mine.slice), runs_now, epilogue);
     }
   }
 }

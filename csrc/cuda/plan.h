@@ -223,7 +223,73 @@ inline std::string kb(size_t bytes) {
   return text;
 }
 
-inline std::string describe(const Geometry& g, Kernel kernel) {
+// --- what a step should cost: a model, not a measurement ----------------------------------------------
+//
+// Per step of a plan on an H100/H200, from its geometry, the critical path of one CTA: the grid barrier
+// (persistent) or the launch (stepwise) per phase kind; per row tile and reduction chunk one staging round
+// trip (the tile's 16-byte copies are issued together, so their latency is paid once) and the longest
+// warp's chain of dependent MMAs (FMAs without tensor cores); per row tile one epilogue round trip (its
+// loads of xp, states and saved gates, issued together); and the staged bytes of every CTA through L2,
+// which at large B x H is what a persistent step spends most on (each CTA reads all of h_{t-1}).
+namespace cost {
+constexpr double kClockGHz = 1.98;       // SM clock under load, read on an H200 here (device tool, KINDS.md)
+constexpr double kBarrierUs = 1.1;       // grid.sync over 132 CTAs, measured on an H100 (DESIGN.md section 3)
+constexpr double kLaunchUs = 2.5;        // assumed: one launch back to back in a stream, no CUDA graph
+constexpr double kL2TripUs = 0.5;        // assumed: loads served by L2 under load (~1000 cycles) + a block barrier
+constexpr double kL2BytesPerUs = 4.3e6;  // 4.3 TB/s: the device copy measured on an H200 here, as L2's floor
+constexpr double kMmaCycles = 33;        // assumed: a dependent wmma mma_sync (two HMMAs)
+constexpr double kFmaCycles = 4;         // assumed: a dependent FFMA/DFMA fed from shared memory
+}  // namespace cost
+
+struct StepCost {
+  double sync_us = 0, staging_us = 0, mma_us = 0, epilogue_us = 0, traffic_us = 0;
+  double total() const { return sync_us + staging_us + mma_us + epilogue_us + traffic_us; }
+};
+
+inline double mma_chain_us(const Geometry& g, const PhaseGeometry& ph, Math math) {
+  const int warps = std::max(1, g.threads / 32);
+  double cycles;
+  if (math == Math::fma) {
+    const int64_t outputs = static_cast<int64_t>(g.row_tile) * ph.n_padded * ph.splits;
+    cycles = static_cast<double>(ceil_div(outputs, g.threads)) * ceil_div(ph.k_chunk, ph.splits) * cost::kFmaCycles;
+  } else {
+    const int step = math == Math::tf32 ? 8 : kTile;
+    const int64_t items = static_cast<int64_t>(g.row_tile / kTile) * (ph.n_padded / kTile) * ph.splits;
+    cycles = static_cast<double>(ceil_div(items, warps)) * ceil_div(ph.k_chunk / step, ph.splits) * cost::kMmaCycles;
+  }
+  return cycles / (cost::kClockGHz * 1000.0);
+}
+
+inline StepCost step_cost(const Geometry& g, size_t elem, Math math) {
+  StepCost c;
+  for (int kind = 0; kind < g.kinds; ++kind) {
+    const PhaseGeometry& ph = g.phase[kind];
+    const int chunks = ph.k_padded / ph.k_chunk;
+    const int row_tiles = g.persistent ? ceil_div(g.batch, g.row_tile) : 1;
+    c.sync_us += g.persistent ? cost::kBarrierUs : cost::kLaunchUs;
+    c.staging_us += row_tiles * chunks * cost::kL2TripUs;
+    c.mma_us += row_tiles * chunks * mma_chain_us(g, ph, math);
+    c.epilogue_us += row_tiles * cost::kL2TripUs;
+    // Bytes through L2: every CTA's A rows; stepwise plans stream their W slices too (all of W per step).
+    const double a_bytes = static_cast<double>(ph.slices) * (g.persistent ? g.batch : g.row_blocks * g.row_tile) *
+                           ph.k * elem;
+    const double w_bytes = g.persistent ? 0.0 : static_cast<double>(ph.slices) * g.row_blocks * ph.n_padded * ph.k * elem;
+    c.traffic_us += (a_bytes + w_bytes) / cost::kL2BytesPerUs;
+  }
+  return c;
+}
+
+inline std::string describe_cost(const StepCost& c, bool persistent) {
+  char text[256];
+  std::snprintf(text, sizeof(text),
+                "expected %.1f us per step on an H100/H200 (%s %.1f, staging %.1f, MMA %.1f, epilogue %.1f, "
+                "L2 traffic %.1f: a model, not a measurement)",
+                c.total(), persistent ? "barrier" : "launch", c.sync_us, c.staging_us, c.mma_us, c.epilogue_us,
+                c.traffic_us);
+  return text;
+}
+
+inline std::string describe(const Geometry& g, Kernel kernel, size_t elem, Math math) {
   std::string text = std::string(g.persistent ? "persistent" : "stepwise") + ": ";
   if (g.persistent) {
     text += "one cooperative launch of " + std::to_string(g.grid) + " CTAs x " + std::to_string(g.threads) +
@@ -245,7 +311,7 @@ inline std::string describe(const Geometry& g, Kernel kernel) {
             " slices, k " + std::to_string(ph.k) + " in chunks of " + std::to_string(ph.k_chunk) + ")";
   }
   text += "; row tile " + std::to_string(g.row_tile) + "; " + kb(g.shared_bytes) + " shared memory per CTA";
-  return text;
+  return text + "; " + describe_cost(step_cost(g, elem, math), g.persistent);
 }
 
 }  // namespace detail
@@ -317,7 +383,7 @@ inline Plan make_plan(Kernel kernel, const Problem& p, const Options& o, int mul
         why_not = std::to_string(ctas) + " CTAs cannot all be resident at once (" + std::to_string(resident) +
                   " per multiprocessor x " + std::to_string(multiprocessors) + " multiprocessors)";
     }
-    if (why_not.empty()) return {g, detail::describe(g, kernel)};
+    if (why_not.empty()) return {g, detail::describe(g, kernel, element_size(p.dtype), math)};
     if (o.strategy == Strategy::persistent)
       throw std::runtime_error(std::string("fastrnn cuda backend: the persistent ") + kernel_name(kernel) +
                                " kernel cannot run this shape: " + why_not);
@@ -335,7 +401,7 @@ inline Plan make_plan(Kernel kernel, const Problem& p, const Options& o, int mul
     throw std::runtime_error("fastrnn cuda backend: the stepwise plan needs " + detail::kb(g.shared_bytes) +
                              " of shared memory per CTA; the device allows " + detail::kb(shared_limit));
   g.grid = 0;  // per phase kind: stepwise_grid()
-  std::string text = detail::describe(g, kernel);
+  std::string text = detail::describe(g, kernel, element_size(p.dtype), math);
   if (!why_not.empty()) text += " (not persistent: " + why_not + ")";
   return {g, text};
 }
@@ -350,7 +416,7 @@ struct WorkspaceLayout {
   size_t c_state;        // [B, H] the carried cell state (accumulator type)
   size_t carry;          // [B, R] the carried gradient of h (accumulator type)
   size_t dc_state;       // [B, H] the carried gradient of c (accumulator type)
-  size_t barrier;        // the grid barrier's counters
+  size_t barrier;        // the grid barrier's arrival counter
   size_t bytes;
 };
 
@@ -384,7 +450,7 @@ inline WorkspaceLayout workspace_layout(Kernel kernel, const Problem& p) {
     default:  // a cell step keeps nothing between launches
       break;
   }
-  w.barrier = take(2 * sizeof(unsigned int));
+  w.barrier = take(sizeof(unsigned int));
   w.bytes = used;
   return w;
 }

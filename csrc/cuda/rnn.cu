@@ -37,7 +37,7 @@ template <class T, Math M>
 __global__ void __launch_bounds__(kMaxThreads, 1) rnn_backward_kernel(const __grid_constant__ RnnBackwardParams<T> p) {
   const int H = p.g.hidden;
   // The previous step's dpre: the gradient that reaches h through W_hh.
-  auto previous = [&](int64_t tb, int k) { return p.dxp[tb * H + k]; };
+  auto previous = [&](int64_t tb0) { return rows_of(p.dxp + tb0 * H, H, H); };
   single_state_backward<T, M>(p, previous, [&](const StepSite& at, Acc<T> dh, bool runs) {
     const int64_t tu = at.tb * H + at.u;
     p.dxp[tu] = runs ? store<T>(rnn_cell_backward(dh, to_acc(p.y[tu]), p.relu)) : zero<T>();

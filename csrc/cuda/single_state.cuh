@@ -70,7 +70,7 @@ __device__ void single_state_forward(const SingleStateForwardParams<T>& p, Cell 
   }
 
   for (int phase = g.phase_begin; phase < g.phase_end; ++phase) {
-    if (phase > g.phase_begin) grid_barrier(p.barrier);
+    if (phase > g.phase_begin) grid_barrier(p.barrier, phase - g.phase_begin);
     const int s = phase;
     const int t = forward_step(g, s);
     const bool last = s == g.steps - 1;
@@ -79,7 +79,7 @@ __device__ void single_state_forward(const SingleStateForwardParams<T>& p, Cell 
     const Assignment mine = assignment(g, 0);
     if (mine.slice < 0) continue;
     const int U = g.phase[0].slice, u0 = mine.slice * U, units = min_int(U, H - u0);
-    auto load_a = [&](int b, int k) { return h_in[static_cast<int64_t>(b) * H + k]; };
+    const RowSource<T> a_rows = rows_of(h_in, H, H);
     auto runs_here = [&](int row, int rows) { return any_row_runs(p.lengths, row, rows, t); };
     auto epilogue = [&](int row, int rows, bool work, const TileResult<Acc<T>>& acc) {
       for (int index = static_cast<int>(threadIdx.x); index < rows * units; index += static_cast<int>(blockDim.x)) {
@@ -93,12 +93,12 @@ __device__ void single_state_forward(const SingleStateForwardParams<T>& p, Cell 
         if (last) p.h_n[bu] = h_value;
       }
     };
-    run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, hh_rows(mine.slice), runs_here, epilogue);
+    run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, hh_rows(mine.slice), runs_here, epilogue);
   }
 }
 
-// previous(tb, k) -> T: the gate gradient at reduction index k of the step before (index tb), the
-// operand of dh += previous W_hh. cell(site, dh, runs) -> Acc<T>: writes the step's gate gradients from
+// previous(tb0) -> RowSource<T>: the gate gradients of the step before (its rows from index tb0 = t B),
+// the operand of dh += previous W_hh. cell(site, dh, runs) -> Acc<T>: writes the step's gate gradients from
 // dh = dy + carried dh (zeros on a row that does not run) and returns the part of dh that reaches h_{t-1}
 // directly, not through W_hh (0 where there is none or the row does not run).
 template <class T, Math M, class Previous, class Cell>
@@ -116,7 +116,7 @@ __device__ void single_state_backward(const SingleStateBackwardParams<T>& p, Pre
   }
 
   for (int phase = g.phase_begin; phase < g.phase_end; ++phase) {
-    if (phase > g.phase_begin) grid_barrier(p.barrier);
+    if (phase > g.phase_begin) grid_barrier(p.barrier, phase - g.phase_begin);
     const int s = phase;
     const bool final_carry = s == g.steps;  // the last phase: carry into dh0
     const int t = final_carry ? -1 : backward_step(g, s);
@@ -124,7 +124,8 @@ __device__ void single_state_backward(const SingleStateBackwardParams<T>& p, Pre
     const Assignment mine = assignment(g, 0);
     if (mine.slice < 0) continue;
     const int U = g.phase[0].slice, u0 = mine.slice * U, units = min_int(U, H - u0);
-    auto load_a = [&](int b, int k) { return previous(static_cast<int64_t>(t_prev) * B + b, k); };
+    // (At s = 0 no row ran before: nothing is read, and step 0 stands in for the missing one.)
+    const RowSource<T> a_rows = previous(static_cast<int64_t>(t_prev < 0 ? 0 : t_prev) * B);
     auto ran_before = [&](int row, int rows) { return s > 0 && any_row_runs(p.lengths, row, rows, t_prev); };
     auto epilogue = [&](int row, int rows, bool work, const TileResult<Acc<T>>& acc) {
       for (int index = static_cast<int>(threadIdx.x); index < rows * units; index += static_cast<int>(blockDim.x)) {
@@ -143,7 +144,7 @@ __device__ void single_state_backward(const SingleStateBackwardParams<T>& p, Pre
         p.carry[bu] = runs ? direct : dh_carry;
       }
     };
-    run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, load_a, hh_columns(mine.slice), ran_before, epilogue);
+    run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, hh_columns(mine.slice), ran_before, epilogue);
   }
 }
 

@@ -185,6 +185,95 @@ struct TileResult {
   }
 };
 
+// --- the A operand ------------------------------------------------------------------------------------
+
+// A phase's A operand: row b, reduction column k. Columns [0, split) come from the row-major matrix
+// `first` (leading dimension ld_first), columns [split, k) from `second` (unused when split is all of k):
+// h_{t-1} alone in the layers' forwards, [x | h] in the cell step, (dr, dz | dhn) in the GRU backward.
+template <class T>
+struct RowSource {
+  const T* first;
+  int64_t ld_first;
+  int split;
+  const T* second;
+  int64_t ld_second;
+
+  __device__ const T* at(int b, int k) const {
+    return k < split ? first + b * ld_first + k : second + b * ld_second + (k - split);
+  }
+
+  // The widest copy (16, 8 or 4 bytes; 0: none) that keeps every vector of a row aligned and inside one
+  // of the two matrices and the reduction's k columns (the tile's rows are 16-byte aligned: plan.h).
+  __device__ int copy_bytes(int k) const {
+    for (int bytes = 16; bytes >= 4 && bytes >= static_cast<int>(sizeof(T)); bytes /= 2) {
+      const int e = bytes / static_cast<int>(sizeof(T));
+      const bool second_ok = split >= k || (ld_second % e == 0 && reinterpret_cast<uintptr_t>(second) % bytes == 0);
+      if (split % e == 0 && k % e == 0 && ld_first % e == 0 && reinterpret_cast<uintptr_t>(first) % bytes == 0 &&
+          second_ok)
+        return bytes;
+    }
+    return 0;
+  }
+};
+
+// The rows of one row-major matrix (leading dimension ld) as a phase's A over its first k columns.
+template <class T>
+__device__ RowSource<T> rows_of(const T* matrix, int64_t ld, int k) {
+  return {matrix, ld, k, nullptr, 0};
+}
+
+// Stages A rows [row, row + rows) x columns [k0, k0 + kc) into the tile (ld_a), zeros past the rows and
+// past k, in copies of Bytes bytes: each thread walks its vectors with a carried (row, vector) position,
+// no division per element, and issues one asynchronous copy per real vector.
+template <class T, int Bytes>
+__device__ void stage_a_vectors(T* a, int ld_a, const RowSource<T>& src, int row, int rows, int row_tile, int k0,
+                                int kc, int k) {
+  constexpr int E = Bytes / static_cast<int>(sizeof(T));
+  const int per_row = kc / E, count = row_tile * per_row, stride = static_cast<int>(blockDim.x);
+  const int first = static_cast<int>(threadIdx.x), di = stride / per_row, dv = stride % per_row;
+  int i = first / per_row, v = first % per_row;
+  for (int index = first; index < count; index += stride) {
+    T* to = a + i * ld_a + v * E;
+    const int column = k0 + v * E;
+    if (i < rows && column < k) {
+      copy_async<Bytes>(to, src.at(row + i, column));
+    } else {
+      for (int e = 0; e < E; ++e) to[e] = zero<T>();
+    }
+    v += dv;
+    i += di;
+    if (v >= per_row) {
+      v -= per_row;
+      ++i;
+    }
+  }
+}
+
+// Stages A's tile for reduction columns [k0, k0 + kc) (see stage_a_vectors), in the widest copies the
+// source allows, one element at a time where it allows none; returns once this thread's copies have
+// landed, so the caller's block barrier publishes the tile.
+template <class T>
+__device__ void stage_a(T* a, int ld_a, const RowSource<T>& src, int row, int rows, int row_tile, int k0, int kc,
+                        int k) {
+  switch (src.copy_bytes(k)) {
+    case 16:
+      stage_a_vectors<T, 16>(a, ld_a, src, row, rows, row_tile, k0, kc, k);
+      break;
+    case 8:
+      if constexpr (sizeof(T) <= 8) stage_a_vectors<T, 8>(a, ld_a, src, row, rows, row_tile, k0, kc, k);
+      break;
+    case 4:
+      if constexpr (sizeof(T) <= 4) stage_a_vectors<T, 4>(a, ld_a, src, row, rows, row_tile, k0, kc, k);
+      break;
+    default:
+      for (int index = static_cast<int>(threadIdx.x); index < row_tile * kc; index += static_cast<int>(blockDim.x)) {
+        const int i = index / kc, column = k0 + index % kc;
+        a[i * ld_a + index % kc] = i < rows && column < k ? *src.at(row + i, column) : zero<T>();
+      }
+  }
+  wait_async_copies();
+}
+
 // --- the phase runner ---------------------------------------------------------------------------------
 
 // Shared memory of a CTA, carved as the plan laid it out.
@@ -199,11 +288,14 @@ struct SharedTiles {
 };
 
 // Fills W's slice for phase kind `kind`, columns [k0, k0 + columns) of the reduction, into shared
-// memory: load_w(n, k) gives the slice's row n (zero past the slice), zero past k.
+// memory: load_w(n, k) gives the slice's row n (zero past the slice), zero past k. Consecutive threads
+// take consecutive addresses of global memory (coalesced): along k for a loader whose rows are W's rows,
+// along the slice for one whose slice members are W's columns (LoadW::kAlongSlice).
 template <class T, class LoadW>
 __device__ void stage_w(T* w, int ld_w, const PhaseGeometry& ph, int k0, int columns, LoadW load_w) {
   for (int index = static_cast<int>(threadIdx.x); index < ph.n_padded * columns; index += static_cast<int>(blockDim.x)) {
-    const int n = index / columns, k = index % columns;
+    const int n = LoadW::kAlongSlice ? index % ph.n_padded : index / columns;
+    const int k = LoadW::kAlongSlice ? index / ph.n_padded : index % columns;
     w[n * ld_w + k] = k0 + k < ph.k ? load_w(n, k0 + k) : zero<T>();
   }
 }
@@ -214,6 +306,7 @@ __device__ void stage_w(T* w, int ld_w, const PhaseGeometry& ph, int k0, int col
 // columns u0 + n, its rows being the reduction (the backwards' transposed products dG W).
 template <class T>
 struct GateRows {
+  static constexpr bool kAlongSlice = false;  // a slice member's row is contiguous along k
   const T* w;
   int gates, extent, depth, per_slice, first;
   __device__ T operator()(int n, int k) const {
@@ -224,6 +317,7 @@ struct GateRows {
 
 template <class T>
 struct WeightColumns {
+  static constexpr bool kAlongSlice = true;  // the slice's members are adjacent columns of each row k
   const T* w;
   int extent, per_slice, first;
   __device__ T operator()(int n, int k) const {
@@ -242,13 +336,13 @@ __device__ WeightColumns<T> weight_columns(const T* w, const PhaseGeometry& ph, 
 }
 
 // One phase of kind `kind` over rows [row_begin, row_end), in row tiles: for each tile with work
-// (has_work(row, rows)), acc = A W^T with A(b, k) = load_a(b, k), then epilogue(row, rows, result) with
+// (has_work(row, rows)), acc = A W^T with A read from a_rows, then epilogue(row, rows, result) with
 // result(i, n) the accumulator of row row + i and slice column n. A tile without work skips the GEMM
 // and gets an epilogue with work == false (it still writes its outputs). W is resident in persistent
 // plans (staged by the kernel at its start), streamed chunk by chunk in stepwise ones.
-template <class T, Math M, class LoadA, class LoadW, class HasWork, class Epilogue>
+template <class T, Math M, class LoadW, class HasWork, class Epilogue>
 __device__ void run_phase(const Geometry& g, const SharedTiles<T>& smem, int kind, int row_begin, int row_end,
-                          LoadA load_a, LoadW load_w, HasWork has_work, Epilogue epilogue) {
+                          const RowSource<T>& a_rows, LoadW load_w, HasWork has_work, Epilogue epilogue) {
   const PhaseGeometry& ph = g.phase[kind];
   T* a = smem.a();
   T* w = smem.w(kind);
@@ -259,11 +353,7 @@ __device__ void run_phase(const Geometry& g, const SharedTiles<T>& smem, int kin
     const bool work = has_work(row, rows);
     if (work) {
       for (int k0 = 0; k0 < ph.k_padded; k0 += ph.k_chunk) {
-        for (int index = static_cast<int>(threadIdx.x); index < g.row_tile * ph.k_chunk;
-             index += static_cast<int>(blockDim.x)) {
-          const int i = index / ph.k_chunk, k = index % ph.k_chunk;
-          a[i * g.ld_a + k] = i < rows && k0 + k < ph.k ? load_a(row + i, k0 + k) : zero<T>();
-        }
+        stage_a(a, g.ld_a, a_rows, row, rows, g.row_tile, k0, ph.k_chunk, ph.k);
         if (!g.persistent) stage_w(w, ph.ld_w, ph, k0, ph.k_chunk, load_w);
         __syncthreads();
         BlockGemm<T, M>::run(acc, g.ld_acc, g.split_stride, a, g.ld_a, g.persistent ? w + k0 : w, ph.ld_w,

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "../cuda/grid_barrier.cuh"
+#include "../cuda/platform.cuh"
 #include "simt.h"
 
 namespace fastrnn_selftest {
@@ -35,7 +36,7 @@ __global__ void early_return(float* out) {
 // Block 0 skips the grid barrier the others wait at.
 __global__ void missing_block_at_grid_barrier(GridBarrierState* barrier) {
   if (blockIdx.x == 0) return;
-  grid_barrier(barrier);
+  grid_barrier(barrier, 1);
 }
 
 // A warp-collective op reached by only half of a warp.
@@ -91,20 +92,47 @@ __global__ void missing_grid_barrier(float* data) {
 
 // The same exchange behind the grid barrier: must run clean everywhere (the barrier's own test).
 __global__ void exchange_behind_grid_barrier(float* data, GridBarrierState* barrier) {
-  for (int round = 0; round < 3; ++round) {
+  for (unsigned round = 0; round < 3; ++round) {
     if (blockIdx.x == 0) data[threadIdx.x] = static_cast<float>(round);
-    grid_barrier(barrier);
+    grid_barrier(barrier, 2 * round + 1);
     if (blockIdx.x == 1 && data[threadIdx.x] != static_cast<float>(round))
       ::fastrnn_simt::fail_here("grid barrier let a read overtake the write before it");
-    grid_barrier(barrier);
+    grid_barrier(barrier, 2 * round + 2);
   }
+}
+
+// Stages 16 bytes per thread with asynchronous copies and publishes them at a barrier without waiting.
+__global__ void async_copy_not_waited(float* data) {
+  FASTRNN_DYNAMIC_SHARED(shared);
+  float* tile = reinterpret_cast<float*>(shared);
+  fastrnn::cuda::copy_async<16>(tile + 4 * threadIdx.x, data + 4 * threadIdx.x);
+  __syncthreads();
+  data[threadIdx.x] = tile[(4 * threadIdx.x + 4) % (4 * blockDim.x)];
+}
+
+// Reads its own copy's destination before the wait that lands it.
+__global__ void async_copy_read_before_wait(float* data) {
+  FASTRNN_DYNAMIC_SHARED(shared);
+  float* tile = reinterpret_cast<float*>(shared);
+  fastrnn::cuda::copy_async<16>(tile + 4 * threadIdx.x, data + 4 * threadIdx.x);
+  const float early = tile[4 * threadIdx.x];
+  fastrnn::cuda::wait_async_copies();
+  if (early != data[4 * threadIdx.x]) ::fastrnn_simt::fail_here("read an asynchronous copy's destination before its wait");
+}
+
+// A 16-byte copy from an address 8 bytes past a 16-byte boundary.
+__global__ void misaligned_async_copy(float* data) {
+  FASTRNN_DYNAMIC_SHARED(shared);
+  fastrnn::cuda::copy_async<16>(shared, data + 2);
+  fastrnn::cuda::wait_async_copies();
 }
 
 // Runs the planted bug `name`; returns false if there is no such test. Throws what the emulator throws.
 inline bool run(const std::string& name) {
   using fastrnn_simt::launch;
-  float data[256] = {};
-  GridBarrierState barrier{0, 0};
+  alignas(16) float data[256] = {};
+  for (int i = 0; i < 256; ++i) data[i] = 1.0f + static_cast<float>(i);
+  GridBarrierState barrier{0};
   const dim3 one(1), two(2), warp(32), warps(64);
   if (name == "divergent_syncthreads") {
     launch({one, warp, 0}, divergent_syncthreads, data);
@@ -124,6 +152,12 @@ inline bool run(const std::string& name) {
     launch({one, warps, 64 * sizeof(float)}, missing_syncthreads, data);
   } else if (name == "missing_grid_barrier") {
     launch({two, warp, 0}, missing_grid_barrier, data);
+  } else if (name == "async_copy_not_waited") {
+    launch({one, warp, 32 * 16}, async_copy_not_waited, data);
+  } else if (name == "async_copy_read_before_wait") {
+    launch({one, warp, 32 * 16}, async_copy_read_before_wait, data);
+  } else if (name == "misaligned_async_copy") {
+    launch({one, warp, 16}, misaligned_async_copy, data);
   } else if (name == "exchange_behind_grid_barrier") {
     launch({two, warp, 0}, exchange_behind_grid_barrier, data, &barrier);
   } else {

@@ -18,7 +18,11 @@
 //     the block's dynamic shared memory;
 //   - writes past either end of the dynamic shared memory (guard bytes, checked after the kernel; under
 //     AddressSanitizer the guards are poisoned, so reads are caught too);
-//   - dynamic shared memory and block sizes beyond the modelled device's limits.
+//   - dynamic shared memory and block sizes beyond the modelled device's limits;
+//   - asynchronous copies (cp.async) misaligned, or still in flight at a __syncthreads or at the kernel's
+//     end: the kernels wait for their own copies before the barrier that publishes them. A copy lands only
+//     at its thread's wait; until then its destination holds the poison bytes (and is poisoned under
+//     AddressSanitizer), so a read that overtakes the wait is a NaN, or a report at the read.
 // Dynamic shared memory starts filled with 0xFF bytes (NaN in every floating-point type), so a kernel
 // that reads shared memory it never wrote produces NaN rather than a plausible number.
 //
@@ -209,6 +213,15 @@ struct Grid {
   }
 };
 
+// An asynchronous copy (cp.async) issued by a thread and not yet waited for.
+struct CopyInFlight {
+  void* destination;
+  const void* source;
+  size_t bytes;
+  const char* file;
+  int line;
+};
+
 struct ThreadState {
   Grid* grid = nullptr;
   Block* block = nullptr;
@@ -216,6 +229,7 @@ struct ThreadState {
   int linear = 0;  // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
   int lane = 0;
   int warp = 0;
+  std::vector<CopyInFlight> copies;  // landed by the thread's next wait_async_copies
 };
 
 inline thread_local ThreadState* current_thread = nullptr;
@@ -400,6 +414,10 @@ void launch(const LaunchConfig& config, void (*kernel)(Params...), Args&&... arg
     current_thread = &state;
     try {
       std::apply(kernel, arguments);
+      if (!state.copies.empty())
+        fail_here("returned from the kernel with " + std::to_string(state.copies.size()) +
+                  " asynchronous copies in flight (the first issued at " +
+                  describe_site(state.copies[0].file, state.copies[0].line) + ")");
       block->barrier.thread_exited(grid, state);
       block->warp_barriers[state.warp]->thread_exited(grid, state);
     } catch (const Aborted&) {
@@ -494,8 +512,48 @@ inline int width_base(int lane, int width) { return (lane / width) * width; }
 
 inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   ::fastrnn_simt::ThreadState& t = ::fastrnn_simt::self();
+  if (!t.copies.empty())
+    ::fastrnn_simt::fail_here("reached __syncthreads at " + ::fastrnn_simt::describe_site(file, line) + " with " +
+                              std::to_string(t.copies.size()) + " asynchronous copies in flight (the first issued at " +
+                              ::fastrnn_simt::describe_site(t.copies[0].file, t.copies[0].line) +
+                              "): wait for them (wait_async_copies) before the barrier that publishes them");
   t.block->barrier.arrive_and_wait(*t.grid, t, "__syncthreads", file, line);
 }
+
+namespace fastrnn_simt {
+
+// cp.async of 4, 8 or 16 bytes from global to shared memory: both addresses aligned to the size, the
+// destination inside the block's dynamic shared memory. It lands at the thread's next wait.
+inline void copy_async(void* destination, const void* source, size_t bytes, const char* file = __builtin_FILE(),
+                       int line = __builtin_LINE()) {
+  if (bytes != 4 && bytes != 8 && bytes != 16)
+    fail_here("asynchronous copy of " + std::to_string(bytes) + " bytes at " + describe_site(file, line) +
+              " (cp.async copies 4, 8 or 16)");
+  if (reinterpret_cast<uintptr_t>(destination) % bytes != 0 || reinterpret_cast<uintptr_t>(source) % bytes != 0)
+    fail_here("asynchronous copy of " + std::to_string(bytes) + " bytes at " + describe_site(file, line) +
+              ": source or destination not " + std::to_string(bytes) + "-byte aligned (misaligned address)");
+  const Block& b = *self().block;
+  const auto* d = static_cast<const unsigned char*>(destination);
+  if (d < b.shared || d + bytes > b.shared + b.shared_bytes)
+    fail_here("asynchronous copy at " + describe_site(file, line) + " to bytes [" + std::to_string(d - b.shared) + ", " +
+              std::to_string(d - b.shared + static_cast<std::ptrdiff_t>(bytes)) + ") of a dynamic shared memory of " +
+              std::to_string(b.shared_bytes) + " bytes (out of range)");
+  std::memset(destination, kPoisonByte, bytes);
+  FASTRNN_SIMT_POISON(destination, bytes);
+  self().copies.push_back({destination, source, bytes, file, line});
+}
+
+// cp.async.wait_all: every copy the calling thread issued has landed.
+inline void wait_async_copies() {
+  ThreadState& t = self();
+  for (const CopyInFlight& copy : t.copies) {
+    FASTRNN_SIMT_UNPOISON(copy.destination, copy.bytes);
+    std::memcpy(copy.destination, copy.source, copy.bytes);
+  }
+  t.copies.clear();
+}
+
+}  // namespace fastrnn_simt
 
 inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   if (mask != 0xffffffffu) ::fastrnn_simt::fail_here("__syncwarp with a partial mask is not emulated");
