@@ -360,7 +360,7 @@ inline Plan make_plan(Kernel kernel, const Problem& p, const Options& o, int mul
     if (o.ctas == 0) ctas = busy;
     g.grid = ctas;
     bool fits = false;
-    const int caps[] = {1 << 30, 512, 256, 128, 64, 32, 16};
+    const int caps[] = {1 << 30, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16};
     const int tiles[] = {first_tile, 32, 16};
     for (int tile : tiles) {
       if (fits || tile > first_tile || (tile != first_tile && o.row_tile)) continue;
