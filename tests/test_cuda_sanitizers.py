@@ -247,6 +247,8 @@ CAUGHT_BY_THE_EMULATOR = {
     "misaligned_async_copy": r"asynchronous copy of 16 bytes at selftest.h:\d+: source or destination not 16-byte aligned",
     # A copy lands only at its wait: what a read overtaking it finds is the poison (NaN), whatever the timing.
     "async_copy_read_before_wait": r"read an asynchronous copy's destination before its wait",
+    "prefetch_read_before_wait": r"read a prefetch's destination before its wait",
+    "two_copies_to_one_address": r"to a destination whose copy issued at selftest.h:\d+ has not landed",
 }
 
 

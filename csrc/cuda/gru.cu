@@ -23,18 +23,17 @@ struct GruForwardParams : SingleStateForwardParams<T> {
 template <class T, Math M>
 __global__ void __launch_bounds__(kMaxThreads, 1) gru_forward_kernel(const __grid_constant__ GruForwardParams<T> p) {
   const int H = p.g.hidden;
-  single_state_forward<T, M>(p, [&](const TileResult<Acc<T>>& acc, const StepSite& at, T h_prev, bool runs) {
+  single_state_forward<T, M>(p, [&](const TileResult<Acc<T>>& acc, const StepSite& at, const StepInputs<T>& xp,
+                                    T h_prev, bool runs) {
     T* saved = p.saved ? p.saved + at.tb * 4 * H + at.u : nullptr;
     if (!runs) {
       if (saved) saved[0] = saved[H] = saved[2 * H] = saved[3 * H] = zero<T>();
       return h_prev;
     }
     const int U = at.slice_units;
-    const T* x = p.xp + at.tb * 3 * H + at.u;
     const Acc<T> hn = acc(at.i, 2 * U + at.j) + (p.b_hn ? to_acc(p.b_hn[at.u]) : Acc<T>(0));
     Acc<T> r, z, n, h;
-    gru_cell_forward(to_acc(x[0]), to_acc(x[H]), to_acc(x[2 * H]), acc(at.i, at.j), acc(at.i, U + at.j), hn,
-                     to_acc(h_prev), r, z, n, h);
+    gru_cell_forward(xp(0), xp(1), xp(2), acc(at.i, at.j), acc(at.i, U + at.j), hn, to_acc(h_prev), r, z, n, h);
     if (saved) {
       saved[0] = store<T>(r);
       saved[H] = store<T>(z);

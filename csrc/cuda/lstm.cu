@@ -61,6 +61,30 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
     __syncthreads();
   }
 
+  // Without a projection a persistent plan may keep the step's pointwise inputs on chip (g.inputs, as
+  // single_state.cuh does): the CTA's units of xp_t prefetched across the barrier, the lengths, and its
+  // own units of h and c, which no other CTA writes.
+  const Assignment owner = assignment(g, 0);
+  const int U0 = g.phase[0].slice, first = (owner.slice < 0 ? 0 : owner.slice) * U0, owned = min_int(U0, H - first);
+  const bool on_chip = g.persistent && g.inputs && owner.slice >= 0;
+  const int32_t* lengths = p.lengths;
+  auto prefetch_xp = [&](int s) {  // step s's xp rows of this CTA's units, into stage s & 1
+    prefetch_rows(smem.xp(s & 1), U0, p.xp + static_cast<int64_t>(forward_step(g, s)) * B * G + first, H, 4 * B, owned);
+  };
+  if (on_chip) {
+    int32_t* shared_lengths = smem.lengths();
+    if (p.lengths)
+      for (int b = static_cast<int>(threadIdx.x); b < B; b += static_cast<int>(blockDim.x)) shared_lengths[b] = p.lengths[b];
+    for (int index = static_cast<int>(threadIdx.x); index < B * owned; index += static_cast<int>(blockDim.x)) {
+      const int b = index / owned, j = index % owned;
+      smem.own()[b * U0 + j] = p.h0[static_cast<int64_t>(b) * R + first + j];
+      smem.cell()[b * U0 + j] = to_acc(p.c0[static_cast<int64_t>(b) * H + first + j]);
+    }
+    if (p.lengths) lengths = shared_lengths;
+    prefetch_xp(0);  // lands at the first step's staging wait, before its epilogue reads it
+    __syncthreads();
+  }
+
   for (int phase = g.phase_begin; phase < g.phase_end; ++phase) {
     if (phase > g.phase_begin) grid_barrier(p.barrier, phase - g.phase_begin);
     const int s = phase / g.kinds, kind = phase % g.kinds;
@@ -70,23 +94,27 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
     T* h_out = s & 1 ? p.h_even : p.h_odd;
     const Assignment mine = assignment(g, kind);
     if (mine.slice < 0) continue;
-    auto runs_here = [&](int row, int rows) { return any_row_runs(p.lengths, row, rows, t); };
+    auto runs_here = [&](int row, int rows) { return any_row_runs(lengths, row, rows, t); };
 
     if (kind == 0) {  // gates and cell for units [u0, u0 + units)
       const int U = g.phase[0].slice, u0 = mine.slice * U, units = min_int(U, H - u0);
       const RowSource<T> a_rows = rows_of(h_in, R, R);
+      const T* xp_now = on_chip ? smem.xp(s & 1) : nullptr;
       auto epilogue = [&](int row, int rows, bool work, const TileResult<Acc<T>>& acc) {
         for (int index = static_cast<int>(threadIdx.x); index < rows * units; index += static_cast<int>(blockDim.x)) {
           const int i = index / units, j = index % units, b = row + i, u = u0 + j;
           const int64_t bu = static_cast<int64_t>(b) * H + u, tb = static_cast<int64_t>(t) * B + b;
           const int64_t bq = static_cast<int64_t>(b) * R + u;  // without a projection R == H: unit u is column u
           T* gate_out = saving ? p.gates + tb * G + u : nullptr;
-          const Acc<T> c_prev = s == 0 ? to_acc(p.c0[bu]) : p.c_state[bu];
-          if (work && row_runs(p.lengths, b, t)) {
-            const T* x = p.xp + tb * G + u;
+          Acc<T>* c_state = on_chip ? smem.cell() + b * U + j : p.c_state + bu;
+          const Acc<T> c_prev = s == 0 && !on_chip ? to_acc(p.c0[bu]) : *c_state;
+          if (work && row_runs(lengths, b, t)) {
+            const T* x = on_chip ? xp_now + b * 4 * U + j : p.xp + tb * G + u;
+            const int64_t stride = on_chip ? U : H;
             Acc<T> gi, gf, gg, go, c, h;
-            lstm_cell_forward(acc(i, j) + to_acc(x[0]), acc(i, U + j) + to_acc(x[H]), acc(i, 2 * U + j) + to_acc(x[2 * H]),
-                              acc(i, 3 * U + j) + to_acc(x[3 * H]), c_prev, gi, gf, gg, go, c, h);
+            lstm_cell_forward(acc(i, j) + to_acc(x[0]), acc(i, U + j) + to_acc(x[stride]),
+                              acc(i, 2 * U + j) + to_acc(x[2 * stride]), acc(i, 3 * U + j) + to_acc(x[3 * stride]), c_prev,
+                              gi, gf, gg, go, c, h);
             if (saving) {
               gate_out[0] = store<T>(gi);
               gate_out[H] = store<T>(gf);
@@ -94,7 +122,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
               gate_out[3 * H] = store<T>(go);
               p.c_all[tb * H + u] = store<T>(c);
             }
-            p.c_state[bu] = c;
+            *c_state = c;
             if (last) p.c_n[bu] = store<T>(c);
             const T h_value = store<T>(h);
             if (projection) {
@@ -102,6 +130,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
             } else {
               p.y[tb * R + u] = h_value;
               h_out[bq] = h_value;
+              if (on_chip) smem.own()[b * U + j] = h_value;
               if (last) p.h_n[bq] = h_value;
             }
           } else {  // this row's sequence has ended (or not begun, in reverse): carry the state over
@@ -109,19 +138,24 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
               gate_out[0] = gate_out[H] = gate_out[2 * H] = gate_out[3 * H] = zero<T>();
               p.c_all[tb * H + u] = zero<T>();
             }
-            p.c_state[bu] = c_prev;
+            *c_state = c_prev;
             if (last) p.c_n[bu] = store<T>(c_prev);
             if (projection) {
               p.units[bu] = zero<T>();
             } else {
+              const T h_prev = on_chip ? smem.own()[b * U + j] : h_in[bq];
               p.y[tb * R + u] = zero<T>();
-              h_out[bq] = h_in[bq];
-              if (last) p.h_n[bq] = h_in[bq];
+              h_out[bq] = h_prev;
+              if (last) p.h_n[bq] = h_prev;
             }
           }
         }
       };
       run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, hh_rows(mine.slice), runs_here, epilogue);
+      if (on_chip) {
+        wait_async_copies();  // a step whose tiles all had no work staged nothing, and so waited for nothing
+        if (s + 1 < g.steps) prefetch_xp(s + 1);
+      }
     } else {  // the projection onto state columns [q0, q0 + columns)
       const int Q = g.phase[1].slice, q0 = mine.slice * Q, columns = min_int(Q, R - q0);
       const RowSource<T> a_rows = rows_of(p.units, H, H);
@@ -129,7 +163,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
         for (int index = static_cast<int>(threadIdx.x); index < rows * columns; index += static_cast<int>(blockDim.x)) {
           const int i = index / columns, j = index % columns, b = row + i, q = q0 + j;
           const int64_t bq = static_cast<int64_t>(b) * R + q, tq = (static_cast<int64_t>(t) * B + b) * R + q;
-          if (work && row_runs(p.lengths, b, t)) {
+          if (work && row_runs(lengths, b, t)) {
             const T h_value = store<T>(acc(i, j));
             p.y[tq] = h_value;
             h_out[bq] = h_value;

@@ -71,6 +71,17 @@ struct Geometry {
   size_t acc_offset;     // bytes
   size_t split_stride;   // elements between the partial sums of one accumulator tile
   size_t shared_bytes;   // dynamic shared memory per CTA
+  // Persistent forwards without a projection: the step's pointwise inputs on chip (inputs = 1): the CTA's
+  // units of xp_t, prefetched two stages deep (step t + 1's copies fly while the grid barrier waits), the
+  // lengths, and the CTA's own units of h_{t-1} (and of c_{t-1}); else 0, and the epilogue reads them from
+  // global memory.
+  int inputs;
+  int input_gates;         // xp columns per unit: 4 (LSTM), 3 (GRU) or 1 (Elman)
+  size_t xp_offset;        // bytes: stage 0 of B x input_gates x slice elements; stage 1 follows
+  size_t xp_stage_bytes;
+  size_t lengths_offset;   // bytes: B int32
+  size_t own_offset;       // bytes: B x slice elements of h
+  size_t cell_offset;      // bytes: B x slice accumulators of c (LSTM)
   int phase_begin, phase_end;  // the phases this launch runs
 };
 
@@ -179,7 +190,7 @@ inline int splits_for(Math math, int threads, int row_tile, int n_padded, int k_
 }
 
 // Fills the phase kinds' chunking and the shared-memory layout for a row tile and a cap on the chunk.
-inline void lay_out(Geometry& g, const PhaseSpec* specs, DType dtype, Math math, int k_cap) {
+inline void lay_out(Geometry& g, const PhaseSpec* specs, DType dtype, Math math, int k_cap, int input_gates = 0) {
   const size_t elem = element_size(dtype), acc = accumulator_size(dtype);
   const int pad = static_cast<int>(16 / elem);  // 16 bytes of padding per row: spreads rows over banks
   int max_chunk = 0, max_n = 0, max_splits = 1;
@@ -214,6 +225,23 @@ inline void lay_out(Geometry& g, const PhaseSpec* specs, DType dtype, Math math,
   g.split_stride = static_cast<size_t>(g.row_tile) * g.ld_acc;
   g.acc_offset = offset;
   offset += align_bytes(max_splits * g.split_stride * acc);
+  g.inputs = input_gates > 0 ? 1 : 0;
+  g.input_gates = input_gates;
+  g.xp_offset = g.lengths_offset = g.own_offset = g.cell_offset = g.xp_stage_bytes = 0;
+  if (g.inputs) {
+    const size_t rows = static_cast<size_t>(g.batch), slice = static_cast<size_t>(g.phase[0].slice);
+    g.xp_offset = offset;
+    g.xp_stage_bytes = align_bytes(rows * input_gates * slice * elem);
+    offset += 2 * g.xp_stage_bytes;
+    g.lengths_offset = offset;
+    offset += align_bytes(rows * sizeof(int32_t));
+    g.own_offset = offset;
+    offset += align_bytes(rows * slice * elem);
+    if (input_gates == 4) {
+      g.cell_offset = offset;
+      offset += align_bytes(rows * slice * acc);
+    }
+  }
   g.shared_bytes = offset;
 }
 
@@ -229,7 +257,8 @@ inline std::string kb(size_t bytes) {
 // (persistent) or the launch (stepwise) per phase kind; per row tile and reduction chunk one staging round
 // trip (the tile's 16-byte copies are issued together, so their latency is paid once) and the longest
 // warp's chain of dependent MMAs (FMAs without tensor cores); per row tile one epilogue round trip (its
-// loads of xp, states and saved gates, issued together); and the staged bytes of every CTA through L2,
+// loads of xp, states and saved gates, issued together; half of one, its stores draining at the barrier's
+// release, where those inputs are on chip: g.inputs); and the staged bytes of every CTA through L2,
 // which at large B x H is what a persistent step spends most on (each CTA reads all of h_{t-1}).
 namespace cost {
 constexpr double kClockGHz = 1.98;       // SM clock under load, read on an H200 here (device tool, KINDS.md)
@@ -269,7 +298,9 @@ inline StepCost step_cost(const Geometry& g, size_t elem, Math math) {
     c.sync_us += g.persistent ? cost::kBarrierUs : cost::kLaunchUs;
     c.staging_us += row_tiles * chunks * cost::kL2TripUs;
     c.mma_us += row_tiles * chunks * mma_chain_us(g, ph, math);
-    c.epilogue_us += row_tiles * cost::kL2TripUs;
+    // With its inputs on chip (prefetched while the barrier waited) the epilogue only stores, and pays for
+    // them where the barrier's release waits for them to drain: half a trip, assumed.
+    c.epilogue_us += row_tiles * (g.inputs ? cost::kL2TripUs / 2 : cost::kL2TripUs);
     // Bytes through L2: every CTA's A rows; stepwise plans stream their W slices too (all of W per step).
     const double a_bytes = static_cast<double>(ph.slices) * (g.persistent ? g.batch : g.row_blocks * g.row_tile) *
                            ph.k * elem;
@@ -311,6 +342,7 @@ inline std::string describe(const Geometry& g, Kernel kernel, size_t elem, Math 
             " slices, k " + std::to_string(ph.k) + " in chunks of " + std::to_string(ph.k_chunk) + ")";
   }
   text += "; row tile " + std::to_string(g.row_tile) + "; " + kb(g.shared_bytes) + " shared memory per CTA";
+  if (g.inputs) text += " (xp prefetched across the barrier, lengths and own states on chip)";
   return text + "; " + describe_cost(step_cost(g, elem, math), g.persistent);
 }
 
@@ -362,17 +394,26 @@ inline Plan make_plan(Kernel kernel, const Problem& p, const Options& o, int mul
     bool fits = false;
     const int caps[] = {1 << 30, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16};
     const int tiles[] = {first_tile, 32, 16};
-    for (int tile : tiles) {
-      if (fits || tile > first_tile || (tile != first_tile && o.row_tile)) continue;
-      g.row_tile = tile;
-      for (int cap : caps) {
-        if (o.k_chunk && cap != caps[0]) break;
-        detail::lay_out(g, specs, p.dtype, math, o.k_chunk ? o.k_chunk : cap);
-        if (g.shared_bytes <= shared_limit) {
-          fits = true;
-          break;
+    // The forwards without a projection keep their step's inputs on chip where that still fits, else they
+    // read them.
+    const int input_gates = kernel == Kernel::lstm_forward && !p.projection ? 4
+                            : kernel == Kernel::gru_forward                ? 3
+                            : kernel == Kernel::rnn_forward                ? 1
+                                                                           : 0;
+    for (int gates : {input_gates, 0}) {
+      for (int tile : tiles) {
+        if (fits || tile > first_tile || (tile != first_tile && o.row_tile)) continue;
+        g.row_tile = tile;
+        for (int cap : caps) {
+          if (o.k_chunk && cap != caps[0]) break;
+          detail::lay_out(g, specs, p.dtype, math, o.k_chunk ? o.k_chunk : cap, gates);
+          if (g.shared_bytes <= shared_limit) {
+            fits = true;
+            break;
+          }
         }
       }
+      if (fits || gates == 0) break;
     }
     if (!fits) {
       why_not = "the resident slice of W needs " + detail::kb(g.shared_bytes) + " of shared memory per CTA, more than the " +

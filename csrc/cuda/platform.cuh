@@ -62,6 +62,11 @@ template <int Bytes>
 inline void copy_async(void* shared, const void* global, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   ::fastrnn_simt::copy_async(shared, global, Bytes, file, line);
 }
+template <int Bytes>
+inline void prefetch_async(void* shared, const void* global, const char* file = __builtin_FILE(),
+                           int line = __builtin_LINE()) {
+  ::fastrnn_simt::copy_async(shared, global, Bytes, file, line, true);
+}
 inline void wait_async_copies() { ::fastrnn_simt::wait_async_copies(); }
 #else
 template <int Bytes>
@@ -83,6 +88,12 @@ __device__ inline void copy_async(void* shared, const void* global) {
     *static_cast<unsigned*>(shared) = *static_cast<const unsigned*>(global);
   }
 #endif
+}
+// A copy_async that may stay in flight across block barriers: its destination is read only after a later
+// wait_async_copies() and a barrier (the emulator exempts it from the barrier check, nothing else).
+template <int Bytes>
+__device__ inline void prefetch_async(void* shared, const void* global) {
+  copy_async<Bytes>(shared, global);
 }
 __device__ inline void wait_async_copies() {
 #if __CUDA_ARCH__ >= 800

@@ -21,9 +21,9 @@ struct RnnForwardParams : SingleStateForwardParams<T> {
 
 template <class T, Math M>
 __global__ void __launch_bounds__(kMaxThreads, 1) rnn_forward_kernel(const __grid_constant__ RnnForwardParams<T> p) {
-  const int H = p.g.hidden;
-  single_state_forward<T, M>(p, [&](const TileResult<Acc<T>>& acc, const StepSite& at, T h_prev, bool runs) {
-    return runs ? store<T>(rnn_cell_forward(acc(at.i, at.j) + to_acc(p.xp[at.tb * H + at.u]), p.relu)) : h_prev;
+  single_state_forward<T, M>(p, [&](const TileResult<Acc<T>>& acc, const StepSite& at, const StepInputs<T>& xp,
+                                    T h_prev, bool runs) {
+    return runs ? store<T>(rnn_cell_forward(acc(at.i, at.j) + xp(0), p.relu)) : h_prev;
   });
 }
 

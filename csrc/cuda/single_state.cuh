@@ -52,9 +52,21 @@ struct StepSite {
   int64_t tb;
 };
 
-// cell(acc, site, h_prev, runs) -> T: h_t, where acc is the tile of h_{t-1} W_hh^T (gate g of unit j at
-// column g * slice_units + j). On a row that does not run at step t it returns h_prev, after writing the
-// zeros of whatever it saves per step.
+// A (row, unit)'s columns of xp_t: gate g at x[g * stride] (in global memory, or the CTA's prefetched copy).
+template <class T>
+struct StepInputs {
+  const T* x;
+  int stride;
+  __device__ Acc<T> operator()(int gate) const { return to_acc(x[gate * stride]); }
+};
+
+// cell(acc, site, xp, h_prev, runs) -> T: h_t, where acc is the tile of h_{t-1} W_hh^T (gate g of unit j at
+// column g * slice_units + j) and xp(g) the unit's gate g of xp_t. On a row that does not run at step t it
+// returns h_prev, after writing the zeros of whatever it saves per step.
+//
+// A persistent plan with g.inputs keeps the step's pointwise inputs in shared memory: the CTA's units of
+// xp_t, prefetched while the grid barrier before step t waits (two stages: step t + 1's copies are issued
+// once step t's epilogue is done), the lengths, and its own units of h_{t-1}, which no other CTA writes.
 template <class T, Math M, class Cell>
 __device__ void single_state_forward(const SingleStateForwardParams<T>& p, Cell cell) {
   FASTRNN_DYNAMIC_SHARED(shared);
@@ -69,6 +81,26 @@ __device__ void single_state_forward(const SingleStateForwardParams<T>& p, Cell 
     __syncthreads();
   }
 
+  const Assignment mine = assignment(g, 0);  // a persistent plan's CTA keeps its slice for every step
+  const int U = g.phase[0].slice, u0 = (mine.slice < 0 ? 0 : mine.slice) * U, units = min_int(U, H - u0);
+  const int G = g.phase[0].gates;  // xp's columns per unit
+  const bool on_chip = g.persistent && g.inputs && mine.slice >= 0;
+  const int32_t* lengths = p.lengths;
+  T* own = on_chip ? smem.own() : nullptr;
+  auto prefetch_xp = [&](int s) {  // step s's xp rows of this CTA's units, into stage s & 1
+    prefetch_rows(smem.xp(s & 1), U, p.xp + static_cast<int64_t>(forward_step(g, s)) * B * G * H + u0, H, B * G, units);
+  };
+  if (on_chip) {
+    int32_t* shared_lengths = smem.lengths();
+    if (p.lengths)
+      for (int b = static_cast<int>(threadIdx.x); b < B; b += static_cast<int>(blockDim.x)) shared_lengths[b] = p.lengths[b];
+    for (int index = static_cast<int>(threadIdx.x); index < B * units; index += static_cast<int>(blockDim.x))
+      own[index / units * U + index % units] = p.h0[static_cast<int64_t>(index / units) * H + u0 + index % units];
+    if (p.lengths) lengths = shared_lengths;
+    prefetch_xp(0);  // lands at the first step's staging wait, before its epilogue reads it
+    __syncthreads();
+  }
+
   for (int phase = g.phase_begin; phase < g.phase_end; ++phase) {
     if (phase > g.phase_begin) grid_barrier(p.barrier, phase - g.phase_begin);
     const int s = phase;
@@ -76,24 +108,30 @@ __device__ void single_state_forward(const SingleStateForwardParams<T>& p, Cell 
     const bool last = s == g.steps - 1;
     const T* h_in = s == 0 ? p.h0 : (s & 1 ? p.h_odd : p.h_even);
     T* h_out = s & 1 ? p.h_even : p.h_odd;
-    const Assignment mine = assignment(g, 0);
     if (mine.slice < 0) continue;
-    const int U = g.phase[0].slice, u0 = mine.slice * U, units = min_int(U, H - u0);
     const RowSource<T> a_rows = rows_of(h_in, H, H);
-    auto runs_here = [&](int row, int rows) { return any_row_runs(p.lengths, row, rows, t); };
+    const T* xp_now = on_chip ? smem.xp(s & 1) : nullptr;
+    auto runs_here = [&](int row, int rows) { return any_row_runs(lengths, row, rows, t); };
     auto epilogue = [&](int row, int rows, bool work, const TileResult<Acc<T>>& acc) {
       for (int index = static_cast<int>(threadIdx.x); index < rows * units; index += static_cast<int>(blockDim.x)) {
         const int i = index / units, j = index % units, b = row + i, u = u0 + j;
         const int64_t bu = static_cast<int64_t>(b) * H + u, tb = static_cast<int64_t>(t) * B + b;
         // A row whose sequence has ended (or not begun, in reverse) carries its state over and outputs 0.
-        const bool runs = work && row_runs(p.lengths, b, t);
-        const T h_value = cell(acc, StepSite{i, j, U, u, tb}, h_in[bu], runs);
+        const bool runs = work && row_runs(lengths, b, t);
+        const StepInputs<T> xp = on_chip ? StepInputs<T>{xp_now + b * G * U + j, U}
+                                         : StepInputs<T>{p.xp + tb * G * H + u, H};
+        const T h_value = cell(acc, StepSite{i, j, U, u, tb}, xp, on_chip ? own[b * U + j] : h_in[bu], runs);
         p.y[tb * H + u] = runs ? h_value : zero<T>();
         h_out[bu] = h_value;
+        if (on_chip) own[b * U + j] = h_value;
         if (last) p.h_n[bu] = h_value;
       }
     };
     run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, hh_rows(mine.slice), runs_here, epilogue);
+    if (on_chip) {
+      wait_async_copies();  // a step whose tiles all had no work staged nothing, and so waited for nothing
+      if (s + 1 < g.steps) prefetch_xp(s + 1);
+    }
   }
 }
 

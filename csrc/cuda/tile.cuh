@@ -285,7 +285,45 @@ struct SharedTiles {
   __device__ T* w(int kind) const { return reinterpret_cast<T*>(base + g.phase[kind].w_offset); }
   __device__ T* a() const { return reinterpret_cast<T*>(base + g.a_offset); }
   __device__ Acc<T>* acc() const { return reinterpret_cast<Acc<T>*>(base + g.acc_offset); }
+  // The step inputs of a plan with g.inputs (plan.h): xp's two stages, the lengths, the CTA's own h and c.
+  __device__ T* xp(int stage) const { return reinterpret_cast<T*>(base + g.xp_offset + stage * g.xp_stage_bytes); }
+  __device__ int32_t* lengths() const { return reinterpret_cast<int32_t*>(base + g.lengths_offset); }
+  __device__ T* own() const { return reinterpret_cast<T*>(base + g.own_offset); }
+  __device__ Acc<T>* cell() const { return reinterpret_cast<Acc<T>*>(base + g.cell_offset); }
 };
+
+// Copies `rows` rows of `width` elements, row r from src + r * ld in global memory to dst + r * dst_ld in
+// shared memory, as prefetches (copies that may fly across block barriers, landing at the thread's next
+// wait_async_copies) in the widest vectors alignment allows; element by element, at once, where it allows
+// none.
+template <class T, int Bytes>
+__device__ void prefetch_vectors(T* dst, int dst_ld, const T* src, int64_t ld, int rows, int width) {
+  constexpr int E = Bytes / static_cast<int>(sizeof(T));
+  const int per_row = width / E;
+  for (int index = static_cast<int>(threadIdx.x); index < rows * per_row; index += static_cast<int>(blockDim.x)) {
+    const int r = index / per_row, v = index % per_row;
+    prefetch_async<Bytes>(dst + r * dst_ld + v * E, src + r * ld + v * E);
+  }
+}
+
+template <class T>
+__device__ void prefetch_rows(T* dst, int dst_ld, const T* src, int64_t ld, int rows, int width) {
+  auto allows = [&](int bytes) {
+    const int e = bytes / static_cast<int>(sizeof(T));
+    return bytes >= static_cast<int>(sizeof(T)) && width % e == 0 && ld % e == 0 && dst_ld % e == 0 &&
+           reinterpret_cast<uintptr_t>(src) % bytes == 0 && reinterpret_cast<uintptr_t>(dst) % bytes == 0;
+  };
+  if (allows(16)) {
+    prefetch_vectors<T, 16>(dst, dst_ld, src, ld, rows, width);
+  } else if (allows(8)) {
+    if constexpr (sizeof(T) <= 8) prefetch_vectors<T, 8>(dst, dst_ld, src, ld, rows, width);
+  } else if (allows(4)) {
+    if constexpr (sizeof(T) <= 4) prefetch_vectors<T, 4>(dst, dst_ld, src, ld, rows, width);
+  } else {
+    for (int index = static_cast<int>(threadIdx.x); index < rows * width; index += static_cast<int>(blockDim.x))
+      dst[index / width * dst_ld + index % width] = src[index / width * ld + index % width];
+  }
+}
 
 // Fills W's slice for phase kind `kind`, columns [k0, k0 + columns) of the reduction, into shared
 // memory: load_w(n, k) gives the slice's row n (zero past the slice), zero past k. Consecutive threads

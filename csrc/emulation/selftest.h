@@ -120,6 +120,27 @@ __global__ void async_copy_read_before_wait(float* data) {
   if (early != data[4 * threadIdx.x]) ::fastrnn_simt::fail_here("read an asynchronous copy's destination before its wait");
 }
 
+// Prefetches across a barrier (allowed), then reads a neighbour's prefetched slot without the wait that
+// lands it.
+__global__ void prefetch_read_before_wait(float* data) {
+  FASTRNN_DYNAMIC_SHARED(shared);
+  float* tile = reinterpret_cast<float*>(shared);
+  fastrnn::cuda::prefetch_async<16>(tile + 4 * threadIdx.x, data + 4 * threadIdx.x);
+  __syncthreads();
+  const float early = tile[(4 * threadIdx.x + 4) % (4 * blockDim.x)];
+  fastrnn::cuda::wait_async_copies();
+  if (early != data[(4 * threadIdx.x + 4) % (4 * blockDim.x)])
+    ::fastrnn_simt::fail_here("read a prefetch's destination before its wait");
+}
+
+// Two copies in flight to one destination: which lands last is undefined.
+__global__ void two_copies_to_one_address(float* data) {
+  FASTRNN_DYNAMIC_SHARED(shared);
+  fastrnn::cuda::prefetch_async<16>(shared, data);
+  fastrnn::cuda::prefetch_async<16>(shared, data + 4);
+  fastrnn::cuda::wait_async_copies();
+}
+
 // A 16-byte copy from an address 8 bytes past a 16-byte boundary.
 __global__ void misaligned_async_copy(float* data) {
   FASTRNN_DYNAMIC_SHARED(shared);
@@ -156,6 +177,10 @@ inline bool run(const std::string& name) {
     launch({one, warp, 32 * 16}, async_copy_not_waited, data);
   } else if (name == "async_copy_read_before_wait") {
     launch({one, warp, 32 * 16}, async_copy_read_before_wait, data);
+  } else if (name == "prefetch_read_before_wait") {
+    launch({one, warp, 32 * 16}, prefetch_read_before_wait, data);
+  } else if (name == "two_copies_to_one_address") {
+    launch({one, warp, 16}, two_copies_to_one_address, data);
   } else if (name == "misaligned_async_copy") {
     launch({one, warp, 16}, misaligned_async_copy, data);
   } else if (name == "exchange_behind_grid_barrier") {

@@ -19,8 +19,9 @@
 //   - writes past either end of the dynamic shared memory (guard bytes, checked after the kernel; under
 //     AddressSanitizer the guards are poisoned, so reads are caught too);
 //   - dynamic shared memory and block sizes beyond the modelled device's limits;
-//   - asynchronous copies (cp.async) misaligned, or still in flight at a __syncthreads or at the kernel's
-//     end: the kernels wait for their own copies before the barrier that publishes them. A copy lands only
+//   - asynchronous copies (cp.async) misaligned, two in flight to one address, or still in flight at a
+//     __syncthreads (unless issued as a prefetch) or at the kernel's end: the kernels wait for their own
+//     copies before the barrier that publishes them. A copy lands only
 //     at its thread's wait; until then its destination holds the poison bytes (and is poisoned under
 //     AddressSanitizer), so a read that overtakes the wait is a NaN, or a report at the read.
 // Dynamic shared memory starts filled with 0xFF bytes (NaN in every floating-point type), so a kernel
@@ -220,6 +221,7 @@ struct CopyInFlight {
   size_t bytes;
   const char* file;
   int line;
+  bool prefetch;  // issued to fly across block barriers (a prefetch), landing at a later wait
 };
 
 struct ThreadState {
@@ -512,11 +514,12 @@ inline int width_base(int lane, int width) { return (lane / width) * width; }
 
 inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   ::fastrnn_simt::ThreadState& t = ::fastrnn_simt::self();
-  if (!t.copies.empty())
-    ::fastrnn_simt::fail_here("reached __syncthreads at " + ::fastrnn_simt::describe_site(file, line) + " with " +
-                              std::to_string(t.copies.size()) + " asynchronous copies in flight (the first issued at " +
-                              ::fastrnn_simt::describe_site(t.copies[0].file, t.copies[0].line) +
-                              "): wait for them (wait_async_copies) before the barrier that publishes them");
+  for (const ::fastrnn_simt::CopyInFlight& copy : t.copies)
+    if (!copy.prefetch)
+      ::fastrnn_simt::fail_here("reached __syncthreads at " + ::fastrnn_simt::describe_site(file, line) + " with " +
+                                std::to_string(t.copies.size()) + " asynchronous copies in flight (the first issued at " +
+                                ::fastrnn_simt::describe_site(copy.file, copy.line) +
+                                "): wait for them (wait_async_copies) before the barrier that publishes them");
   t.block->barrier.arrive_and_wait(*t.grid, t, "__syncthreads", file, line);
 }
 
@@ -525,7 +528,7 @@ namespace fastrnn_simt {
 // cp.async of 4, 8 or 16 bytes from global to shared memory: both addresses aligned to the size, the
 // destination inside the block's dynamic shared memory. It lands at the thread's next wait.
 inline void copy_async(void* destination, const void* source, size_t bytes, const char* file = __builtin_FILE(),
-                       int line = __builtin_LINE()) {
+                       int line = __builtin_LINE(), bool prefetch = false) {
   if (bytes != 4 && bytes != 8 && bytes != 16)
     fail_here("asynchronous copy of " + std::to_string(bytes) + " bytes at " + describe_site(file, line) +
               " (cp.async copies 4, 8 or 16)");
@@ -540,7 +543,11 @@ inline void copy_async(void* destination, const void* source, size_t bytes, cons
               std::to_string(b.shared_bytes) + " bytes (out of range)");
   std::memset(destination, kPoisonByte, bytes);
   FASTRNN_SIMT_POISON(destination, bytes);
-  self().copies.push_back({destination, source, bytes, file, line});
+  for (const CopyInFlight& copy : self().copies)
+    if (copy.destination == destination)
+      fail_here("asynchronous copy at " + describe_site(file, line) + " to a destination whose copy issued at " +
+                describe_site(copy.file, copy.line) + " has not landed (two copies in flight to one address)");
+  self().copies.push_back({destination, source, bytes, file, line, prefetch});
 }
 
 // cp.async.wait_all: every copy the calling thread issued has landed.
