@@ -270,19 +270,14 @@ def test_thread_sanitizer_reports_planted_race(name):
     assert "WARNING: ThreadSanitizer: data race" in done.stderr and "selftest.h" in done.stderr, done.stderr[-4000:]
 
 
-def test_address_sanitizer_reports_shared_memory_overflow_at_the_write():
+# AddressSanitizer reports each where it happens: a write past the shared memory (its guards are poisoned),
+# and a read of an asynchronous copy's or a prefetch's destination before the wait that lands it.
+@pytest.mark.parametrize("name", ["shared_overflow", "async_copy_read_before_wait", "prefetch_read_before_wait"])
+def test_address_sanitizer_reports_a_poisoned_access_where_it_happens(name):
     reason = simt_build.sanitizer_runtime_reason("address")
     if reason is not None:
         pytest.skip(reason)
-    done = simt_build.run_driver("address", "selftest", "shared_overflow", timeout=300)
-    assert "ERROR: AddressSanitizer: use-after-poison" in done.stderr and "selftest.h" in done.stderr, done.stderr[-4000:]
-
-
-def test_address_sanitizer_reports_a_read_of_an_asynchronous_copy_before_its_wait():
-    reason = simt_build.sanitizer_runtime_reason("address")
-    if reason is not None:
-        pytest.skip(reason)
-    done = simt_build.run_driver("address", "selftest", "async_copy_read_before_wait", timeout=300)
+    done = simt_build.run_driver("address", "selftest", name, timeout=300)
     assert "ERROR: AddressSanitizer: use-after-poison" in done.stderr and "selftest.h" in done.stderr, done.stderr[-4000:]
 
 
