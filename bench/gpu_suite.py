@@ -14,7 +14,8 @@ informative first, and each writes its results as soon as it ends, so a run cut 
     tests-triton  the same for backend "triton" (tests/test_triton.py)
     bench-*       python -m bench at DESIGN.md's anchor shapes (LSTM and GRU, B in {1, 16, 64},
                   H in {256, 1024}) at T = 64 and 256: ms, ratio to nn (cuDNN), and us per step from
-                  the two lengths, (ms(256) - ms(64)) / 192, which leaves out the per-call overhead
+                  the two lengths, (ms(256) - ms(64)) / 192, which leaves out the per-call overhead, beside
+                  the cost model's expected us per step for the cuda kernels (csrc/README.md)
     memcheck,     compute-sanitizer's memcheck and racecheck over the small-shape test of every CUDA kernel
     racecheck
 
@@ -313,9 +314,10 @@ class Suite:
             shutil.copyfile(path, self.out / ("bench" + path.suffix))
         return len(data["rows"])
 
-    def per_step_table(self) -> list[str]:
-        """Per (cell, dtype, B, H, mode, competitor): ms at the long length, ratio to nn, and us per step
-        from the two lengths."""
+    def per_step_table(self, describe=None) -> list[str]:
+        """Per (cell, dtype, B, H, mode, competitor): ms at the long length, ratio to nn, us per step from the
+        two lengths and, for the cuda kernels, what the cost model expected of that step (csrc/README.md), so
+        that the first run checks the model too. `describe`: describe_plan's stand-in, for tests."""
         timed = {}
         lengths = sorted({row["seq_len"] for row in self.rows})
         for row in self.rows:
@@ -324,17 +326,19 @@ class Suite:
         if len(lengths) < 2:
             return []
         short, long = lengths[0], lengths[-1]
-        lines = [f"per step from T = {short} and {long}: us/step = (ms(T={long}) - ms(T={short})) / {long - short}",
+        lines = [f"per step from T = {short} and {long}: us/step = (ms(T={long}) - ms(T={short})) / {long - short}; "
+                 "model: the cost model's expected us/step (cuda: forward, training forward + backward)",
                  f"{'cell':<5}{'dtype':<9}{'B':>4}{'H':>6} {'mode':<8}{'competitor':<16}{'ms@' + str(long):>9}"
-                 f"{'x nn':>7}{'us/step':>9}"]
+                 f"{'x nn':>7}{'us/step':>9}{'model':>7}"]
         for key in sorted({k[:6] for k in timed}):
             a, b = timed.get((*key, short)), timed.get((*key, long))
             if b is None:
                 continue
             slope = (b["ms"] - a["ms"]) * 1e3 / (long - short) if a else float("nan")
             ratio = f"{b['speedup_vs_nn']:.2f}" if b["speedup_vs_nn"] else "-"
+            model = expected_us_per_step(b, describe)
             lines.append(f"{key[0]:<5}{key[1]:<9}{key[2]:>4}{key[3]:>6} {key[4]:<8}{key[5]:<16}{b['ms']:>9.3f}"
-                         f"{ratio:>7}{slope:>9.2f}")
+                         f"{ratio:>7}{slope:>9.2f}{'-' if model is None else f'{model:.1f}':>7}")
         return lines
 
     def write_summary(self) -> None:
@@ -355,6 +359,36 @@ class Suite:
             lines += ["", *table]
         lines += ["", "files: " + ", ".join(OUTPUT_FILES)]
         (self.out / "summary.txt").write_text("\n".join(lines) + "\n")
+
+
+def expected_us_per_step(row: dict, describe=None) -> float | None:
+    """The cost model's us per step for a bench row of the cuda kernels (plan.h, shown by describe_plan): the
+    forward's, plus the backward's in training. None for other competitors, or where the plan cannot be had."""
+    if row.get("impl") != "fastrnn-cuda" or row.get("cell") not in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+        return None
+    import re
+
+    import torch
+
+    if describe is None:
+        try:
+            from fastrnn.backends.cuda import describe_plan as describe
+        except Exception:
+            return None
+    family = row["cell"].split("_")[0]
+    kernels = [f"{family}_forward"] + ([f"{family}_backward"] if row["mode"] == "train" else [])
+    total = 0.0
+    for kernel in kernels:
+        try:
+            text = describe(kernel, row["seq_len"], row["batch"], row["hidden"], row["hidden"], False,
+                            getattr(torch, row["dtype"]))
+        except Exception:
+            return None
+        found = re.search(r"expected ([\d.]+) us per step", text)
+        if found is None:
+            return None
+        total += float(found.group(1))
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,3 +52,25 @@ def test_dry_run_runs_every_stage_within_eight_files(tmp_path):
     assert len(sanitized) == 2 and min(sanitized) == 6, sanitized  # memcheck, racecheck: every kernel, TF32 too
     assert "rows merged into bench.json" in summary and "us/step" in summary
     assert (out / "bench.json").stat().st_size > 0 and (out / "bench.csv").read_text().startswith("case,")
+
+
+def test_the_per_step_table_sets_the_cost_model_beside_each_cuda_row(tmp_path):
+    """The first GPU run checks the cost model as it measures: a cuda row's "model" column is the plan's
+    expected us per step (forward; training forward + backward), other competitors show "-"."""
+    suite = gpu_suite.Suite(tmp_path, dry_run=True)
+    base = dict(cell="gru", dtype="bfloat16", batch=16, hidden=256, status="ok", speedup_vs_nn=1.5)
+    for impl in ("fastrnn-cuda", "nn"):
+        for mode in ("forward", "train"):
+            for seq_len, ms in ((64, 0.2), (256, 0.6)):
+                suite.rows.append(dict(base, impl=impl, mode=mode, seq_len=seq_len, ms=ms))
+    asked = []
+
+    def describe(kernel, steps, batch, hidden, state, projection, dtype):
+        asked.append((kernel, steps, batch, hidden, str(dtype)))
+        return f"persistent: ...; expected {1.5 if kernel.endswith('forward') else 2.0} us per step on an H100/H200 (...)"
+
+    table = suite.per_step_table(describe)
+    rows = {(line.split()[4], line.split()[5]): line.split()[-1] for line in table[2:]}
+    assert rows == {("forward", "fastrnn-cuda"): "1.5", ("train", "fastrnn-cuda"): "3.5", ("forward", "nn"): "-",
+                    ("train", "nn"): "-"}, table
+    assert ("gru_backward", 256, 16, 256, "torch.bfloat16") in asked and "model" in table[1]
