@@ -23,6 +23,19 @@ struct GruForwardParams : SingleStateForwardParams<T> {
 template <class T, Math M>
 __global__ void __launch_bounds__(kMaxThreads, 1) gru_forward_kernel(const __grid_constant__ GruForwardParams<T> p) {
   const int H = p.g.hidden;
+  // With the step's inputs on chip (plan.h's g.inputs) the CTA's units of b_hn are too, beside its own h:
+  // otherwise their load would be the epilogue's one trip to L2. The walk's first barrier publishes them.
+  FASTRNN_DYNAMIC_SHARED(shared);
+  const SharedTiles<T> smem{shared, p.g};
+  const int slice = assignment(p.g, 0).slice, per_cta = p.g.phase[0].slice;
+  const T* b_hn = p.b_hn;
+  int b_hn_first = 0;  // the unit b_hn[0] belongs to
+  if (p.g.persistent && p.g.inputs && p.b_hn && slice >= 0) {
+    b_hn_first = slice * per_cta;
+    for (int j = static_cast<int>(threadIdx.x); j < min_int(per_cta, H - b_hn_first); j += static_cast<int>(blockDim.x))
+      smem.own_b_hn()[j] = p.b_hn[b_hn_first + j];
+    b_hn = smem.own_b_hn();
+  }
   single_state_forward<T, M>(p, [&](const TileResult<Acc<T>>& acc, const StepSite& at, const StepInputs<T>& xp,
                                     T h_prev, bool runs) {
     T* saved = p.saved ? p.saved + at.tb * 4 * H + at.u : nullptr;
@@ -31,7 +44,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) gru_forward_kernel(const __gri
       return h_prev;
     }
     const int U = at.slice_units;
-    const Acc<T> hn = acc(at.i, 2 * U + at.j) + (p.b_hn ? to_acc(p.b_hn[at.u]) : Acc<T>(0));
+    const Acc<T> hn = acc(at.i, 2 * U + at.j) + (b_hn ? to_acc(b_hn[at.u - b_hn_first]) : Acc<T>(0));
     Acc<T> r, z, n, h;
     gru_cell_forward(xp(0), xp(1), xp(2), acc(at.i, at.j), acc(at.i, U + at.j), hn, to_acc(h_prev), r, z, n, h);
     if (saved) {

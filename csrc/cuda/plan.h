@@ -80,7 +80,7 @@ struct Geometry {
   size_t xp_offset;        // bytes: stage 0 of B x input_gates x slice elements; stage 1 follows
   size_t xp_stage_bytes;
   size_t lengths_offset;   // bytes: B int32
-  size_t own_offset;       // bytes: B x slice elements of h
+  size_t own_offset;       // bytes: B x slice elements of h (GRU: then the slice's b_hn)
   size_t cell_offset;      // bytes: B x slice accumulators of c (LSTM)
   int phase_begin, phase_end;  // the phases this launch runs
 };
@@ -236,7 +236,7 @@ inline void lay_out(Geometry& g, const PhaseSpec* specs, DType dtype, Math math,
     g.lengths_offset = offset;
     offset += align_bytes(rows * sizeof(int32_t));
     g.own_offset = offset;
-    offset += align_bytes(rows * slice * elem);
+    offset += align_bytes((rows + (input_gates == 3 ? 1 : 0)) * slice * elem);  // the GRU's b_hn after h
     if (input_gates == 4) {
       g.cell_offset = offset;
       offset += align_bytes(rows * slice * acc);

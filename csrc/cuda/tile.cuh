@@ -289,6 +289,7 @@ struct SharedTiles {
   __device__ T* xp(int stage) const { return reinterpret_cast<T*>(base + g.xp_offset + stage * g.xp_stage_bytes); }
   __device__ int32_t* lengths() const { return reinterpret_cast<int32_t*>(base + g.lengths_offset); }
   __device__ T* own() const { return reinterpret_cast<T*>(base + g.own_offset); }
+  __device__ T* own_b_hn() const { return own() + g.batch * g.phase[0].slice; }  // GRU: after the B rows of h
   __device__ Acc<T>* cell() const { return reinterpret_cast<Acc<T>*>(base + g.cell_offset); }
 };
 
