@@ -108,3 +108,24 @@ def test_launch_overrides():
 def test_strategy_from_the_environment(monkeypatch):
     monkeypatch.setenv(cuda_backend.STRATEGY_ENV, "persistent")
     assert cuda_backend._knobs(torch.float32)["strategy"] == 1
+
+
+def test_a_packed_batch_under_cuda_graph_capture_is_refused_with_the_reason(monkeypatch):
+    """The binding copies a packed batch's lengths from host memory each call, which a CUDA graph would replay
+    with the captured call's lengths: under capture the call says so instead of recording a wrong graph (here
+    the capture is simulated; a padded batch, no lengths, goes on to the kernels)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    xp, h0 = torch.zeros(3, 2, 12), torch.zeros(2, 4)
+    with pytest.raises(RuntimeError, match="packed .* cannot be captured in a CUDA graph"):
+        cuda_backend.gru_forward(xp, h0, torch.zeros(12, 4), None, torch.tensor([3, 2]), False)
+
+    class ReachedTheKernels(Exception):
+        pass
+
+    def kernels():
+        raise ReachedTheKernels
+
+    monkeypatch.setattr(cuda_backend, "_kernels", kernels)
+    with pytest.raises(ReachedTheKernels):
+        cuda_backend.gru_forward(xp, h0, torch.zeros(12, 4), None, None, False)
