@@ -286,7 +286,7 @@ class _RNNBase(nn.Module):
         input or state that is in any way wrong included, returns None and takes the general road (which gives
         the errors). The same cell step and weight packing as _run_one_step; measured on the CPU, the general
         road's own Python cost was several times the step's (80 us a call against 14 at H=64, B=1)."""
-        if self.num_layers != 1 or self.bidirectional or getattr(self, "proj_size", 0) or not input.is_contiguous():
+        if self.num_layers != 1 or self.bidirectional or not input.is_contiguous():
             return None
         batch_first = self.batch_first
         if input.shape[1 if batch_first else 0] != 1:
@@ -295,9 +295,8 @@ class _RNNBase(nn.Module):
         w_ih, w_hh = params.get("weight_ih_l0"), params.get("weight_hh_l0")
         if w_ih is None or w_hh is None or input.dtype != w_ih.dtype or input.device != w_ih.device:
             return None  # parametrized weights, or a mismatch for the general road to report
-        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() \
-                or _autocast_enabled(input.device.type) or _exporting_to_onnx():
-            return None
+        if torch.jit.is_tracing() or _autocast_enabled(input.device.type) or _exporting_to_onnx():
+            return None  # the general road's choices (torch's graph; autocast's dtype)
         batch, size, hidden = input.shape[0 if batch_first else 1], input.shape[2], self.hidden_size
         two = len(self._cell.states) == 2
         if hx is None:
@@ -312,10 +311,10 @@ class _RNNBase(nn.Module):
             for state in states:
                 if state.shape != (1, batch, hidden) or state.dtype != input.dtype or state.device != input.device:
                     return None
-        if size != self.input_size or input.dtype not in backends.auto.CPP_DTYPES:
+        if size != self.input_size:
             return None
         backend = self._backend_for(input.device, input)
-        if backend != "cpp":
+        if not self._steps_as_cell(backend, input.dtype, input):
             return None
         self.__dict__["last_backend"] = backend
         bias = self.bias

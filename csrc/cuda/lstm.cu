@@ -67,21 +67,15 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
   const Assignment owner = assignment(g, 0);
   const int U0 = g.phase[0].slice, first = (owner.slice < 0 ? 0 : owner.slice) * U0, owned = min_int(U0, H - first);
   const bool on_chip = g.persistent && g.inputs && owner.slice >= 0;
-  const int32_t* lengths = p.lengths;
-  auto prefetch_xp = [&](int s) {  // step s's xp rows of this CTA's units, into stage s & 1
-    prefetch_rows(smem.xp(s & 1), U0, p.xp + static_cast<int64_t>(forward_step(g, s)) * B * G + first, H, 4 * B, owned);
-  };
+  const InputsOnChip<T> inputs{g, smem, p.xp, p.lengths, first, owned};
+  const int32_t* lengths = on_chip ? inputs.lengths() : p.lengths;
   if (on_chip) {
-    int32_t* shared_lengths = smem.lengths();
-    if (p.lengths)
-      for (int b = static_cast<int>(threadIdx.x); b < B; b += static_cast<int>(blockDim.x)) shared_lengths[b] = p.lengths[b];
+    inputs.start();
     for (int index = static_cast<int>(threadIdx.x); index < B * owned; index += static_cast<int>(blockDim.x)) {
       const int b = index / owned, j = index % owned;
       smem.own()[b * U0 + j] = p.h0[static_cast<int64_t>(b) * R + first + j];
       smem.cell()[b * U0 + j] = to_acc(p.c0[static_cast<int64_t>(b) * H + first + j]);
     }
-    if (p.lengths) lengths = shared_lengths;
-    prefetch_xp(0);  // lands at the first step's staging wait, before its epilogue reads it
     __syncthreads();
   }
 
@@ -152,10 +146,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_forward_kernel(const __gr
         }
       };
       run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, hh_rows(mine.slice), runs_here, epilogue);
-      if (on_chip) {
-        wait_async_copies();  // a step whose tiles all had no work staged nothing, and so waited for nothing
-        if (s + 1 < g.steps) prefetch_xp(s + 1);
-      }
+      if (on_chip) inputs.after_step(s);
     } else {  // the projection onto state columns [q0, q0 + columns)
       const int Q = g.phase[1].slice, q0 = mine.slice * Q, columns = min_int(Q, R - q0);
       const RowSource<T> a_rows = rows_of(p.units, H, H);

@@ -85,19 +85,13 @@ __device__ void single_state_forward(const SingleStateForwardParams<T>& p, Cell 
   const int U = g.phase[0].slice, u0 = (mine.slice < 0 ? 0 : mine.slice) * U, units = min_int(U, H - u0);
   const int G = g.phase[0].gates;  // xp's columns per unit
   const bool on_chip = g.persistent && g.inputs && mine.slice >= 0;
-  const int32_t* lengths = p.lengths;
+  const InputsOnChip<T> inputs{g, smem, p.xp, p.lengths, u0, units};
+  const int32_t* lengths = on_chip ? inputs.lengths() : p.lengths;
   T* own = on_chip ? smem.own() : nullptr;
-  auto prefetch_xp = [&](int s) {  // step s's xp rows of this CTA's units, into stage s & 1
-    prefetch_rows(smem.xp(s & 1), U, p.xp + static_cast<int64_t>(forward_step(g, s)) * B * G * H + u0, H, B * G, units);
-  };
   if (on_chip) {
-    int32_t* shared_lengths = smem.lengths();
-    if (p.lengths)
-      for (int b = static_cast<int>(threadIdx.x); b < B; b += static_cast<int>(blockDim.x)) shared_lengths[b] = p.lengths[b];
+    inputs.start();
     for (int index = static_cast<int>(threadIdx.x); index < B * units; index += static_cast<int>(blockDim.x))
       own[index / units * U + index % units] = p.h0[static_cast<int64_t>(index / units) * H + u0 + index % units];
-    if (p.lengths) lengths = shared_lengths;
-    prefetch_xp(0);  // lands at the first step's staging wait, before its epilogue reads it
     __syncthreads();
   }
 
@@ -128,10 +122,7 @@ __device__ void single_state_forward(const SingleStateForwardParams<T>& p, Cell 
       }
     };
     run_phase<T, M>(g, smem, 0, mine.row_begin, mine.row_end, a_rows, hh_rows(mine.slice), runs_here, epilogue);
-    if (on_chip) {
-      wait_async_copies();  // a step whose tiles all had no work staged nothing, and so waited for nothing
-      if (s + 1 < g.steps) prefetch_xp(s + 1);
-    }
+    if (on_chip) inputs.after_step(s);
   }
 }
 

@@ -3,6 +3,8 @@
 // tile by row tile and hands the accumulators to a kernel's pointwise epilogue (see plan.h).
 #pragma once
 
+#include <type_traits>
+
 #include "plan.h"
 #include "platform.cuh"
 
@@ -204,22 +206,49 @@ struct RowSource {
 
   // The widest copy (16, 8 or 4 bytes; 0: none) that keeps every vector of a row aligned and inside one
   // of the two matrices and the reduction's k columns (the tile's rows are 16-byte aligned: plan.h).
-  __device__ int copy_bytes(int k) const {
-    for (int bytes = 16; bytes >= 4 && bytes >= static_cast<int>(sizeof(T)); bytes /= 2) {
-      const int e = bytes / static_cast<int>(sizeof(T));
-      const bool second_ok = split >= k || (ld_second % e == 0 && reinterpret_cast<uintptr_t>(second) % bytes == 0);
-      if (split % e == 0 && k % e == 0 && ld_first % e == 0 && reinterpret_cast<uintptr_t>(first) % bytes == 0 &&
-          second_ok)
-        return bytes;
-    }
-    return 0;
-  }
+  __device__ int copy_bytes(int k) const;
 };
 
 // The rows of one row-major matrix (leading dimension ld) as a phase's A over its first k columns.
 template <class T>
 __device__ RowSource<T> rows_of(const T* matrix, int64_t ld, int k) {
   return {matrix, ld, k, nullptr, 0};
+}
+
+// The widest copy (16, 8 or 4 bytes; 0: none) a staging of T elements may use: allows(bytes, e) says whether
+// copies of `bytes` bytes (e elements) keep every vector aligned and whole.
+template <class T, class Allows>
+__device__ int widest_copy(Allows allows) {
+  for (int bytes = 16; bytes >= 4 && bytes >= static_cast<int>(sizeof(T)); bytes /= 2)
+    if (allows(bytes, bytes / static_cast<int>(sizeof(T)))) return bytes;
+  return 0;
+}
+
+// Calls copy(std::integral_constant<int, Bytes>{}) for a width widest_copy chose, false for 0 (none).
+template <class T, class Copy>
+__device__ bool with_copy_width(int bytes, Copy copy) {
+  switch (bytes) {
+    case 16:
+      copy(std::integral_constant<int, 16>{});
+      return true;
+    case 8:
+      if constexpr (sizeof(T) <= 8) copy(std::integral_constant<int, 8>{});
+      return true;
+    case 4:
+      if constexpr (sizeof(T) <= 4) copy(std::integral_constant<int, 4>{});
+      return true;
+    default:
+      return false;
+  }
+}
+
+template <class T>
+__device__ int RowSource<T>::copy_bytes(int k) const {
+  return widest_copy<T>([&](int bytes, int e) {
+    const bool second_ok = split >= k || (ld_second % e == 0 && reinterpret_cast<uintptr_t>(second) % bytes == 0);
+    return split % e == 0 && k % e == 0 && ld_first % e == 0 && reinterpret_cast<uintptr_t>(first) % bytes == 0 &&
+           second_ok;
+  });
 }
 
 // Stages A rows [row, row + rows) x columns [k0, k0 + kc) into the tile (ld_a), zeros past the rows and
@@ -255,21 +284,14 @@ __device__ void stage_a_vectors(T* a, int ld_a, const RowSource<T>& src, int row
 template <class T>
 __device__ void stage_a(T* a, int ld_a, const RowSource<T>& src, int row, int rows, int row_tile, int k0, int kc,
                         int k) {
-  switch (src.copy_bytes(k)) {
-    case 16:
-      stage_a_vectors<T, 16>(a, ld_a, src, row, rows, row_tile, k0, kc, k);
-      break;
-    case 8:
-      if constexpr (sizeof(T) <= 8) stage_a_vectors<T, 8>(a, ld_a, src, row, rows, row_tile, k0, kc, k);
-      break;
-    case 4:
-      if constexpr (sizeof(T) <= 4) stage_a_vectors<T, 4>(a, ld_a, src, row, rows, row_tile, k0, kc, k);
-      break;
-    default:
-      for (int index = static_cast<int>(threadIdx.x); index < row_tile * kc; index += static_cast<int>(blockDim.x)) {
-        const int i = index / kc, column = k0 + index % kc;
-        a[i * ld_a + index % kc] = i < rows && column < k ? *src.at(row + i, column) : zero<T>();
-      }
+  const bool vectors = with_copy_width<T>(src.copy_bytes(k), [&](auto bytes) {
+    stage_a_vectors<T, decltype(bytes)::value>(a, ld_a, src, row, rows, row_tile, k0, kc, k);
+  });
+  if (!vectors) {
+    for (int index = static_cast<int>(threadIdx.x); index < row_tile * kc; index += static_cast<int>(blockDim.x)) {
+      const int i = index / kc, column = k0 + index % kc;
+      a[i * ld_a + index % kc] = i < rows && column < k ? *src.at(row + i, column) : zero<T>();
+    }
   }
   wait_async_copies();
 }
@@ -309,22 +331,51 @@ __device__ void prefetch_vectors(T* dst, int dst_ld, const T* src, int64_t ld, i
 
 template <class T>
 __device__ void prefetch_rows(T* dst, int dst_ld, const T* src, int64_t ld, int rows, int width) {
-  auto allows = [&](int bytes) {
-    const int e = bytes / static_cast<int>(sizeof(T));
-    return bytes >= static_cast<int>(sizeof(T)) && width % e == 0 && ld % e == 0 && dst_ld % e == 0 &&
-           reinterpret_cast<uintptr_t>(src) % bytes == 0 && reinterpret_cast<uintptr_t>(dst) % bytes == 0;
-  };
-  if (allows(16)) {
-    prefetch_vectors<T, 16>(dst, dst_ld, src, ld, rows, width);
-  } else if (allows(8)) {
-    if constexpr (sizeof(T) <= 8) prefetch_vectors<T, 8>(dst, dst_ld, src, ld, rows, width);
-  } else if (allows(4)) {
-    if constexpr (sizeof(T) <= 4) prefetch_vectors<T, 4>(dst, dst_ld, src, ld, rows, width);
-  } else {
+  const int bytes = widest_copy<T>([&](int b, int e) {
+    return width % e == 0 && ld % e == 0 && dst_ld % e == 0 && reinterpret_cast<uintptr_t>(src) % b == 0 &&
+           reinterpret_cast<uintptr_t>(dst) % b == 0;
+  });
+  const bool vectors = with_copy_width<T>(bytes, [&](auto width_bytes) {
+    prefetch_vectors<T, decltype(width_bytes)::value>(dst, dst_ld, src, ld, rows, width);
+  });
+  if (!vectors) {
     for (int index = static_cast<int>(threadIdx.x); index < rows * width; index += static_cast<int>(blockDim.x))
       dst[index / width * dst_ld + index % width] = src[index / width * ld + index % width];
   }
 }
+
+// A persistent forward whose plan keeps its step's pointwise inputs on chip (plan.h's g.inputs), for the
+// CTA owning units [first, first + owned): lengths() are where to read the lengths from (shared memory
+// after start(), which copies them there and sends step 0's xp on its way), prefetch(s) sends step s's xp
+// rows of those units into stage s & 1, and after_step(s) follows a step's epilogue: this thread's copies
+// have landed (a step whose tiles all had no work staged nothing, so waited for nothing), and step s + 1's
+// are on their way. The caller fills the CTA's own states and publishes all of it with a block barrier.
+template <class T>
+struct InputsOnChip {
+  const Geometry& g;
+  const SharedTiles<T>& smem;
+  const T* xp;  // [T, B, input_gates * H]
+  const int32_t* global_lengths;
+  int first, owned;
+
+  __device__ void start() const {
+    int32_t* shared = smem.lengths();
+    if (global_lengths)
+      for (int b = static_cast<int>(threadIdx.x); b < g.batch; b += static_cast<int>(blockDim.x))
+        shared[b] = global_lengths[b];
+    prefetch(0);
+  }
+  __device__ const int32_t* lengths() const { return global_lengths ? smem.lengths() : nullptr; }
+  __device__ void prefetch(int s) const {
+    const int64_t row = static_cast<int64_t>(g.hidden), rows = static_cast<int64_t>(g.batch) * g.input_gates;
+    prefetch_rows(smem.xp(s & 1), g.phase[0].slice, xp + forward_step(g, s) * rows * row + first, row,
+                  static_cast<int>(rows), owned);
+  }
+  __device__ void after_step(int s) const {
+    wait_async_copies();
+    if (s + 1 < g.steps) prefetch(s + 1);
+  }
+};
 
 // Fills W's slice for phase kind `kind`, columns [k0, k0 + columns) of the reduction, into shared
 // memory: load_w(n, k) gives the slice's row n (zero past the slice), zero past k. Consecutive threads
