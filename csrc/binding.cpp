@@ -974,13 +974,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "dc_prev)", py::arg("mode"), py::arg("dh"), py::arg("dc"), py::arg("h"), py::arg("c"), py::arg("h_new"),
         py::arg("c_new"), py::arg("saved"));
   m.def("cpu_instruction_set", [] { return std::string(cpu::instruction_set()); },
-        "The instruction set the CPU kernels run on now");
+        "The instruction set the CPU kernels run on now: 'auto' (the default; see csrc/cpu/dispatch.cpp) or "
+        "the variant chosen with set_cpu_instruction_set");
   m.def("cpu_supported_instruction_sets", [] { return std::string(cpu::supported_instruction_sets()); },
         "The instruction sets this CPU and build support, best first, comma-separated");
   m.def("cpu_set_poison_outputs", [](bool on) { poison_cpu_outputs = on; },
         "Fill the CPU kernels' outputs with NaN before each call (a test aid: unwritten elements then show)");
   m.def("set_cpu_instruction_set", &set_cpu_instruction_set,
-        "Run the CPU kernels on the named instruction set (one of cpu_supported_instruction_sets())");
+        "Run the CPU kernels on the named instruction set (one of cpu_supported_instruction_sets()), or "
+        "'auto' to let each call choose");
 #endif
 #if defined(FASTRNN_WITH_CUDA) || defined(FASTRNN_SIMT_EMULATION)
   fastrnn_cuda_ops::define(m);

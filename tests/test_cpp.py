@@ -17,7 +17,7 @@ from torch import nn
 from fastrnn import _ext, functional
 from fastrnn.backends import reference, unavailable_reason
 
-from conftest import compare, detached, make_pair, random_inputs, rel_error, run
+from conftest import CPU_INSTRUCTION_SETS, compare, detached, make_pair, random_inputs, rel_error, run
 
 REASON = unavailable_reason("cpp", "cpu") or _ext.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpp backend unavailable: {REASON}")
@@ -212,6 +212,27 @@ def test_bad_shapes_and_lengths_are_refused_with_clear_errors():
     gru_xp, gru_h0, gru_w, b_hn, _, _ = _gru_args(4, 3, 5, True, None, False, seed=0)
     with pytest.raises(RuntimeError, match=r"b_hn must have shape \[5\], got \[4\]"):
         cpp.gru_forward(gru_xp, gru_h0, gru_w, b_hn[:4].contiguous(), None, False)
+
+
+@pytest.mark.skipif("avx512_bf16" not in CPU_INSTRUCTION_SETS, reason="this CPU has no AVX512_BF16")
+@pytest.mark.parametrize("batch, hidden", [(1, 40), (16, 40), (1, 300)])
+def test_auto_runs_bfloat16_on_one_of_the_variants(batch, hidden):
+    """'auto' is the default, and a bfloat16 layer call under it runs exactly what one of the two AVX-512
+    variants computes (which one, a model fed by this core's measured rates decides per shape)."""
+    kernels = _ext.extension()
+    assert kernels.cpu_instruction_set() == "auto"
+    args = [a.bfloat16() if isinstance(a, torch.Tensor) else a
+            for a in _gru_args(6, batch, hidden, True, None, False, seed=21)]
+    by_variant = {}
+    try:
+        for isa in ("avx512_bf16", "avx512"):
+            kernels.set_cpu_instruction_set(isa)
+            by_variant[isa] = cpp.gru_forward(*args)[0]
+    finally:
+        kernels.set_cpu_instruction_set("auto")
+    assert not torch.equal(by_variant["avx512_bf16"], by_variant["avx512"])  # they do compute differently
+    y = cpp.gru_forward(*args)[0]
+    assert any(torch.equal(y, other) for other in by_variant.values())
 
 
 def test_unknown_instruction_set_is_refused():

@@ -58,3 +58,27 @@ def test_the_check_sees_avx512_where_it_is(tmp_path):
     disassembly = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(obj)], capture_output=True, text=True,
                                  check=True).stdout
     assert re.search(FORBIDDEN["isa_avx2.cpp"], disassembly)
+
+
+def test_pair_products_appear_only_in_the_avx512_bf16_variant():
+    """vdpbf16ps (AVX512_BF16) is in the built extension, inside the avx512_bf16 variant's functions and
+    nowhere else: the dispatcher reaches that variant only on a CPU that has the instruction."""
+    from fastrnn import _ext
+
+    if _ext.unavailable_reason():
+        pytest.skip(_ext.unavailable_reason())
+    disassembly = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", _ext.extension().__file__],
+                                 capture_output=True, text=True, check=True, timeout=300).stdout
+    function, using = "", set()
+    for line in disassembly.splitlines():
+        header = re.match(r"[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            function = header.group(1)
+        elif "vdpbf16ps" in line:
+            using.add(function)
+    assert using, "no vdpbf16ps in the extension: the avx512_bf16 variant's GEMMs do not use the pair products"
+    # gemm.h's helpers have internal linkage outside the variant's namespace; its bfloat16-panel overload
+    # of accumulate exists only where FASTRNN_BF16_DOT is defined, in the avx512_bf16 translation unit.
+    pair_accumulate = re.compile(r"accumulate<.*bfloat16 const\*, long, long, fastrnn::cpu::bfloat16 const\*")
+    outside = sorted(f for f in using if "avx512_bf16::" not in f and not pair_accumulate.search(f))
+    assert not outside, f"vdpbf16ps outside the avx512_bf16 variant: {outside[:3]}"

@@ -18,16 +18,29 @@ import pytest
 from fastrnn import _build
 
 DRIVER = Path(__file__).parent / "support" / "cpu_kernels_driver.cpp"
+ADDRESS = ["-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 SANITIZERS = {
     "thread": ["-O1", "-fsanitize=thread"],
-    "address,undefined": ["-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"],
+    "address,undefined": ADDRESS,
+    # the bfloat16 kernels' vdpbf16ps GEMMs (pair-packed panels, odd depths): AVX512_BF16 CPUs only
+    "address,undefined,pair-products": [*ADDRESS, "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+                                        "-mavx512bf16", "-DFASTRNN_BF16_DOT"],
 }
+
+
+def _cpu_flags():
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler")
 
 
 @pytest.mark.parametrize("sanitizer", sorted(SANITIZERS))
 def test_kernels_run_clean_under_the_sanitizer(sanitizer, tmp_path):
+    if sanitizer.endswith("pair-products") and "avx512_bf16" not in _cpu_flags():
+        pytest.skip("this CPU has no AVX512_BF16 to run the pair products on")
     binary = tmp_path / "driver"
     build = subprocess.run(["c++", "-std=c++17", "-g", "-ffp-contract=fast", "-pthread", *SANITIZERS[sanitizer],
                             "-I", _build.CSRC, str(DRIVER), str(Path(_build.CSRC) / "cpu" / "parallel.cpp"),

@@ -195,11 +195,12 @@ struct CellBackward {
 
 FASTRNN_CPU_ALL_ENTRY_POINTS
 
-// "avx512", "avx2" or "generic": what the kernels run on now.
+// "auto" (the default: the widest variant, and for bfloat16 layer calls avx512_bf16 where it pays, see
+// dispatch.cpp), or the variant chosen with set_instruction_set: "avx512_bf16", "avx512", "avx2", "generic".
 const char* instruction_set();
 // The instruction sets this CPU and this build can run, best first, comma-separated.
 const char* supported_instruction_sets();
-// Chooses one of supported_instruction_sets(); false (and no change) if it is not one of them.
+// Chooses "auto" or one of supported_instruction_sets(); false (and no change) if it is neither.
 bool set_instruction_set(const char* name);
 
 // --- shared by the instruction-set variants (isa_*.cpp) and dispatch.cpp --------------------------

@@ -49,7 +49,7 @@ struct CellKernels {
 
     void lstm(Range units) {
       const int64_t B = a.batch, I = a.input, H = a.hidden;
-      const PanelGeometry<N> ih{I, 4}, hh{H, 4};
+      const PanelGeometry<N, T> ih{I, 4}, hh{H, 4};
       for (int64_t block = units.begin; block < units.end; ++block) {
         const int64_t u0 = block * N;
         const int width = block_width<N>(H, u0);
@@ -83,7 +83,7 @@ struct CellKernels {
 
     void gru(Range units) {
       const int64_t B = a.batch, I = a.input, H = a.hidden;
-      const PanelGeometry<N> ih{I, 3}, hh{H, 3};
+      const PanelGeometry<N, T> ih{I, 3}, hh{H, 3};
       for (int64_t block = units.begin; block < units.end; ++block) {
         const int64_t u0 = block * N;
         const int width = block_width<N>(H, u0);
@@ -118,7 +118,7 @@ struct CellKernels {
 
     void elman(Range units, bool relu) {
       const int64_t B = a.batch, I = a.input, H = a.hidden;
-      const PanelGeometry<N> ih{I, 1}, hh{H, 1};
+      const PanelGeometry<N, T> ih{I, 1}, hh{H, 1};
       for_block_groups(units.begin, units.end, [&](auto group, int64_t first) {
         constexpr int NP = decltype(group)::value;
         V b[NP];  // b_ih + b_hh of the group's units, once for all its row tiles

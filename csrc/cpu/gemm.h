@@ -11,7 +11,12 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <utility>
+
+#if defined(FASTRNN_BF16_DOT)
+#include <immintrin.h>
+#endif
 
 #include "simd.h"
 
@@ -26,6 +31,38 @@ template <int N>
 FASTRNN_HD int block_width(int64_t columns, int64_t first) {
   return static_cast<int>(columns - first < N ? columns - first : N);
 }
+
+// The element type the step GEMMs read for storage S (their weight panels and left-hand rows): the
+// compute type, except bfloat16 where the variant has AVX512_BF16 (FASTRNN_BF16_DOT): vdpbf16ps multiplies
+// bfloat16 pairs into float32 sums, twice the multiply-adds of an fp32 FMA per instruction from half the
+// bytes. (The GEMM's inputs are then rounded to bfloat16 as the storage already is; sums and the cell
+// state stay float32.)
+template <class S>
+struct GemmOf {
+  using type = typename ComputeOf<S>::type;
+};
+#if defined(FASTRNN_BF16_DOT)
+template <>
+struct GemmOf<bfloat16> {
+  using type = bfloat16;
+};
+#endif
+
+// Where block `block` of a packing of P elements starts, and the strides inside it. bfloat16 panels hold
+// k in pairs, (k, k + 1) side by side in each lane, as vdpbf16ps reads them (an odd depth is padded
+// with a zero k): one step of the GEMM's k loop is then a pair.
+template <int N, class P>
+struct PanelGeometry {
+  static constexpr int kPair = std::is_same_v<P, bfloat16> ? 2 : 1;
+  int64_t depth;
+  int64_t gates;
+  FASTRNN_HD int64_t padded_depth() const { return ceil_div(depth, kPair) * kPair; }
+  FASTRNN_HD int64_t block_offset(int64_t block) const { return block * padded_depth() * gates * N; }
+  FASTRNN_HD int64_t k_stride() const { return gates * N * kPair; }  // one k (or pair) to the next
+  FASTRNN_HD int64_t gate_stride() const { return N * kPair; }       // one gate to the next in a block
+  FASTRNN_HD int64_t k_offset(int64_t k) const { return k / kPair * k_stride(); }  // k: a multiple of kPair
+  FASTRNN_HD int64_t size(int64_t blocks) const { return block_offset(blocks); }
+};
 
 // Interleaves the lanes of a and b, [a0, b0, a1, b1, ...]: from their first halves (OFFSET 0) or their
 // second halves (OFFSET N / 2).
@@ -57,6 +94,58 @@ FASTRNN_HD void transpose(Vec<T, N> (&v)[N]) {
   }
 }
 
+// pack_panels for bfloat16 panels (PanelGeometry's pair layout) of a bfloat16 source:
+//     packed[block][k / 2][gate][lane][k % 2] = B(k, gate * units + block * N + lane)    (0 past either edge)
+// Where B's columns are the source's rows (k_stride 1) each lane's pairs are one 32-bit word of its row,
+// so N rows of N words are transposed in registers as floats (the bits move, nothing is converted);
+// where they are its columns (c_stride 1) two rows' N values are interleaved as 32-bit words.
+template <int N>
+void pack_pair_panels(bfloat16* packed, const bfloat16* src, int64_t k_stride, int64_t c_stride, int64_t depth,
+                      int64_t gates, int64_t units) {
+  using Words = Vec<float, N>;  // N bfloat16 pairs, moved as float bit patterns
+  // N pairs as a row holds them: 2-byte aligned only where the row length is odd.
+  typedef float RowWords __attribute__((vector_size(4 * N), aligned(2), may_alias));
+  using Narrow = typename Bfloat16Lanes<N>::narrow;
+  using Wide = typename Bfloat16Lanes<N>::wide;
+  const PanelGeometry<N, bfloat16> panels{depth, gates};
+  const int64_t blocks = ceil_div(units, N), pairs = panels.padded_depth() / 2, whole_pairs = depth / 2;
+  auto at = [&](int64_t k, int64_t column) {
+    return k < depth ? src[k * k_stride + column * c_stride] : bfloat16{0};
+  };
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int live = block_width<N>(units, block * N);
+    for (int64_t gate = 0; gate < gates; ++gate) {
+      const int64_t column0 = gate * units + block * N;
+      bfloat16* out = packed + panels.block_offset(block) + gate * panels.gate_stride();
+      int64_t pair = 0;
+      if (k_stride == 1 && live == N) {
+        for (; pair + N <= whole_pairs; pair += N) {
+          Words tile[N];
+#pragma GCC unroll 16
+          for (int lane = 0; lane < N; ++lane)
+            tile[lane] = Words::of(*reinterpret_cast<const RowWords*>(src + (column0 + lane) * c_stride + 2 * pair));
+          transpose(tile);
+#pragma GCC unroll 16
+          for (int p = 0; p < N; ++p) tile[p].store(reinterpret_cast<float*>(out + (pair + p) * panels.k_stride()));
+        }
+      } else if (c_stride == 1 && live == N) {
+        for (; pair < whole_pairs; ++pair) {
+          const bfloat16* even = src + 2 * pair * k_stride + column0;
+          const Wide low = __builtin_convertvector(*reinterpret_cast<const Narrow*>(even), Wide);
+          const Wide high = __builtin_convertvector(*reinterpret_cast<const Narrow*>(even + k_stride), Wide);
+          Words::of((typename Words::native)(low | (high << 16)))
+              .store(reinterpret_cast<float*>(out + pair * panels.k_stride()));
+        }
+      }
+      for (; pair < pairs; ++pair)
+        for (int lane = 0; lane < N; ++lane)
+          for (int half = 0; half < 2; ++half)
+            out[pair * panels.k_stride() + 2 * lane + half] =
+                lane < live ? at(2 * pair + half, column0 + lane) : bfloat16{0};
+    }
+  }
+}
+
 // B(k, c) = src[k * k_stride + c * c_stride], c in [0, gates * units), converted from the storage type S
 // to the compute type T. Packing runs on every call, so it is written for bandwidth: where B's columns are
 // the source's rows (k_stride 1: the forward's W_hh^T) N rows are read along k and transposed in registers,
@@ -64,6 +153,10 @@ FASTRNN_HD void transpose(Vec<T, N> (&v)[N]) {
 template <class T, int N, class S>
 void pack_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
                  int64_t units) {
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    pack_pair_panels<N>(packed, src, k_stride, c_stride, depth, gates, units);
+    return;
+  } else {
   using V = Vec<T, N>;
   const int64_t blocks = ceil_div(units, N), out_k = gates * N;
   for (int64_t block = 0; block < blocks; ++block) {
@@ -90,16 +183,8 @@ void pack_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, in
           out[k * out_k + lane] = lane < live ? T(to_compute(first[k * k_stride + lane * c_stride])) : T(0);
     }
   }
+  }
 }
-
-// Where block `block` of a packing starts, and the stride from one k to the next inside it.
-template <int N>
-struct PanelGeometry {
-  int64_t depth;
-  int64_t gates;
-  FASTRNN_HD int64_t block_offset(int64_t block) const { return block * depth * gates * N; }
-  FASTRNN_HD int64_t k_stride() const { return gates * N; }
-};
 
 // acc[m][q] += sum_k a[m * lda + k] * panel[k * k_stride + q * q_stride .. + N]
 // for MR rows of `a` and NP vectors of columns.
@@ -133,6 +218,42 @@ __attribute__((noinline)) void accumulate(Vec<T, N> (&acc)[MR][NP], const T* a, 
 #pragma GCC unroll 8
     for (int q = 0; q < NP; ++q) acc[m][q] = sum[m][q];
 }
+
+#if defined(FASTRNN_BF16_DOT)
+// accumulate for bfloat16 rows of `a` and a bfloat16 pair panel (k_stride: one pair to the next):
+// vdpbf16ps adds a[k] B(k) + a[k + 1] B(k + 1) into each float32 lane; an odd depth's last k is paired
+// with a zero (the panel holds a zero there too).
+template <int MR, int NP, int N>
+__attribute__((noinline)) void accumulate(Vec<float, N> (&acc)[MR][NP], const bfloat16* a, int64_t lda,
+                                          int64_t depth, const bfloat16* panel, int64_t k_stride, int64_t q_stride) {
+  static_assert(N == 16, "vdpbf16ps on 512-bit vectors");
+  typedef uint32_t pair_bits __attribute__((aligned(2), may_alias));
+  __m512 sum[MR][NP];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q) sum[m][q] = acc[m][q].v;
+  const int64_t pairs = depth / 2;
+  auto step = [&](int64_t pair, auto a_pair) {
+    __m512bh b[NP];
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q) b[q] = (__m512bh)_mm512_loadu_si512(panel + pair * k_stride + q * q_stride);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m512bh am = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_pair(m)));
+#pragma GCC unroll 8
+      for (int q = 0; q < NP; ++q) sum[m][q] = _mm512_dpbf16_ps(sum[m][q], am, b[q]);
+    }
+  };
+  for (int64_t pair = 0; pair < pairs; ++pair)
+    step(pair, [&](int m) { return *reinterpret_cast<const pair_bits*>(a + m * lda + 2 * pair); });
+  if (depth % 2) step(pairs, [&](int m) { return static_cast<uint32_t>(a[m * lda + depth - 1].bits); });
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; ++q) acc[m][q].v = sum[m][q];
+}
+#endif
 
 template <int MR, int NP, class T, int N>
 FASTRNN_HD void zero(Vec<T, N> (&acc)[MR][NP]) {
@@ -187,10 +308,10 @@ FASTRNN_HD void for_block_groups(int64_t first, int64_t last, F&& f) {
 // out[r * columns + c] = sum_k a[r * depth + k] B(k, c) for rows [0, rows) and the column blocks [first, last)
 // of a plain panel packing of B (gates 1, `columns` columns, depth `depth`): the backward's carry of a step's
 // gate gradients into the previous step's hidden gradient, each thread over its own state columns.
-template <int REGISTERS, class T, int N>
-void store_product(T* out, int64_t columns, int64_t rows, int64_t first, int64_t last, const T* a, int64_t depth,
-                   const T* packed) {
-  const PanelGeometry<N> panels{depth, 1};
+template <int REGISTERS, int N, class T, class P>
+void store_product(T* out, int64_t columns, int64_t rows, int64_t first, int64_t last, const P* a, int64_t depth,
+                   const P* packed) {
+  const PanelGeometry<N, P> panels{depth, 1};
   for_block_groups(first, last, [&](auto group, int64_t block) {
     constexpr int NP = decltype(group)::value;
     for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {

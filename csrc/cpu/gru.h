@@ -12,27 +12,28 @@ namespace {
 template <class S, int N, int REGISTERS>
 struct GruKernels {
   using T = typename ComputeOf<S>::type;
+  using GemmT = typename GemmOf<S>::type;  // what the GEMMs read (gemm.h)
   using V = Vec<T, N>;
-  static constexpr bool kStoredAsComputed = std::is_same_v<S, T>;
+  static constexpr bool kGemmReadsStorage = std::is_same_v<S, GemmT>;
   static constexpr int kGateRows = rows_per_tile(REGISTERS, 3);
 
   struct Forward {
     const GruForward<S>& a;
-    const T* w_packed;  // W_hh^T, r, z, n interleaved per unit block (depth H)
-    T* h_buffers[2];
+    const GemmT* w_packed;  // W_hh^T, r, z, n interleaved per unit block (depth H)
+    GemmT* h_buffers[2];
     Barrier barrier;
 
     void run(int thread, int threads) {
       const Shape& s = a.shape;
       const int64_t H = s.hidden, B = s.batch, G = 3 * H;
       const Range my_units = share(ceil_div(H, N), thread, threads);
-      const PanelGeometry<N> panels{H, 3};
+      const PanelGeometry<N, GemmT> panels{H, 3};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;
-        const T* h_in = h_buffers[parity];
-        T* h_out = h_buffers[parity ^ 1];
+        const GemmT* h_in = h_buffers[parity];
+        GemmT* h_out = h_buffers[parity ^ 1];
         const S* xp = a.xp + t * B * G;
         S* saved = a.saved ? a.saved + t * B * 4 * H : nullptr;  // null: an inference call keeps nothing
         S* y = a.y + t * B * H;
@@ -46,7 +47,8 @@ struct GruKernels {
               for (int q = 0; q < 3; ++q) __builtin_prefetch(xp + (r0 + m) * G + q * H + u0);
             V acc[MR][3];
             zero(acc);
-            accumulate(acc, h_in + r0 * H, H, H, w_packed + panels.block_offset(block), panels.k_stride(), N);
+            accumulate(acc, h_in + r0 * H, H, H, w_packed + panels.block_offset(block), panels.k_stride(),
+                       panels.gate_stride());
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m) {
               const int64_t b = r0 + m;
@@ -76,9 +78,9 @@ struct GruKernels {
   static void forward(const GruForward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
-    Scratch<T> w_packed(ceil_div(H, N) * H * 3 * N);
-    pack_panels<T, N>(w_packed.get(), a.w_hh, 1, H, H, 3, H);
-    Scratch<T> h_buffers(2 * B * H);
+    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{H, 3}.size(ceil_div(H, N)));
+    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, 1, H, H, 3, H);
+    Scratch<GemmT> h_buffers(2 * B * H);
     convert(h_buffers.get(), a.h0, B * H);
     convert(h_buffers.get() + B * H, a.h0, B * H);
     Forward job{a, w_packed.get(), {h_buffers.get(), h_buffers.get() + B * H}, {}};
@@ -88,26 +90,26 @@ struct GruKernels {
 
   struct Backward {
     const GruBackward<S>& a;
-    const T* w_packed;  // W_hh in column panels over its H columns (depth 3H)
+    const GemmT* w_packed;  // W_hh in column panels over its H columns (depth 3H)
     T* dh;              // [B, H] the carried hidden gradient
-    // [2][B, 2H] and [2][B, H]: this step's (d_r, d_z) and d_hn in T for the carry GEMM, or null: read
+    // [2][B, 2H] and [2][B, H]: this step's (d_r, d_z) and d_hn in GemmT for the carry GEMM, or null: read
     // from a.dxp, a.dhn. Two buffers each: a thread may start the next step's phase A while another
     // still reads this step's in phase B.
-    T* d_rz_steps;
-    T* d_hn_steps;
+    GemmT* d_rz_steps;
+    GemmT* d_hn_steps;
     Barrier barrier;
 
     void run(int thread, int threads) {
       const Shape& s = a.shape;
       const int64_t H = s.hidden, B = s.batch;
       const Range mine = share(ceil_div(H, N), thread, threads);  // units and state columns alike
-      const PanelGeometry<N> panels{3 * H, 1};
+      const PanelGeometry<N, GemmT> panels{3 * H, 1};
       int parity = 0;
       for (int64_t step = s.steps - 1; step >= 0; --step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;
-        T* d_rz_step = d_rz_steps ? d_rz_steps + parity * B * 2 * H : nullptr;
-        T* d_hn_step = d_hn_steps ? d_hn_steps + parity * B * H : nullptr;
+        GemmT* d_rz_step = d_rz_steps ? d_rz_steps + parity * B * 2 * H : nullptr;
+        GemmT* d_hn_step = d_hn_steps ? d_hn_steps + parity * B * H : nullptr;
         parity ^= 1;
         S* dxp = a.dxp + t * B * 3 * H;
         S* dhn = a.dhn + t * B * H;
@@ -138,21 +140,21 @@ struct GruKernels {
         }
         barrier_wait(&barrier, threads);
         // Phase B: dh_{t-1} = dh * z + (d_r, d_z) W_h{r,z} + d_hn W_hn, for the own columns.
-        const T* d_rz = d_rz_step;
-        const T* d_hn = d_hn_step;
+        const GemmT* d_rz = d_rz_step;
+        const GemmT* d_hn = d_hn_step;
         int64_t rz_stride = 2 * H;
-        if constexpr (kStoredAsComputed) {
+        if constexpr (kGemmReadsStorage) {
           if (!d_rz) d_rz = dxp, d_hn = dhn, rz_stride = 3 * H;
         }
         for_block_groups(mine.begin, mine.end, [&](auto group, int64_t first) {
           constexpr int NP = decltype(group)::value;
-          const T* panel = w_packed + panels.block_offset(first);
+          const GemmT* panel = w_packed + panels.block_offset(first);
           for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
             V acc[MR][NP];
             zero(acc);
             accumulate(acc, d_rz + r0 * rz_stride, rz_stride, 2 * H, panel, panels.k_stride(), panels.block_offset(1));
-            accumulate(acc, d_hn + r0 * H, H, H, panel + 2 * H * panels.k_stride(), panels.k_stride(),
+            accumulate(acc, d_hn + r0 * H, H, H, panel + panels.k_offset(2 * H), panels.k_stride(),
                        panels.block_offset(1));
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m)
@@ -172,14 +174,14 @@ struct GruKernels {
   static void backward(const GruBackward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
-    Scratch<T> w_packed(ceil_div(H, N) * 3 * H * N);
-    pack_panels<T, N>(w_packed.get(), a.w_hh, H, 1, 3 * H, 1, H);
+    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{3 * H, 1}.size(ceil_div(H, N)));
+    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, H, 1, 3 * H, 1, H);
     Scratch<T> dh(B * H);
     convert(dh.get(), a.dh_n, B * H);
-    // Low-precision storage: the carry GEMM reads T copies of what is stored rounded.
-    Scratch<T> d_rz(kStoredAsComputed ? 0 : 2 * B * 2 * H), d_hn(kStoredAsComputed ? 0 : 2 * B * H);
-    Backward job{a, w_packed.get(), dh.get(), kStoredAsComputed ? nullptr : d_rz.get(),
-                 kStoredAsComputed ? nullptr : d_hn.get(), {}};
+    // Storage the carry GEMM cannot read (bfloat16 without the pair products): it reads GemmT copies of it.
+    Scratch<GemmT> d_rz(kGemmReadsStorage ? 0 : 2 * B * 2 * H), d_hn(kGemmReadsStorage ? 0 : 2 * B * H);
+    Backward job{a, w_packed.get(), dh.get(), kGemmReadsStorage ? nullptr : d_rz.get(),
+                 kGemmReadsStorage ? nullptr : d_hn.get(), {}};
     run_job(job, choose_threads(s, B * 3 * H * H, ceil_div(H, N)));
     convert(a.dh0, dh.get(), B * H);
   }

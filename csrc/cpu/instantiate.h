@@ -1,7 +1,8 @@
 // The body of every isa_*.cpp: the LSTM, GRU and Elman kernels and the cells for one instruction set,
 // as extern entry points in namespace fastrnn::cpu::FASTRNN_ISA. The including file sets FASTRNN_ISA (a name),
 // FASTRNN_VECTOR_BYTES (the vector width) and FASTRNN_REGISTERS (vector registers), after selecting
-// the instruction set with a target pragma before any include.
+// the instruction set with a target pragma before any include; optionally FASTRNN_BF16_DOT (the GEMMs
+// multiply bfloat16 pairs, gemm.h) and FASTRNN_ONLY_BFLOAT16 (build the bfloat16 entry points only).
 #include "cell_step.h"
 #include "gru.h"
 #include "lstm.h"
@@ -32,8 +33,10 @@ using Cell = CellKernels<S, FASTRNN_VECTOR_BYTES / sizeof(typename ComputeOf<S>:
   bool cell_forward(const CellForward<S>& args) { return Cell<S>::forward(args); } \
   void cell_backward(const CellBackward<S>& args) { Cell<S>::backward(args); }
 
+#if !defined(FASTRNN_ONLY_BFLOAT16)  // a variant that changes only the bfloat16 kernels builds only those
 FASTRNN_INSTANTIATE(float)
 FASTRNN_INSTANTIATE(double)
+#endif
 FASTRNN_INSTANTIATE(bfloat16)
 
 int vector_bytes() { return FASTRNN_VECTOR_BYTES; }

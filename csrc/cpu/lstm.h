@@ -13,8 +13,9 @@
 // step's hidden gradient, dG_t W_hh, for the thread's own state columns. The next phase A reads only its
 // own columns, so one barrier per step suffices (two with proj_size, whose dh W_hr needs every column).
 //
-// Everything a GEMM reads (weights, h, the carried gradients) is kept in T; what is stored for the
-// caller is rounded to S only on the way out.
+// Everything a GEMM reads (weights, h, the carried gradients) is kept in GemmT = GemmOf<S> (T, or bfloat16
+// pairs where the variant multiplies them, gemm.h); the cell state and the carried gradients' sums stay
+// in T, and what is stored for the caller is rounded to S only on the way out.
 #pragma once
 
 #include "common.h"
@@ -26,18 +27,19 @@ namespace {
 template <class S, int N, int REGISTERS>
 struct LstmKernels {
   using T = typename ComputeOf<S>::type;
+  using GemmT = typename GemmOf<S>::type;
   using V = Vec<T, N>;
-  static constexpr bool kStoredAsComputed = std::is_same_v<S, T>;
+  static constexpr bool kGemmReadsStorage = std::is_same_v<S, GemmT>;
   static constexpr int kGateRows = rows_per_tile(REGISTERS, 4);
 
   // --- forward ---------------------------------------------------------------------------------
 
   struct Forward {
     const LstmForward<S>& a;
-    const T* w_packed;   // W_hh^T, 4 gates interleaved per unit block (depth R)
-    const T* wr_packed;  // W_hr^T in column panels (depth H), or null
-    T* h_buffers[2];     // [B, R] each
-    T* units;            // [B, H] the unprojected o * tanh(c) (with proj_size)
+    const GemmT* w_packed;   // W_hh^T, 4 gates interleaved per unit block (depth R)
+    const GemmT* wr_packed;  // W_hr^T in column panels (depth H), or null
+    GemmT* h_buffers[2];     // [B, R] each
+    GemmT* units;            // [B, H] the unprojected o * tanh(c) (with proj_size)
     T* c;                // [B, H] the carried cell state
     Barrier barrier;
 
@@ -46,13 +48,13 @@ struct LstmKernels {
       const int64_t H = s.hidden, R = s.state, B = s.batch, G = 4 * H;
       const Range my_units = share(ceil_div(H, N), thread, threads);
       const Range my_columns = share(ceil_div(R, N), thread, threads);
-      const PanelGeometry<N> gate_panels{R, 4}, proj_panels{H, 1};
+      const PanelGeometry<N, GemmT> gate_panels{R, 4}, proj_panels{H, 1};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;  // every thread skips the same steps
-        const T* h_in = h_buffers[parity];
-        T* h_out = h_buffers[parity ^ 1];
+        const GemmT* h_in = h_buffers[parity];
+        GemmT* h_out = h_buffers[parity ^ 1];
         const S* xp = a.xp + t * B * G;
         S* gates = a.gates ? a.gates + t * B * G : nullptr;
         S* c_all = a.c_all ? a.c_all + t * B * H : nullptr;
@@ -60,7 +62,7 @@ struct LstmKernels {
         for (int64_t block = my_units.begin; block < my_units.end; ++block) {
           const int64_t u0 = block * N;
           const int width = block_width<N>(H, u0);
-          const T* panel = w_packed + gate_panels.block_offset(block);
+          const GemmT* panel = w_packed + gate_panels.block_offset(block);
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
             // The epilogue's inputs are cold (xp was written long ago): fetch them during the GEMM.
@@ -68,7 +70,7 @@ struct LstmKernels {
               for (int q = 0; q < 4; ++q) __builtin_prefetch(xp + (r0 + m) * G + q * H + u0);
             V acc[MR][4];
             zero(acc);
-            accumulate(acc, h_in + r0 * R, R, R, panel, gate_panels.k_stride(), N);
+            accumulate(acc, h_in + r0 * R, R, R, panel, gate_panels.k_stride(), gate_panels.gate_stride());
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m) {
               const int64_t b = r0 + m;
@@ -105,7 +107,7 @@ struct LstmKernels {
     }
 
     // h_t = units W_hr^T for the thread's own state columns.
-    void project(int64_t rows, Range columns, PanelGeometry<N> panels, T* h_out, S* y) {
+    void project(int64_t rows, Range columns, PanelGeometry<N, GemmT> panels, GemmT* h_out, S* y) {
       const int64_t H = a.shape.hidden, R = a.shape.state;
       for_block_groups(columns.begin, columns.end, [&](auto group, int64_t first) {
         constexpr int NP = decltype(group)::value;
@@ -134,11 +136,12 @@ struct LstmKernels {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, R = s.state, B = s.batch;
     const int64_t unit_blocks = ceil_div(H, N);
-    Scratch<T> w_packed(unit_blocks * R * 4 * N);
-    pack_panels<T, N>(w_packed.get(), a.w_hh, 1, R, R, 4, H);
-    Scratch<T> wr_packed(a.w_hr ? ceil_div(R, N) * H * N : 0);
-    if (a.w_hr) pack_panels<T, N>(wr_packed.get(), a.w_hr, 1, H, H, 1, R);
-    Scratch<T> h_buffers(2 * B * R), units(a.w_hr ? B * H : 0), c(B * H);
+    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{R, 4}.size(unit_blocks));
+    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, 1, R, R, 4, H);
+    Scratch<GemmT> wr_packed(a.w_hr ? PanelGeometry<N, GemmT>{H, 1}.size(ceil_div(R, N)) : 0);
+    if (a.w_hr) pack_panels<GemmT, N>(wr_packed.get(), a.w_hr, 1, H, H, 1, R);
+    Scratch<GemmT> h_buffers(2 * B * R), units(a.w_hr ? B * H : 0);
+    Scratch<T> c(B * H);
     convert(h_buffers.get(), a.h0, B * R);
     convert(h_buffers.get() + B * R, a.h0, B * R);  // rows that start late (reverse, lengths) find h0 in both
     convert(c.get(), a.c0, B * H);
@@ -154,14 +157,14 @@ struct LstmKernels {
 
   struct Backward {
     const LstmBackward<S>& a;
-    const T* w_packed;   // W_hh in column panels over its R columns (depth 4H)
-    const T* wr_packed;  // W_hr in column panels over its H columns (depth R), or null
+    const GemmT* w_packed;   // W_hh in column panels over its R columns (depth 4H)
+    const GemmT* wr_packed;  // W_hr in column panels over its H columns (depth R), or null
     T* dh;               // [B, R] the carried hidden gradient
     T* dc;               // [B, H] the carried cell gradient
-    // [2][B, 4H] this step's gate gradients in T (the carry GEMM reads them), or null: a.dgates. Two
+    // [2][B, 4H] this step's gate gradients in GemmT (the carry GEMM reads them), or null: a.dgates. Two
     // buffers: a thread may start the next step's cell backward while another still reads this one's.
-    T* dgates_steps;
-    T* dh_step;          // [B, R] this step's dh_t in T (the W_hr GEMM reads it), or null: a.dh_all
+    GemmT* dgates_steps;
+    GemmT* dh_step;          // [B, R] this step's dh_t in GemmT (the W_hr GEMM reads it), or null: a.dh_all
     Barrier barrier;
 
     void run(int thread, int threads) {
@@ -169,20 +172,20 @@ struct LstmKernels {
       const int64_t H = s.hidden, R = s.state, B = s.batch, G = 4 * H;
       const Range my_units = share(ceil_div(H, N), thread, threads);
       const Range my_columns = share(ceil_div(R, N), thread, threads);
-      const PanelGeometry<N> proj_panels{R, 1};
+      const PanelGeometry<N, GemmT> proj_panels{R, 1};
       int parity = 0;
       for (int64_t step = s.steps - 1; step >= 0; --step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;
-        T* dgates_step = dgates_steps ? dgates_steps + parity * B * G : nullptr;
+        GemmT* dgates_step = dgates_steps ? dgates_steps + parity * B * 4 * H : nullptr;
         parity ^= 1;
         const S* dy = a.dy + t * B * R;
         S* dgates = a.dgates + t * B * G;
-        T* dgates_gemm = stored_or(dgates_step, dgates);
+        GemmT* dgates_gemm = stored_or(dgates_step, dgates);
         if (a.w_hr) {
           // dh_t = dy_t + carry for the own state columns, kept (as dh_all) for dh_t W_hr and for dW_hr.
           S* dh_all = a.dh_all + t * B * R;
-          T* dh_gemm = stored_or(dh_step, dh_all);
+          GemmT* dh_gemm = stored_or(dh_step, dh_all);
           for (int64_t block = my_columns.begin; block < my_columns.end; ++block) {
             const int64_t col = block * N;
             const int width = block_width<N>(R, col);
@@ -202,15 +205,15 @@ struct LstmKernels {
       }
     }
 
-    // The GEMM operand: a scratch copy in T, or (when S is T) the stored output itself.
-    static T* stored_or(T* scratch, S* stored) {
-      if constexpr (kStoredAsComputed) return scratch ? scratch : stored;
+    // The GEMM operand: a scratch copy in GemmT, or (when S is GemmT) the stored output itself.
+    static GemmT* stored_or(GemmT* scratch, S* stored) {
+      if constexpr (kGemmReadsStorage) return scratch ? scratch : stored;
       else return scratch;
     }
 
     // The cell backward of one (row, unit block) with the hidden gradient dh_units; the gate gradients go
-    // to dgates (stored) and, if not null, to dgates_step (their T copy for the carry GEMM).
-    FASTRNN_HD void cell(int64_t t, int64_t b, int64_t u0, int width, V dh_units, S* dgates, T* dgates_step) {
+    // to dgates (stored) and, if not null, to dgates_step (their GemmT copy for the carry GEMM).
+    FASTRNN_HD void cell(int64_t t, int64_t b, int64_t u0, int width, V dh_units, S* dgates, GemmT* dgates_step) {
       const int64_t H = a.shape.hidden, B = a.shape.batch, G = 4 * H;
       const S* gate = a.gates + (t * B + b) * G + u0;
       const int64_t at = (t * B + b) * H + u0;
@@ -224,7 +227,7 @@ struct LstmKernels {
       store_n(d_g, out + 2 * H, width);
       store_n(d_o, out + 3 * H, width);
       if (dgates_step) {
-        T* copy = dgates_step + b * G + u0;
+        GemmT* copy = dgates_step + b * G + u0;
         store_n(d_i, copy, width);
         store_n(d_f, copy + H, width);
         store_n(d_g, copy + 2 * H, width);
@@ -233,7 +236,7 @@ struct LstmKernels {
       store_n(dc_prev, dc + b * H + u0, width);
     }
 
-    void cell_backward(int64_t t, int64_t rows, Range units, const S* dy, S* dgates, T* dgates_step) {
+    void cell_backward(int64_t t, int64_t rows, Range units, const S* dy, S* dgates, GemmT* dgates_step) {
       const int64_t H = a.shape.hidden;  // R == H here
       for (int64_t block = units.begin; block < units.end; ++block) {
         const int64_t u0 = block * N;
@@ -245,8 +248,8 @@ struct LstmKernels {
     }
 
     // With proj_size: the units' gradient is dh_t W_hr, computed here for the own units.
-    void cell_backward_projected(int64_t t, int64_t rows, Range units, PanelGeometry<N> panels, const T* dh_t,
-                                 S* dgates, T* dgates_step) {
+    void cell_backward_projected(int64_t t, int64_t rows, Range units, PanelGeometry<N, GemmT> panels, const GemmT* dh_t,
+                                 S* dgates, GemmT* dgates_step) {
       const int64_t H = a.shape.hidden, R = a.shape.state;
       for_block_groups(units.begin, units.end, [&](auto group, int64_t first) {
         constexpr int NP = decltype(group)::value;
@@ -268,8 +271,8 @@ struct LstmKernels {
     }
 
     // dh_{t-1} = dG_t W_hh for the own state columns.
-    void carry(int64_t rows, Range columns, const T* dgates) {
-      store_product<REGISTERS, T, N>(dh, a.shape.state, rows, columns.begin, columns.end, dgates, 4 * a.shape.hidden,
+    void carry(int64_t rows, Range columns, const GemmT* dgates) {
+      store_product<REGISTERS, N>(dh, a.shape.state, rows, columns.begin, columns.end, dgates, 4 * a.shape.hidden,
                                w_packed);
     }
   };
@@ -277,22 +280,22 @@ struct LstmKernels {
   static void backward(const LstmBackward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, R = s.state, B = s.batch;
-    Scratch<T> w_packed(ceil_div(R, N) * 4 * H * N);
-    pack_panels<T, N>(w_packed.get(), a.w_hh, R, 1, 4 * H, 1, R);
-    Scratch<T> wr_packed(a.w_hr ? ceil_div(H, N) * R * N : 0);
-    if (a.w_hr) pack_panels<T, N>(wr_packed.get(), a.w_hr, H, 1, R, 1, H);
+    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{4 * H, 1}.size(ceil_div(R, N)));
+    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, R, 1, 4 * H, 1, R);
+    Scratch<GemmT> wr_packed(a.w_hr ? PanelGeometry<N, GemmT>{R, 1}.size(ceil_div(H, N)) : 0);
+    if (a.w_hr) pack_panels<GemmT, N>(wr_packed.get(), a.w_hr, H, 1, R, 1, H);
     Scratch<T> dh(B * R), dc(B * H);
     convert(dh.get(), a.dh_n, B * R);
     convert(dc.get(), a.dc_n, B * H);
-    // Low-precision storage: the GEMMs read T copies of what is stored rounded.
-    Scratch<T> dgates_steps(kStoredAsComputed ? 0 : 2 * B * 4 * H), dh_step(kStoredAsComputed || !a.w_hr ? 0 : B * R);
+    // Storage the GEMMs cannot read (bfloat16 without the pair products): they read GemmT copies of it.
+    Scratch<GemmT> dgates_steps(kGemmReadsStorage ? 0 : 2 * B * 4 * H), dh_step(kGemmReadsStorage || !a.w_hr ? 0 : B * R);
     Backward job{a,
                  w_packed.get(),
                  a.w_hr ? wr_packed.get() : nullptr,
                  dh.get(),
                  dc.get(),
-                 kStoredAsComputed ? nullptr : dgates_steps.get(),
-                 kStoredAsComputed || !a.w_hr ? nullptr : dh_step.get(),
+                 kGemmReadsStorage ? nullptr : dgates_steps.get(),
+                 kGemmReadsStorage || !a.w_hr ? nullptr : dh_step.get(),
                  {}};
     const int64_t blocks = ceil_div(H, N) < ceil_div(R, N) ? ceil_div(H, N) : ceil_div(R, N);
     run_job(job, choose_threads(s, B * 4 * H * R + (a.w_hr ? B * H * R : 0), blocks));

@@ -13,26 +13,27 @@ namespace {
 template <class S, int N, int REGISTERS>
 struct RnnKernels {
   using T = typename ComputeOf<S>::type;
+  using GemmT = typename GemmOf<S>::type;  // what the GEMMs read (gemm.h)
   using V = Vec<T, N>;
-  static constexpr bool kStoredAsComputed = std::is_same_v<S, T>;
+  static constexpr bool kGemmReadsStorage = std::is_same_v<S, GemmT>;
 
   struct Forward {
     const RnnForward<S>& a;
-    const T* w_packed;  // W_hh^T in column panels (depth H)
-    T* h_buffers[2];
+    const GemmT* w_packed;  // W_hh^T in column panels (depth H)
+    GemmT* h_buffers[2];
     Barrier barrier;
 
     void run(int thread, int threads) {
       const Shape& s = a.shape;
       const int64_t H = s.hidden, B = s.batch;
       const Range mine = share(ceil_div(H, N), thread, threads);
-      const PanelGeometry<N> panels{H, 1};
+      const PanelGeometry<N, GemmT> panels{H, 1};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;
-        const T* h_in = h_buffers[parity];
-        T* h_out = h_buffers[parity ^ 1];
+        const GemmT* h_in = h_buffers[parity];
+        GemmT* h_out = h_buffers[parity ^ 1];
         const S* xp = a.xp + t * B * H;
         S* y = a.y + t * B * H;
         for_block_groups(mine.begin, mine.end, [&](auto group, int64_t first) {
@@ -66,9 +67,9 @@ struct RnnKernels {
   static void forward(const RnnForward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
-    Scratch<T> w_packed(ceil_div(H, N) * H * N);
-    pack_panels<T, N>(w_packed.get(), a.w_hh, 1, H, H, 1, H);
-    Scratch<T> h_buffers(2 * B * H);
+    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{H, 1}.size(ceil_div(H, N)));
+    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, 1, H, H, 1, H);
+    Scratch<GemmT> h_buffers(2 * B * H);
     convert(h_buffers.get(), a.h0, B * H);
     convert(h_buffers.get() + B * H, a.h0, B * H);  // rows that start late (reverse, lengths) find h0 in both
     Forward job{a, w_packed.get(), {h_buffers.get(), h_buffers.get() + B * H}, {}};
@@ -78,11 +79,11 @@ struct RnnKernels {
 
   struct Backward {
     const RnnBackward<S>& a;
-    const T* w_packed;  // W_hh in column panels over its H columns (depth H)
+    const GemmT* w_packed;  // W_hh in column panels over its H columns (depth H)
     T* dh;              // [B, H] the carried hidden gradient
-    // [2][B, H] this step's d pre in T for the carry GEMM, or null: read from a.dxp. Two buffers: a
+    // [2][B, H] this step's d pre in GemmT for the carry GEMM, or null: read from a.dxp. Two buffers: a
     // thread may start the next step's phase A while another still reads this step's in phase B.
-    T* d_pre_steps;
+    GemmT* d_pre_steps;
     Barrier barrier;
 
     void run(int thread, int threads) {
@@ -93,7 +94,7 @@ struct RnnKernels {
       for (int64_t step = s.steps - 1; step >= 0; --step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;
-        T* d_pre_step = d_pre_steps ? d_pre_steps + parity * B * H : nullptr;
+        GemmT* d_pre_step = d_pre_steps ? d_pre_steps + parity * B * H : nullptr;
         parity ^= 1;
         S* dxp = a.dxp + t * B * H;
         // Phase A: d pre = (dy + dh) act'(y) for the own units.
@@ -110,11 +111,11 @@ struct RnnKernels {
         }
         barrier_wait(&barrier, threads);
         // Phase B: dh_{t-1} = d pre W_hh for the own columns.
-        const T* d_pre = d_pre_step;
-        if constexpr (kStoredAsComputed) {
+        const GemmT* d_pre = d_pre_step;
+        if constexpr (kGemmReadsStorage) {
           if (!d_pre) d_pre = dxp;
         }
-        store_product<REGISTERS, T, N>(dh, H, rows, mine.begin, mine.end, d_pre, H, w_packed);
+        store_product<REGISTERS, N>(dh, H, rows, mine.begin, mine.end, d_pre, H, w_packed);
       }
     }
   };
@@ -122,13 +123,13 @@ struct RnnKernels {
   static void backward(const RnnBackward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
-    Scratch<T> w_packed(ceil_div(H, N) * H * N);
-    pack_panels<T, N>(w_packed.get(), a.w_hh, H, 1, H, 1, H);
+    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{H, 1}.size(ceil_div(H, N)));
+    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, H, 1, H, 1, H);
     Scratch<T> dh(B * H);
     convert(dh.get(), a.dh_n, B * H);
-    // Low-precision storage: the carry GEMM reads T copies of what is stored rounded.
-    Scratch<T> d_pre(kStoredAsComputed ? 0 : 2 * B * H);
-    Backward job{a, w_packed.get(), dh.get(), kStoredAsComputed ? nullptr : d_pre.get(), {}};
+    // Storage the carry GEMM cannot read (bfloat16 without the pair products): it reads GemmT copies of it.
+    Scratch<GemmT> d_pre(kGemmReadsStorage ? 0 : 2 * B * H);
+    Backward job{a, w_packed.get(), dh.get(), kGemmReadsStorage ? nullptr : d_pre.get(), {}};
     run_job(job, choose_threads(s, B * H * H, ceil_div(H, N)));
     convert(a.dh0, dh.get(), B * H);
   }
