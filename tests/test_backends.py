@@ -67,12 +67,19 @@ DTYPE_NAMES = "float32/float64"
     ("LSTM", torch.float64, 4, SMALL // 4, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden <= {SMALL}"),
     ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, batch > 1 and batch x hidden > {SMALL}"),
     ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, batch > 1 and batch x hidden > {SMALL}"),
-    ("LSTM", torch.bfloat16, 1, 4, False, "LSTM, GRU or RNN in bfloat16/float16"),
-    ("GRU", torch.float16, 8, 40, False, "LSTM, GRU or RNN in bfloat16/float16"),
+    ("GRU", torch.bfloat16, 32, 256, False, "GRU in bfloat16, batch x hidden <= 8192, T > 1"),
+    ("RNN_TANH", torch.bfloat16, 64, 512, False, "RNN (tanh, relu) in bfloat16, batch x hidden <= 32768, T > 1"),
+    ("RNN_RELU", torch.bfloat16, 3, 10, True, "RNN (tanh, relu) in bfloat16, batch x hidden <= 32768, T > 1"),
+    ("LSTM", torch.bfloat16, 1, 4, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
+    ("GRU", torch.bfloat16, 64, 256, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
+    ("GRU", torch.float16, 8, 40, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
 ])
 def test_explain_says_what_auto_runs_for_each_kind_of_workload(cell, dtype, batch, hidden, packed, kind):
     eager, compiled_training, compiled_inference = _auto_table(fastrnn.explain("cpu"))[kind]
-    model = getattr(fastrnn, cell)(3, hidden, dtype=dtype)
+    if cell.startswith("RNN_"):
+        model = fastrnn.RNN(3, hidden, nonlinearity=cell[4:].lower(), dtype=dtype)
+    else:
+        model = getattr(fastrnn, cell)(3, hidden, dtype=dtype)
     x = torch.randn(6, batch, 3, dtype=dtype)
     if packed:
         x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.randint(1, 7, (batch,)), enforce_sorted=False)

@@ -8,6 +8,7 @@ errors of the binding.
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -212,6 +213,25 @@ def test_bad_shapes_and_lengths_are_refused_with_clear_errors():
     gru_xp, gru_h0, gru_w, b_hn, _, _ = _gru_args(4, 3, 5, True, None, False, seed=0)
     with pytest.raises(RuntimeError, match=r"b_hn must have shape \[5\], got \[4\]"):
         cpp.gru_forward(gru_xp, gru_h0, gru_w, b_hn[:4].contiguous(), None, False)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "RNN_TANH", "RNN_RELU"])
+def test_bfloat16_layers_auto_runs_here_are_as_accurate_as_nn_in_bfloat16(isa, cell):
+    """auto gives bfloat16 GRU and Elman layers to the cpp kernels (backends/auto.py): outputs, states and
+    every gradient of a 2-layer bidirectional packed module are within twice nn's own bfloat16 error
+    against float64, plus bfloat16's floor."""
+    torch.manual_seed(12)
+    ours, exact = make_pair(cell, "auto", input_size=6, hidden_size=37, num_layers=2, bidirectional=True)
+    ours.bfloat16()
+    low = copy.deepcopy(exact).bfloat16()
+    x, hx = random_inputs(exact, 11, 9, lengths=[9, 3, 9, 1, 5, 5, 2, 7, 6, 9, 4], seed=13)
+    x_low, hx_low = random_inputs(low, 11, 9, lengths=[9, 3, 9, 1, 5, 5, 2, 7, 6, 9, 4], seed=13, dtype=torch.bfloat16)
+    assert ours.selected_backend(input=x_low) == "cpp"
+    want = run(exact, *detached(x, hx))
+    theirs, mine = run(low, *detached(x_low, hx_low)), run(ours, *detached(x_low, hx_low))
+    for name, value in want.items():
+        assert mine[name].dtype == torch.bfloat16
+        assert rel_error(mine[name], value) <= 2 * rel_error(theirs[name], value) + 1e-3, name
 
 
 @pytest.mark.skipif("avx512_bf16" not in CPU_INSTRUCTION_SETS, reason="this CPU has no AVX512_BF16")

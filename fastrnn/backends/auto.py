@@ -20,7 +20,16 @@ from typing import Callable
 import torch
 
 CPP_DTYPES = (torch.float32, torch.float64)  # the dtypes auto gives to the cpp kernels
-OTHER_CPU_DTYPES = (torch.bfloat16, torch.float16)  # those it leaves to torch's code (nn.LSTM computes them itself)
+OTHER_CPU_DTYPES = (torch.bfloat16, torch.float16)  # those it leaves to torch's code, but for the rows below
+
+# bfloat16 GRU and Elman layers (T > 1) run on the cpp kernels up to this batch x hidden size: nn's code
+# for them is its generic per-step path in bfloat16 too. Measured with `python -m bench --cells gru rnn_tanh
+# --dtypes bfloat16 --batch 1 8 16 32 64 --hidden 128 256 512 --seq-len 128 --impls fastrnn-cpp --threads 1`
+# at commit fe3c845 on a Xeon with AMX (where nn's bfloat16 GEMMs are at their strongest): the GRU 1.12-9.3x
+# inference and 1.5-19x training up to B x H = 8192, 0.93/0.82x inference at 16384/32768 (B 32 and 64, H 512);
+# the Elman layer 1.03-16x in every row (to B 64, H 512). bfloat16 LSTMs keep oneDNN's LSTM (3x faster
+# than the cpp kernels at B 32 inference there), one-step calls nn's cells.
+CPP_BFLOAT16_MAX_BATCH_X_HIDDEN = {"GRU": 8192, "RNN_TANH": 32768, "RNN_RELU": 32768}
 
 # A padded LSTM runs on the cpp kernels for one sequence (batch 1), and for any batch up to this batch x
 # hidden size; otherwise oneDNN's LSTM was as fast or faster. Measured with `python -m bench --cells lstm
@@ -50,6 +59,9 @@ class Workload:
 def _cpu_prefers_cpp(workload: Workload | None) -> bool:
     if workload is None:
         return True  # no shape to judge by (the choice made once while torch.compile traces): the typical small-model case
+    if workload.dtype == torch.bfloat16:
+        bound = CPP_BFLOAT16_MAX_BATCH_X_HIDDEN.get(workload.cell, 0)
+        return not is_one_step(workload) and workload.batch * workload.hidden <= bound
     if workload.dtype not in CPP_DTYPES:
         return False
     if workload.cell != "LSTM" or workload.packed or is_one_step(workload):
@@ -117,7 +129,11 @@ def kinds(device: torch.device) -> list[tuple[str, Workload]]:
          Workload("LSTM", torch.float32, 2, small, False)),
         (f"LSTM, GRU or RNN, {dtypes}, one step (T = 1), padded, no projection",
          Workload("LSTM", torch.float32, 64, 512, False, steps=1)),
-        (f"LSTM, GRU or RNN in {_dtype_names(OTHER_CPU_DTYPES)}", Workload("LSTM", torch.bfloat16, 1, small, False)),
+        (f"GRU in bfloat16, batch x hidden <= {CPP_BFLOAT16_MAX_BATCH_X_HIDDEN['GRU']}, T > 1",
+         Workload("GRU", torch.bfloat16, 8, 256, False)),
+        (f"RNN (tanh, relu) in bfloat16, batch x hidden <= {CPP_BFLOAT16_MAX_BATCH_X_HIDDEN['RNN_TANH']}, T > 1",
+         Workload("RNN_TANH", torch.bfloat16, 8, 256, False)),
+        (f"LSTM, GRU or RNN in {_dtype_names(OTHER_CPU_DTYPES)} otherwise", Workload("LSTM", torch.bfloat16, 1, small, False)),
     ]
 
 
