@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+import fastrnn
 from fastrnn import _ext, functional
 from fastrnn.backends import reference, unavailable_reason
 
@@ -253,6 +254,15 @@ def test_auto_runs_bfloat16_on_one_of_the_variants(batch, hidden):
     assert not torch.equal(by_variant["avx512_bf16"], by_variant["avx512"])  # they do compute differently
     y = cpp.gru_forward(*args)[0]
     assert any(torch.equal(y, other) for other in by_variant.values())
+
+
+def test_explain_says_how_bfloat16_step_gemms_run_here():
+    """The measured vdpbf16ps/FMA ratio is 0 exactly where the CPU has no AVX512_BF16, positive elsewhere,
+    and explain() states the choice it leads to."""
+    ratio = _ext.extension().cpu_pair_products_per_fma()
+    assert (ratio > 0) == ("avx512_bf16" in CPU_INSTRUCTION_SETS)
+    line = next(line for line in fastrnn.explain("cpu").splitlines() if "cpp kernels in bfloat16" in line)
+    assert ("vdpbf16ps" in line) == (ratio > 0)
 
 
 def test_unknown_instruction_set_is_refused():

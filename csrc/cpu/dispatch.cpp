@@ -85,16 +85,23 @@ int64_t l2_bytes() {
 // multiply-adds, that is for few rows: a few from L2, more once each thread's fp32 panels spill out of
 // it. (Crossovers measured on that Xeon, B = 1-16, H = 128-1024: 2 rows in L2, 8 beyond.)
 bool pair_products_pay(const Shape& shape, int64_t weights) {
-#if defined(__x86_64__)
-  static const double ratio = avx512_bf16::pair_products_per_fma();
-#else
-  const double ratio = 0;
-#endif
+  static const double ratio = cpu::pair_products_per_fma();
   if (ratio >= 1.0) return true;
   const int64_t threads = shape.max_threads > 1 ? shape.max_threads : 1;
   const bool beyond_l2 = weights * int64_t(sizeof(float)) / threads > l2_bytes();
   return shape.batch <= (beyond_l2 ? 16 : 4) * ratio;
 }
+
+}  // namespace
+
+double pair_products_per_fma() {
+#if defined(__x86_64__)
+  if (has_pair_products) return avx512_bf16::pair_products_per_fma();
+#endif
+  return 0.0;
+}
+
+namespace {
 
 // Under "auto", whether a call runs the avx512_bf16 variant: bfloat16 layer calls where the model says so.
 template <class Args>

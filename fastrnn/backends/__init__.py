@@ -157,6 +157,18 @@ def auto_lines(device: torch.device) -> list[str]:
     return lines
 
 
+def _pair_products_line() -> str:
+    """How the cpp kernels' bfloat16 step GEMMs run on this CPU (csrc/cpu/dispatch.cpp's model)."""
+    ratio = _ext.extension().cpu_pair_products_per_fma()
+    if ratio == 0:
+        return "the step GEMMs on float32 panels (no AVX512_BF16 here)"
+    if ratio >= 1:
+        return f"the step GEMMs on vdpbf16ps pair products ({ratio:.2f}x the fp32 FMA rate here), every shape"
+    return (f"the step GEMMs on vdpbf16ps pair products where few rows make moving W_hh the bound (at "
+            f"{ratio:.2f}x the fp32 FMA rate here: up to {int(4 * ratio)} rows, {int(16 * ratio)} once a thread's fp32 "
+            "panels exceed L2), float32 panels otherwise")
+
+
 def explain(device: torch.device | str | None = None) -> str:
     """A short report: each backend on `device` (default: cuda if present, else cpu), and what auto picks
     there for each kind of workload."""
@@ -181,6 +193,8 @@ def explain(device: torch.device | str | None = None) -> str:
         how = {"onednn": "oneDNN's linear, measured faster than torch's matmul on this CPU",
                "matmul": "torch's matmul (oneDNN's linear was not measured faster on this CPU)"}[projection.choice()]
         lines.append(f"  input projections and weight-gradient GEMMs (float32, eager): {how}")
+        if unavailable_reason("cpp", device) is None:
+            lines.append(f"  cpp kernels in bfloat16: {_pair_products_line()}")
     cuda = kernels("cuda")
     lines += cuda.explain_lines() if unavailable_reason("cuda", device) is None else [f"  cuda-kernels: {cuda.VERIFIED}"]
     if unavailable_reason("triton", device) is None:
