@@ -261,7 +261,7 @@ def test_explain_says_how_bfloat16_step_gemms_run_here():
     and explain() states the choice it leads to."""
     ratio = _ext.extension().cpu_pair_products_per_fma()
     assert (ratio > 0) == ("avx512_bf16" in CPU_INSTRUCTION_SETS)
-    line = next(line for line in fastrnn.explain("cpu").splitlines() if "cpp kernels in bfloat16" in line)
+    line = next(line for line in fastrnn.explain("cpu").splitlines() if "bfloat16 on the cpp kernels" in line)
     assert ("vdpbf16ps" in line) == (ratio > 0)
 
 

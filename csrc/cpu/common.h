@@ -30,6 +30,48 @@ class Scratch {
   T* data_;
 };
 
+// A weight packed for one call's step GEMMs, in panels of P (gemm.h). from_rows: B = W^T, the forward's
+// h W^T, whose columns are W's `gates * units` rows of `depth`; from_columns: B = W, the backward's carry
+// dG W, whose `columns` columns are W's own (depth: W's rows).
+template <class P, int N>
+class PackedPanels {
+ public:
+  template <class S>
+  static PackedPanels from_rows(const S* w, int64_t depth, int64_t gates, int64_t units) {
+    return PackedPanels(w, 1, depth, depth, gates, units);
+  }
+  template <class S>
+  static PackedPanels from_columns(const S* w, int64_t depth, int64_t columns) {
+    return PackedPanels(w, columns, 1, depth, 1, columns);
+  }
+  const P* get() const { return data_.get(); }
+
+ private:
+  template <class S>
+  PackedPanels(const S* w, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates, int64_t units)
+      : data_(PanelGeometry<N, P>{depth, gates}.size(ceil_div(units, N))) {
+    pack_panels<P, N>(data_.get(), w, k_stride, c_stride, depth, gates, units);
+  }
+  Scratch<P> data_;
+};
+
+// A forward's double buffer of h, both halves starting as h0: rows that start late (reverse, lengths)
+// find h0 in either.
+template <class P>
+class HiddenBuffers {
+ public:
+  template <class S>
+  HiddenBuffers(const S* h0, int64_t count) : data_(2 * count), count_(count) {
+    convert(data_.get(), h0, count);
+    convert(data_.get() + count, h0, count);
+  }
+  P* operator[](int half) const { return data_.get() + half * count_; }
+
+ private:
+  Scratch<P> data_;
+  int64_t count_;
+};
+
 struct Range {
   int64_t begin, end;
 };

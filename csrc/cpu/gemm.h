@@ -7,7 +7,8 @@
 //     packed[block][k][gate][lane] = B(k, gate * units + block * N + lane)     (0 past the edge)
 // For the LSTM forward (gates = 4) one block holds the i, f, g, o columns of the same N hidden units, so
 // one microkernel call produces all four gates of those units for MR batch rows. With gates = 1 this
-// is plain column panels, used for the carries of the backward and for the projections.
+// is plain column panels, used for the carries of the backward and for the projections. bfloat16
+// panels for vdpbf16ps (the avx512_bf16 variant) hold k in pairs instead: packed[block][k / 2][gate][lane][k % 2].
 #pragma once
 
 #include <cstdint>
@@ -151,12 +152,8 @@ void pack_pair_panels(bfloat16* packed, const bfloat16* src, int64_t k_stride, i
 // the source's rows (k_stride 1: the forward's W_hh^T) N rows are read along k and transposed in registers,
 // N x N at a time; where they are its columns (c_stride 1) each panel row is one vector load.
 template <class T, int N, class S>
-void pack_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
-                 int64_t units) {
-  if constexpr (std::is_same_v<T, bfloat16>) {
-    pack_pair_panels<N>(packed, src, k_stride, c_stride, depth, gates, units);
-    return;
-  } else {
+void pack_compute_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
+                         int64_t units) {
   using V = Vec<T, N>;
   const int64_t blocks = ceil_div(units, N), out_k = gates * N;
   for (int64_t block = 0; block < blocks; ++block) {
@@ -183,7 +180,14 @@ void pack_panels(T* packed, const S* src, int64_t k_stride, int64_t c_stride, in
           out[k * out_k + lane] = lane < live ? T(to_compute(first[k * k_stride + lane * c_stride])) : T(0);
     }
   }
-  }
+}
+
+// Packs B into panels of P, the GEMM's element type (gemm.h, GemmOf): compute-type panels, or bfloat16 pairs.
+template <class P, int N, class S>
+void pack_panels(P* packed, const S* src, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates,
+                 int64_t units) {
+  if constexpr (std::is_same_v<P, bfloat16>) pack_pair_panels<N>(packed, src, k_stride, c_stride, depth, gates, units);
+  else pack_compute_panels<P, N>(packed, src, k_stride, c_stride, depth, gates, units);
 }
 
 // acc[m][q] += sum_k a[m * lda + k] * panel[k * k_stride + q * q_stride .. + N]

@@ -136,17 +136,13 @@ struct LstmKernels {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, R = s.state, B = s.batch;
     const int64_t unit_blocks = ceil_div(H, N);
-    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{R, 4}.size(unit_blocks));
-    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, 1, R, R, 4, H);
-    Scratch<GemmT> wr_packed(a.w_hr ? PanelGeometry<N, GemmT>{H, 1}.size(ceil_div(R, N)) : 0);
-    if (a.w_hr) pack_panels<GemmT, N>(wr_packed.get(), a.w_hr, 1, H, H, 1, R);
-    Scratch<GemmT> h_buffers(2 * B * R), units(a.w_hr ? B * H : 0);
+    const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, R, 4, H);
+    const auto wr_packed = PackedPanels<GemmT, N>::from_rows(a.w_hr, H, 1, a.w_hr ? R : 0);
+    const HiddenBuffers<GemmT> h(a.h0, B * R);
+    Scratch<GemmT> units(a.w_hr ? B * H : 0);
     Scratch<T> c(B * H);
-    convert(h_buffers.get(), a.h0, B * R);
-    convert(h_buffers.get() + B * R, a.h0, B * R);  // rows that start late (reverse, lengths) find h0 in both
     convert(c.get(), a.c0, B * H);
-    Forward job{a, w_packed.get(), a.w_hr ? wr_packed.get() : nullptr, {h_buffers.get(), h_buffers.get() + B * R},
-                units.get(), c.get(), {}};
+    Forward job{a, w_packed.get(), a.w_hr ? wr_packed.get() : nullptr, {h[0], h[1]}, units.get(), c.get(), {}};
     const int64_t blocks = a.w_hr ? (unit_blocks < ceil_div(R, N) ? unit_blocks : ceil_div(R, N)) : unit_blocks;
     run_job(job, choose_threads(s, B * 4 * H * R + (a.w_hr ? B * H * R : 0), blocks));
     gather_final_state(s, a.y, a.h0, a.h_n, R);
@@ -280,10 +276,8 @@ struct LstmKernels {
   static void backward(const LstmBackward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, R = s.state, B = s.batch;
-    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{4 * H, 1}.size(ceil_div(R, N)));
-    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, R, 1, 4 * H, 1, R);
-    Scratch<GemmT> wr_packed(a.w_hr ? PanelGeometry<N, GemmT>{R, 1}.size(ceil_div(H, N)) : 0);
-    if (a.w_hr) pack_panels<GemmT, N>(wr_packed.get(), a.w_hr, H, 1, R, 1, H);
+    const auto w_packed = PackedPanels<GemmT, N>::from_columns(a.w_hh, 4 * H, R);
+    const auto wr_packed = PackedPanels<GemmT, N>::from_columns(a.w_hr, R, a.w_hr ? H : 0);
     Scratch<T> dh(B * R), dc(B * H);
     convert(dh.get(), a.dh_n, B * R);
     convert(dc.get(), a.dc_n, B * H);

@@ -67,12 +67,9 @@ struct RnnKernels {
   static void forward(const RnnForward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
-    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{H, 1}.size(ceil_div(H, N)));
-    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, 1, H, H, 1, H);
-    Scratch<GemmT> h_buffers(2 * B * H);
-    convert(h_buffers.get(), a.h0, B * H);
-    convert(h_buffers.get() + B * H, a.h0, B * H);  // rows that start late (reverse, lengths) find h0 in both
-    Forward job{a, w_packed.get(), {h_buffers.get(), h_buffers.get() + B * H}, {}};
+    const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, H, 1, H);
+    const HiddenBuffers<GemmT> h(a.h0, B * H);
+    Forward job{a, w_packed.get(), {h[0], h[1]}, {}};
     run_job(job, choose_threads(s, B * H * H, ceil_div(H, N)));
     gather_final_state(s, a.y, a.h0, a.h_n, H);
   }
@@ -123,8 +120,7 @@ struct RnnKernels {
   static void backward(const RnnBackward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
-    Scratch<GemmT> w_packed(PanelGeometry<N, GemmT>{H, 1}.size(ceil_div(H, N)));
-    pack_panels<GemmT, N>(w_packed.get(), a.w_hh, H, 1, H, 1, H);
+    const auto w_packed = PackedPanels<GemmT, N>::from_columns(a.w_hh, H, H);
     Scratch<T> dh(B * H);
     convert(dh.get(), a.dh_n, B * H);
     // Storage the carry GEMM cannot read (bfloat16 without the pair products): it reads GemmT copies of it.

@@ -194,7 +194,7 @@ def explain(device: torch.device | str | None = None) -> str:
                "matmul": "torch's matmul (oneDNN's linear was not measured faster on this CPU)"}[projection.choice()]
         lines.append(f"  input projections and weight-gradient GEMMs (float32, eager): {how}")
         if unavailable_reason("cpp", device) is None:
-            lines.append(f"  cpp kernels in bfloat16: {_pair_products_line()}")
+            lines.append(f"  bfloat16 on the cpp kernels: {_pair_products_line()}")
     cuda = kernels("cuda")
     lines += cuda.explain_lines() if unavailable_reason("cuda", device) is None else [f"  cuda-kernels: {cuda.VERIFIED}"]
     if unavailable_reason("triton", device) is None:
