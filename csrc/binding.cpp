@@ -977,7 +977,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The instruction set the CPU kernels run on now: 'auto' (the default; see csrc/cpu/dispatch.cpp) or "
         "the variant chosen with set_cpu_instruction_set");
   m.def("cpu_pair_products_per_fma", &cpu::pair_products_per_fma,
-        "vdpbf16ps multiply-adds per second over fp32 FMA ones on this core, measured now (0: no AVX512_BF16)");
+        "vdpbf16ps multiply-adds per second over fp32 FMA ones on this core, measured once (0: no AVX512_BF16)");
   m.def("cpu_supported_instruction_sets", [] { return std::string(cpu::supported_instruction_sets()); },
         "The instruction sets this CPU and build support, best first, comma-separated");
   m.def("cpu_set_poison_outputs", [](bool on) { poison_cpu_outputs = on; },

@@ -202,8 +202,8 @@ const char* instruction_set();
 const char* supported_instruction_sets();
 // Chooses "auto" or one of supported_instruction_sets(); false (and no change) if it is neither.
 bool set_instruction_set(const char* name);
-// vdpbf16ps multiply-adds per second over fp32 FMA ones on this core, measured (each call: about a
-// millisecond); 0 where the CPU or build has no AVX512_BF16.
+// vdpbf16ps multiply-adds per second over fp32 FMA ones on this core, measured at the first call (about a
+// millisecond) and the same from then on; 0 where the CPU or build has no AVX512_BF16.
 double pair_products_per_fma();
 
 // --- shared by the instruction-set variants (isa_*.cpp) and dispatch.cpp --------------------------

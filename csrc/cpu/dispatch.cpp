@@ -73,7 +73,7 @@ const Isa widest = widest_isa();
 const bool has_pair_products = cpu_has(Isa::avx512_bf16);
 std::atomic<Isa> current_isa{Isa::automatic};
 
-int64_t l2_bytes() {
+int64_t read_l2_bytes() {
   const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
   return bytes > 0 ? bytes : int64_t(1) << 20;
 }
@@ -85,20 +85,24 @@ int64_t l2_bytes() {
 // multiply-adds, that is for few rows: a few from L2, more once each thread's fp32 panels spill out of
 // it. (Crossovers measured on that Xeon, B = 1-16, H = 128-1024: 2 rows in L2, 8 beyond.)
 bool pair_products_pay(const Shape& shape, int64_t weights) {
-  static const double ratio = cpu::pair_products_per_fma();
+  static const int64_t l2_bytes = read_l2_bytes();  // asked once, not on every call
+  const double ratio = cpu::pair_products_per_fma();
   if (ratio >= 1.0) return true;
   const int64_t threads = shape.max_threads > 1 ? shape.max_threads : 1;
-  const bool beyond_l2 = weights * int64_t(sizeof(float)) / threads > l2_bytes();
+  const bool beyond_l2 = weights * int64_t(sizeof(float)) / threads > l2_bytes;
   return shape.batch <= (beyond_l2 ? 16 : 4) * ratio;
 }
 
 }  // namespace
 
+// Measured once, so that the rule above and what explain() reports see the same ratio.
 double pair_products_per_fma() {
 #if defined(__x86_64__)
-  if (has_pair_products) return avx512_bf16::pair_products_per_fma();
-#endif
+  static const double ratio = has_pair_products ? avx512_bf16::pair_products_per_fma() : 0.0;
+  return ratio;
+#else
   return 0.0;
+#endif
 }
 
 namespace {
