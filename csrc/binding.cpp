@@ -98,6 +98,55 @@ std::vector<int64_t> live_rows(const std::optional<Tensor>& lengths, int64_t ste
   return live;
 }
 
+// One weight tensor's packed panels, kept between calls (cpu::PanelCache; fastrnn/backends/cpp.py owns
+// one per module parameter). Each call stamps what the weight holds: a new stamp when its storage, its
+// offset in it, its in-place version (optimizer steps, load_state_dict, torch.no_grad() writes), dtype
+// or shape differ from the last call's, so panels of an older weight are never read. The storage is
+// held by a weak reference: it does not keep the weight alive, yet no other storage can take its
+// identity while it is held.
+class WeightPanels {
+ public:
+  WeightPanels() : cache_(cpu::new_panel_cache()) {}
+  ~WeightPanels() { cpu::delete_panel_cache(cache_); }
+  WeightPanels(const WeightPanels&) = delete;
+  WeightPanels& operator=(const WeightPanels&) = delete;
+
+  // Called with the GIL held, so stamps are handed out one call at a time.
+  cpu::CachedPanels for_call(const Tensor& weight) {
+    const c10::StorageImpl* storage = weight.storage().unsafeGetStorageImpl();
+    const bool same = storage_.has_value() && storage_->_unsafe_get_target() == storage && !storage_->expired() &&
+                      weight.data_ptr() == data_ && weight._version() == version_ &&
+                      weight.scalar_type() == dtype_ && weight.sizes() == at::IntArrayRef(sizes_);
+    if (!same) {
+      storage_.emplace(weight.storage().getWeakStorageImpl());
+      data_ = weight.data_ptr();
+      version_ = weight._version();
+      dtype_ = weight.scalar_type();
+      sizes_ = weight.sizes().vec();
+      ++stamp_;
+    }
+    return {cache_, stamp_};
+  }
+  int64_t bytes() const { return cpu::panel_cache_bytes(cache_); }
+
+ private:
+  cpu::PanelCache* cache_;
+  std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> storage_;
+  const void* data_ = nullptr;
+  int64_t version_ = -1;
+  at::ScalarType dtype_ = at::kFloat;
+  std::vector<int64_t> sizes_;
+  int64_t stamp_ = 0;
+};
+
+cpu::CachedPanels cached(WeightPanels* panels, const Tensor& weight) {
+  return panels ? panels->for_call(weight) : cpu::CachedPanels{};
+}
+
+cpu::CachedPanels cached(WeightPanels* panels, const std::optional<Tensor>& weight) {
+  return weight.has_value() ? cached(panels, *weight) : cpu::CachedPanels{};
+}
+
 cpu::Shape make_shape(int64_t steps, int64_t batch, int64_t hidden, int64_t state, bool reverse,
                       const std::vector<int64_t>& live) {
   // Inside another parallel region (a user's at::parallel_for) there are no threads to spare.
@@ -134,7 +183,8 @@ void check_float(const Tensor& xp) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp, const Tensor& h0, const Tensor& c0,
                                                                 const Tensor& w_hh, const std::optional<Tensor>& w_hr,
                                                                 const std::optional<Tensor>& lengths, bool reverse,
-                                                                bool save) {
+                                                                bool save, WeightPanels* w_hh_panels,
+                                                                WeightPanels* w_hr_panels) {
   check_float(xp);
   const int64_t T = xp.size(0), B = xp.size(1), H = xp.size(2) / 4, R = h0.size(-1);
   TORCH_CHECK(xp.size(2) == 4 * H, "fastrnn cpp backend: xp's last dimension must be 4 * hidden, got ", xp.size(2));
@@ -160,7 +210,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp
                                           data<scalar_t>(h_n),
                                           data<scalar_t>(c_n),
                                           save ? data<scalar_t>(gates) : nullptr,
-                                          save ? data<scalar_t>(c_all) : nullptr};
+                                          save ? data<scalar_t>(c_all) : nullptr,
+                                          cached(w_hh_panels, w_hh),
+                                          cached(w_hr_panels, w_hr)};
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_forward(args);
   });
@@ -171,7 +223,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
                                                          const Tensor& c_prev, const Tensor& w_hh,
                                                          const std::optional<Tensor>& w_hr, const Tensor& gates,
                                                          const Tensor& c_all, const std::optional<Tensor>& lengths,
-                                                         bool reverse) {
+                                                         bool reverse, WeightPanels* w_hh_panels,
+                                                         WeightPanels* w_hr_panels) {
   check_float(dy);
   const int64_t T = dy.size(0), B = dy.size(1), R = dy.size(2), H = c_all.size(-1);
   check_input(dh_n, "dh_n", dy, {B, R});
@@ -200,7 +253,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
                                            data<scalar_t>(dgates),
                                            w_hr.has_value() ? data<scalar_t>(dh_all) : nullptr,
                                            data<scalar_t>(dh0),
-                                           data<scalar_t>(dc0)};
+                                           data<scalar_t>(dc0),
+                                           cached(w_hh_panels, w_hh),
+                                           cached(w_hr_panels, w_hr)};
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_backward(args);
   });
@@ -209,7 +264,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
                                                const std::optional<Tensor>& b_hn, const std::optional<Tensor>& lengths,
-                                               bool reverse, bool save) {
+                                               bool reverse, bool save, WeightPanels* w_hh_panels) {
   check_float(xp);
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(-1);
   check_input(xp, "xp", xp, {T, B, 3 * H});
@@ -228,7 +283,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h
                                          data_or_null<scalar_t>(b_hn),
                                          data<scalar_t>(y),
                                          data<scalar_t>(h_n),
-                                         save ? data<scalar_t>(saved) : nullptr};
+                                         save ? data<scalar_t>(saved) : nullptr,
+                                         cached(w_hh_panels, w_hh)};
     pybind11::gil_scoped_release no_gil;
     cpu::gru_forward(args);
   });
@@ -237,7 +293,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h
 
 std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& h_prev,
                                                 const Tensor& w_hh, const Tensor& saved,
-                                                const std::optional<Tensor>& lengths, bool reverse) {
+                                                const std::optional<Tensor>& lengths, bool reverse,
+                                                WeightPanels* w_hh_panels) {
   check_float(dy);
   const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2);
   check_input(dh_n, "dh_n", dy, {B, H});
@@ -256,7 +313,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& 
                                           data<scalar_t>(saved),
                                           data<scalar_t>(dxp),
                                           data<scalar_t>(dhn),
-                                          data<scalar_t>(dh0)};
+                                          data<scalar_t>(dh0),
+                                          cached(w_hh_panels, w_hh)};
     pybind11::gil_scoped_release no_gil;
     cpu::gru_backward(args);
   });
@@ -264,7 +322,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& 
 }
 
 std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh, bool relu,
-                                       const std::optional<Tensor>& lengths, bool reverse, bool save) {
+                                       const std::optional<Tensor>& lengths, bool reverse, bool save,
+                                       WeightPanels* w_hh_panels) {
   (void)save;  // the backward reads act' off y: nothing more to keep
   check_float(xp);
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(-1);
@@ -276,7 +335,7 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_rnn_forward", [&] {
     const cpu::RnnForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live), relu, data<scalar_t>(xp),
                                                    data<scalar_t>(h0), data<scalar_t>(w_hh), data<scalar_t>(y),
-                                                   data<scalar_t>(h_n)};
+                                                   data<scalar_t>(h_n), cached(w_hh_panels, w_hh)};
     pybind11::gil_scoped_release no_gil;
     cpu::rnn_forward(args);
   });
@@ -284,7 +343,8 @@ std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const
 }
 
 std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& y, const Tensor& w_hh,
-                                        bool relu, const std::optional<Tensor>& lengths, bool reverse) {
+                                        bool relu, const std::optional<Tensor>& lengths, bool reverse,
+                                        WeightPanels* w_hh_panels) {
   check_float(dy);
   const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2);
   check_input(dh_n, "dh_n", dy, {B, H});
@@ -295,7 +355,8 @@ std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dy, const Tensor& dh_n, co
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dy.scalar_type(), "fastrnn_rnn_backward", [&] {
     const cpu::RnnBackward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live), relu, data<scalar_t>(dy),
                                                     data<scalar_t>(dh_n), data<scalar_t>(y), data<scalar_t>(w_hh),
-                                                    data<scalar_t>(dxp), data<scalar_t>(dh0)};
+                                                    data<scalar_t>(dxp), data<scalar_t>(dh0),
+                                                    cached(w_hh_panels, w_hh)};
     pybind11::gil_scoped_release no_gil;
     cpu::rnn_backward(args);
   });
@@ -957,14 +1018,35 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if !defined(FASTRNN_CUDA_ONLY)
   namespace py = pybind11;
   // save=false: an inference call; what only the backward needs (gates, cell states) comes back empty.
-  m.def("lstm_forward_cpu", &lstm_forward, "LSTM recurrence, one layer-direction (CPU)");
-  m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)");
-  m.def("gru_forward_cpu", &gru_forward, "GRU recurrence, one layer-direction (CPU)");
-  m.def("gru_backward_cpu", &gru_backward, "GRU recurrence backward (CPU)");
+  // w_hh_panels, w_hr_panels: the weights' CpuWeightPanels, packed panels kept between calls (None: pack
+  // for this call only).
+  py::class_<WeightPanels>(m, "CpuWeightPanels", "One weight's packed panels for the CPU layer kernels, kept "
+                           "between calls and repacked when the weight changes (its version, storage, dtype or shape)")
+      .def(py::init<>())
+      .def_property_readonly("nbytes", &WeightPanels::bytes, "Bytes of packed panels held now")
+      // A copied or unpickled module starts with none: its weights are other tensors.
+      .def("__copy__", [](const WeightPanels&) { return std::make_unique<WeightPanels>(); })
+      .def("__deepcopy__", [](const WeightPanels&, py::dict) { return std::make_unique<WeightPanels>(); })
+      .def(py::pickle([](const WeightPanels&) { return py::tuple(); },
+                      [](const py::tuple&) { return std::make_unique<WeightPanels>(); }));
+  m.def("lstm_forward_cpu", &lstm_forward, "LSTM recurrence, one layer-direction (CPU)", py::arg("xp"), py::arg("h0"),
+        py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
+        py::arg("w_hh_panels") = nullptr, py::arg("w_hr_panels") = nullptr);
+  m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)", py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("c_prev"), py::arg("w_hh"), py::arg("w_hr"), py::arg("gates"), py::arg("c_all"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("w_hh_panels") = nullptr, py::arg("w_hr_panels") = nullptr);
+  m.def("gru_forward_cpu", &gru_forward, "GRU recurrence, one layer-direction (CPU)", py::arg("xp"), py::arg("h0"),
+        py::arg("w_hh"), py::arg("b_hn"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
+        py::arg("w_hh_panels") = nullptr);
+  m.def("gru_backward_cpu", &gru_backward, "GRU recurrence backward (CPU)", py::arg("dy"), py::arg("dh_n"),
+        py::arg("h_prev"), py::arg("w_hh"), py::arg("saved"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("w_hh_panels") = nullptr);
   m.def("rnn_forward_cpu", &rnn_forward, "Elman recurrence (tanh or relu), one layer-direction (CPU)", py::arg("xp"),
-        py::arg("h0"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true);
+        py::arg("h0"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
+        py::arg("w_hh_panels") = nullptr);
   m.def("rnn_backward_cpu", &rnn_backward, "Elman recurrence backward (CPU)", py::arg("dy"), py::arg("dh_n"),
-        py::arg("y"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"));
+        py::arg("y"), py::arg("w_hh"), py::arg("relu"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("w_hh_panels") = nullptr);
   m.def("cell_pack_cpu", &cell_pack, "A cell weight (gates * hidden, depth) packed for cell_forward_cpu on the "
         "instruction set in use", py::arg("w"), py::arg("gates"));
   m.def("cell_forward_cpu", &cell_forward, "One cell step (LSTM, GRU, RNN_TANH, RNN_RELU) on packed weights (CPU): "

@@ -277,11 +277,6 @@ def _direct(*tensors: Tensor | None) -> bool:
             and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
-def _op(op, backend: str):
-    """The custom op with the backend bound, called like a backend function."""
-    return lambda *args: op(*args, backend)
-
-
 def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -350,13 +345,16 @@ def _differentiable_backward(ctx, recurrence, inputs: tuple[Tensor | None, ...],
     return tuple(next(found) if need and a is not None else None for a, need in zip(aliases, ctx.needs_input_grad))
 
 
-def _lstm_kernel_backward(backend, reverse, saved, dy, dh_n, dc_n):
+def _lstm_kernel_backward(backend, reverse, saved, dy, dh_n, dc_n, cache=None):
     """The fused backward of the LSTM recurrence: (dxp, dh0, dc0, dw_hh, dw_hr) from what the forward saved."""
     h0, c0, w_hh, w_hr, lengths, y, gates, c_all = saved
     c_prev = previous_states(c_all, c0, lengths, reverse)
     dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
-    op = kernels(backend).lstm_backward if _direct(dy, dh_n, dc_n, gates) else _op(lstm_backward, backend)
-    dgates, dh_all, dh0, dc0 = op(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
+    args = (dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
+    if _direct(dy, dh_n, dc_n, gates):
+        dgates, dh_all, dh0, dc0 = kernels(backend).lstm_backward(*args, cache=cache)
+    else:
+        dgates, dh_all, dh0, dc0 = lstm_backward(*args, backend)
     dw_hh = _outer_sum(dgates, previous_states(y, h0, lengths, reverse))
     dw_hr = None
     if w_hr is not None:
@@ -365,39 +363,49 @@ def _lstm_kernel_backward(backend, reverse, saved, dy, dh_n, dc_n):
     return dgates, dh0, dc0, dw_hh, dw_hr
 
 
-def _gru_kernel_backward(backend, reverse, saved, dy, dh_n):
+def _gru_kernel_backward(backend, reverse, saved, dy, dh_n, cache=None):
     """The fused backward of the GRU recurrence: (dxp, dh0, dw_hh, db_hn) from what the forward saved."""
     h0, w_hh, b_hn, lengths, y, acts = saved
     h_prev = previous_states(y, h0, lengths, reverse)
     dy, dh_n = dy.contiguous(), dh_n.contiguous()
-    op = kernels(backend).gru_backward if _direct(dy, dh_n, acts) else _op(gru_backward, backend)
-    dxp, dhn, dh0 = op(dy, dh_n, h_prev, w_hh, acts, lengths, reverse)
+    args = (dy, dh_n, h_prev, w_hh, acts, lengths, reverse)
+    if _direct(dy, dh_n, acts):
+        dxp, dhn, dh0 = kernels(backend).gru_backward(*args, cache=cache)
+    else:
+        dxp, dhn, dh0 = gru_backward(*args, backend)
     hidden = h0.shape[-1]
     dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
     db_hn = dhn.sum((0, 1)) if b_hn is not None else None
     return dxp, dh0, dw_hh, db_hn
 
 
-def _rnn_kernel_backward(backend, reverse, relu, saved, dy, dh_n):
+def _rnn_kernel_backward(backend, reverse, relu, saved, dy, dh_n, cache=None):
     """The fused backward of the Elman recurrence: (dxp, dh0, dw_hh) from what the forward saved."""
     h0, w_hh, lengths, y = saved
     dy, dh_n = dy.contiguous(), dh_n.contiguous()
-    op = kernels(backend).rnn_backward if _direct(dy, dh_n, y) else _op(rnn_backward, backend)
-    dxp, dh0 = op(dy, dh_n, y, w_hh, relu, lengths, reverse)
+    args = (dy, dh_n, y, w_hh, relu, lengths, reverse)
+    if _direct(dy, dh_n, y):
+        dxp, dh0 = kernels(backend).rnn_backward(*args, cache=cache)
+    else:
+        dxp, dh0 = rnn_backward(*args, backend)
     return dxp, dh0, _outer_sum(dxp, previous_states(y, h0, lengths, reverse))
 
 
 class LSTMRecurrence(torch.autograd.Function):
     """The LSTM recurrence as one autograd node: the backend's fused forward and backward, with a backward that
     can itself be differentiated (see _differentiable_backward). xp_source: a callable returning xp computed
-    afresh from what it was computed from (None: xp is saved instead)."""
+    afresh from what it was computed from (None: xp is saved instead). cache: the layer-direction's dict for the
+    backend's prepared weights (backends/__init__.py), or None."""
 
     @staticmethod
-    def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend, xp_source=None):
-        op = kernels(backend).lstm_forward if _direct(xp, h0, c0, w_hh, w_hr) else _op(lstm_forward, backend)
-        y, h_n, c_n, gates, c_all = op(xp, h0, c0, w_hh, w_hr, lengths, reverse)
+    def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend, xp_source=None, cache=None):
+        args = (xp, h0, c0, w_hh, w_hr, lengths, reverse)
+        if _direct(xp, h0, c0, w_hh, w_hr):
+            y, h_n, c_n, gates, c_all = kernels(backend).lstm_forward(*args, cache=cache)
+        else:
+            y, h_n, c_n, gates, c_all = lstm_forward(*args, backend)
         ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all, None if xp_source else xp)
-        ctx.reverse, ctx.backend, ctx.xp_source = reverse, backend, xp_source
+        ctx.reverse, ctx.backend, ctx.xp_source, ctx.cache = reverse, backend, xp_source, cache
         return y, h_n, c_n
 
     @staticmethod
@@ -406,19 +414,23 @@ class LSTMRecurrence(torch.autograd.Function):
         if _backward_is_differentiated(dy, dh_n, dc_n):
             h0, c0, w_hh, w_hr, lengths = saved[:5]
             return (*_differentiable_backward(ctx, cell_math.lstm_recurrence, (xp, h0, c0, w_hh, w_hr), lengths,
-                                              (dy, dh_n, dc_n)), None, None, None, None)
-        return (*_lstm_kernel_backward(ctx.backend, ctx.reverse, saved, dy, dh_n, dc_n), None, None, None, None)
+                                              (dy, dh_n, dc_n)), None, None, None, None, None)
+        return (*_lstm_kernel_backward(ctx.backend, ctx.reverse, saved, dy, dh_n, dc_n, ctx.cache),
+                None, None, None, None, None)
 
 
 class GRURecurrence(torch.autograd.Function):
     """The GRU recurrence as one autograd node; as LSTMRecurrence."""
 
     @staticmethod
-    def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend, xp_source=None):
-        op = kernels(backend).gru_forward if _direct(xp, h0, w_hh, b_hn) else _op(gru_forward, backend)
-        y, h_n, acts = op(xp, h0, w_hh, b_hn, lengths, reverse)
+    def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend, xp_source=None, cache=None):
+        args = (xp, h0, w_hh, b_hn, lengths, reverse)
+        if _direct(xp, h0, w_hh, b_hn):
+            y, h_n, acts = kernels(backend).gru_forward(*args, cache=cache)
+        else:
+            y, h_n, acts = gru_forward(*args, backend)
         ctx.save_for_backward(h0, w_hh, b_hn, lengths, y, acts, None if xp_source else xp)
-        ctx.reverse, ctx.backend, ctx.xp_source = reverse, backend, xp_source
+        ctx.reverse, ctx.backend, ctx.xp_source, ctx.cache = reverse, backend, xp_source, cache
         return y, h_n
 
     @staticmethod
@@ -427,19 +439,22 @@ class GRURecurrence(torch.autograd.Function):
         if _backward_is_differentiated(dy, dh_n):
             h0, w_hh, b_hn, lengths = saved[:4]
             return (*_differentiable_backward(ctx, cell_math.gru_recurrence, (xp, h0, w_hh, b_hn), lengths,
-                                              (dy, dh_n)), None, None, None, None)
-        return (*_gru_kernel_backward(ctx.backend, ctx.reverse, saved, dy, dh_n), None, None, None, None)
+                                              (dy, dh_n)), None, None, None, None, None)
+        return (*_gru_kernel_backward(ctx.backend, ctx.reverse, saved, dy, dh_n, ctx.cache), None, None, None, None, None)
 
 
 class RNNRecurrence(torch.autograd.Function):
     """The Elman recurrence as one autograd node; as LSTMRecurrence."""
 
     @staticmethod
-    def forward(ctx, xp, h0, w_hh, relu, lengths, reverse, backend, xp_source=None):
-        op = kernels(backend).rnn_forward if _direct(xp, h0, w_hh) else _op(rnn_forward, backend)
-        y, h_n = op(xp, h0, w_hh, relu, lengths, reverse)
+    def forward(ctx, xp, h0, w_hh, relu, lengths, reverse, backend, xp_source=None, cache=None):
+        args = (xp, h0, w_hh, relu, lengths, reverse)
+        if _direct(xp, h0, w_hh):
+            y, h_n = kernels(backend).rnn_forward(*args, cache=cache)
+        else:
+            y, h_n = rnn_forward(*args, backend)
         ctx.save_for_backward(h0, w_hh, lengths, y, None if xp_source else xp)
-        ctx.reverse, ctx.backend, ctx.relu, ctx.xp_source = reverse, backend, relu, xp_source
+        ctx.reverse, ctx.backend, ctx.relu, ctx.xp_source, ctx.cache = reverse, backend, relu, xp_source, cache
         return y, h_n
 
     @staticmethod
@@ -449,8 +464,9 @@ class RNNRecurrence(torch.autograd.Function):
             h0, w_hh, lengths = saved[:3]
             grads = _differentiable_backward(ctx, functools.partial(cell_math.rnn_recurrence, relu=ctx.relu),
                                              (xp, h0, w_hh), lengths, (dy, dh_n))
-            return (*grads, None, None, None, None, None)
-        return (*_rnn_kernel_backward(ctx.backend, ctx.reverse, ctx.relu, saved, dy, dh_n), None, None, None, None, None)
+            return (*grads, None, None, None, None, None, None)
+        return (*_rnn_kernel_backward(ctx.backend, ctx.reverse, ctx.relu, saved, dy, dh_n, ctx.cache),
+                None, None, None, None, None, None)
 
 
 # --- the custom ops' own autograd: what a torch.export program differentiates -------------------
@@ -560,8 +576,10 @@ def lstm_layer(
     lengths: Tensor | None,
     reverse: bool,
     backend: str,
+    cache: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh, w_hr), biases and w_hr may be None.
+    cache: the layer-direction's dict for the backend's prepared weights, kept by the caller (None: none kept).
     Returns (y (T, B, R), h_n, c_n)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
 
@@ -574,8 +592,8 @@ def lstm_layer(
     args = (xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous())
     if not _needs_grad(*args) and _direct(*args):
         # Inference: no autograd node, and nothing kept for a backward (the gates and cell states).
-        return kernels(backend).lstm_forward(*args, lengths, reverse, save=False)[:3]
-    return LSTMRecurrence.apply(*args, lengths, reverse, backend, projected)
+        return kernels(backend).lstm_forward(*args, lengths, reverse, save=False, cache=cache)[:3]
+    return LSTMRecurrence.apply(*args, lengths, reverse, backend, projected, cache)
 
 
 def gru_layer(
@@ -585,8 +603,9 @@ def gru_layer(
     lengths: Tensor | None,
     reverse: bool,
     backend: str,
+    cache: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh), biases may be None.
+    """x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh), biases may be None; cache as lstm_layer.
     Returns (y (T, B, H), h_n)."""
     w_ih, w_hh, b_ih, b_hh = weights
 
@@ -603,8 +622,8 @@ def gru_layer(
         return cell_math.gru_recurrence(xp, h0, w_hh, b_hn, lengths, reverse)
     args = (xp, h0.contiguous(), w_hh.contiguous(), b_hn)
     if not _needs_grad(*args) and _direct(*args):
-        return kernels(backend).gru_forward(*args, lengths, reverse, save=False)[:2]
-    return GRURecurrence.apply(*args, lengths, reverse, backend, projected)
+        return kernels(backend).gru_forward(*args, lengths, reverse, save=False, cache=cache)[:2]
+    return GRURecurrence.apply(*args, lengths, reverse, backend, projected, cache)
 
 
 def rnn_layer(
@@ -614,11 +633,12 @@ def rnn_layer(
     lengths: Tensor | None,
     reverse: bool,
     backend: str,
+    cache: dict | None = None,
     *,
     relu: bool,
 ) -> tuple[Tensor, Tensor]:
     """The Elman layer (tanh, or relu): x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh),
-    biases may be None. Returns (y (T, B, H), h_n)."""
+    biases may be None; cache as lstm_layer. Returns (y (T, B, H), h_n)."""
     w_ih, w_hh, b_ih, b_hh = weights
 
     def projected() -> Tensor:
@@ -629,8 +649,8 @@ def rnn_layer(
         return cell_math.rnn_recurrence(xp, h0, w_hh, lengths, reverse, relu)
     args = (xp, h0.contiguous(), w_hh.contiguous())
     if not _needs_grad(*args) and _direct(*args):
-        return kernels(backend).rnn_forward(*args, relu, lengths, reverse, save=False)
-    return RNNRecurrence.apply(*args, relu, lengths, reverse, backend, projected)
+        return kernels(backend).rnn_forward(*args, relu, lengths, reverse, save=False, cache=cache)
+    return RNNRecurrence.apply(*args, relu, lengths, reverse, backend, projected, cache)
 
 
 # The layer function of each cell (cells.Cell.mode), as the layer stack calls it.

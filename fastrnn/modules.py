@@ -186,6 +186,7 @@ class _RNNBase(nn.Module):
             twin._flat_weight_refs = []
             self.__dict__.pop("_twin_param_ids", None)
         self.__dict__["_step_packs"] = {}  # the one-step path's packed weights belong to the old tensors
+        self.__dict__["_layer_panels"] = {}  # and so do the layer kernels'
         self.__dict__["_auto_choices"] = {}
         result = super()._apply(fn, recurse)
         self.flatten_parameters()  # as nn.RNNBase does after .cuda()/.to(): cuDNN wants one weight buffer
@@ -547,6 +548,9 @@ class _RNNBase(nn.Module):
             return self._run_one_step(x, states, weights, backend, dtype)
         lengths = packing.lengths if packing is not None else None
         layer_fn = functional.LAYERS[self.mode]
+        # Per layer-direction, what the backend prepares from the weights and keeps between calls (the cpp
+        # kernels' packed W_hh); it goes with the module.
+        caches = self.__dict__.setdefault("_layer_panels", {})
         finals: list[list[Tensor]] = [[] for _ in states]
         layer_input = x
         for layer in range(self.num_layers):
@@ -563,7 +567,7 @@ class _RNNBase(nn.Module):
                 index = layer * self.num_directions + direction
                 initial = [s[index] for s in states]
                 y, *last = layer_fn(projected, *initial, self._layer_weights(weights, layer, direction, dtype), lengths,
-                                    bool(direction), backend)
+                                    bool(direction), backend, caches.setdefault(index, {}))
                 outputs.append(y)
                 for collected, state in zip(finals, last):
                     collected.append(state)

@@ -3,8 +3,8 @@
 tests/support/cpu_kernels_driver.cpp runs every kernel (forward and backward, float32 and bfloat16,
 with and without proj_size, full and ragged lengths, both directions) on two threads, without torch,
 and checks the two-thread results equal the one-thread ones bit for bit. It is built with the kernels'
-own sources and their threads (csrc/cpu/parallel.cpp, plain threads here: the sanitizers cannot see
-into an uninstrumented OpenMP runtime), once per sanitizer.
+own sources, their threads (csrc/cpu/parallel.cpp, plain threads here: the sanitizers cannot see
+into an uninstrumented OpenMP runtime) and their panel cache (csrc/cpu/panel_cache.cpp), once per sanitizer.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def test_kernels_run_clean_under_the_sanitizer(sanitizer, tmp_path):
         pytest.skip("this CPU has no AVX512_BF16 to run the pair products on")
     binary = tmp_path / "driver"
     build = subprocess.run(["c++", "-std=c++17", "-g", "-ffp-contract=fast", "-pthread", *SANITIZERS[sanitizer],
-                            "-I", _build.CSRC, str(DRIVER), str(Path(_build.CSRC) / "cpu" / "parallel.cpp"),
+                            "-I", _build.CSRC, str(DRIVER),
+                            *(str(Path(_build.CSRC) / "cpu" / name) for name in ("parallel.cpp", "panel_cache.cpp")),
                             "-o", str(binary)], capture_output=True, text=True, timeout=900)
     if build.returncode != 0 and "cannot find" in build.stderr and "lib" in build.stderr:
         pytest.skip(f"the {sanitizer} sanitizer's runtime is not installed: {build.stderr.strip()[-300:]}")

@@ -41,6 +41,46 @@ struct Shape {
   int max_threads;      // threads the kernel may use (it uses fewer when the work is small)
 };
 
+// --- weights packed once and kept across calls --------------------------------------------------
+
+// A store for one weight's packed panels that outlives a call (panel_cache.cpp): the binding keeps one
+// per weight tensor and, per call, the stamp of what the weight holds now (a new stamp whenever its
+// storage or its in-place version changes). A kernel reads panels packed in the layout it wants under
+// the call's stamp, or packs them and leaves them there; panels of an older stamp are dropped then.
+// Thread-safe: calls on other threads keep the panels they read until they are done with them.
+class PanelCache;
+
+// Where a call's weight may find or leave its panels; cache null: pack for this call only.
+struct CachedPanels {
+  PanelCache* cache = nullptr;
+  int64_t stamp = 0;
+};
+
+// What a packing is: every argument of pack_panels (gemm.h) that shapes the panels.
+struct PanelLayout {
+  int64_t element_bytes, lanes, k_stride, c_stride, depth, gates, units;
+};
+
+// A reference to packed panels: `data` stays valid until release_panels(lease).
+struct PanelLease {
+  void* data = nullptr;
+  void* entry = nullptr;
+};
+
+// Panels of `layout` under `stamp`, or a lease with null data where there are none.
+PanelLease find_panels(PanelCache* cache, int64_t stamp, const PanelLayout& layout);
+// Fresh 64-byte-aligned memory for `bytes` of panels, not yet in any cache.
+PanelLease new_panels(int64_t bytes);
+// Leaves the panels of `lease` (from new_panels, now packed) in the cache under `stamp`, dropping those
+// of other stamps; the lease stays the caller's to release.
+void keep_panels(PanelCache* cache, int64_t stamp, const PanelLayout& layout, const PanelLease& lease);
+void release_panels(const PanelLease& lease);
+
+PanelCache* new_panel_cache();
+void delete_panel_cache(PanelCache* cache);
+// The bytes of panels the cache holds now.
+int64_t panel_cache_bytes(const PanelCache* cache);
+
 template <class T>
 struct LstmForward {
   Shape shape;
@@ -54,6 +94,7 @@ struct LstmForward {
   T* c_n;         // [B, H]
   T* gates;       // [T, B, 4H] the activated gates i, f, g, o, or null (nothing kept for a backward)
   T* c_all;       // [T, B, H] the cell state after each step, null with gates
+  CachedPanels w_hh_panels{}, w_hr_panels{};
 };
 
 template <class T>
@@ -71,6 +112,7 @@ struct LstmBackward {
   T* dh_all;  // [T, B, R] gradient of each step's hidden output before the carry (only with w_hr)
   T* dh0;     // [B, R]
   T* dc0;     // [B, H]
+  CachedPanels w_hh_panels{}, w_hr_panels{};
 };
 
 template <class T>
@@ -83,6 +125,7 @@ struct GruForward {
   T* y;              // [T, B, H]
   T* h_n;            // [B, H]
   T* saved;          // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn, or null (nothing kept)
+  CachedPanels w_hh_panels{};
 };
 
 template <class T>
@@ -96,6 +139,7 @@ struct GruBackward {
   T* dxp;  // [T, B, 3H]
   T* dhn;  // [T, B, H] gradient of hn
   T* dh0;  // [B, H]
+  CachedPanels w_hh_panels{};
 };
 
 template <class T>
@@ -107,6 +151,7 @@ struct RnnForward {
   const T* w_hh;  // [H, H]
   T* y;           // [T, B, H]
   T* h_n;         // [B, H]
+  CachedPanels w_hh_panels{};
 };
 
 template <class T>
@@ -119,6 +164,7 @@ struct RnnBackward {
   const T* w_hh;
   T* dxp;  // [T, B, H] gradient of the pre-activations
   T* dh0;  // [B, H]
+  CachedPanels w_hh_panels{};
 };
 
 // --- the cells: one step, x and h in, the new states out ------------------------------------------

@@ -30,29 +30,41 @@ class Scratch {
   T* data_;
 };
 
-// A weight packed for one call's step GEMMs, in panels of P (gemm.h). from_rows: B = W^T, the forward's
+// A weight packed for the step GEMMs, in panels of P (gemm.h). from_rows: B = W^T, the forward's
 // h W^T, whose columns are W's `gates * units` rows of `depth`; from_columns: B = W, the backward's carry
-// dG W, whose `columns` columns are W's own (depth: W's rows).
+// dG W, whose `columns` columns are W's own (depth: W's rows). With a cache (api.h, CachedPanels) the
+// panels are read from there when an earlier call packed them in this layout from this weight version,
+// and left there otherwise; without one they are this call's alone.
 template <class P, int N>
 class PackedPanels {
  public:
   template <class S>
-  static PackedPanels from_rows(const S* w, int64_t depth, int64_t gates, int64_t units) {
-    return PackedPanels(w, 1, depth, depth, gates, units);
+  static PackedPanels from_rows(const S* w, int64_t depth, int64_t gates, int64_t units, CachedPanels cache = {}) {
+    return PackedPanels(w, 1, depth, depth, gates, units, cache);
   }
   template <class S>
-  static PackedPanels from_columns(const S* w, int64_t depth, int64_t columns) {
-    return PackedPanels(w, columns, 1, depth, 1, columns);
+  static PackedPanels from_columns(const S* w, int64_t depth, int64_t columns, CachedPanels cache = {}) {
+    return PackedPanels(w, columns, 1, depth, 1, columns, cache);
   }
-  const P* get() const { return data_.get(); }
+  const P* get() const { return static_cast<const P*>(lease_.data); }
+  ~PackedPanels() { release_panels(lease_); }
+  PackedPanels(PackedPanels&& other) noexcept : lease_(other.lease_) { other.lease_ = {}; }
+  PackedPanels(const PackedPanels&) = delete;
+  PackedPanels& operator=(const PackedPanels&) = delete;
 
  private:
   template <class S>
-  PackedPanels(const S* w, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates, int64_t units)
-      : data_(PanelGeometry<N, P>{depth, gates}.size(ceil_div(units, N))) {
-    pack_panels<P, N>(data_.get(), w, k_stride, c_stride, depth, gates, units);
+  PackedPanels(const S* w, int64_t k_stride, int64_t c_stride, int64_t depth, int64_t gates, int64_t units,
+               CachedPanels cache) {
+    const PanelLayout layout{int64_t(sizeof(P)), N, k_stride, c_stride, depth, gates, units};
+    if (!w || units == 0) cache.cache = nullptr;  // nothing worth keeping
+    lease_ = find_panels(cache.cache, cache.stamp, layout);
+    if (lease_.data) return;
+    lease_ = new_panels(PanelGeometry<N, P>{depth, gates}.size(ceil_div(units, N)) * int64_t(sizeof(P)));
+    pack_panels<P, N>(static_cast<P*>(lease_.data), w, k_stride, c_stride, depth, gates, units);
+    keep_panels(cache.cache, cache.stamp, layout, lease_);
   }
-  Scratch<P> data_;
+  PanelLease lease_;
 };
 
 // A forward's double buffer of h, both halves starting as h0: rows that start late (reverse, lengths)

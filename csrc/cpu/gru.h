@@ -78,7 +78,7 @@ struct GruKernels {
   static void forward(const GruForward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
-    const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, H, 3, H);
+    const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, H, 3, H, a.w_hh_panels);
     const HiddenBuffers<GemmT> h(a.h0, B * H);
     Forward job{a, w_packed.get(), {h[0], h[1]}, {}};
     run_job(job, choose_threads(s, B * 3 * H * H, ceil_div(H, N)));
@@ -171,7 +171,7 @@ struct GruKernels {
   static void backward(const GruBackward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
-    const auto w_packed = PackedPanels<GemmT, N>::from_columns(a.w_hh, 3 * H, H);
+    const auto w_packed = PackedPanels<GemmT, N>::from_columns(a.w_hh, 3 * H, H, a.w_hh_panels);
     Scratch<T> dh(B * H);
     convert(dh.get(), a.dh_n, B * H);
     // Storage the carry GEMM cannot read (bfloat16 without the pair products): it reads GemmT copies of it.

@@ -136,8 +136,8 @@ struct LstmKernels {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, R = s.state, B = s.batch;
     const int64_t unit_blocks = ceil_div(H, N);
-    const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, R, 4, H);
-    const auto wr_packed = PackedPanels<GemmT, N>::from_rows(a.w_hr, H, 1, a.w_hr ? R : 0);
+    const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, R, 4, H, a.w_hh_panels);
+    const auto wr_packed = PackedPanels<GemmT, N>::from_rows(a.w_hr, H, 1, a.w_hr ? R : 0, a.w_hr_panels);
     const HiddenBuffers<GemmT> h(a.h0, B * R);
     Scratch<GemmT> units(a.w_hr ? B * H : 0);
     Scratch<T> c(B * H);
@@ -276,8 +276,8 @@ struct LstmKernels {
   static void backward(const LstmBackward<S>& a) {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, R = s.state, B = s.batch;
-    const auto w_packed = PackedPanels<GemmT, N>::from_columns(a.w_hh, 4 * H, R);
-    const auto wr_packed = PackedPanels<GemmT, N>::from_columns(a.w_hr, R, a.w_hr ? H : 0);
+    const auto w_packed = PackedPanels<GemmT, N>::from_columns(a.w_hh, 4 * H, R, a.w_hh_panels);
+    const auto wr_packed = PackedPanels<GemmT, N>::from_columns(a.w_hr, R, a.w_hr ? H : 0, a.w_hr_panels);
     Scratch<T> dh(B * R), dc(B * H);
     convert(dh.get(), a.dh_n, B * R);
     convert(dc.get(), a.dc_n, B * H);

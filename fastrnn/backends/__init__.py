@@ -4,7 +4,9 @@ A kernel backend is a module with `unavailable_reason(device)` and the recurrenc
 `fastrnn.backends.reference` (lstm_forward/backward, gru_forward/backward, rnn_forward/backward; only those of
 its cells where CELLS_OF lists them), same arguments and results; those in CELL_STEP_BACKENDS also have the
 fused cell step (cell_forward, cell_backward). The forwards also take `save` (default True); save=False is an inference call,
-which returns empty tensors for what only the backward needs (LSTM gates and cell states, GRU saved). `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
+which returns empty tensors for what only the backward needs (LSTM gates and cell states, GRU saved). Every recurrence
+function also takes `cache` (default None): a dict the caller keeps for one layer-direction across calls, where a
+backend may keep what it prepares from the weights (the cpp kernels' packed W_hh); None keeps nothing. `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
 (cuDNN on GPU), run whole by the layer modules.
 """
 

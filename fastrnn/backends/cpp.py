@@ -25,28 +25,52 @@ def _kernels():
     return module
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
-    return _kernels().lstm_forward_cpu(xp, h0, c0, w_hh, w_hr, lengths, reverse, save)
+# --- the layers: W_hh (and W_hr) packed once per weight version --------------------------------------
+# A layer kernel reads W_hh as packed panels, whose packing costs about as much as a few steps. `cache`:
+# the dict a module keeps per layer-direction (modules.py), which holds one fastrnn._C.CpuWeightPanels per
+# weight; the kernels read its panels while the weight is unchanged (same storage, version, dtype and
+# shape) and repack otherwise. None (a functional call, torch.compile's ops): pack on every call.
 
 
-def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
-    return _kernels().lstm_backward_cpu(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
+def _panels(cache, slot, weight=True):
+    if cache is None or weight is None:
+        return None
+    panels = cache.get(slot)
+    if panels is None:
+        panels = cache[slot] = _kernels().CpuWeightPanels()
+    return panels
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
-    return _kernels().gru_forward_cpu(xp, h0, w_hh, b_hn, lengths, reverse, save)
+def packed_weight_bytes(module) -> int:
+    """Bytes of packed weights the layer kernels keep for `module` and its submodules."""
+    return sum(panels.nbytes for sub in module.modules() for cache in sub.__dict__.get("_layer_panels", {}).values()
+               for panels in cache.values())
 
 
-def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
-    return _kernels().gru_backward_cpu(dy, dh_n, h_prev, w_hh, saved, lengths, reverse)
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
+    return _kernels().lstm_forward_cpu(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, _panels(cache, "hh"),
+                                       _panels(cache, "hr", w_hr))
 
 
-def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
-    return _kernels().rnn_forward_cpu(xp, h0, w_hh, relu, lengths, reverse, save)
+def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, cache=None):
+    return _kernels().lstm_backward_cpu(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse,
+                                        _panels(cache, "hh"), _panels(cache, "hr", w_hr))
 
 
-def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
-    return _kernels().rnn_backward_cpu(dy, dh_n, y, w_hh, relu, lengths, reverse)
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True, cache=None):
+    return _kernels().gru_forward_cpu(xp, h0, w_hh, b_hn, lengths, reverse, save, _panels(cache, "hh"))
+
+
+def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, cache=None):
+    return _kernels().gru_backward_cpu(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, _panels(cache, "hh"))
+
+
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True, cache=None):
+    return _kernels().rnn_forward_cpu(xp, h0, w_hh, relu, lengths, reverse, save, _panels(cache, "hh"))
+
+
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse, cache=None):
+    return _kernels().rnn_backward_cpu(dy, dh_n, y, w_hh, relu, lengths, reverse, _panels(cache, "hh"))
 
 
 # --- the cells: one step per call, on weights packed once ------------------------------------------

@@ -122,34 +122,34 @@ def _record(kernel: str, steps: int, batch: int, hidden: int, state: int, projec
     last_problems[kernel] = (steps, batch, hidden, state, projection, dtype)
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
     _record("lstm_forward", xp.shape[0], xp.shape[1], c0.shape[-1], h0.shape[-1], w_hr is not None, xp.dtype, lengths)
     return _kernels().lstm_forward_cuda(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, **_knobs(xp.dtype))
 
 
-def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
+def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, cache=None):
     _record("lstm_backward", dy.shape[0], dy.shape[1], c_all.shape[-1], dy.shape[-1], w_hr is not None, dy.dtype,
             lengths)
     return _kernels().lstm_backward_cuda(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse,
                                          **_knobs(dy.dtype))
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True, cache=None):
     _record("gru_forward", xp.shape[0], xp.shape[1], h0.shape[-1], h0.shape[-1], False, xp.dtype, lengths)
     return _kernels().gru_forward_cuda(xp, h0, w_hh, b_hn, lengths, reverse, save, **_knobs(xp.dtype))
 
 
-def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
+def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, cache=None):
     _record("gru_backward", dy.shape[0], dy.shape[1], dy.shape[-1], dy.shape[-1], False, dy.dtype, lengths)
     return _kernels().gru_backward_cuda(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, **_knobs(dy.dtype))
 
 
-def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True, cache=None):
     _record("rnn_forward", xp.shape[0], xp.shape[1], h0.shape[-1], h0.shape[-1], False, xp.dtype, lengths)
     return _kernels().rnn_forward_cuda(xp, h0, w_hh, relu, lengths, reverse, save, **_knobs(xp.dtype))
 
 
-def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse, cache=None):
     _record("rnn_backward", dy.shape[0], dy.shape[1], dy.shape[-1], dy.shape[-1], False, dy.dtype, lengths)
     return _kernels().rnn_backward_cuda(dy, dh_n, y, w_hh, relu, lengths, reverse, **_knobs(dy.dtype))
 

@@ -40,7 +40,7 @@ def step_order(seq_len: int, reverse: bool) -> range:
     return range(seq_len - 1, -1, -1) if reverse else range(seq_len)
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
     seq_len, batch, _ = xp.shape
     hidden = c0.shape[-1]
     y = xp.new_zeros(seq_len, batch, h0.shape[-1])
@@ -58,7 +58,7 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
     return y, h, c, gates, c_all
 
 
-def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
+def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, cache=None):
     seq_len, batch, _ = dy.shape
     dgates = torch.zeros_like(gates)
     dh_all = torch.zeros_like(dy) if w_hr is not None else dy.new_empty(0)
@@ -86,7 +86,7 @@ def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, rev
     return dgates, dh_all, dh, dc
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True, cache=None):
     seq_len, batch, _ = xp.shape
     hidden = h0.shape[-1]
     y = xp.new_zeros(seq_len, batch, hidden)
@@ -101,7 +101,7 @@ def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
     return y, h, saved if save else xp.new_empty(0)
 
 
-def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
+def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, cache=None):
     seq_len, batch, hidden = dy.shape
     dxp = dy.new_zeros(seq_len, batch, 3 * hidden)
     dhn = torch.zeros_like(dy)
@@ -121,7 +121,7 @@ def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
     return dxp, dhn, dh
 
 
-def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True, cache=None):
     """Elman recurrence: xp (T, B, H) = x W_ih^T + b_ih + b_hh. Returns y (T, B, H) and h_n; the backward
     needs nothing more than y (act' is read off h'), so `save` changes nothing here."""
     seq_len, batch, _ = xp.shape
@@ -132,7 +132,7 @@ def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
     return y, h
 
 
-def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse, cache=None):
     """Reverse Elman recurrence from the forward's outputs y. Returns dxp (T, B, H) and dh0."""
     seq_len, batch, _ = dy.shape
     dxp = torch.zeros_like(dy)

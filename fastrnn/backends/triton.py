@@ -126,7 +126,7 @@ def _single_state_forward(plan, persistent_kernel, step_kernel, xp, h0, weights,
 # --- LSTM ------------------------------------------------------------------------------------------
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
     _check_dtype(xp.dtype)
     seq_len, batch, gate_size = xp.shape
     hidden, state = gate_size // 4, h0.shape[-1]
@@ -169,7 +169,7 @@ def _lstm_forward(plan, xp, h0, c0, w_hh, w_hr, lengths, reverse):
     return y, h, c.to(c0.dtype), gates, c_all
 
 
-def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse):
+def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, cache=None):
     _check_dtype(dy.dtype)
     batch, hidden, state = dy.shape[1], c_all.shape[-1], dy.shape[-1]
     args = (dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
@@ -208,7 +208,7 @@ def _lstm_backward(plan, dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengt
 # --- GRU -------------------------------------------------------------------------------------------
 
 
-def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True):
+def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True, cache=None):
     _check_dtype(xp.dtype)
     batch, hidden = xp.shape[1], h0.shape[-1]
     plan = _plan("gru", "forward", hidden, hidden, xp.dtype, batch, xp.device,
@@ -229,7 +229,7 @@ def _gru_forward(plan, xp, h0, w_hh, b_hn, lengths, reverse):
     return y, h, saved
 
 
-def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse):
+def gru_backward(dy, dh_n, h_prev, w_hh, saved, lengths, reverse, cache=None):
     _check_dtype(dy.dtype)
     batch, hidden = dy.shape[1], dy.shape[-1]
     args = (dy, dh_n, h_prev, w_hh, saved, lengths, reverse)
@@ -273,7 +273,7 @@ def _check_rnn_arguments(xp, h0, w_hh, lengths) -> None:
         raise RuntimeError(f"triton rnn_forward: lengths must be ({batch},); got {tuple(lengths.shape)}")
 
 
-def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True):
+def rnn_forward(xp, h0, w_hh, relu, lengths, reverse, save=True, cache=None):
     """reference.rnn_forward: (y, h_n). The backward needs nothing but y, so `save` changes nothing."""
     _check_dtype(xp.dtype)
     _check_rnn_arguments(xp, h0, w_hh, lengths)
@@ -290,7 +290,7 @@ def _rnn_forward(plan, xp, h0, w_hh, relu, lengths, reverse):
     return y, h
 
 
-def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse):
+def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse, cache=None):
     """reference.rnn_backward: (dxp, dh0), act' read off the forward's outputs y."""
     _check_dtype(dy.dtype)
     _check_rnn_arguments(y, dh_n, w_hh, lengths)

@@ -6,6 +6,8 @@
 //
 // The portable vector width keeps the build quick; the threading and memory logic is the same for
 // every instruction set. Built with FASTRNN_BF16_DOT it runs the bfloat16 kernels' pair-product GEMMs.
+// The two-thread runs go twice through a panel cache (csrc/cpu/panel_cache.cpp): the first packs the
+// weights into it, the second reads them back, and both must equal the one-thread run's fresh packing.
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -71,14 +73,18 @@ bool run_lstm(const Case& c, std::mt19937& rng) {
              dh_n = random_values<S>(B * R, rng), dc_n = random_values<S>(B * H, rng);
   struct Result {
     std::vector<S> y, h_n, c_n, gates, c_all, dgates, dh_all, dh0, dc0;
-  } results[2];
-  for (int threads = 1; threads <= 2; ++threads) {
-    Result& r = results[threads - 1];
+  } results[3];
+  PanelCache* w_hh_cache = new_panel_cache();
+  PanelCache* w_hr_cache = new_panel_cache();
+  for (int run = 0; run < 3; ++run) {
+    const int threads = run == 0 ? 1 : 2;
+    const CachedPanels w_hh_panels{run == 0 ? nullptr : w_hh_cache, 1}, w_hr_panels{run == 0 ? nullptr : w_hr_cache, 1};
+    Result& r = results[run];
     r.y.assign(T * B * R, S{}), r.h_n.assign(B * R, S{}), r.c_n.assign(B * H, S{});
     r.gates.assign(T * B * 4 * H, S{}), r.c_all.assign(T * B * H, S{});
     const Shape shape{T, B, H, R, c.reverse, c.ragged ? live.data() : nullptr, threads};
     K::forward({shape, xp.data(), h0.data(), c0.data(), w_hh.data(), proj ? w_hr.data() : nullptr, r.y.data(),
-                r.h_n.data(), r.c_n.data(), r.gates.data(), r.c_all.data()});
+                r.h_n.data(), r.c_n.data(), r.gates.data(), r.c_all.data(), w_hh_panels, w_hr_panels});
     std::vector<S> c_prev(T * B * H);  // the cell state entering each step, as the caller derives it
     for (int64_t t = 0; t < T; ++t) {
       const int64_t from = c.reverse ? t + 1 : t - 1;
@@ -88,13 +94,19 @@ bool run_lstm(const Case& c, std::mt19937& rng) {
     r.dc0.assign(B * H, S{});
     K::backward({shape, dy.data(), dh_n.data(), dc_n.data(), c_prev.data(), w_hh.data(), proj ? w_hr.data() : nullptr,
                  r.gates.data(), r.c_all.data(), r.dgates.data(), proj ? r.dh_all.data() : nullptr, r.dh0.data(),
-                 r.dc0.data()});
+                 r.dc0.data(), w_hh_panels, w_hr_panels});
   }
-  const Result &one = results[0], &two = results[1];
-  return same_bits(one.y, two.y, "lstm y") & same_bits(one.h_n, two.h_n, "lstm h_n") &
-         same_bits(one.c_n, two.c_n, "lstm c_n") & same_bits(one.gates, two.gates, "lstm gates") &
-         same_bits(one.dgates, two.dgates, "lstm dgates") & same_bits(one.dh_all, two.dh_all, "lstm dh_all") &
-         same_bits(one.dh0, two.dh0, "lstm dh0") & same_bits(one.dc0, two.dc0, "lstm dc0");
+  delete_panel_cache(w_hh_cache);
+  delete_panel_cache(w_hr_cache);
+  bool same = true;
+  for (int run = 1; run < 3; ++run) {
+    const Result &one = results[0], &two = results[run];
+    same &= same_bits(one.y, two.y, "lstm y") & same_bits(one.h_n, two.h_n, "lstm h_n") &
+            same_bits(one.c_n, two.c_n, "lstm c_n") & same_bits(one.gates, two.gates, "lstm gates") &
+            same_bits(one.dgates, two.dgates, "lstm dgates") & same_bits(one.dh_all, two.dh_all, "lstm dh_all") &
+            same_bits(one.dh0, two.dh0, "lstm dh0") & same_bits(one.dc0, two.dc0, "lstm dc0");
+  }
+  return same;
 }
 
 template <class S>
@@ -107,12 +119,16 @@ bool run_gru(const Case& c, std::mt19937& rng) {
              dy = random_values<S>(T * B * H, rng), dh_n = random_values<S>(B * H, rng);
   struct Result {
     std::vector<S> y, h_n, saved, dxp, dhn, dh0;
-  } results[2];
-  for (int threads = 1; threads <= 2; ++threads) {
-    Result& r = results[threads - 1];
+  } results[3];
+  PanelCache* w_hh_cache = new_panel_cache();
+  for (int run = 0; run < 3; ++run) {
+    const int threads = run == 0 ? 1 : 2;
+    const CachedPanels w_hh_panels{run == 0 ? nullptr : w_hh_cache, 1};
+    Result& r = results[run];
     r.y.assign(T * B * H, S{}), r.h_n.assign(B * H, S{}), r.saved.assign(T * B * 4 * H, S{});
     const Shape shape{T, B, H, H, c.reverse, c.ragged ? live.data() : nullptr, threads};
-    K::forward({shape, xp.data(), h0.data(), w_hh.data(), b_hn.data(), r.y.data(), r.h_n.data(), r.saved.data()});
+    K::forward({shape, xp.data(), h0.data(), w_hh.data(), b_hn.data(), r.y.data(), r.h_n.data(), r.saved.data(),
+                w_hh_panels});
     std::vector<S> h_prev(T * B * H);
     for (int64_t t = 0; t < T; ++t) {
       const int64_t from = c.reverse ? t + 1 : t - 1;
@@ -120,12 +136,17 @@ bool run_gru(const Case& c, std::mt19937& rng) {
     }
     r.dxp.assign(T * B * 3 * H, S{}), r.dhn.assign(T * B * H, S{}), r.dh0.assign(B * H, S{});
     K::backward({shape, dy.data(), dh_n.data(), h_prev.data(), w_hh.data(), r.saved.data(), r.dxp.data(), r.dhn.data(),
-                 r.dh0.data()});
+                 r.dh0.data(), w_hh_panels});
   }
-  const Result &one = results[0], &two = results[1];
-  return same_bits(one.y, two.y, "gru y") & same_bits(one.h_n, two.h_n, "gru h_n") &
-         same_bits(one.saved, two.saved, "gru saved") & same_bits(one.dxp, two.dxp, "gru dxp") &
-         same_bits(one.dhn, two.dhn, "gru dhn") & same_bits(one.dh0, two.dh0, "gru dh0");
+  delete_panel_cache(w_hh_cache);
+  bool same = true;
+  for (int run = 1; run < 3; ++run) {
+    const Result &one = results[0], &two = results[run];
+    same &= same_bits(one.y, two.y, "gru y") & same_bits(one.h_n, two.h_n, "gru h_n") &
+            same_bits(one.saved, two.saved, "gru saved") & same_bits(one.dxp, two.dxp, "gru dxp") &
+            same_bits(one.dhn, two.dhn, "gru dhn") & same_bits(one.dh0, two.dh0, "gru dh0");
+  }
+  return same;
 }
 
 }  // namespace
