@@ -55,6 +55,22 @@ SMALL = backends.auto.LSTM_CPP_MAX_BATCH_X_HIDDEN
 DTYPE_NAMES = "float32/float64"
 
 
+# The bfloat16 rows of auto's rule differ by how fast this CPU's pair products are (backends/auto.py).
+OTHERWISE = "LSTM, GRU or RNN in bfloat16/float16 otherwise"
+if backends.auto.pair_products_are_fast():
+    _ANY, _BATCH_1 = (kind for kind, _ in backends.auto.bfloat16_kinds())
+    BFLOAT16_ROWS = [("GRU", torch.bfloat16, 64, 512, False, _ANY), ("RNN_TANH", torch.bfloat16, 3, 10, True, _ANY),
+                     ("RNN_RELU", torch.bfloat16, 128, 256, False, _ANY), ("LSTM", torch.bfloat16, 1, 40, False, _BATCH_1)]
+else:
+    BFLOAT16_ROWS = [
+        ("GRU", torch.bfloat16, 32, 256, False, "GRU in bfloat16, batch x hidden <= 8192, T > 1"),
+        ("RNN_TANH", torch.bfloat16, 64, 512, False, "RNN (tanh, relu) in bfloat16, batch x hidden <= 32768, T > 1"),
+        ("RNN_RELU", torch.bfloat16, 3, 10, True, "RNN (tanh, relu) in bfloat16, batch x hidden <= 32768, T > 1"),
+        ("LSTM", torch.bfloat16, 1, 4, False, OTHERWISE),
+        ("GRU", torch.bfloat16, 64, 256, False, OTHERWISE),
+    ]
+
+
 # Concrete workloads, each with the kind of explain()'s table it belongs to.
 @pytest.mark.parametrize("cell,dtype,batch,hidden,packed,kind", [
     ("GRU", torch.float32, 1, 8, False, f"GRU, {DTYPE_NAMES}, any shape"),
@@ -67,11 +83,9 @@ DTYPE_NAMES = "float32/float64"
     ("LSTM", torch.float64, 4, SMALL // 4, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden <= {SMALL}"),
     ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, batch > 1 and batch x hidden > {SMALL}"),
     ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, batch > 1 and batch x hidden > {SMALL}"),
-    ("GRU", torch.bfloat16, 32, 256, False, "GRU in bfloat16, batch x hidden <= 8192, T > 1"),
-    ("RNN_TANH", torch.bfloat16, 64, 512, False, "RNN (tanh, relu) in bfloat16, batch x hidden <= 32768, T > 1"),
-    ("RNN_RELU", torch.bfloat16, 3, 10, True, "RNN (tanh, relu) in bfloat16, batch x hidden <= 32768, T > 1"),
-    ("LSTM", torch.bfloat16, 1, 4, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
-    ("GRU", torch.bfloat16, 64, 256, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
+    *BFLOAT16_ROWS,
+    ("LSTM", torch.bfloat16, 8, 4, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
+    ("LSTM", torch.bfloat16, 1, 4, True, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
     ("GRU", torch.float16, 8, 40, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
 ])
 def test_explain_says_what_auto_runs_for_each_kind_of_workload(cell, dtype, batch, hidden, packed, kind):

@@ -15,6 +15,7 @@ chosen in modules.py), since that op has no backward.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import torch
@@ -22,14 +23,51 @@ import torch
 CPP_DTYPES = (torch.float32, torch.float64)  # the dtypes auto gives to the cpp kernels
 OTHER_CPU_DTYPES = (torch.bfloat16, torch.float16)  # those it leaves to torch's code, but for the rows below
 
-# bfloat16 GRU and Elman layers (T > 1) run on the cpp kernels up to this batch x hidden size: nn's code
-# for them is its generic per-step path in bfloat16 too. Measured with `python -m bench --cells gru rnn_tanh
+# bfloat16 layers (T > 1) on the cpp kernels: how many depends on this CPU's bfloat16 pair products
+# (vdpbf16ps), whose multiply-add rate csrc/cpu/dispatch.cpp measures once against its fp32 FMAs.
+#
+# Where they are at least as fast as fp32 FMAs (FAST_PAIR_PRODUCTS; an AMD EPYC Zen 5 here, 1.85x), every GRU
+# and Elman layer and the padded batch-1 LSTM. Measured with `python -m bench --preset cpu --dtypes bfloat16
+# --threads 1` (B 1-128, H 64-512, T 128; and `--cells rnn_tanh`) at commit c991301 on that CPU: the GRU
+# 1.25-33x inference and 1.07-44x training in all 12 rows; the Elman layer (tanh) 1.24-17x inference and
+# 1.12-33x training in all 12 rows (beside a build on the other core); the LSTM at batch 1 1.26-1.67x
+# inference and 1.67-4.5x training, beyond it 0.73-0.94x inference against oneDNN's bfloat16 LSTM.
+FAST_PAIR_PRODUCTS = 1.0
+#
+# Where they are slower, up to this batch x hidden size. Measured with `python -m bench --cells gru rnn_tanh
 # --dtypes bfloat16 --batch 1 8 16 32 64 --hidden 128 256 512 --seq-len 128 --impls fastrnn-cpp --threads 1`
-# at commit fe3c845 on a Xeon with AMX (where nn's bfloat16 GEMMs are at their strongest): the GRU 1.12-9.3x
-# inference and 1.5-19x training up to B x H = 8192, 0.93/0.82x inference at 16384/32768 (B 32 and 64, H 512);
-# the Elman layer 1.03-16x in every row (to B 64, H 512). bfloat16 LSTMs keep oneDNN's LSTM (3x faster
-# than the cpp kernels at B 32 inference there), one-step calls nn's cells.
+# at commit fe3c845 on a Xeon with AMX (pair products 0.5x its FMAs; nn's bfloat16 GEMMs at their strongest):
+# the GRU 1.12-9.3x inference and 1.5-19x training up to B x H = 8192, 0.93/0.82x inference at 16384/32768
+# (B 32 and 64, H 512); the Elman layer 1.03-16x in every row (to B 64, H 512); bfloat16 LSTMs keep oneDNN's
+# LSTM there (3x faster than the cpp kernels at B 32 inference).
+#
+# One-step calls keep nn's cells either way.
 CPP_BFLOAT16_MAX_BATCH_X_HIDDEN = {"GRU": 8192, "RNN_TANH": 32768, "RNN_RELU": 32768}
+
+
+@functools.cache
+def pair_products_per_fma() -> float:
+    """This CPU's vdpbf16ps multiply-add rate over its fp32 FMA rate, as the cpp kernels measured it (0: none,
+    or no kernels)."""
+    from .. import _ext
+
+    if _ext.build_reason() is not None:
+        return 0.0
+    module = _ext.extension()
+    return module.cpu_pair_products_per_fma() if module is not None else 0.0
+
+
+def pair_products_are_fast() -> bool:
+    return pair_products_per_fma() >= FAST_PAIR_PRODUCTS
+
+
+def _cpu_prefers_cpp_in_bfloat16(workload: Workload) -> bool:
+    if is_one_step(workload):
+        return False
+    if pair_products_are_fast():
+        return workload.cell != "LSTM" or (workload.batch == 1 and not workload.packed)
+    return workload.batch * workload.hidden <= CPP_BFLOAT16_MAX_BATCH_X_HIDDEN.get(workload.cell, 0)
+
 
 # A padded LSTM runs on the cpp kernels for one sequence (batch 1), and for any batch up to this batch x
 # hidden size; otherwise oneDNN's LSTM was as fast or faster. Measured with `python -m bench --cells lstm
@@ -60,8 +98,7 @@ def _cpu_prefers_cpp(workload: Workload | None) -> bool:
     if workload is None:
         return True  # no shape to judge by (the choice made once while torch.compile traces): the typical small-model case
     if workload.dtype == torch.bfloat16:
-        bound = CPP_BFLOAT16_MAX_BATCH_X_HIDDEN.get(workload.cell, 0)
-        return not is_one_step(workload) and workload.batch * workload.hidden <= bound
+        return _cpu_prefers_cpp_in_bfloat16(workload)
     if workload.dtype not in CPP_DTYPES:
         return False
     if workload.cell != "LSTM" or workload.packed or is_one_step(workload):
@@ -129,12 +166,22 @@ def kinds(device: torch.device) -> list[tuple[str, Workload]]:
          Workload("LSTM", torch.float32, 2, small, False)),
         (f"LSTM, GRU or RNN, {dtypes}, one step (T = 1), padded, no projection",
          Workload("LSTM", torch.float32, 64, 512, False, steps=1)),
-        (f"GRU in bfloat16, batch x hidden <= {CPP_BFLOAT16_MAX_BATCH_X_HIDDEN['GRU']}, T > 1",
-         Workload("GRU", torch.bfloat16, 8, 256, False)),
-        (f"RNN (tanh, relu) in bfloat16, batch x hidden <= {CPP_BFLOAT16_MAX_BATCH_X_HIDDEN['RNN_TANH']}, T > 1",
-         Workload("RNN_TANH", torch.bfloat16, 8, 256, False)),
-        (f"LSTM, GRU or RNN in {_dtype_names(OTHER_CPU_DTYPES)} otherwise", Workload("LSTM", torch.bfloat16, 1, small, False)),
+        *bfloat16_kinds(),
+        (f"LSTM, GRU or RNN in {_dtype_names(OTHER_CPU_DTYPES)} otherwise", Workload("LSTM", torch.bfloat16, 8, small, False)),
     ]
+
+
+def bfloat16_kinds() -> list[tuple[str, Workload]]:
+    """The bfloat16 kinds the cpp kernels take on this CPU (see CPP_BFLOAT16_MAX_BATCH_X_HIDDEN)."""
+    if pair_products_are_fast():
+        return [("GRU or RNN (tanh, relu) in bfloat16, any shape, T > 1 (pair products >= FMAs here)",
+                 Workload("GRU", torch.bfloat16, 64, 512, False)),
+                ("LSTM in bfloat16, padded, batch 1, T > 1 (pair products >= FMAs here)",
+                 Workload("LSTM", torch.bfloat16, 1, 256, False))]
+    return [(f"GRU in bfloat16, batch x hidden <= {CPP_BFLOAT16_MAX_BATCH_X_HIDDEN['GRU']}, T > 1",
+             Workload("GRU", torch.bfloat16, 8, 256, False)),
+            (f"RNN (tanh, relu) in bfloat16, batch x hidden <= {CPP_BFLOAT16_MAX_BATCH_X_HIDDEN['RNN_TANH']}, T > 1",
+             Workload("RNN_TANH", torch.bfloat16, 8, 256, False))]
 
 
 @dataclasses.dataclass(frozen=True)
