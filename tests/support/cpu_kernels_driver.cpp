@@ -45,6 +45,23 @@ bool same_bits(const std::vector<S>& a, const std::vector<S>& b, const char* wha
   return false;
 }
 
+// A panel cache for one weight, freed at scope exit.
+struct OwnedCache {
+  PanelCache* cache = new_panel_cache();
+  OwnedCache() = default;
+  OwnedCache(const OwnedCache&) = delete;
+  ~OwnedCache() { delete_panel_cache(cache); }
+};
+
+// Runs 1 and 2 (two threads, packing into the cache and then reading it) against run 0 (one thread, packing
+// afresh), by `same(one, other)`.
+template <class Result, class Same>
+bool later_runs_match_the_first(const Result (&results)[3], Same same) {
+  bool all = true;
+  for (int run = 1; run < 3; ++run) all &= same(results[0], results[run]);
+  return all;
+}
+
 struct Case {
   int64_t steps, batch, hidden, state;
   bool reverse, ragged;
@@ -74,11 +91,11 @@ bool run_lstm(const Case& c, std::mt19937& rng) {
   struct Result {
     std::vector<S> y, h_n, c_n, gates, c_all, dgates, dh_all, dh0, dc0;
   } results[3];
-  PanelCache* w_hh_cache = new_panel_cache();
-  PanelCache* w_hr_cache = new_panel_cache();
+  const OwnedCache w_hh_cache, w_hr_cache;
   for (int run = 0; run < 3; ++run) {
     const int threads = run == 0 ? 1 : 2;
-    const CachedPanels w_hh_panels{run == 0 ? nullptr : w_hh_cache, 1}, w_hr_panels{run == 0 ? nullptr : w_hr_cache, 1};
+    const CachedPanels w_hh_panels{run == 0 ? nullptr : w_hh_cache.cache, 1},
+        w_hr_panels{run == 0 ? nullptr : w_hr_cache.cache, 1};
     Result& r = results[run];
     r.y.assign(T * B * R, S{}), r.h_n.assign(B * R, S{}), r.c_n.assign(B * H, S{});
     r.gates.assign(T * B * 4 * H, S{}), r.c_all.assign(T * B * H, S{});
@@ -96,17 +113,12 @@ bool run_lstm(const Case& c, std::mt19937& rng) {
                  r.gates.data(), r.c_all.data(), r.dgates.data(), proj ? r.dh_all.data() : nullptr, r.dh0.data(),
                  r.dc0.data(), w_hh_panels, w_hr_panels});
   }
-  delete_panel_cache(w_hh_cache);
-  delete_panel_cache(w_hr_cache);
-  bool same = true;
-  for (int run = 1; run < 3; ++run) {
-    const Result &one = results[0], &two = results[run];
-    same &= same_bits(one.y, two.y, "lstm y") & same_bits(one.h_n, two.h_n, "lstm h_n") &
-            same_bits(one.c_n, two.c_n, "lstm c_n") & same_bits(one.gates, two.gates, "lstm gates") &
-            same_bits(one.dgates, two.dgates, "lstm dgates") & same_bits(one.dh_all, two.dh_all, "lstm dh_all") &
-            same_bits(one.dh0, two.dh0, "lstm dh0") & same_bits(one.dc0, two.dc0, "lstm dc0");
-  }
-  return same;
+  return later_runs_match_the_first(results, [](const Result& one, const Result& two) {
+    return same_bits(one.y, two.y, "lstm y") & same_bits(one.h_n, two.h_n, "lstm h_n") &
+           same_bits(one.c_n, two.c_n, "lstm c_n") & same_bits(one.gates, two.gates, "lstm gates") &
+           same_bits(one.dgates, two.dgates, "lstm dgates") & same_bits(one.dh_all, two.dh_all, "lstm dh_all") &
+           same_bits(one.dh0, two.dh0, "lstm dh0") & same_bits(one.dc0, two.dc0, "lstm dc0");
+  });
 }
 
 template <class S>
@@ -120,10 +132,10 @@ bool run_gru(const Case& c, std::mt19937& rng) {
   struct Result {
     std::vector<S> y, h_n, saved, dxp, dhn, dh0;
   } results[3];
-  PanelCache* w_hh_cache = new_panel_cache();
+  const OwnedCache w_hh_cache;
   for (int run = 0; run < 3; ++run) {
     const int threads = run == 0 ? 1 : 2;
-    const CachedPanels w_hh_panels{run == 0 ? nullptr : w_hh_cache, 1};
+    const CachedPanels w_hh_panels{run == 0 ? nullptr : w_hh_cache.cache, 1};
     Result& r = results[run];
     r.y.assign(T * B * H, S{}), r.h_n.assign(B * H, S{}), r.saved.assign(T * B * 4 * H, S{});
     const Shape shape{T, B, H, H, c.reverse, c.ragged ? live.data() : nullptr, threads};
@@ -138,15 +150,11 @@ bool run_gru(const Case& c, std::mt19937& rng) {
     K::backward({shape, dy.data(), dh_n.data(), h_prev.data(), w_hh.data(), r.saved.data(), r.dxp.data(), r.dhn.data(),
                  r.dh0.data(), w_hh_panels});
   }
-  delete_panel_cache(w_hh_cache);
-  bool same = true;
-  for (int run = 1; run < 3; ++run) {
-    const Result &one = results[0], &two = results[run];
-    same &= same_bits(one.y, two.y, "gru y") & same_bits(one.h_n, two.h_n, "gru h_n") &
-            same_bits(one.saved, two.saved, "gru saved") & same_bits(one.dxp, two.dxp, "gru dxp") &
-            same_bits(one.dhn, two.dhn, "gru dhn") & same_bits(one.dh0, two.dh0, "gru dh0");
-  }
-  return same;
+  return later_runs_match_the_first(results, [](const Result& one, const Result& two) {
+    return same_bits(one.y, two.y, "gru y") & same_bits(one.h_n, two.h_n, "gru h_n") &
+           same_bits(one.saved, two.saved, "gru saved") & same_bits(one.dxp, two.dxp, "gru dxp") &
+           same_bits(one.dhn, two.dhn, "gru dhn") & same_bits(one.dh0, two.dh0, "gru dh0");
+  });
 }
 
 }  // namespace
