@@ -143,7 +143,7 @@ class _RNNBase(nn.Module):
         # auto's choice for a padded batch, by all that it depends on (the rest is the module's own): kept, as
         # building the workload and asking the rule cost more than a small layer's kernel.
         batch, steps = (input.shape[0], input.shape[1]) if self.batch_first else (input.shape[1], input.shape[0])
-        key = (device, input.dtype, batch, steps == 1, _autocast_enabled(device.type))
+        key = (device, input.dtype, batch, steps == 1, _autocast_enabled(device.type), self._records_backward(input))
         choices = self.__dict__.setdefault("_auto_choices", {})
         choice = choices.get(key)
         if choice is None:
@@ -174,7 +174,17 @@ class _RNNBase(nn.Module):
             batch, steps = data.shape[0 if self.batch_first else 1], data.shape[1 if self.batch_first else 0]
         dtype = _compute_dtype(data, self._cell) if data.is_floating_point() else self.weight_ih_l0.dtype
         return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed, steps,
-                                 bool(getattr(self, "proj_size", 0)))
+                                 bool(getattr(self, "proj_size", 0)), self._records_backward(data))
+
+    def _records_backward(self, data: Tensor) -> bool:
+        """Whether a forward now records a backward: grad mode is on and the weights (the first standing for all,
+        as freezing a module freezes them together) or the input require gradients."""
+        if not torch.is_grad_enabled():
+            return False
+        weight = self._parameters.get("weight_ih_l0")
+        if weight is None:
+            weight = self.weight_ih_l0  # parametrized
+        return weight.requires_grad or data.requires_grad
 
     def _apply(self, fn, recurse=True):
         twin = self.__dict__.get("_twin")

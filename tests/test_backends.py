@@ -58,9 +58,11 @@ DTYPE_NAMES = "float32/float64"
 # The bfloat16 rows of auto's rule differ by how fast this CPU's pair products are (backends/auto.py).
 OTHERWISE = "LSTM, GRU or RNN in bfloat16/float16 otherwise"
 if backends.auto.pair_products_are_fast():
-    _ANY, _BATCH_1 = (kind for kind, _ in backends.auto.bfloat16_kinds())
+    _ANY, _BATCH_1, _TRAINING = (kind for kind, _ in backends.auto.bfloat16_kinds())
     BFLOAT16_ROWS = [("GRU", torch.bfloat16, 64, 512, False, _ANY), ("RNN_TANH", torch.bfloat16, 3, 10, True, _ANY),
-                     ("RNN_RELU", torch.bfloat16, 128, 256, False, _ANY), ("LSTM", torch.bfloat16, 1, 40, False, _BATCH_1)]
+                     ("RNN_RELU", torch.bfloat16, 128, 256, False, _ANY), ("LSTM", torch.bfloat16, 1, 40, False, _BATCH_1),
+                     ("LSTM", torch.bfloat16, 8, 40, False, _TRAINING), ("LSTM", torch.bfloat16, 64, 512, False, _TRAINING),
+                     ("LSTM", torch.bfloat16, 32, 256, False, OTHERWISE)]
 else:
     BFLOAT16_ROWS = [
         ("GRU", torch.bfloat16, 32, 256, False, "GRU in bfloat16, batch x hidden <= 8192, T > 1"),
@@ -89,7 +91,10 @@ else:
     ("GRU", torch.float16, 8, 40, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
 ])
 def test_explain_says_what_auto_runs_for_each_kind_of_workload(cell, dtype, batch, hidden, packed, kind):
+    """Each row's eager choice for a forward of its kind: one that records a backward where the row says
+    training, else an inference (torch.no_grad), as auto tells them apart."""
     eager, compiled_training, compiled_inference = _auto_table(fastrnn.explain("cpu"))[kind]
+    training = ", training," in kind
     if cell.startswith("RNN_"):
         model = fastrnn.RNN(3, hidden, nonlinearity=cell[4:].lower(), dtype=dtype)
     else:
@@ -97,11 +102,12 @@ def test_explain_says_what_auto_runs_for_each_kind_of_workload(cell, dtype, batc
     x = torch.randn(6, batch, 3, dtype=dtype)
     if packed:
         x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.randint(1, 7, (batch,)), enforce_sorted=False)
-    workload = backends.Workload(cell, dtype, batch, hidden, packed)
+    workload = backends.Workload(cell, dtype, batch, hidden, packed, training=training)
     available = lambda name: backends.unavailable_reason(name, "cpu") is None  # noqa: E731  (what explain() asks)
     assert backends.auto.choose(torch.device("cpu"), workload, False, available) == eager
     if available("cpp") and _cpp_runs():  # the layer's own choice, where the kernels it may pick can run
-        assert model.selected_backend(input=x) == eager
+        with torch.set_grad_enabled(training):
+            assert model.selected_backend(input=x) == eager
         # Under torch.compile the layer resolves once, without the shape, then may hand an inference to torch.
         assert backends.resolve_while_compiling("auto", "cpu") == compiled_training
         if not packed:
@@ -131,9 +137,9 @@ def test_resolve_while_compiling_is_marked_constant_as_torchs_decorator_marks():
     assert {name: getattr(backends.resolve_while_compiling, name, None) for name in marks} == marks
 
 
-def test_auto_on_cpu_keeps_torchs_code_for_dtypes_the_kernels_lack():
+def test_auto_on_cpu_keeps_torchs_code_for_a_bfloat16_lstm_inference_beyond_batch_1():
     model = fastrnn.LSTM(3, 4)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the CPU LSTM computes in bfloat16 under autocast
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the CPU LSTM computes in bfloat16 here
         model(torch.randn(5, 2, 3))
     assert model.last_backend == "aten"
 

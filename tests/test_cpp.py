@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import fastrnn
-from fastrnn import _ext, functional
+from fastrnn import _ext, backends, functional
 from fastrnn.backends import reference, unavailable_reason
 
 from conftest import CPU_INSTRUCTION_SETS, compare, detached, make_pair, random_inputs, rel_error, run
@@ -230,6 +230,29 @@ def test_bfloat16_layers_auto_runs_here_are_as_accurate_as_nn_in_bfloat16(isa, c
     assert ours.selected_backend(input=x_low) == "cpp"
     want = run(exact, *detached(x, hx))
     theirs, mine = run(low, *detached(x_low, hx_low)), run(ours, *detached(x_low, hx_low))
+    for name, value in want.items():
+        assert mine[name].dtype == torch.bfloat16
+        assert rel_error(mine[name], value) <= 2 * rel_error(theirs[name], value) + 1e-3, name
+
+
+@pytest.mark.skipif(not backends.auto.pair_products_are_fast(),
+                    reason="auto keeps bfloat16 LSTMs on nn's code where vdpbf16ps is slower than fp32 FMAs (or absent)")
+@pytest.mark.parametrize("batch, proj_size", [(1, 0), (8, 0), (5, 7)])
+def test_bfloat16_lstm_training_auto_runs_here_is_as_accurate_as_nn_in_bfloat16(batch, proj_size):
+    """Where the pair products are fast, auto trains padded bfloat16 LSTMs of up to 8 rows on the cpp kernels
+    (backends/auto.py): outputs, states and every gradient of a 2-layer bidirectional module within twice nn's
+    own bfloat16 error against float64, plus bfloat16's floor."""
+    torch.manual_seed(14)
+    ours, exact = make_pair("LSTM", "auto", input_size=6, hidden_size=37, num_layers=2, bidirectional=True,
+                            proj_size=proj_size)
+    ours.bfloat16()
+    low = copy.deepcopy(exact).bfloat16()
+    x, hx = random_inputs(exact, batch, 9, seed=15)
+    x_low, hx_low = random_inputs(low, batch, 9, seed=15, dtype=torch.bfloat16)
+    assert ours.selected_backend(input=x_low) == "cpp"
+    want = run(exact, *detached(x, hx))
+    theirs, mine = run(low, *detached(x_low, hx_low)), run(ours, *detached(x_low, hx_low))
+    assert ours.last_backend == "cpp"
     for name, value in want.items():
         assert mine[name].dtype == torch.bfloat16
         assert rel_error(mine[name], value) <= 2 * rel_error(theirs[name], value) + 1e-3, name

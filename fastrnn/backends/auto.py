@@ -27,12 +27,16 @@ OTHER_CPU_DTYPES = (torch.bfloat16, torch.float16)  # those it leaves to torch's
 # (vdpbf16ps), whose multiply-add rate csrc/cpu/dispatch.cpp measures once against its fp32 FMAs.
 #
 # Where they are at least as fast as fp32 FMAs (FAST_PAIR_PRODUCTS; an AMD EPYC Zen 5 here, 1.85x), every GRU
-# and Elman layer and the padded batch-1 LSTM. Measured with `python -m bench --preset cpu --dtypes bfloat16
-# --threads 1` (B 1-128, H 64-512, T 128; and `--cells rnn_tanh`) at commit c991301 on that CPU: the GRU
-# 1.25-33x inference and 1.07-44x training in all 12 rows; the Elman layer (tanh) 1.24-17x inference and
-# 1.12-33x training in all 12 rows (beside a build on the other core); the LSTM at batch 1 1.26-1.67x
-# inference and 1.67-4.5x training, beyond it 0.73-0.94x inference against oneDNN's bfloat16 LSTM.
+# and Elman layer, the padded batch-1 LSTM, and padded LSTM training up to batch 8 or from hidden 512.
+# Measured with `python -m bench --preset cpu --dtypes bfloat16 --threads 1` (B 1-128, H 64-512, T 128; and
+# `--cells rnn_tanh`) at commit c991301 on that CPU, and `--threads 2` at f8a6bb1: the GRU 1.25-33x inference
+# and 1.07-44x training in all 12 rows; the Elman layer (tanh) 1.24-17x inference and 1.12-33x training in all
+# 12 rows (beside a build on the other core); the LSTM at batch 1 1.26-1.67x inference and 1.67-4.5x training;
+# beyond batch 1 it lost inference to oneDNN's bfloat16 LSTM (0.73-0.94x) but won training at B 8 (1.11-2.87x,
+# 1 and 2 threads) and H 512 (1.22-2.33x), not at B 32-128 below H 512 (0.85-2.22x: 0.85, 0.89 and 0.94 among them).
 FAST_PAIR_PRODUCTS = 1.0
+LSTM_BFLOAT16_TRAINING_MAX_BATCH = 8
+LSTM_BFLOAT16_TRAINING_MIN_HIDDEN = 512
 #
 # Where they are slower, up to this batch x hidden size. Measured with `python -m bench --cells gru rnn_tanh
 # --dtypes bfloat16 --batch 1 8 16 32 64 --hidden 128 256 512 --seq-len 128 --impls fastrnn-cpp --threads 1`
@@ -65,7 +69,12 @@ def _cpu_prefers_cpp_in_bfloat16(workload: Workload) -> bool:
     if is_one_step(workload):
         return False
     if pair_products_are_fast():
-        return workload.cell != "LSTM" or (workload.batch == 1 and not workload.packed)
+        if workload.cell != "LSTM":
+            return True
+        if workload.packed:
+            return False
+        return workload.batch == 1 or (workload.training and (workload.batch <= LSTM_BFLOAT16_TRAINING_MAX_BATCH or
+                                                              workload.hidden >= LSTM_BFLOAT16_TRAINING_MIN_HIDDEN))
     return workload.batch * workload.hidden <= CPP_BFLOAT16_MAX_BATCH_X_HIDDEN.get(workload.cell, 0)
 
 
@@ -92,6 +101,7 @@ class Workload:
     packed: bool
     steps: int = 0  # T, the longest sequence (0: not known)
     projection: bool = False  # an LSTM with proj_size
+    training: bool = False  # the forward records a backward (grad mode on, and the weights require gradients)
 
 
 def _cpu_prefers_cpp(workload: Workload | None) -> bool:
@@ -177,7 +187,10 @@ def bfloat16_kinds() -> list[tuple[str, Workload]]:
         return [("GRU or RNN (tanh, relu) in bfloat16, any shape, T > 1 (pair products >= FMAs here)",
                  Workload("GRU", torch.bfloat16, 64, 512, False)),
                 ("LSTM in bfloat16, padded, batch 1, T > 1 (pair products >= FMAs here)",
-                 Workload("LSTM", torch.bfloat16, 1, 256, False))]
+                 Workload("LSTM", torch.bfloat16, 1, 256, False)),
+                (f"LSTM in bfloat16, padded, training, batch <= {LSTM_BFLOAT16_TRAINING_MAX_BATCH} or hidden >= "
+                 f"{LSTM_BFLOAT16_TRAINING_MIN_HIDDEN}, T > 1 (pair products >= FMAs here)",
+                 Workload("LSTM", torch.bfloat16, 8, 256, False, training=True))]
     return [(f"GRU in bfloat16, batch x hidden <= {CPP_BFLOAT16_MAX_BATCH_X_HIDDEN['GRU']}, T > 1",
              Workload("GRU", torch.bfloat16, 8, 256, False)),
             (f"RNN (tanh, relu) in bfloat16, batch x hidden <= {CPP_BFLOAT16_MAX_BATCH_X_HIDDEN['RNN_TANH']}, T > 1",
