@@ -277,6 +277,11 @@ def _direct(*tensors: Tensor | None) -> bool:
             and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
+def _inference(x, *tensors: Tensor | None) -> bool:
+    """Whether a layer call is an eager inference on plain tensors that the backend's functions run directly."""
+    return (type(x) is Tensor and not _needs_grad(x, *tensors) and not functorch_active() and _direct(x, *tensors))
+
+
 def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -568,6 +573,36 @@ def _reset_update_mask(hidden: int, dtype: torch.dtype, device: torch.device) ->
     return mask
 
 
+# An inference whose projected input (T, B, G) would exceed this many elements runs in chunks of steps: each
+# chunk's projection, then its steps, the state carried from one chunk to the next. A buffer that large is a
+# fresh mapping from the allocator on every call (glibc maps anything over 32 MB itself), whose page faults
+# cost as much as a third of the call (measured on a Zen 5 core, 1 thread: writing a fresh 64 MB buffer 29 ms
+# of thread CPU time, a reused 16 MB one 0.3 ms); a chunk's buffer is reused, and still in cache when its
+# steps read it.
+CHUNK_ELEMENTS = 2**21
+
+
+def _inference_in_chunks(x: Tensor, project, run, states: tuple[Tensor, ...], lengths: Tensor | None,
+                         reverse: bool, width: int):
+    """run(xp, *states, lengths) -> (y, *new states) over chunks of the steps of x (T, B, I), in the order the
+    recurrence walks them; lengths, relative to each chunk, clamped to it (a row that ended before the chunk
+    keeps its state through it, as the kernels keep a row past its length). Returns (y (T, B, R), *states)."""
+    steps = x.shape[0]
+    chunk = max(1, CHUNK_ELEMENTS // max(1, x.shape[1] * width))
+    starts = list(range(0, steps, chunk))
+    outputs = [None] * len(starts)
+    for index in (reversed(range(len(starts))) if reverse else range(len(starts))):
+        first = starts[index]
+        last = min(steps, first + chunk)
+        part = None if lengths is None else (lengths - first).clamp_(0, last - first)
+        outputs[index], *states = run(project(x[first:last]), *states, part)
+    return (torch.cat(outputs), *states)
+
+
+def _chunks_pay(x: Tensor | PackedRows, width: int) -> bool:
+    return type(x) is Tensor and x.shape[0] > 1 and x.shape[0] * x.shape[1] * width > CHUNK_ELEMENTS
+
+
 def lstm_layer(
     x: Tensor | PackedRows,
     h0: Tensor,
@@ -582,14 +617,21 @@ def lstm_layer(
     cache: the layer-direction's dict for the backend's prepared weights, kept by the caller (None: none kept).
     Returns (y (T, B, R), h_n, c_n)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    bias = None if b_ih is None else b_ih + b_hh
 
     def projected() -> Tensor:
-        return input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
+        return input_projection(x, w_ih, bias)
 
+    weights_now = (w_hh.contiguous(), None if w_hr is None else w_hr.contiguous())
+    if _inference(x, h0, c0, w_ih, bias, *weights_now) and _chunks_pay(x, w_hh.shape[0]):
+        def run(xp, h, c, part):
+            return kernels(backend).lstm_forward(xp, h, c, *weights_now, part, reverse, save=False, cache=cache)[:3]
+        return _inference_in_chunks(x, lambda rows: input_projection(rows, w_ih, bias), run,
+                                    (h0.contiguous(), c0.contiguous()), lengths, reverse, w_hh.shape[0])
     xp = projected()
     if functorch_active():
         return cell_math.lstm_recurrence(xp, h0, c0, w_hh, w_hr, lengths, reverse)
-    args = (xp, h0.contiguous(), c0.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous())
+    args = (xp, h0.contiguous(), c0.contiguous(), *weights_now)
     if not _needs_grad(*args) and _direct(*args):
         # Inference: no autograd node, and nothing kept for a backward (the gates and cell states).
         return kernels(backend).lstm_forward(*args, lengths, reverse, save=False, cache=cache)[:3]
@@ -616,8 +658,17 @@ def gru_layer(
         mask = _reset_update_mask(w_hh.shape[-1], b_hh.dtype, b_hh.device)
         return input_projection(x, w_ih, torch.addcmul(b_ih, b_hh, mask))
 
-    xp = projected()
     b_hn = None if b_hh is None else b_hh[2 * w_hh.shape[-1] :].contiguous()
+    if _inference(x, h0, w_ih, w_hh, b_ih, b_hh) and _chunks_pay(x, w_hh.shape[0]):
+        bias = None if b_ih is None else torch.addcmul(b_ih, b_hh, _reset_update_mask(w_hh.shape[-1], b_hh.dtype,
+                                                                                       b_hh.device))
+        w_hh_now = w_hh.contiguous()
+
+        def run(xp, h, part):
+            return kernels(backend).gru_forward(xp, h, w_hh_now, b_hn, part, reverse, save=False, cache=cache)[:2]
+        return _inference_in_chunks(x, lambda rows: input_projection(rows, w_ih, bias), run, (h0.contiguous(),),
+                                    lengths, reverse, w_hh.shape[0])
+    xp = projected()
     if functorch_active():
         return cell_math.gru_recurrence(xp, h0, w_hh, b_hn, lengths, reverse)
     args = (xp, h0.contiguous(), w_hh.contiguous(), b_hn)
@@ -640,10 +691,18 @@ def rnn_layer(
     """The Elman layer (tanh, or relu): x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh),
     biases may be None; cache as lstm_layer. Returns (y (T, B, H), h_n)."""
     w_ih, w_hh, b_ih, b_hh = weights
+    bias = None if b_ih is None else b_ih + b_hh
 
     def projected() -> Tensor:
-        return input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
+        return input_projection(x, w_ih, bias)
 
+    if _inference(x, h0, w_ih, w_hh, bias) and _chunks_pay(x, w_hh.shape[0]):
+        w_hh_now = w_hh.contiguous()
+
+        def run(xp, h, part):
+            return kernels(backend).rnn_forward(xp, h, w_hh_now, relu, part, reverse, save=False, cache=cache)
+        return _inference_in_chunks(x, lambda rows: input_projection(rows, w_ih, bias), run, (h0.contiguous(),),
+                                    lengths, reverse, w_hh.shape[0])
     xp = projected()
     if functorch_active():
         return cell_math.rnn_recurrence(xp, h0, w_hh, lengths, reverse, relu)

@@ -210,3 +210,39 @@ def test_threads_calling_one_module_in_two_layouts_read_whole_panels():
     finally:
         kernels.set_cpu_instruction_set(before)
     assert not failures
+
+
+@pytest.mark.parametrize("mode,kwargs", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_an_inference_in_chunks_of_steps_gives_nns_answer(mode, kwargs, packed, monkeypatch):
+    """Large inferences run the projection and the steps chunk by chunk (functional.CHUNK_ELEMENTS), the state
+    carried across: every output and final state as nn's, with lengths that end inside a chunk, at a chunk's
+    edge and so before the last chunk, both directions, two layers and an initial state."""
+    from fastrnn import functional
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(5)
+    ours, theirs = _pair(mode, **kwargs)
+    steps, batch = 11, 5
+    x = torch.randn(steps, batch, 7, dtype=torch.float64)
+    layers = 4
+    state = getattr(ours, "proj_size", 0) or 13
+    hx = torch.randn(layers, batch, state, dtype=torch.float64)
+    if mode == "LSTM":
+        hx = (hx, torch.randn(layers, batch, 13, dtype=torch.float64))
+    if packed:  # mostly full rows, so the layer keeps the padded layout that chunks
+        x = pack_padded_sequence(x, torch.tensor([11, 11, 10, 9, 9]), enforce_sorted=True)
+    with torch.no_grad():
+        whole = ours(x, hx)
+        # three steps a chunk (11 = 3 + 3 + 3 + 2; rows of 9 end at a chunk's edge, the row of 10 inside one)
+        gates = {"LSTM": 4, "GRU": 3}.get(mode, 1)
+        monkeypatch.setattr(functional, "CHUNK_ELEMENTS", 3 * batch * gates * 13)
+        calls = []
+        inner = functional._inference_in_chunks
+        monkeypatch.setattr(functional, "_inference_in_chunks", lambda *a, **k: calls.append(1) or inner(*a, **k))
+        chunked, want = ours(x, hx), theirs(x, hx)
+    assert calls, "the chunked road did not run"
+    flat = lambda out: [t.data if hasattr(t, "batch_sizes") else t  # noqa: E731
+                        for t in (out[0], *(out[1] if isinstance(out[1], tuple) else (out[1],)))]
+    for got, ref, same in zip(flat(chunked), flat(want), flat(whole), strict=True):
+        assert rel_error(got, ref) < 1e-12 and rel_error(got, same) < 1e-12
