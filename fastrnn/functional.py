@@ -277,9 +277,19 @@ def _direct(*tensors: Tensor | None) -> bool:
             and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
-def _inference(x, *tensors: Tensor | None) -> bool:
-    """Whether a layer call is an eager inference on plain tensors that the backend's functions run directly."""
-    return (type(x) is Tensor and not _needs_grad(x, *tensors) and not functorch_active() and _direct(x, *tensors))
+def _recurrence(name: str, op, backend: str, cache: dict | None, *tensors: Tensor | None):
+    """The recurrence `name` as the autograd Functions call it: the backend's function of that name on the plain
+    eager `tensors` (with the layer-direction's cache), else its custom op `op`, which traces record."""
+    if _direct(*tensors):
+        return functools.partial(getattr(kernels(backend), name), cache=cache)
+    return lambda *args: op(*args, backend)
+
+
+def _inference(x: Tensor | PackedRows, *tensors: Tensor | None) -> bool:
+    """Whether a layer call is an eager inference on plain tensors, which runs the backend's functions directly
+    with nothing kept for a backward."""
+    rows = x.rows if isinstance(x, PackedRows) else x
+    return not functorch_active() and not _needs_grad(rows, *tensors) and _direct(rows, *tensors)
 
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
@@ -355,11 +365,8 @@ def _lstm_kernel_backward(backend, reverse, saved, dy, dh_n, dc_n, cache=None):
     h0, c0, w_hh, w_hr, lengths, y, gates, c_all = saved
     c_prev = previous_states(c_all, c0, lengths, reverse)
     dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
-    args = (dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
-    if _direct(dy, dh_n, dc_n, gates):
-        dgates, dh_all, dh0, dc0 = kernels(backend).lstm_backward(*args, cache=cache)
-    else:
-        dgates, dh_all, dh0, dc0 = lstm_backward(*args, backend)
+    op = _recurrence("lstm_backward", lstm_backward, backend, cache, dy, dh_n, dc_n, gates)
+    dgates, dh_all, dh0, dc0 = op(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse)
     dw_hh = _outer_sum(dgates, previous_states(y, h0, lengths, reverse))
     dw_hr = None
     if w_hr is not None:
@@ -373,11 +380,8 @@ def _gru_kernel_backward(backend, reverse, saved, dy, dh_n, cache=None):
     h0, w_hh, b_hn, lengths, y, acts = saved
     h_prev = previous_states(y, h0, lengths, reverse)
     dy, dh_n = dy.contiguous(), dh_n.contiguous()
-    args = (dy, dh_n, h_prev, w_hh, acts, lengths, reverse)
-    if _direct(dy, dh_n, acts):
-        dxp, dhn, dh0 = kernels(backend).gru_backward(*args, cache=cache)
-    else:
-        dxp, dhn, dh0 = gru_backward(*args, backend)
+    op = _recurrence("gru_backward", gru_backward, backend, cache, dy, dh_n, acts)
+    dxp, dhn, dh0 = op(dy, dh_n, h_prev, w_hh, acts, lengths, reverse)
     hidden = h0.shape[-1]
     dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
     db_hn = dhn.sum((0, 1)) if b_hn is not None else None
@@ -388,11 +392,8 @@ def _rnn_kernel_backward(backend, reverse, relu, saved, dy, dh_n, cache=None):
     """The fused backward of the Elman recurrence: (dxp, dh0, dw_hh) from what the forward saved."""
     h0, w_hh, lengths, y = saved
     dy, dh_n = dy.contiguous(), dh_n.contiguous()
-    args = (dy, dh_n, y, w_hh, relu, lengths, reverse)
-    if _direct(dy, dh_n, y):
-        dxp, dh0 = kernels(backend).rnn_backward(*args, cache=cache)
-    else:
-        dxp, dh0 = rnn_backward(*args, backend)
+    op = _recurrence("rnn_backward", rnn_backward, backend, cache, dy, dh_n, y)
+    dxp, dh0 = op(dy, dh_n, y, w_hh, relu, lengths, reverse)
     return dxp, dh0, _outer_sum(dxp, previous_states(y, h0, lengths, reverse))
 
 
@@ -404,11 +405,8 @@ class LSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend, xp_source=None, cache=None):
-        args = (xp, h0, c0, w_hh, w_hr, lengths, reverse)
-        if _direct(xp, h0, c0, w_hh, w_hr):
-            y, h_n, c_n, gates, c_all = kernels(backend).lstm_forward(*args, cache=cache)
-        else:
-            y, h_n, c_n, gates, c_all = lstm_forward(*args, backend)
+        op = _recurrence("lstm_forward", lstm_forward, backend, cache, xp, h0, c0, w_hh, w_hr)
+        y, h_n, c_n, gates, c_all = op(xp, h0, c0, w_hh, w_hr, lengths, reverse)
         ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all, None if xp_source else xp)
         ctx.reverse, ctx.backend, ctx.xp_source, ctx.cache = reverse, backend, xp_source, cache
         return y, h_n, c_n
@@ -429,11 +427,8 @@ class GRURecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp, h0, w_hh, b_hn, lengths, reverse, backend, xp_source=None, cache=None):
-        args = (xp, h0, w_hh, b_hn, lengths, reverse)
-        if _direct(xp, h0, w_hh, b_hn):
-            y, h_n, acts = kernels(backend).gru_forward(*args, cache=cache)
-        else:
-            y, h_n, acts = gru_forward(*args, backend)
+        op = _recurrence("gru_forward", gru_forward, backend, cache, xp, h0, w_hh, b_hn)
+        y, h_n, acts = op(xp, h0, w_hh, b_hn, lengths, reverse)
         ctx.save_for_backward(h0, w_hh, b_hn, lengths, y, acts, None if xp_source else xp)
         ctx.reverse, ctx.backend, ctx.xp_source, ctx.cache = reverse, backend, xp_source, cache
         return y, h_n
@@ -453,11 +448,8 @@ class RNNRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp, h0, w_hh, relu, lengths, reverse, backend, xp_source=None, cache=None):
-        args = (xp, h0, w_hh, relu, lengths, reverse)
-        if _direct(xp, h0, w_hh):
-            y, h_n = kernels(backend).rnn_forward(*args, cache=cache)
-        else:
-            y, h_n = rnn_forward(*args, backend)
+        op = _recurrence("rnn_forward", rnn_forward, backend, cache, xp, h0, w_hh)
+        y, h_n = op(xp, h0, w_hh, relu, lengths, reverse)
         ctx.save_for_backward(h0, w_hh, lengths, y, None if xp_source else xp)
         ctx.reverse, ctx.backend, ctx.relu, ctx.xp_source, ctx.cache = reverse, backend, relu, xp_source, cache
         return y, h_n
@@ -582,11 +574,14 @@ def _reset_update_mask(hidden: int, dtype: torch.dtype, device: torch.device) ->
 CHUNK_ELEMENTS = 2**21
 
 
-def _inference_in_chunks(x: Tensor, project, run, states: tuple[Tensor, ...], lengths: Tensor | None,
-                         reverse: bool, width: int):
-    """run(xp, *states, lengths) -> (y, *new states) over chunks of the steps of x (T, B, I), in the order the
-    recurrence walks them; lengths, relative to each chunk, clamped to it (a row that ended before the chunk
-    keeps its state through it, as the kernels keep a row past its length). Returns (y (T, B, R), *states)."""
+def _run_inference(x: Tensor | PackedRows, project, run, states: tuple[Tensor, ...], lengths: Tensor | None,
+                   reverse: bool, width: int):
+    """An inference's projection and steps, run(project(x), *states, lengths) -> (y, *final states): in one go,
+    or where the projected input (T, B, width) exceeds CHUNK_ELEMENTS, over chunks of the steps in the order the
+    recurrence walks them, each chunk's lengths relative to it and clamped to it (a row that ended before the
+    chunk keeps its state through it, as the kernels keep a row past its length)."""
+    if type(x) is not Tensor or x.shape[0] <= 1 or x.shape[0] * x.shape[1] * width <= CHUNK_ELEMENTS:
+        return run(project(x), *states, lengths)
     steps = x.shape[0]
     chunk = max(1, CHUNK_ELEMENTS // max(1, x.shape[1] * width))
     starts = list(range(0, steps, chunk))
@@ -597,10 +592,6 @@ def _inference_in_chunks(x: Tensor, project, run, states: tuple[Tensor, ...], le
         part = None if lengths is None else (lengths - first).clamp_(0, last - first)
         outputs[index], *states = run(project(x[first:last]), *states, part)
     return (torch.cat(outputs), *states)
-
-
-def _chunks_pay(x: Tensor | PackedRows, width: int) -> bool:
-    return type(x) is Tensor and x.shape[0] > 1 and x.shape[0] * x.shape[1] * width > CHUNK_ELEMENTS
 
 
 def lstm_layer(
@@ -619,23 +610,20 @@ def lstm_layer(
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     bias = None if b_ih is None else b_ih + b_hh
 
-    def projected() -> Tensor:
-        return input_projection(x, w_ih, bias)
+    def project(rows: Tensor | PackedRows) -> Tensor:
+        return input_projection(rows, w_ih, bias)
 
-    weights_now = (w_hh.contiguous(), None if w_hr is None else w_hr.contiguous())
-    if _inference(x, h0, c0, w_ih, bias, *weights_now) and _chunks_pay(x, w_hh.shape[0]):
+    w_hh, w_hr = w_hh.contiguous(), None if w_hr is None else w_hr.contiguous()
+    h0, c0 = h0.contiguous(), c0.contiguous()
+    if _inference(x, h0, c0, w_ih, bias, w_hh, w_hr):
+        # No autograd node, and nothing kept for a backward (the gates and cell states).
         def run(xp, h, c, part):
-            return kernels(backend).lstm_forward(xp, h, c, *weights_now, part, reverse, save=False, cache=cache)[:3]
-        return _inference_in_chunks(x, lambda rows: input_projection(rows, w_ih, bias), run,
-                                    (h0.contiguous(), c0.contiguous()), lengths, reverse, w_hh.shape[0])
-    xp = projected()
+            return kernels(backend).lstm_forward(xp, h, c, w_hh, w_hr, part, reverse, save=False, cache=cache)[:3]
+        return _run_inference(x, project, run, (h0, c0), lengths, reverse, w_hh.shape[0])
+    xp = project(x)
     if functorch_active():
         return cell_math.lstm_recurrence(xp, h0, c0, w_hh, w_hr, lengths, reverse)
-    args = (xp, h0.contiguous(), c0.contiguous(), *weights_now)
-    if not _needs_grad(*args) and _direct(*args):
-        # Inference: no autograd node, and nothing kept for a backward (the gates and cell states).
-        return kernels(backend).lstm_forward(*args, lengths, reverse, save=False, cache=cache)[:3]
-    return LSTMRecurrence.apply(*args, lengths, reverse, backend, projected, cache)
+    return LSTMRecurrence.apply(xp, h0, c0, w_hh, w_hr, lengths, reverse, backend, lambda: project(x), cache)
 
 
 def gru_layer(
@@ -650,31 +638,23 @@ def gru_layer(
     """x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh), biases may be None; cache as lstm_layer.
     Returns (y (T, B, H), h_n)."""
     w_ih, w_hh, b_ih, b_hh = weights
+    # b_hr and b_hz add to the input projection; b_hn must stay inside the reset product.
+    bias = None if b_ih is None else torch.addcmul(b_ih, b_hh, _reset_update_mask(w_hh.shape[-1], b_hh.dtype,
+                                                                                   b_hh.device))
 
-    def projected() -> Tensor:
-        if b_ih is None:
-            return input_projection(x, w_ih, None)
-        # b_hr and b_hz add to the input projection; b_hn must stay inside the reset product.
-        mask = _reset_update_mask(w_hh.shape[-1], b_hh.dtype, b_hh.device)
-        return input_projection(x, w_ih, torch.addcmul(b_ih, b_hh, mask))
+    def project(rows: Tensor | PackedRows) -> Tensor:
+        return input_projection(rows, w_ih, bias)
 
     b_hn = None if b_hh is None else b_hh[2 * w_hh.shape[-1] :].contiguous()
-    if _inference(x, h0, w_ih, w_hh, b_ih, b_hh) and _chunks_pay(x, w_hh.shape[0]):
-        bias = None if b_ih is None else torch.addcmul(b_ih, b_hh, _reset_update_mask(w_hh.shape[-1], b_hh.dtype,
-                                                                                       b_hh.device))
-        w_hh_now = w_hh.contiguous()
-
+    w_hh, h0 = w_hh.contiguous(), h0.contiguous()
+    if _inference(x, h0, w_ih, w_hh, bias, b_hn):
         def run(xp, h, part):
-            return kernels(backend).gru_forward(xp, h, w_hh_now, b_hn, part, reverse, save=False, cache=cache)[:2]
-        return _inference_in_chunks(x, lambda rows: input_projection(rows, w_ih, bias), run, (h0.contiguous(),),
-                                    lengths, reverse, w_hh.shape[0])
-    xp = projected()
+            return kernels(backend).gru_forward(xp, h, w_hh, b_hn, part, reverse, save=False, cache=cache)[:2]
+        return _run_inference(x, project, run, (h0,), lengths, reverse, w_hh.shape[0])
+    xp = project(x)
     if functorch_active():
         return cell_math.gru_recurrence(xp, h0, w_hh, b_hn, lengths, reverse)
-    args = (xp, h0.contiguous(), w_hh.contiguous(), b_hn)
-    if not _needs_grad(*args) and _direct(*args):
-        return kernels(backend).gru_forward(*args, lengths, reverse, save=False, cache=cache)[:2]
-    return GRURecurrence.apply(*args, lengths, reverse, backend, projected, cache)
+    return GRURecurrence.apply(xp, h0, w_hh, b_hn, lengths, reverse, backend, lambda: project(x), cache)
 
 
 def rnn_layer(
@@ -693,23 +673,18 @@ def rnn_layer(
     w_ih, w_hh, b_ih, b_hh = weights
     bias = None if b_ih is None else b_ih + b_hh
 
-    def projected() -> Tensor:
-        return input_projection(x, w_ih, bias)
+    def project(rows: Tensor | PackedRows) -> Tensor:
+        return input_projection(rows, w_ih, bias)
 
-    if _inference(x, h0, w_ih, w_hh, bias) and _chunks_pay(x, w_hh.shape[0]):
-        w_hh_now = w_hh.contiguous()
-
+    w_hh, h0 = w_hh.contiguous(), h0.contiguous()
+    if _inference(x, h0, w_ih, w_hh, bias):
         def run(xp, h, part):
-            return kernels(backend).rnn_forward(xp, h, w_hh_now, relu, part, reverse, save=False, cache=cache)
-        return _inference_in_chunks(x, lambda rows: input_projection(rows, w_ih, bias), run, (h0.contiguous(),),
-                                    lengths, reverse, w_hh.shape[0])
-    xp = projected()
+            return kernels(backend).rnn_forward(xp, h, w_hh, relu, part, reverse, save=False, cache=cache)
+        return _run_inference(x, project, run, (h0,), lengths, reverse, w_hh.shape[0])
+    xp = project(x)
     if functorch_active():
         return cell_math.rnn_recurrence(xp, h0, w_hh, lengths, reverse, relu)
-    args = (xp, h0.contiguous(), w_hh.contiguous())
-    if not _needs_grad(*args) and _direct(*args):
-        return kernels(backend).rnn_forward(*args, relu, lengths, reverse, save=False, cache=cache)
-    return RNNRecurrence.apply(*args, relu, lengths, reverse, backend, projected, cache)
+    return RNNRecurrence.apply(xp, h0, w_hh, relu, lengths, reverse, backend, lambda: project(x), cache)
 
 
 # The layer function of each cell (cells.Cell.mode), as the layer stack calls it.

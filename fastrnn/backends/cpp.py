@@ -32,8 +32,8 @@ def _kernels():
 # shape) and repack otherwise. None (a functional call, torch.compile's ops): pack on every call.
 
 
-def _panels(cache, slot, weight=True):
-    if cache is None or weight is None:
+def _panels(cache, slot):
+    if cache is None:
         return None
     panels = cache.get(slot)
     if panels is None:
@@ -49,12 +49,12 @@ def packed_weight_bytes(module) -> int:
 
 def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
     return _kernels().lstm_forward_cpu(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, _panels(cache, "hh"),
-                                       _panels(cache, "hr", w_hr))
+                                       None if w_hr is None else _panels(cache, "hr"))
 
 
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, cache=None):
     return _kernels().lstm_backward_cpu(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse,
-                                        _panels(cache, "hh"), _panels(cache, "hr", w_hr))
+                                        _panels(cache, "hh"), None if w_hr is None else _panels(cache, "hr"))
 
 
 def gru_forward(xp, h0, w_hh, b_hn, lengths, reverse, save=True, cache=None):
