@@ -72,7 +72,8 @@ PanelLease find_panels(PanelCache* cache, int64_t stamp, const PanelLayout& layo
 // Fresh 64-byte-aligned memory for `bytes` of panels, not yet in any cache.
 PanelLease new_panels(int64_t bytes);
 // Leaves the panels of `lease` (from new_panels, now packed) in the cache under `stamp`, dropping those
-// of other stamps; the lease stays the caller's to release.
+// of older stamps (unless a newer stamp's are there already: then it leaves nothing); the lease stays the
+// caller's to release.
 void keep_panels(PanelCache* cache, int64_t stamp, const PanelLayout& layout, const PanelLease& lease);
 void release_panels(const PanelLease& lease);
 

@@ -58,16 +58,19 @@ class PanelCache {
   void keep(int64_t stamp, const PanelLayout& layout, Entry* fresh) {
     fresh->stamp = stamp;
     fresh->layout = layout;
-    fresh->references.fetch_add(1, std::memory_order_relaxed);
     std::vector<Entry*> dropped;
     {
       const std::lock_guard<std::mutex> lock(mutex_);
+      // A call on another thread stamped a newer weight meanwhile: this packing stays the caller's alone.
+      for (const Entry* entry : entries_)
+        if (entry->stamp > stamp) return;
       std::vector<Entry*> kept;
       for (Entry* entry : entries_) {
-        // Another stamp is an older weight (stamps only move on); the same layout was packed twice at once.
-        if (entry->stamp != stamp || same_layout(entry->layout, layout)) dropped.push_back(entry);
+        // An older stamp is an older weight; the same layout was packed twice at once.
+        if (entry->stamp < stamp || same_layout(entry->layout, layout)) dropped.push_back(entry);
         else kept.push_back(entry);
       }
+      fresh->references.fetch_add(1, std::memory_order_relaxed);  // the cache's own reference
       kept.push_back(fresh);
       entries_.swap(kept);
     }
