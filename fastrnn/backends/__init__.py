@@ -162,10 +162,10 @@ def auto_lines(device: torch.device) -> list[str]:
 
 def _pair_products_line() -> str:
     """How the cpp kernels' bfloat16 step GEMMs run on this CPU (csrc/cpu/dispatch.cpp's model)."""
-    ratio = _ext.extension().cpu_pair_products_per_fma()
+    ratio = auto.pair_products_per_fma()
     if ratio == 0:
         return "the step GEMMs on float32 panels (no AVX512_BF16 here)"
-    if ratio >= 1:
+    if auto.pair_products_are_fast():  # dispatch.cpp runs them on every shape from the same ratio on
         return f"the step GEMMs on vdpbf16ps pair products ({ratio:.2f}x the fp32 FMA rate here), every shape"
     return (f"the step GEMMs on vdpbf16ps pair products where few rows make moving W_hh the bound (at "
             f"{ratio:.2f}x the fp32 FMA rate here: up to {int(4 * ratio)} rows, {int(16 * ratio)} once a thread's fp32 "
