@@ -55,7 +55,7 @@ def _assert_matches_nn(ours, theirs, x, train):
         assert rel_error(got, want) < 1e-12
 
 
-def _with_fresh_packing(module, fn):
+def _with_fresh_packing(fn):
     """fn() with the layer kernels packing per call, as a module without a cache would."""
     panels = cpp._panels
     cpp._panels = lambda cache, slot: None
@@ -71,7 +71,7 @@ def test_kept_panels_give_the_results_of_a_fresh_packing_bit_for_bit(mode, kwarg
     torch.manual_seed(1)
     ours, _ = _pair(mode, torch.float32, **kwargs)
     x = torch.randn(6, 3, 7)
-    fresh = _with_fresh_packing(ours, lambda: _run(ours, x, train))
+    fresh = _with_fresh_packing(lambda: _run(ours, x, train))
     first, second = _run(ours, x, train), _run(ours, x, train)  # packs, then reads what it kept
     assert cpp.packed_weight_bytes(ours) > 0
     for a, b, c in zip(fresh, first, second, strict=True):
@@ -180,7 +180,7 @@ def test_threads_calling_one_module_in_two_layouts_read_whole_panels():
         out = {}
         for isa in ("avx512_bf16", "avx512"):
             kernels.set_cpu_instruction_set(isa)
-            out[isa] = _with_fresh_packing(ours, lambda: _run(ours, x, False)[0])
+            out[isa] = _with_fresh_packing(lambda: _run(ours, x, False)[0])
         return out
 
     try:
