@@ -333,9 +333,11 @@ def previous_states(states: Tensor, initial: Tensor, lengths: Tensor | None, rev
     return torch.where(starts, initial.unsqueeze(0), shifted)
 
 
-def _outer_sum(grads: Tensor, inputs: Tensor) -> Tensor:
-    """sum over all steps and rows of grads_t^T inputs_t: one (G, T*B) x (T*B, X) GEMM."""
-    return projection.matmul(grads.flatten(0, 1).T, inputs.flatten(0, 1))
+def _outer_sum(grads: Tensor | tuple[Tensor, ...], inputs: Tensor) -> Tensor:
+    """sum over all steps and rows of grads_t^T inputs_t: one (G, T*B) x (T*B, X) GEMM. grads: (T, B, G), or a
+    tuple of (T, B, G_i) whose gates side by side are G."""
+    pieces = grads if isinstance(grads, tuple) else (grads,)
+    return projection.transposed_product([g.flatten(0, 1) for g in pieces], inputs.flatten(0, 1))
 
 
 def _differentiable_backward(ctx, recurrence, inputs: tuple[Tensor | None, ...], lengths: Tensor | None,
@@ -383,7 +385,7 @@ def _gru_kernel_backward(backend, reverse, saved, dy, dh_n, cache=None):
     op = _recurrence("gru_backward", gru_backward, backend, cache, dy, dh_n, acts)
     dxp, dhn, dh0 = op(dy, dh_n, h_prev, w_hh, acts, lengths, reverse)
     hidden = h0.shape[-1]
-    dw_hh = _outer_sum(torch.cat((dxp[..., : 2 * hidden], dhn), dim=-1), h_prev)
+    dw_hh = _outer_sum((dxp[..., : 2 * hidden], dhn), h_prev)
     db_hn = dhn.sum((0, 1)) if b_hn is not None else None
     return dxp, dh0, dw_hh, db_hn
 

@@ -216,6 +216,30 @@ def test_bad_shapes_and_lengths_are_refused_with_clear_errors():
         cpp.gru_forward(gru_xp, gru_h0, gru_w, b_hn[:4].contiguous(), None, False)
 
 
+@pytest.mark.parametrize("rows, columns", [(1, 1), (1, 40), (37, 1), (16, 16), (33, 47), (515, 260), (1031, 96)])
+def test_transposed_copies_exactly(isa, threads, rows, columns):
+    """The weight gradients' transposed operands: bit for bit torch's copy, on full tiles and ragged edges, for
+    contiguous rows and rows of a wider matrix (a row stride past the width)."""
+    kernels = _ext.extension()
+    wide = torch.randn(rows, columns + 5, generator=torch.Generator().manual_seed(rows * columns))
+    for matrix in (wide[:, :columns].contiguous(), wide[:, 3 : 3 + columns]):
+        out = kernels.transposed_cpu([matrix])
+        assert out.is_contiguous() and torch.equal(out, matrix.T.contiguous())
+    pieces = [wide[:, :2], wide[:, 2:2], wide[:, 2 : 3 + columns]]  # column ranges side by side, one empty
+    assert torch.equal(kernels.transposed_cpu(pieces), torch.cat(pieces, dim=1).T.contiguous())
+
+
+def test_transposed_refuses_what_it_cannot_copy():
+    kernels = _ext.extension()
+    for bad, what in [([torch.randn(4, 5).T], r"contiguous rows, got Float \[5, 4\] with strides \[1, 5\]"),
+                      ([torch.randn(4, 5, dtype=torch.float64)], "float32 CPU tensors with contiguous rows, got Double"),
+                      ([torch.randn(2, 3, 4)], r"2-D float32 CPU tensors with contiguous rows, got Float \[2, 3, 4\]"),
+                      ([torch.randn(4, 5), torch.randn(3, 5)], r"must have the same rows \(4\), got \[3, 5\]"),
+                      ([], "at least one matrix")]:
+        with pytest.raises(RuntimeError, match=what):
+            kernels.transposed_cpu(bad)
+
+
 @pytest.mark.parametrize("cell", ["GRU", "RNN_TANH", "RNN_RELU"])
 def test_bfloat16_layers_auto_runs_here_are_as_accurate_as_nn_in_bfloat16(isa, cell):
     """auto gives bfloat16 GRU and Elman layers to the cpp kernels (backends/auto.py): outputs, states and

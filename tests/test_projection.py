@@ -103,6 +103,23 @@ def test_matmul_of_the_weight_gradients_matches_torch():
     assert recorded.grad_fn is not None and "Mm" in type(recorded.grad_fn).__name__
 
 
+def test_matmul_of_transposed_operands_as_the_backward_passes_them():
+    """The weight gradient sum_t dG_t^T X_t as the backward asks for it: a transposed view of the gate gradients
+    times the inputs; on oneDNN both operands are copied transposed first (by the cpp kernels where built)."""
+    gen = torch.Generator().manual_seed(4)
+    grads = torch.randn(1031, 96, generator=gen, dtype=torch.float64)  # (T*B, G)
+    inputs = torch.randn(1031, 353, generator=gen, dtype=torch.float64)
+    exact = grads.T @ inputs
+    with torch.no_grad():
+        ours, torch_ = projection.matmul(grads.float().T, inputs.float()), grads.float().T @ inputs.float()
+    assert rel_error(ours, exact) <= 2 * rel_error(torch_, exact) + 1e-7
+    pieces = [grads[:, :70], torch.randn(1031, 40, generator=gen, dtype=torch.float64)]  # the GRU's two sources
+    exact = torch.cat(pieces, dim=1).T @ inputs
+    with torch.no_grad():
+        ours = projection.transposed_product([p.float() for p in pieces], inputs.float())
+    assert rel_error(ours, exact) <= 2 * rel_error(torch.cat(pieces, dim=1).float().T @ inputs.float(), exact) + 1e-7
+
+
 @pytest.mark.parametrize("value", ["onednn", "matmul", "mkl"])
 def test_the_environment_variable_fixes_the_choice(value, monkeypatch):
     monkeypatch.setenv(projection.ENVIRONMENT_VARIABLE, value)

@@ -220,6 +220,16 @@ struct CellBackward {
   S* dc_prev;      // LSTM [B, H]; else null
 };
 
+// --- a float32 matrix transposed (the operands of the backward's weight-gradient GEMMs) ------------
+
+struct Transpose {
+  int64_t rows, columns;  // of the source
+  const float* src;       // src(r, c) = src[r * ld + c]
+  int64_t ld;
+  float* dst;  // [columns, rows]: dst[c * rows + r] = src(r, c)
+  int max_threads;
+};
+
 // Entry points (dispatch.cpp): run on the best instruction set this CPU has, or the one chosen with
 // set_instruction_set.
 // Each for float, double and bfloat16 storage; and vector_bytes(), the vector width in bytes of the
@@ -238,6 +248,7 @@ struct CellBackward {
   FASTRNN_CPU_ENTRY_POINTS(float)      \
   FASTRNN_CPU_ENTRY_POINTS(double)     \
   FASTRNN_CPU_ENTRY_POINTS(bfloat16)   \
+  void transpose(const Transpose& args); \
   int vector_bytes();
 
 FASTRNN_CPU_ALL_ENTRY_POINTS

@@ -177,6 +177,7 @@ R dispatch(R (*generic)(Args...), R (*avx2)(Args...), R (*avx512)(Args...), R (*
 FASTRNN_DISPATCH_ALL(float, avx512)
 FASTRNN_DISPATCH_ALL(double, avx512)
 FASTRNN_DISPATCH_ALL(bfloat16, avx512_bf16)
+FASTRNN_DISPATCH(void, transpose, Transpose, avx512)
 
 #if defined(__x86_64__)
 int vector_bytes() {

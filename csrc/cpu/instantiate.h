@@ -1,5 +1,5 @@
-// The body of every isa_*.cpp: the LSTM, GRU and Elman kernels and the cells for one instruction set,
-// as extern entry points in namespace fastrnn::cpu::FASTRNN_ISA. The including file sets FASTRNN_ISA (a name),
+// The body of every isa_*.cpp: the LSTM, GRU and Elman kernels, the cells and the float32 transpose for one
+// instruction set, as extern entry points in namespace fastrnn::cpu::FASTRNN_ISA. The including file sets FASTRNN_ISA (a name),
 // FASTRNN_VECTOR_BYTES (the vector width) and FASTRNN_REGISTERS (vector registers), after selecting
 // the instruction set with a target pragma before any include; optionally FASTRNN_BF16_DOT (the GEMMs
 // multiply bfloat16 pairs, gemm.h) and FASTRNN_ONLY_BFLOAT16 (build the bfloat16 entry points only).
@@ -7,6 +7,7 @@
 #include "gru.h"
 #include "lstm.h"
 #include "rnn.h"
+#include "transpose.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -36,6 +37,7 @@ using Cell = CellKernels<S, FASTRNN_VECTOR_BYTES / sizeof(typename ComputeOf<S>:
 #if !defined(FASTRNN_ONLY_BFLOAT16)  // a variant that changes only the bfloat16 kernels builds only those
 FASTRNN_INSTANTIATE(float)
 FASTRNN_INSTANTIATE(double)
+void transpose(const Transpose& args) { transpose_matrix<FASTRNN_VECTOR_BYTES / sizeof(float)>(args); }
 #endif
 FASTRNN_INSTANTIATE(bfloat16)
 
