@@ -95,9 +95,13 @@ class _OneDnnLinear(torch.autograd.Function):
         return d_x, d_weight, d_bias
 
 
-# Below this many multiply-adds the transposed copies oneDNN's linear needs for a @ b cost more than it saves
-# (measured on a Zen 5 core: 2^21 lost 4x to torch's matmul, 2^28 won 1.5x).
-MATMUL_MIN_WORK = 2**25
+# oneDNN's linear computes a @ b from both operands' transposed copies (the cpp kernels' transpose; torch's
+# strided copy where they are not built). On a Zen 5 core, 1 thread, against torch's matmul: the weight
+# gradients (G, T*B) x (T*B, X) won from 2^21 multiply-adds (1.25-1.54x at 2^21-2^22, 1.8-2.2x from 2^23) but
+# for narrow outputs (G x X = 64 x 16: 0.79-0.98x up to 2^23); the input gradients (T*B, G) x (G, X) won from
+# 2^21 at every width (1.1x there, 1.5-2.2x from 2^22). Below either bound torch's matmul runs.
+MATMUL_MIN_WORK = 2**21
+MATMUL_MIN_OUTPUTS = 4096
 
 
 def _matmul_on_onednn(rows: int, depth: int, columns: int, *tensors: Tensor) -> bool:
@@ -105,7 +109,7 @@ def _matmul_on_onednn(rows: int, depth: int, columns: int, *tensors: Tensor) -> 
     autograd does not record (create_graph=True records plain ops), large enough, on a CPU where oneDNN won."""
     if torch.is_grad_enabled() or not _eligible(*tensors):
         return False  # (eligibility first: under torch.compile the sizes may be symbolic)
-    return rows * depth * columns >= MATMUL_MIN_WORK and choice() == "onednn"
+    return rows * depth * columns >= MATMUL_MIN_WORK and rows * columns >= MATMUL_MIN_OUTPUTS and choice() == "onednn"
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
