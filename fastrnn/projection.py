@@ -124,10 +124,10 @@ def transposed_product(pieces: list[Tensor], b: Tensor) -> Tensor:
     """torch.cat(pieces, dim=1).T @ b: a weight gradient sum_t dG_t^T X_t whose gate gradients dG come in column
     pieces (the GRU's d_r, d_z from one tensor and d_hn from another). On oneDNN the cpp kernels copy each piece
     transposed into its rows of the one operand, where torch.cat would first copy them side by side."""
-    kernels = _transposer()
     rows = sum(piece.shape[1] for piece in pieces)
-    if kernels is None or not _matmul_on_onednn(rows, b.shape[0], b.shape[1], *pieces, b) \
-            or any(piece.stride(-1) != 1 for piece in pieces):
+    # (eligibility before the extension: under torch.compile this traces, and the sizes may be symbolic)
+    kernels = _transposer() if _matmul_on_onednn(rows, b.shape[0], b.shape[1], *pieces, b) else None
+    if kernels is None or any(piece.stride(-1) != 1 for piece in pieces):
         return matmul((pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)).T, b)
     return _onednn_linear(kernels.transposed_cpu(pieces), _contiguous(b.T), None)
 
