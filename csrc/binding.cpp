@@ -244,7 +244,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp
                                                                 const Tensor& w_hh, const std::optional<Tensor>& w_hr,
                                                                 const std::optional<Tensor>& lengths, bool reverse,
                                                                 bool save, WeightPanels* w_hh_panels,
-                                                                WeightPanels* w_hr_panels) {
+                                                                WeightPanels* w_hr_panels, bool scratch_xp) {
   check_float(xp);
   const int64_t T = xp.size(0), B = xp.size(1), H = xp.size(2) / 4, R = h0.size(-1);
   TORCH_CHECK(xp.size(2) == 4 * H, "fastrnn cpp backend: xp's last dimension must be 4 * hidden, got ", xp.size(2));
@@ -257,7 +257,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
   Tensor y = output(xp, {T, B, R}, zeroed), h_n = at::empty_like(h0), c_n = at::empty_like(c0);
-  Tensor gates = save ? output(xp, {T, B, 4 * H}, zeroed) : at::empty({0}, xp.options());
+  // scratch_xp: xp is the caller's to overwrite, and the gates go into it (each step reads a unit block's xp
+  // just before it writes that block's gates, on the same thread): no second (T, B, 4H) buffer to allocate
+  // and fault in, and its lines are in cache when written. Padded input only: with lengths the gates of
+  // finished rows must read 0.
+  TORCH_CHECK(!(scratch_xp && zeroed), "fastrnn cpp backend: scratch_xp takes padded input (no lengths)");
+  Tensor gates = !save ? at::empty({0}, xp.options()) : scratch_xp ? xp : output(xp, {T, B, 4 * H}, zeroed);
   Tensor c_all = save ? output(xp, {T, B, H}, zeroed) : at::empty({0}, xp.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_lstm_forward", [&] {
     const cpu::LstmForward<kernel_t<scalar_t>> args{make_shape(T, B, H, R, reverse, live),
@@ -1091,7 +1096,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                       [](const py::tuple&) { return std::make_unique<WeightPanels>(); }));
   m.def("lstm_forward_cpu", &lstm_forward, "LSTM recurrence, one layer-direction (CPU)", py::arg("xp"), py::arg("h0"),
         py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
-        py::arg("w_hh_panels") = nullptr, py::arg("w_hr_panels") = nullptr);
+        py::arg("w_hh_panels") = nullptr, py::arg("w_hr_panels") = nullptr, py::arg("scratch_xp") = false);
   m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)", py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("c_prev"), py::arg("w_hh"), py::arg("w_hr"), py::arg("gates"), py::arg("c_all"),
         py::arg("lengths"), py::arg("reverse"), py::arg("w_hh_panels") = nullptr, py::arg("w_hr_panels") = nullptr);

@@ -277,11 +277,12 @@ def _direct(*tensors: Tensor | None) -> bool:
             and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
-def _recurrence(name: str, op, backend: str, cache: dict | None, *tensors: Tensor | None):
+def _recurrence(name: str, op, backend: str, cache: dict | None, *tensors: Tensor | None, **direct_options):
     """The recurrence `name` as the autograd Functions call it: the backend's function of that name on the plain
-    eager `tensors` (with the layer-direction's cache), else its custom op `op`, which traces record."""
+    eager `tensors` (with the layer-direction's cache and `direct_options`), else its custom op `op`, which traces
+    record."""
     if _direct(*tensors):
-        return functools.partial(getattr(kernels(backend), name), cache=cache)
+        return functools.partial(getattr(kernels(backend), name), cache=cache, **direct_options)
     return lambda *args: op(*args, backend)
 
 
@@ -407,7 +408,10 @@ class LSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp, h0, c0, w_hh, w_hr, lengths, reverse, backend, xp_source=None, cache=None):
-        op = _recurrence("lstm_forward", lstm_forward, backend, cache, xp, h0, c0, w_hh, w_hr)
+        # With xp_source, xp is the layer's own projection, read by nothing after this forward: the saved gates
+        # may overwrite it (scratch_xp), which spares a (T, B, 4H) buffer.
+        op = _recurrence("lstm_forward", lstm_forward, backend, cache, xp, h0, c0, w_hh, w_hr,
+                         scratch_xp=xp_source is not None)
         y, h_n, c_n, gates, c_all = op(xp, h0, c0, w_hh, w_hr, lengths, reverse)
         ctx.save_for_backward(h0, c0, w_hh, w_hr, lengths, y, gates, c_all, None if xp_source else xp)
         ctx.reverse, ctx.backend, ctx.xp_source, ctx.cache = reverse, backend, xp_source, cache

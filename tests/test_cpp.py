@@ -216,6 +216,25 @@ def test_bad_shapes_and_lengths_are_refused_with_clear_errors():
         cpp.gru_forward(gru_xp, gru_h0, gru_w, b_hn[:4].contiguous(), None, False)
 
 
+@pytest.mark.parametrize("proj", [0, 11])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_gates_written_over_xp_equal_those_in_a_buffer_of_their_own(isa, threads, proj, reverse):
+    """scratch_xp: the saved gates go into xp's memory (each step reads a unit block's xp before writing its gates
+    there); every output equals the run with a gates buffer of its own, bit for bit."""
+    args = _lstm_args(9, 21, 37, proj, None, reverse, seed=11, dtype=torch.float32)
+    own = cpp.lstm_forward(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
+    xp = args[0].clone()
+    over = cpp.lstm_forward(xp, *args[1:], scratch_xp=True)
+    assert over[3].data_ptr() == xp.data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(own, over))
+
+
+def test_lstm_gates_over_xp_is_refused_with_lengths():
+    xp, h0, c0, w_hh, w_hr, _, reverse = _lstm_args(4, 3, 5, 0, None, False, seed=0)
+    with pytest.raises(RuntimeError, match="scratch_xp takes padded input"):
+        _ext.extension().lstm_forward_cpu(xp, h0, c0, w_hh, None, torch.tensor([4, 3, 1]), reverse, scratch_xp=True)
+
+
 @pytest.mark.parametrize("rows, columns", [(1, 1), (1, 40), (37, 1), (16, 16), (33, 47), (515, 260), (1031, 96)])
 def test_transposed_copies_exactly(isa, threads, rows, columns):
     """The weight gradients' transposed operands: bit for bit torch's copy, on full tiles and ragged edges, for

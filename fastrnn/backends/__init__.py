@@ -6,7 +6,9 @@ its cells where CELLS_OF lists them), same arguments and results; those in CELL_
 fused cell step (cell_forward, cell_backward). The forwards also take `save` (default True); save=False is an inference call,
 which returns empty tensors for what only the backward needs (LSTM gates and cell states, GRU saved). Every recurrence
 function also takes `cache` (default None): a dict the caller keeps for one layer-direction across calls, where a
-backend may keep what it prepares from the weights (the cpp kernels' packed W_hh); None keeps nothing. `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
+backend may keep what it prepares from the weights (the cpp kernels' packed W_hh); None keeps nothing. lstm_forward
+also takes `scratch_xp` (default False): the caller will not read xp again, so a backend may write the saved gates
+over it (the cpp kernels do, for padded input) instead of into a buffer of their own. `aten` is not a module here: it is torch's own nn.LSTM/nn.GRU code path
 (cuDNN on GPU), run whole by the layer modules.
 """
 

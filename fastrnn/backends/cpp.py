@@ -47,9 +47,10 @@ def packed_weight_bytes(module) -> int:
                for panels in cache.values())
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None, scratch_xp=False):
+    # scratch_xp (padded input only): the saved gates are written over xp instead of a buffer of their own.
     return _kernels().lstm_forward_cpu(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, _panels(cache, "hh"),
-                                       None if w_hr is None else _panels(cache, "hr"))
+                                       None if w_hr is None else _panels(cache, "hr"), scratch_xp and lengths is None)
 
 
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, cache=None):

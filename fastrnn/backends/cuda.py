@@ -122,7 +122,7 @@ def _record(kernel: str, steps: int, batch: int, hidden: int, state: int, projec
     last_problems[kernel] = (steps, batch, hidden, state, projection, dtype)
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None, scratch_xp=False):
     _record("lstm_forward", xp.shape[0], xp.shape[1], c0.shape[-1], h0.shape[-1], w_hr is not None, xp.dtype, lengths)
     return _kernels().lstm_forward_cuda(xp, h0, c0, w_hh, w_hr, lengths, reverse, save, **_knobs(xp.dtype))
 

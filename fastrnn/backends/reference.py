@@ -40,7 +40,7 @@ def step_order(seq_len: int, reverse: bool) -> range:
     return range(seq_len - 1, -1, -1) if reverse else range(seq_len)
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None, scratch_xp=False):
     seq_len, batch, _ = xp.shape
     hidden = c0.shape[-1]
     y = xp.new_zeros(seq_len, batch, h0.shape[-1])

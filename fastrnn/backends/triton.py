@@ -126,7 +126,7 @@ def _single_state_forward(plan, persistent_kernel, step_kernel, xp, h0, weights,
 # --- LSTM ------------------------------------------------------------------------------------------
 
 
-def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None):
+def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None, scratch_xp=False):
     _check_dtype(xp.dtype)
     seq_len, batch, gate_size = xp.shape
     hidden, state = gate_size // 4, h0.shape[-1]
