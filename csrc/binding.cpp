@@ -150,11 +150,13 @@ cpu::CachedPanels cached(WeightPanels* panels, const std::optional<Tensor>& weig
   return weight.has_value() ? cached(panels, *weight) : cpu::CachedPanels{};
 }
 
+// The threads a kernel may use: torch's count, but one inside another parallel region (a user's
+// at::parallel_for), where there are no threads to spare.
+int threads_here() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
 cpu::Shape make_shape(int64_t steps, int64_t batch, int64_t hidden, int64_t state, bool reverse,
                       const std::vector<int64_t>& live) {
-  // Inside another parallel region (a user's at::parallel_for) there are no threads to spare.
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  return {steps, batch, hidden, state, reverse, live.empty() ? nullptr : live.data(), threads};
+  return {steps, batch, hidden, state, reverse, live.empty() ? nullptr : live.data(), threads_here()};
 }
 
 // A test aid: outputs the kernels must write in full start as NaN, so an element one forgets to write
@@ -214,7 +216,7 @@ Tensor transposed(const std::vector<Tensor>& pieces) {
     columns += src.size(1);
   }
   Tensor dst = poisoned(fresh({columns, rows}, pieces[0].options()));
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int threads = threads_here();
   std::vector<cpu::Transpose> calls;
   float* next = dst.data_ptr<float>();
   for (const Tensor& src : pieces) {
@@ -447,8 +449,6 @@ at::ScalarType compute_type(at::ScalarType storage) { return storage == at::kDou
 int64_t lanes_now(at::ScalarType compute) {
   return cpu::vector_bytes() / static_cast<int64_t>(c10::elementSize(compute));
 }
-
-int threads_here() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
 
 // A cell's output, allocated without at::empty's trip through the dispatcher (a visible part of a call
 // that costs a few microseconds in all).
