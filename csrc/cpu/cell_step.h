@@ -35,6 +35,7 @@ struct CellKernels {
     const CellForward<S>& a;
     const T* x;  // [B, I] in T: a.x itself or a converted copy
     const T* h;  // [B, H] likewise
+    int parity;  // the direction this call walks the unit blocks (serpentine, common.h): alternate calls alternate
 
     void run(int thread, int threads) {
       const Range mine = share(ceil_div(a.hidden, N), thread, threads);
@@ -50,7 +51,8 @@ struct CellKernels {
     void lstm(Range units) {
       const int64_t B = a.batch, I = a.input, H = a.hidden;
       const PanelGeometry<N, T> ih{I, 4}, hh{H, 4};
-      for (int64_t block = units.begin; block < units.end; ++block) {
+      for (int64_t index = 0; index < units.end - units.begin; ++index) {
+        const int64_t block = serpentine(units, index, parity);
         const int64_t u0 = block * N;
         const int width = block_width<N>(H, u0);
         V b[4];
@@ -84,7 +86,8 @@ struct CellKernels {
     void gru(Range units) {
       const int64_t B = a.batch, I = a.input, H = a.hidden;
       const PanelGeometry<N, T> ih{I, 3}, hh{H, 3};
-      for (int64_t block = units.begin; block < units.end; ++block) {
+      for (int64_t index = 0; index < units.end - units.begin; ++index) {
+        const int64_t block = serpentine(units, index, parity);
         const int64_t u0 = block * N;
         const int width = block_width<N>(H, u0);
         V bx[3], bh[3];
@@ -140,7 +143,7 @@ struct CellKernels {
               store_n(rnn_cell_forward(acc[m][q] + b[q], relu), a.h_new + (r0 + m) * H + u0, block_width<N>(H, u0));
             }
         });
-      });
+      }, parity);
     }
   };
 
@@ -149,14 +152,19 @@ struct CellKernels {
     const int64_t B = a.batch, I = a.input, H = a.hidden;
     const int threads = threads_for(a.max_threads, B * gates_of(a.mode) * H * (I + H), kMinCellWorkPerThread,
                                     ceil_div(H, N));
+    // A decoder calls the cell with the same weights step after step: walked back and forth, the panels the
+    // last call read last (still in cache) are this call's first. The order changes no result.
+    // (A builtin, not std::atomic: no inline library code in an instruction-set translation unit.)
+    static unsigned calls = 0;
+    const int parity = static_cast<int>(__atomic_fetch_add(&calls, 1u, __ATOMIC_RELAXED) & 1);
     if constexpr (kStoredAsComputed) {
-      Forward job{a, a.x, a.h};
+      Forward job{a, a.x, a.h, parity};
       run_job(job, threads);
     } else {  // low-precision storage: the GEMMs read T copies of x and h
       Scratch<T> copies(B * (I + H));
       convert(copies.get(), a.x, B * I);
       convert(copies.get() + B * I, a.h, B * H);
-      Forward job{a, copies.get(), copies.get() + B * I};
+      Forward job{a, copies.get(), copies.get() + B * I, parity};
       run_job(job, threads);
     }
     return true;

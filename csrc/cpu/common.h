@@ -95,6 +95,14 @@ FASTRNN_HD Range share(int64_t count, int thread, int threads) {
   return {begin, begin + base + (thread < extra ? 1 : 0)};
 }
 
+// The index-th block of `range` in the order a step walks it: ascending on even steps, descending on odd
+// ones. Each step reads every panel of its blocks once; walked back and forth, the panels a step read last
+// are the first the next step reads, while still in the nearer cache (walked one way round, with more
+// panels than a cache holds, every read misses it: the oldest line is always the one evicted).
+FASTRNN_HD int64_t serpentine(Range range, int64_t index, int parity) {
+  return parity ? range.end - 1 - index : range.begin + index;
+}
+
 // Below this many multiply-adds per step and thread a second thread costs more at the per-step barrier
 // than it saves (measured on the benchmark grid; see bench/RESULTS.md).
 constexpr int64_t kMinStepWorkPerThread = 8192;

@@ -296,16 +296,25 @@ FASTRNN_HD void for_row_tiles(int64_t rows, F&& f) {
   }
 }
 
-// Calls f(Const<NP>, first_block) over column blocks [first, last) in groups of up to 4.
+// Calls f(Const<NP>, first_block) over column blocks [first, last) in groups of up to 4: the groups of 4
+// from `first`, then the rest; `backwards`: the same groups in the opposite order (see common.h, serpentine).
 template <class F>
-FASTRNN_HD void for_block_groups(int64_t first, int64_t last, F&& f) {
-  int64_t block = first;
-  for (; block + 4 <= last; block += 4) f(Const<4>{}, block);
-  switch (last - block) {
-    case 3: f(Const<3>{}, block); break;
-    case 2: f(Const<2>{}, block); break;
-    case 1: f(Const<1>{}, block); break;
-    default: break;
+FASTRNN_HD void for_block_groups(int64_t first, int64_t last, F&& f, bool backwards = false) {
+  const int64_t rest = first + (last - first) / 4 * 4;
+  auto remainder = [&] {
+    switch (last - rest) {
+      case 3: f(Const<3>{}, rest); break;
+      case 2: f(Const<2>{}, rest); break;
+      case 1: f(Const<1>{}, rest); break;
+      default: break;
+    }
+  };
+  if (backwards) {
+    remainder();
+    for (int64_t block = rest - 4; block >= first; block -= 4) f(Const<4>{}, block);
+  } else {
+    for (int64_t block = first; block < rest; block += 4) f(Const<4>{}, block);
+    remainder();
   }
 }
 
@@ -314,7 +323,7 @@ FASTRNN_HD void for_block_groups(int64_t first, int64_t last, F&& f) {
 // gate gradients into the previous step's hidden gradient, each thread over its own state columns.
 template <int REGISTERS, int N, class T, class P>
 void store_product(T* out, int64_t columns, int64_t rows, int64_t first, int64_t last, const P* a, int64_t depth,
-                   const P* packed) {
+                   const P* packed, bool backwards = false) {
   const PanelGeometry<N, P> panels{depth, 1};
   for_block_groups(first, last, [&](auto group, int64_t block) {
     constexpr int NP = decltype(group)::value;
@@ -332,7 +341,7 @@ void store_product(T* out, int64_t columns, int64_t rows, int64_t first, int64_t
           store_n(acc[m][q], out + (r0 + m) * columns + col, block_width<N>(columns, col));
         }
     });
-  });
+  }, backwards);
 }
 
 }  // namespace

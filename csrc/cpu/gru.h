@@ -37,7 +37,8 @@ struct GruKernels {
         const S* xp = a.xp + t * B * G;
         S* saved = a.saved ? a.saved + t * B * 4 * H : nullptr;  // null: an inference call keeps nothing
         S* y = a.y + t * B * H;
-        for (int64_t block = my_units.begin; block < my_units.end; ++block) {
+        for (int64_t index = 0; index < my_units.end - my_units.begin; ++index) {
+          const int64_t block = serpentine(my_units, index, parity);
           const int64_t u0 = block * N;
           const int width = block_width<N>(H, u0);
           const V b_hn = a.b_hn ? load_n<V>(a.b_hn + u0, width) : V(T(0));
@@ -163,7 +164,7 @@ struct GruKernels {
                 store_n(acc[m][q] + load_n<V>(out, width), out, width);
               }
           });
-        });
+        }, parity);
       }
     }
   };

@@ -59,7 +59,8 @@ struct LstmKernels {
         S* gates = a.gates ? a.gates + t * B * G : nullptr;
         S* c_all = a.c_all ? a.c_all + t * B * H : nullptr;
         S* y = a.y + t * B * R;
-        for (int64_t block = my_units.begin; block < my_units.end; ++block) {
+        for (int64_t index = 0; index < my_units.end - my_units.begin; ++index) {
+          const int64_t block = serpentine(my_units, index, parity);
           const int64_t u0 = block * N;
           const int width = block_width<N>(H, u0);
           const GemmT* panel = w_packed + gate_panels.block_offset(block);
@@ -197,7 +198,7 @@ struct LstmKernels {
           cell_backward(t, rows, my_units, dy, dgates, dgates_step);
         }
         barrier_wait(&barrier, threads);
-        carry(rows, my_columns, dgates_gemm);
+        carry(rows, my_columns, dgates_gemm, parity);
       }
     }
 
@@ -267,9 +268,9 @@ struct LstmKernels {
     }
 
     // dh_{t-1} = dG_t W_hh for the own state columns.
-    void carry(int64_t rows, Range columns, const GemmT* dgates) {
+    void carry(int64_t rows, Range columns, const GemmT* dgates, int parity) {
       store_product<REGISTERS, N>(dh, a.shape.state, rows, columns.begin, columns.end, dgates, 4 * a.shape.hidden,
-                               w_packed);
+                                  w_packed, parity);
     }
   };
 

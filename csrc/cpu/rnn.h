@@ -57,7 +57,7 @@ struct RnnKernels {
                 store_n(h, y + at, width);
               }
           });
-        });
+        }, parity);
         barrier_wait(&barrier, threads);
         parity ^= 1;
       }
@@ -112,7 +112,7 @@ struct RnnKernels {
         if constexpr (kGemmReadsStorage) {
           if (!d_pre) d_pre = dxp;
         }
-        store_product<REGISTERS, N>(dh, H, rows, mine.begin, mine.end, d_pre, H, w_packed);
+        store_product<REGISTERS, N>(dh, H, rows, mine.begin, mine.end, d_pre, H, w_packed, parity);
       }
     }
   };
