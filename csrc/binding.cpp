@@ -230,6 +230,40 @@ Tensor transposed(const std::vector<Tensor>& pieces) {
   return dst;
 }
 
+// x w^T + bias (+ bias2) for a 2-D float32 x with contiguous rows and w (columns, depth): the input projection
+// of a small layer, on w's panels kept in `w_panels` (None: packed for this call).
+Tensor linear(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, const std::optional<Tensor>& bias2,
+              WeightPanels* w_panels) {
+  auto is_matrix = [](const Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous();
+  };
+  TORCH_CHECK(is_matrix(x) && is_matrix(w), "fastrnn cpp backend: linear_cpu takes contiguous 2-D float32 CPU ",
+              "tensors x (rows, depth) and w (columns, depth), got x ", x.scalar_type(), " ", x.sizes(), " and w ",
+              w.scalar_type(), " ", w.sizes());
+  TORCH_CHECK(x.size(1) == w.size(1), "fastrnn cpp backend: linear_cpu: x is (rows, ", x.size(1), ") but w is ",
+              w.sizes(), "; expected w (columns, ", x.size(1), ")");
+  for (const auto& b : {bias, bias2})
+    TORCH_CHECK(!b.has_value() || (b->device().is_cpu() && b->scalar_type() == at::kFloat && b->dim() == 1 &&
+                                   b->is_contiguous() && b->size(0) == w.size(0)),
+                "fastrnn cpp backend: linear_cpu's biases must be contiguous float32 CPU vectors of ", w.size(0),
+                " (w's rows), got ", b->scalar_type(), " ", b->sizes());
+  Tensor out = poisoned(fresh({x.size(0), w.size(0)}, x.options()));
+  if (out.numel() == 0) return out;
+  if (x.size(1) == 0) {  // an empty product: the biases alone
+    out.zero_();
+    for (const auto& b : {bias, bias2})
+      if (b.has_value()) out.add_(*b);
+    return out;
+  }
+  const cpu::Linear args{x.size(0), x.size(1), w.size(0), x.data_ptr<float>(), w.data_ptr<float>(),
+                         bias.has_value() ? bias->data_ptr<float>() : nullptr,
+                         bias2.has_value() ? bias2->data_ptr<float>() : nullptr, out.data_ptr<float>(),
+                         cached(w_panels, w), threads_here()};
+  pybind11::gil_scoped_release no_gil;
+  cpu::linear(args);
+  return out;
+}
+
 void check_storage(const Tensor& tensor) {
   TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble ||
                   tensor.scalar_type() == at::kBFloat16,
@@ -1114,6 +1148,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w_hh_panels") = nullptr);
   m.def("transposed_cpu", &transposed, "torch.cat(pieces, dim=1).T, contiguous, for 2-D float32 CPU tensors of the "
         "same rows whose rows are contiguous: the operands of the backward's weight-gradient GEMMs", py::arg("pieces"));
+  m.def("linear_cpu", &linear, "x w^T + bias + bias2 for 2-D float32 CPU tensors (the input projection of a small "
+        "layer), on w's panels kept in w_panels", py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
+        py::arg("bias2") = py::none(), py::arg("w_panels") = nullptr);
   m.def("cell_pack_cpu", &cell_pack, "A cell weight (gates * hidden, depth) packed for cell_forward_cpu on the "
         "instruction set in use", py::arg("w"), py::arg("gates"));
   m.def("cell_forward_cpu", &cell_forward, "One cell step (LSTM, GRU, RNN_TANH, RNN_RELU) on packed weights (CPU): "

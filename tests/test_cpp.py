@@ -259,6 +259,55 @@ def test_transposed_refuses_what_it_cannot_copy():
             kernels.transposed_cpu(bad)
 
 
+@pytest.mark.parametrize("rows, depth, columns", [(1, 1, 1), (1, 64, 256), (7, 3, 17), (13, 29, 211), (370, 64, 96),
+                                                  (129, 130, 67)])
+def test_projection_matches_float64_as_closely_as_torch(isa, threads, rows, depth, columns):
+    """linear_cpu, a small layer's input projection: x w^T + bias (+ bias2) within twice torch's own float32 error
+    against float64, with each bias or none, on panels packed for the call and on kept ones."""
+    gen = torch.Generator().manual_seed(rows * depth + columns)
+    x, w = torch.randn(rows, depth, generator=gen), torch.randn(columns, depth, generator=gen) / depth**0.5
+    b1, b2 = torch.randn(columns, generator=gen), torch.randn(columns, generator=gen)
+    kernels, panels = _ext.extension(), _ext.extension().CpuWeightPanels()
+    for bias, bias2 in ((b1, b2), (b1, None), (None, b2), (None, None)):
+        summed = sum(b for b in (bias, bias2) if b is not None)
+        exact = x.double() @ w.double().T + (0 if isinstance(summed, int) else summed.double())
+        torch_error = rel_error(torch.nn.functional.linear(x, w, None if isinstance(summed, int) else summed), exact)
+        for kept in (None, panels, panels):
+            out = kernels.linear_cpu(x, w, bias, bias2, kept)
+            assert out.shape == (rows, columns) and rel_error(out, exact) <= 2 * torch_error + 1e-7
+    assert panels.nbytes >= columns * depth * 4
+
+
+def test_projection_repacks_a_changed_weight():
+    """Kept panels follow the weight: an in-place change (an optimizer step) or another tensor repacks."""
+    kernels, panels = _ext.extension(), _ext.extension().CpuWeightPanels()
+    x, w = torch.randn(5, 19), torch.randn(23, 19)
+    assert torch.allclose(kernels.linear_cpu(x, w, None, None, panels), x @ w.T, atol=1e-5)
+    with torch.no_grad():
+        w.mul_(-2)
+    assert torch.allclose(kernels.linear_cpu(x, w, None, None, panels), x @ w.T, atol=1e-5)
+    other = torch.randn(23, 19)
+    assert torch.allclose(kernels.linear_cpu(x, other, None, None, panels), x @ other.T, atol=1e-5)
+
+
+def test_projection_of_no_depth_is_the_biases():
+    kernels = _ext.extension()
+    b1, b2 = torch.randn(6), torch.randn(6)
+    assert torch.equal(kernels.linear_cpu(torch.randn(4, 0), torch.randn(6, 0), b1, b2), (b1 + b2).expand(4, 6))
+    assert torch.equal(kernels.linear_cpu(torch.randn(4, 0), torch.randn(6, 0)), torch.zeros(4, 6))
+    assert kernels.linear_cpu(torch.randn(0, 3), torch.randn(6, 3), b1).shape == (0, 6)
+
+
+def test_projection_refuses_what_it_cannot_multiply():
+    kernels = _ext.extension()
+    for args, what in [((torch.randn(4, 5).T, torch.randn(6, 4)), r"contiguous 2-D float32 CPU tensors x \(rows, depth\)"),
+                       ((torch.randn(4, 5, dtype=torch.float64), torch.randn(6, 5)), "got x Double"),
+                       ((torch.randn(4, 5), torch.randn(6, 4)), r"x is \(rows, 5\) but w is \[6, 4\]"),
+                       ((torch.randn(4, 5), torch.randn(6, 5), torch.randn(5)), r"vectors of 6 \(w's rows\), got Float \[5\]")]:
+        with pytest.raises(RuntimeError, match=what):
+            kernels.linear_cpu(*args)
+
+
 @pytest.mark.parametrize("cell", ["GRU", "RNN_TANH", "RNN_RELU"])
 def test_bfloat16_layers_auto_runs_here_are_as_accurate_as_nn_in_bfloat16(isa, cell):
     """auto gives bfloat16 GRU and Elman layers to the cpp kernels (backends/auto.py): outputs, states and

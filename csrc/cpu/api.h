@@ -230,6 +230,19 @@ struct Transpose {
   int max_threads;
 };
 
+// --- a float32 input projection on W packed once (small layers, where oneDNN's fixed cost dominates) -------
+
+struct Linear {
+  int64_t rows, depth, columns;
+  const float* x;      // [rows, depth]
+  const float* w;      // [columns, depth]
+  const float* bias;   // [columns] or null
+  const float* bias2;  // [columns] or null: added too (an LSTM's b_ih and b_hh, without summing them first)
+  float* out;          // [rows, columns] = x w^T + bias + bias2
+  CachedPanels w_panels{};
+  int max_threads;
+};
+
 // Entry points (dispatch.cpp): run on the best instruction set this CPU has, or the one chosen with
 // set_instruction_set.
 // Each for float, double and bfloat16 storage; and vector_bytes(), the vector width in bytes of the
@@ -249,6 +262,7 @@ struct Transpose {
   FASTRNN_CPU_ENTRY_POINTS(double)     \
   FASTRNN_CPU_ENTRY_POINTS(bfloat16)   \
   void transpose(const Transpose& args); \
+  void linear(const Linear& args);       \
   int vector_bytes();
 
 FASTRNN_CPU_ALL_ENTRY_POINTS

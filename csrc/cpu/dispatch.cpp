@@ -178,6 +178,7 @@ FASTRNN_DISPATCH_ALL(float, avx512)
 FASTRNN_DISPATCH_ALL(double, avx512)
 FASTRNN_DISPATCH_ALL(bfloat16, avx512_bf16)
 FASTRNN_DISPATCH(void, transpose, Transpose, avx512)
+FASTRNN_DISPATCH(void, linear, Linear, avx512)
 
 #if defined(__x86_64__)
 int vector_bytes() {

@@ -1,4 +1,4 @@
-// The body of every isa_*.cpp: the LSTM, GRU and Elman kernels, the cells and the float32 transpose for one
+// The body of every isa_*.cpp: the LSTM, GRU and Elman kernels, the cells, the float32 transpose and input projection for one
 // instruction set, as extern entry points in namespace fastrnn::cpu::FASTRNN_ISA. The including file sets FASTRNN_ISA (a name),
 // FASTRNN_VECTOR_BYTES (the vector width) and FASTRNN_REGISTERS (vector registers), after selecting
 // the instruction set with a target pragma before any include; optionally FASTRNN_BF16_DOT (the GEMMs
@@ -6,6 +6,7 @@
 #include "cell_step.h"
 #include "gru.h"
 #include "lstm.h"
+#include "projection.h"
 #include "rnn.h"
 #include "transpose.h"
 
@@ -38,6 +39,7 @@ using Cell = CellKernels<S, FASTRNN_VECTOR_BYTES / sizeof(typename ComputeOf<S>:
 FASTRNN_INSTANTIATE(float)
 FASTRNN_INSTANTIATE(double)
 void transpose(const Transpose& args) { transpose_matrix<FASTRNN_VECTOR_BYTES / sizeof(float)>(args); }
+void linear(const Linear& args) { LinearKernel<FASTRNN_VECTOR_BYTES / sizeof(float), FASTRNN_REGISTERS>::project(args); }
 #endif
 FASTRNN_INSTANTIATE(bfloat16)
 
