@@ -548,11 +548,13 @@ class PackedRows(NamedTuple):
     batch: int
 
 
-def input_projection(x: Tensor | PackedRows, w_ih: Tensor, bias: Tensor | None) -> Tensor:
-    """x W_ih^T + bias for every step, as (T, B, G); zero at the padding of a PackedRows input."""
+def input_projection(x: Tensor | PackedRows, w_ih: Tensor, bias: Tensor | None, cache: dict | None = None,
+                     bias2: Tensor | None = None) -> Tensor:
+    """x W_ih^T + bias + bias2 for every step, as (T, B, G); zero at the padding of a PackedRows input. cache:
+    the layer-direction's dict (lstm_layer), where the projection may keep W_ih prepared."""
     if isinstance(x, PackedRows):
-        return pad_packed(projection.linear(x.rows, w_ih, bias), x.batch_sizes, x.batch)[0]
-    return projection.linear(x, w_ih, bias)
+        return pad_packed(projection.linear(x.rows, w_ih, bias, cache, bias2), x.batch_sizes, x.batch)[0]
+    return projection.linear(x, w_ih, bias, cache, bias2)
 
 
 _MASKS: dict[tuple, Tensor] = {}
@@ -614,14 +616,13 @@ def lstm_layer(
     cache: the layer-direction's dict for the backend's prepared weights, kept by the caller (None: none kept).
     Returns (y (T, B, R), h_n, c_n)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    bias = None if b_ih is None else b_ih + b_hh
 
     def project(rows: Tensor | PackedRows) -> Tensor:
-        return input_projection(rows, w_ih, bias)
+        return input_projection(rows, w_ih, b_ih, cache, b_hh)  # b_ih + b_hh: summed where it is added
 
     w_hh, w_hr = w_hh.contiguous(), None if w_hr is None else w_hr.contiguous()
     h0, c0 = h0.contiguous(), c0.contiguous()
-    if _inference(x, h0, c0, w_ih, bias, w_hh, w_hr):
+    if _inference(x, h0, c0, w_ih, b_ih, b_hh, w_hh, w_hr):
         # No autograd node, and nothing kept for a backward (the gates and cell states).
         def run(xp, h, c, part):
             return kernels(backend).lstm_forward(xp, h, c, w_hh, w_hr, part, reverse, save=False, cache=cache)[:3]
@@ -649,7 +650,7 @@ def gru_layer(
                                                                                    b_hh.device))
 
     def project(rows: Tensor | PackedRows) -> Tensor:
-        return input_projection(rows, w_ih, bias)
+        return input_projection(rows, w_ih, bias, cache)
 
     b_hn = None if b_hh is None else b_hh[2 * w_hh.shape[-1] :].contiguous()
     w_hh, h0 = w_hh.contiguous(), h0.contiguous()
@@ -677,13 +678,12 @@ def rnn_layer(
     """The Elman layer (tanh, or relu): x (T, B, I) or its PackedRows; weights (w_ih, w_hh, b_ih, b_hh),
     biases may be None; cache as lstm_layer. Returns (y (T, B, H), h_n)."""
     w_ih, w_hh, b_ih, b_hh = weights
-    bias = None if b_ih is None else b_ih + b_hh
 
     def project(rows: Tensor | PackedRows) -> Tensor:
-        return input_projection(rows, w_ih, bias)
+        return input_projection(rows, w_ih, b_ih, cache, b_hh)  # b_ih + b_hh: summed where it is added
 
     w_hh, h0 = w_hh.contiguous(), h0.contiguous()
-    if _inference(x, h0, w_ih, w_hh, bias):
+    if _inference(x, h0, w_ih, w_hh, b_ih, b_hh):
         def run(xp, h, part):
             return kernels(backend).rnn_forward(xp, h, w_hh, relu, part, reverse, save=False, cache=cache)
         return _run_inference(x, project, run, (h0,), lengths, reverse, w_hh.shape[0])

@@ -1,10 +1,13 @@
-"""The input projection x W^T + b on the CPU: oneDNN's GEMM where it measures faster than torch's matmul.
+"""The input projection x W^T + b on the CPU: the cpp kernels' own for small products, beyond them oneDNN's
+GEMM where it measures faster than torch's matmul.
 
 torch's float32 CPU matmul is MKL's sgemm, which on some CPUs (AMD's, measured: about 90 GFLOP/s a core
 against oneDNN's 200 on a Zen 5 core) runs well under the core's FMA peak; oneDNN's linear, which torch
 ships for its own compiled graphs (torch.ops.mkldnn._linear_pointwise), does not. Which to run is
 measured once per process on the running CPU (`choice()`), on a projection-sized problem, or set by
-FASTRNN_PROJECTION_GEMM=onednn|matmul (the two round differently in the last bits).
+FASTRNN_PROJECTION_GEMM=onednn|matmul (the two round differently in the last bits; matmul also keeps the
+small products on torch's matmul). oneDNN's linear costs ~12 us a call before any arithmetic, as much as
+a short layer's whole projection: products up to OWN_MAX_WORK run on the cpp kernels' (csrc/cpu/projection.h).
 
 Only the eager float32 CPU path changes: under torch.compile, tracing, export, torch.func transforms, for
 other dtypes and devices, or tensor subclasses, the projection is F.linear. The backward is plain torch ops
@@ -79,20 +82,30 @@ def _eligible(*tensors: Tensor | None) -> bool:
                for t in tensors)
 
 
-class _OneDnnLinear(torch.autograd.Function):
+class _Linear(torch.autograd.Function):
+    """x weight^T + bias (+ bias2) by `product` (oneDNN's linear or the cpp kernels'), differentiated as F.linear."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, product, x, weight, bias, bias2):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_linear(x, weight, bias)
+        return product(x, weight, bias, bias2)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        d_x = matmul(grad, weight) if ctx.needs_input_grad[0] else None
-        d_weight = matmul(grad.T, x) if ctx.needs_input_grad[1] else None
-        d_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return d_x, d_weight, d_bias
+        needs = ctx.needs_input_grad
+        d_x = matmul(grad, weight) if needs[1] else None
+        d_weight = matmul(grad.T, x) if needs[2] else None
+        d_bias = grad.sum(0) if needs[3] or needs[4] else None
+        return None, d_x, d_weight, d_bias if needs[3] else None, d_bias if needs[4] else None
+
+
+def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None, bias2: Tensor | None) -> Tensor:
+    return _onednn_linear(x, weight, _summed(bias, bias2))
+
+
+def _summed(bias: Tensor | None, bias2: Tensor | None) -> Tensor | None:
+    return bias if bias2 is None else bias2 if bias is None else bias + bias2
 
 
 # oneDNN's linear computes a @ b from both operands' transposed copies (the cpp kernels' transpose; torch's
@@ -149,20 +162,80 @@ def _contiguous(t: Tensor) -> Tensor:
     return t.contiguous()
 
 
-# oneDNN's linear costs ~15 us a call however small the product (torch's matmul ~3 us): below this many
+# oneDNN's linear costs ~12 us a call however small the product (torch's matmul ~3 us): below this many
 # multiply-adds torch's matmul wins (measured on a Zen 5 core: 4e5 0.6x, 1.6e6 1.24x, 2.5e7 2.05x in oneDNN's
-# favour). Single steps and short sequences stay on torch's matmul.
+# favour). Single steps and short sequences stay on torch's matmul where the cpp kernels are not built.
 LINEAR_MIN_WORK = 2**20
 
+# Up to this many multiply-adds the cpp kernels' own projection runs (csrc/cpu/projection.h: about 1 us of
+# fixed cost, then the step GEMM's microkernel on W packed once per weight version), unless
+# FASTRNN_PROJECTION_GEMM=matmul. Measured on a Zen 5 core, AVX-512, against oneDNN's linear, 1 thread:
+# (128 x 64) x (64 x 256) 20.7 us against 29.4, 128 x 256 x 1024 278 against 296, 1024 x 256 x 1024 level
+# (2240 / 2179), 4096 x 256 x 1024 0.85x; 2 threads: 11.9 / 22.7, 149 / 164, 1148 / 1129, 128 x 512 x 2048
+# 666 / 590. Narrower vectors (AVX2: 2 rows of 4 vectors a tile, load-bound) keep it to the products whose
+# cost is mostly oneDNN's fixed one.
+OWN_MAX_WORK = {"avx512": 2**26, "avx512_bf16": 2**26}
+OWN_MAX_WORK_NARROW = 2**22
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """F.linear(x, weight, bias), on oneDNN where `choice()` measured it faster, the product is large enough
-    and the call is eligible."""
-    if x.dim() < 2 or not _eligible(x, weight, bias):
-        return F.linear(x, weight, bias)  # (eligibility first: under torch.compile the sizes may be symbolic)
-    if x.numel() * weight.shape[0] < LINEAR_MIN_WORK or choice() != "onednn":
-        return F.linear(x, weight, bias)
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: dict | None = None,
+           bias2: Tensor | None = None) -> Tensor:
+    """F.linear(x, weight, bias + bias2) (either bias may be None): on the cpp kernels' projection for small
+    products, on oneDNN where `choice()` measured it faster, eligible calls only. `cache`: the layer's dict
+    for prepared weights (fastrnn/backends/cpp.py), where the cpp projection keeps W's panels between calls."""
+    if x.dim() < 2 or not _eligible(x, weight, bias, bias2):
+        return F.linear(x, weight, _summed(bias, bias2))  # (eligibility first: under torch.compile the sizes may be symbolic)
+    work = x.numel() * weight.shape[0]
+    chosen = choice()
+    product = None
+    if chosen != "matmul":
+        kernels = _own_projection(work)
+        if kernels is not None:
+            panels = _weight_panels(kernels, cache)
+            product = lambda x, w, b, b2: kernels.linear_cpu(x, w, b, b2, panels)  # noqa: E731
+        elif chosen == "onednn" and work >= LINEAR_MIN_WORK:
+            product = _onednn_product
+    if product is None:
+        return F.linear(x, weight, _summed(bias, bias2))
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     weight = weight.contiguous()
-    out = _OneDnnLinear.apply(rows, weight, bias) if torch.is_grad_enabled() else _onednn_linear(rows, weight, bias)
+    bias = None if bias is None else bias.contiguous()
+    bias2 = None if bias2 is None else bias2.contiguous()
+    out = _Linear.apply(product, rows, weight, bias, bias2) if torch.is_grad_enabled() else \
+        product(rows, weight, bias, bias2)
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _own_projection(work: int):
+    """The cpp kernels' extension where its projection takes a product of `work` multiply-adds, else None
+    (larger, not built, or a build from before it)."""
+    kernels = _ext.extension()
+    if kernels is None or not hasattr(kernels, "linear_cpu"):
+        return None
+    return kernels if work <= _own_max_work(kernels) else None
+
+
+def own_max_work() -> int:
+    """The largest product (multiply-adds) an eligible projection runs on the cpp kernels' own here and now (0:
+    none: not built, or FASTRNN_PROJECTION_GEMM=matmul)."""
+    kernels = _ext.extension()
+    if kernels is None or not hasattr(kernels, "linear_cpu") or choice() == "matmul":
+        return 0
+    return _own_max_work(kernels)
+
+
+def _own_max_work(kernels) -> int:
+    isa = kernels.cpu_instruction_set()  # the variant the call runs on: chosen, or the widest one ("auto")
+    if isa == "auto":
+        isa = kernels.cpu_supported_instruction_sets().split(",")[0]
+    return OWN_MAX_WORK.get(isa, OWN_MAX_WORK_NARROW)
+
+
+def _weight_panels(kernels, cache: dict | None):
+    """The projection weight's kept panels in a layer's `cache` (None: packed for each call)."""
+    if cache is None:
+        return None
+    panels = cache.get("ih")
+    if panels is None:
+        panels = cache["ih"] = kernels.CpuWeightPanels()
+    return panels

@@ -1,5 +1,6 @@
-"""fastrnn.projection: the input projection on oneDNN where it measures faster, equal to F.linear within
-float32 rounding, forward, backward and differentiated twice; F.linear wherever oneDNN may not run."""
+"""fastrnn.projection: the input projection on the cpp kernels' own for small products and on oneDNN where it
+measures faster, equal to F.linear within float32 rounding, forward, backward and differentiated twice; F.linear
+wherever neither may run."""
 
 from __future__ import annotations
 
@@ -8,10 +9,24 @@ import torch
 import torch.nn.functional as F
 
 from conftest import rel_error
-from fastrnn import projection
+from fastrnn import _ext, projection
 
 ONEDNN = pytest.mark.skipif(projection.choice() != "onednn",
                             reason=f"this CPU's measurement chose {projection.choice()!r} over oneDNN's linear")
+OWN = pytest.mark.skipif(_ext.extension() is None or projection.choice() == "matmul",
+                         reason="the cpp kernels are not built" if _ext.extension() is None
+                         else "FASTRNN_PROJECTION_GEMM=matmul keeps every projection on torch's matmul")
+
+
+def _spy(monkeypatch):
+    """Records the products that run on oneDNN's linear and on the cpp kernels' projection."""
+    projection.choice()  # measured (on oneDNN's linear too) before the spying starts
+    called = {"onednn": [], "cpp": []}
+    real_onednn, real_own = projection._onednn_linear, projection._own_projection
+    monkeypatch.setattr(projection, "_onednn_linear", lambda *args: called["onednn"].append(args) or real_onednn(*args))
+    monkeypatch.setattr(projection, "_own_projection",
+                        lambda work: (lambda k: k is not None and called["cpp"].append(work) or k)(real_own(work)))
+    return called
 
 
 def _problem(rows=370, features=29, outputs=211, seed=0, bias=True):  # above LINEAR_MIN_WORK
@@ -33,8 +48,10 @@ def test_choice_is_measured_once_names_a_path_and_explain_says_it():
 
 @ONEDNN
 @pytest.mark.parametrize("bias", [True, False])
-def test_forward_and_gradients_match_float64_as_closely_as_torch_matmul(bias):
-    exact_inputs = [t.requires_grad_() if t is not None else None for t in _problem(bias=bias)]
+@pytest.mark.parametrize("rows", [370, 40000])  # the cpp projection's size, and oneDNN's (past OWN_MAX_WORK)
+def test_forward_and_gradients_match_float64_as_closely_as_torch_matmul(bias, rows, monkeypatch):
+    called = _spy(monkeypatch)
+    exact_inputs = [t.requires_grad_() if t is not None else None for t in _problem(rows=rows, bias=bias)]
     exact = F.linear(*exact_inputs)
     weights = torch.randn(exact.shape, dtype=torch.float64)
     exact_grads = torch.autograd.grad((exact * weights).sum(), [t for t in exact_inputs if t is not None])
@@ -46,6 +63,20 @@ def test_forward_and_gradients_match_float64_as_closely_as_torch_matmul(bias):
         results[name] = [rel_error(out, exact)] + [rel_error(g, e) for g, e in zip(grads, exact_grads)]
     for ours, torch_error in zip(results["onednn"], results["matmul"]):
         assert ours <= 2 * torch_error + 1e-7
+    # (the backward's weight gradients may run on oneDNN at either size)
+    assert bool(called["cpp"]) == (rows == 370 and _ext.extension() is not None) and (rows == 370 or called["onednn"])
+
+
+@OWN
+def test_two_biases_are_added_as_one_with_their_gradients():
+    x, weight, bias = (t.float().requires_grad_() for t in _problem(rows=31))
+    bias2 = torch.randn_like(bias).requires_grad_()
+    ours = projection.linear(x, weight, bias, None, bias2)
+    expected = F.linear(x, weight, bias + bias2)
+    assert rel_error(ours, expected) < 1e-6
+    grads = torch.autograd.grad(ours.square().sum(), [x, weight, bias, bias2])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, weight, bias, bias2])
+    assert all(rel_error(g, e) < 1e-5 for g, e in zip(grads, expected_grads))
 
 
 @ONEDNN
@@ -62,10 +93,9 @@ def test_differentiated_twice_like_f_linear():
 
 
 @pytest.mark.parametrize("case", ["float64", "functorch", "compiled"])
-def test_f_linear_wherever_onednn_may_not_run(case, monkeypatch):
+def test_f_linear_wherever_onednn_and_the_cpp_projection_may_not_run(case, monkeypatch):
     x, weight, bias = _problem()
-    called = []
-    monkeypatch.setattr(projection, "_onednn_linear", lambda *args: called.append(args) or F.linear(*args))
+    spied = _spy(monkeypatch)
     if case == "float64":
         out = projection.linear(x, weight, bias)
     elif case == "functorch":
@@ -74,19 +104,30 @@ def test_f_linear_wherever_onednn_may_not_run(case, monkeypatch):
     else:
         x, weight, bias = x.float(), weight.float(), bias.float()
         out = torch.compile(projection.linear, backend="eager", fullgraph=True)(x, weight, bias)
-    assert called == []
+    assert spied == {"onednn": [], "cpp": []}
     assert rel_error(out, F.linear(x, weight, bias)) < 1e-6
 
 
 @ONEDNN
-def test_a_layer_runs_its_projection_on_onednn(monkeypatch):
+def test_a_large_layer_runs_its_projection_on_onednn(monkeypatch):
     import fastrnn
 
-    called = []
-    real = projection._onednn_linear
-    monkeypatch.setattr(projection, "_onednn_linear", lambda *args: called.append(args) or real(*args))
-    fastrnn.GRU(64, 64, backend="cpp")(torch.randn(32, 16, 64))  # 6e6 multiply-adds: past LINEAR_MIN_WORK
-    assert len(called) == 1
+    called = _spy(monkeypatch)
+    fastrnn.GRU(128, 128, backend="cpp")(torch.randn(64, 96, 128))  # 3e8 multiply-adds: past OWN_MAX_WORK
+    assert len(called["onednn"]) == 1 and called["cpp"] == []
+
+
+@OWN
+def test_a_small_layer_runs_its_projection_on_the_cpp_kernels_with_its_weight_kept(monkeypatch):
+    import fastrnn
+    from fastrnn.backends import cpp
+
+    called = _spy(monkeypatch)
+    layer = fastrnn.LSTM(64, 64, backend="cpp")
+    with torch.no_grad():
+        layer(torch.randn(128, 1, 64))  # 2e6 multiply-adds: oneDNN's fixed cost would be as much again
+    assert called["onednn"] == [] and called["cpp"] == [128 * 64 * 256]
+    assert cpp.packed_weight_bytes(layer) >= 2 * 256 * 64 * 4  # W_hh's panels and W_ih's
 
 
 def test_matmul_of_the_weight_gradients_matches_torch():
@@ -137,10 +178,21 @@ def test_the_environment_variable_fixes_the_choice(value, monkeypatch):
         projection.choice.cache_clear()
 
 
-def test_small_products_stay_on_torch_matmul(monkeypatch):
-    called = []
-    monkeypatch.setattr(projection, "_onednn_linear", lambda *args: called.append(args) or F.linear(*args))
+def test_small_products_stay_off_onednn(monkeypatch):
+    called = _spy(monkeypatch)
     x, weight, bias = (t.float() for t in _problem(rows=3, features=5, outputs=7))
     assert x.numel() * weight.shape[0] < projection.LINEAR_MIN_WORK
-    assert rel_error(projection.linear(x, weight, bias), F.linear(x, weight, bias)) == 0.0
-    assert called == []
+    assert rel_error(projection.linear(x, weight, bias), F.linear(x, weight, bias)) < 1e-6
+    assert called["onednn"] == []
+
+
+def test_matmul_forced_keeps_every_projection_on_torch_matmul(monkeypatch):
+    monkeypatch.setenv(projection.ENVIRONMENT_VARIABLE, "matmul")
+    projection.choice.cache_clear()
+    try:
+        called = _spy(monkeypatch)
+        x, weight, bias = (t.float() for t in _problem(rows=3, features=5, outputs=7))
+        assert torch.equal(projection.linear(x, weight, bias), F.linear(x, weight, bias))
+        assert called == {"onednn": [], "cpp": []}
+    finally:
+        projection.choice.cache_clear()

@@ -197,7 +197,11 @@ def explain(device: torch.device | str | None = None) -> str:
 
         how = {"onednn": "oneDNN's linear, measured faster than torch's matmul on this CPU",
                "matmul": "torch's matmul (oneDNN's linear was not measured faster on this CPU)"}[projection.choice()]
-        lines.append(f"  input projections and weight-gradient GEMMs (float32, eager): {how}")
+        own = projection.own_max_work()
+        lines.append("  input projections (float32, eager): " + (
+            f"the cpp kernels' own up to 2^{own.bit_length() - 1} multiply-adds (csrc/cpu/projection.h), beyond "
+            f"that {how}" if own else how))
+        lines.append(f"  weight-gradient GEMMs (float32, eager): {how}")
         if unavailable_reason("cpp", device) is None:
             lines.append(f"  bfloat16 on the cpp kernels: {_pair_products_line()}")
     cuda = kernels("cuda")
