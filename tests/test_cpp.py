@@ -110,6 +110,22 @@ def test_gru_kernels_equal_the_reference_in_float64(isa, threads, shape, lengths
     _assert_close(cpp.gru_backward(*backward), reference.gru_backward(*backward), 1e-12, "backward")
 
 
+def test_every_batch_size_is_tiled_whole(isa):
+    """Each batch size from 1 to 20 meets a different cut into register tiles of rows (6, 4, 2, 1, and the last 8
+    of a remainder of 2 as 4 + 4): every row computed, forward and backward, against the reference."""
+    for batch in range(1, 21):
+        args = _lstm_args(3, batch, 19, 0, None, False, seed=batch)
+        exact = reference.lstm_forward(*args)
+        _assert_close(cpp.lstm_forward(*args), exact, 1e-12, f"LSTM forward, batch {batch}")
+        backward = _lstm_backward_args(args, exact, seed=batch)
+        _assert_close(cpp.lstm_backward(*backward), reference.lstm_backward(*backward), 1e-12, f"LSTM backward, batch {batch}")
+        args = _gru_args(3, batch, 19, True, None, False, seed=batch)
+        exact = reference.gru_forward(*args)
+        _assert_close(cpp.gru_forward(*args), exact, 1e-12, f"GRU forward, batch {batch}")
+        backward = _gru_backward_args(args, exact, seed=batch)
+        _assert_close(cpp.gru_backward(*backward), reference.gru_backward(*backward), 1e-12, f"GRU backward, batch {batch}")
+
+
 def _assert_as_accurate_as_the_reference(cell, lengths, reverse, dtype, floor, seed):
     """Each result of the kernels in `dtype` (outputs, states, every gradient) has an error against float64
     of at most twice the reference backend's own in `dtype`, plus `floor`."""
