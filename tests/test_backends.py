@@ -37,6 +37,21 @@ def test_auto_on_cpu_follows_the_measured_rule(cell, batch, hidden, packed, expe
     assert f"batch x hidden <= {backends.auto.LSTM_CPP_MAX_BATCH_X_HIDDEN}" in report
 
 
+def test_auto_runs_the_cpp_lstm_for_inferences_up_to_batch_8_and_leaves_their_training_to_onednn():
+    if not _cpp_runs():
+        pytest.skip("the cpp backend cannot run here")
+    model = fastrnn.LSTM(3, 512)
+    x = torch.randn(4, backends.auto.LSTM_CPP_INFERENCE_MAX_BATCH, 3)
+    with torch.no_grad():
+        assert model.selected_backend(input=x) == "cpp"
+        model(x)
+        assert model.last_backend == "cpp"
+        assert model.selected_backend(input=torch.randn(4, backends.auto.LSTM_CPP_INFERENCE_MAX_BATCH + 1, 3)) == "aten"
+    assert model.selected_backend(input=x) == "aten"  # records a backward: training
+    model(x)
+    assert model.last_backend == "aten"
+
+
 def _auto_table(report: str) -> dict[str, tuple[str, str, str]]:
     """explain()'s auto table: kind of workload -> (eager, compiled training, compiled inference)."""
     lines = report.splitlines()
@@ -52,6 +67,7 @@ def _auto_table(report: str) -> dict[str, tuple[str, str, str]]:
 
 
 SMALL = backends.auto.LSTM_CPP_MAX_BATCH_X_HIDDEN
+INFER = backends.auto.LSTM_CPP_INFERENCE_MAX_BATCH
 DTYPE_NAMES = "float32/float64"
 
 
@@ -83,8 +99,14 @@ else:
     ("LSTM", torch.float32, 1, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, batch 1"),
     ("LSTM", torch.float64, 1, 300, False, f"LSTM, {DTYPE_NAMES}, padded, batch 1"),
     ("LSTM", torch.float64, 4, SMALL // 4, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden <= {SMALL}"),
-    ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, batch > 1 and batch x hidden > {SMALL}"),
-    ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, batch > 1 and batch x hidden > {SMALL}"),
+    ("LSTM", torch.float32, 8, 300, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch <= {INFER}"),
+    ("LSTM", torch.float64, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch <= {INFER}"),
+    ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch > {INFER} and batch x "
+     f"hidden > {SMALL}"),
+    ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch > 1 and batch x hidden > "
+     f"{SMALL}"),
+    ("LSTM", torch.float32, 8, 300, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch > 1 and batch x hidden > "
+     f"{SMALL}"),
     *BFLOAT16_ROWS,
     ("LSTM", torch.bfloat16, 8, 4, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
     ("LSTM", torch.bfloat16, 1, 4, True, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),

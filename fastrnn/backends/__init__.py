@@ -155,8 +155,9 @@ def auto_lines(device: torch.device) -> list[str]:
     widths = [max(len(row[column]) for row in rows) for column in range(len(AUTO_HEADER))]
     lines = [f"  auto on {device.type}, by workload (the rule of fastrnn/backends/auto.py, with the backends available here):"]
     lines += ["    " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines += ["    eager: training and inference alike, except in rows that say training (a forward that records a backward).",
-              "    compiled: under torch.compile; an inference there is a forward with nothing requiring a gradient, no",
+    lines += ["    eager: training and inference alike, except in rows that say training (a forward that records a backward)",
+              "    or inference (one that records nothing). compiled: under torch.compile (inference: of the row's shape);",
+              "    an inference there is a forward with nothing requiring a gradient, no",
               "    autocast and no training-mode dropout. aten: torch's own code (oneDNN on a CPU, cuDNN on a GPU), under",
               "    torch.compile as the opaque op fastrnn::torch_rnn_inference."]
     return lines

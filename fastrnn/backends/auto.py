@@ -4,7 +4,7 @@ On a CPU the fused C++ kernels ("cpp") run where `python -m bench` measured them
 own code (bench/RESULTS.md, CPU section): every GRU and Elman RNN (torch's CPU code for both is a generic
 per-step path),
 every packed LSTM (likewise), padded LSTMs of one sequence or small enough that the per-step cost
-dominates, and every one-step call (T = 1, as a streaming or decoding loop makes them), which runs as the
+dominates, padded LSTM inferences up to batch 8, and every one-step call (T = 1, as a streaming or decoding loop makes them), which runs as the
 fused cell step on weights packed once; larger padded LSTMs keep torch's oneDNN LSTM. On a GPU a kernel backend runs only once it has been measured
 faster than cuDNN there (none has yet). Under torch.compile, which cannot trace torch's RNN code,
 auto runs a traceable custom op instead: the cpp kernels on a CPU, the reference loop elsewhere; on a
@@ -84,6 +84,12 @@ def _cpu_prefers_cpp_in_bfloat16(workload: Workload) -> bool:
 # won at every H, inference and training, 1.07-1.38x on 1 thread and 1.08-1.93x on 2; batch 8 lost in most
 # rows (0.70-0.98x; bench/RESULTS.md had the same beyond B x H = 64).
 LSTM_CPP_MAX_BATCH_X_HIDDEN = 64
+# An inference (nothing recorded for a backward) of a padded LSTM runs on the cpp kernels up to this batch.
+# Measured on a Zen 5 core with `python -m bench --cells lstm --batch 8 32 --hidden 64 256 512 --seq-len 128
+# --modes forward train --impls fastrnn-cpp --threads 1|2` at commit 5d8c319 (the 4 + 4 row tiles): batch 8
+# inference 1.01-1.06x oneDNN's LSTM on 1 thread and 1.05-2.08x on 2; training there 0.97-0.98x on 1 thread
+# (kept on oneDNN); batch 32 inference 0.90-0.97x on 1 thread.
+LSTM_CPP_INFERENCE_MAX_BATCH = 8
 
 # auto's preference on a CUDA device, before torch's own code (cuDNN). A kernel backend joins this list
 # only once the bench suite has measured it faster than cuDNN on a GPU; none has been timed on one yet.
@@ -113,7 +119,8 @@ def _cpu_prefers_cpp(workload: Workload | None) -> bool:
         return False
     if workload.cell != "LSTM" or workload.packed or is_one_step(workload):
         return True
-    return workload.batch == 1 or workload.batch * workload.hidden <= LSTM_CPP_MAX_BATCH_X_HIDDEN
+    return (workload.batch == 1 or workload.batch * workload.hidden <= LSTM_CPP_MAX_BATCH_X_HIDDEN
+            or (not workload.training and workload.batch <= LSTM_CPP_INFERENCE_MAX_BATCH))
 
 
 # A one-step call runs as the fused cell step: `python -m bench --cells gru lstm --seq-len 1` style timings
@@ -172,8 +179,12 @@ def kinds(device: torch.device) -> list[tuple[str, Workload]]:
         (f"LSTM, {dtypes}, packed (PackedSequence)", Workload("LSTM", torch.float32, 64, 512, True)),
         (f"LSTM, {dtypes}, padded, batch 1", Workload("LSTM", torch.float32, 1, 512, False)),
         (f"LSTM, {dtypes}, padded, batch x hidden <= {small}", Workload("LSTM", torch.float32, 4, small // 4, False)),
-        (f"LSTM, {dtypes}, padded, batch > 1 and batch x hidden > {small}",
-         Workload("LSTM", torch.float32, 2, small, False)),
+        (f"LSTM, {dtypes}, padded, inference, batch <= {LSTM_CPP_INFERENCE_MAX_BATCH}",
+         Workload("LSTM", torch.float32, LSTM_CPP_INFERENCE_MAX_BATCH, 512, False)),
+        (f"LSTM, {dtypes}, padded, inference, batch > {LSTM_CPP_INFERENCE_MAX_BATCH} and batch x hidden > {small}",
+         Workload("LSTM", torch.float32, LSTM_CPP_INFERENCE_MAX_BATCH + 1, small, False)),
+        (f"LSTM, {dtypes}, padded, training, batch > 1 and batch x hidden > {small}",
+         Workload("LSTM", torch.float32, 2, small, False, training=True)),
         (f"LSTM, GRU or RNN, {dtypes}, one step (T = 1), padded, no projection",
          Workload("LSTM", torch.float32, 64, 512, False, steps=1)),
         *bfloat16_kinds(),
@@ -211,5 +222,5 @@ def picks(device: torch.device, available: Callable[[str], bool]) -> list[Pick]:
     """What auto runs on `device` for each kind of workload, computed by the rule on each kind's example."""
     compiled = choose_compiled(device, available)
     return [Pick(kind, choose(device, example, False, available), compiled,
-                 "aten" if compiled_inference_runs_torch(device, example) else compiled)
+                 "aten" if compiled_inference_runs_torch(device, dataclasses.replace(example, training=False)) else compiled)
             for kind, example in kinds(device)]
