@@ -172,10 +172,10 @@ LINEAR_MIN_WORK = 2**20
 # FASTRNN_PROJECTION_GEMM=matmul. Measured on a Zen 5 core, AVX-512, against oneDNN's linear, 1 thread:
 # (128 x 64) x (64 x 256) 20.7 us against 29.4, 128 x 256 x 1024 278 against 296, 1024 x 256 x 1024 level
 # (2240 / 2179), 4096 x 256 x 1024 0.85x; 2 threads: 11.9 / 22.7, 149 / 164, 1148 / 1129, 128 x 512 x 2048
-# 666 / 590. Narrower vectors (AVX2: 2 rows of 4 vectors a tile, load-bound) keep it to the products whose
-# cost is mostly oneDNN's fixed one.
+# 666 / 590. The narrower variants do not run it: forced onto AVX2 on that core (2 rows of 4 vectors a tile,
+# load-bound) it took 1.6-2.5x oneDNN's time from 2^21 to 2^28 multiply-adds, the portable code 3.2-5.2x.
 OWN_MAX_WORK = {"avx512": 2**26, "avx512_bf16": 2**26}
-OWN_MAX_WORK_NARROW = 2**22
+OWN_MAX_WORK_NARROW = 0
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: dict | None = None,

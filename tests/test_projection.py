@@ -13,9 +13,9 @@ from fastrnn import _ext, projection
 
 ONEDNN = pytest.mark.skipif(projection.choice() != "onednn",
                             reason=f"this CPU's measurement chose {projection.choice()!r} over oneDNN's linear")
-OWN = pytest.mark.skipif(_ext.extension() is None or projection.choice() == "matmul",
-                         reason="the cpp kernels are not built" if _ext.extension() is None
-                         else "FASTRNN_PROJECTION_GEMM=matmul keeps every projection on torch's matmul")
+OWN = pytest.mark.skipif(projection.own_max_work() == 0,
+                         reason="the cpp kernels' projection does not run here (not built, an instruction set "
+                         "without AVX-512, or FASTRNN_PROJECTION_GEMM=matmul)")
 
 
 def _spy(monkeypatch):
@@ -64,7 +64,7 @@ def test_forward_and_gradients_match_float64_as_closely_as_torch_matmul(bias, ro
     for ours, torch_error in zip(results["onednn"], results["matmul"]):
         assert ours <= 2 * torch_error + 1e-7
     # (the backward's weight gradients may run on oneDNN at either size)
-    assert bool(called["cpp"]) == (rows == 370 and _ext.extension() is not None) and (rows == 370 or called["onednn"])
+    assert bool(called["cpp"]) == (rows == 370 and projection.own_max_work() > 0) and (rows == 370 or called["onednn"])
 
 
 @OWN
@@ -176,6 +176,19 @@ def test_the_environment_variable_fixes_the_choice(value, monkeypatch):
             assert projection.choice() == value
     finally:
         projection.choice.cache_clear()
+
+
+@OWN
+def test_the_cpp_projection_runs_on_avx512_only():
+    """Measured on the AVX2 and portable variants it lost to oneDNN's linear at every size: they keep oneDNN."""
+    kernels = _ext.extension()
+    for isa in [name for name in kernels.cpu_supported_instruction_sets().split(",") if not name.startswith("avx512")]:
+        kernels.set_cpu_instruction_set(isa)
+        try:
+            assert projection.own_max_work() == 0 and projection._own_projection(1) is None
+        finally:
+            kernels.set_cpu_instruction_set("auto")
+    assert projection.own_max_work() == projection.OWN_MAX_WORK[kernels.cpu_supported_instruction_sets().split(",")[0]]
 
 
 def test_small_products_stay_off_onednn(monkeypatch):
