@@ -22,8 +22,8 @@
 //   - asynchronous copies (cp.async) misaligned, two in flight to one address, or still in flight at a
 //     __syncthreads (unless issued as a prefetch) or at the kernel's end: the kernels wait for their own
 //     copies before the barrier that publishes them. A copy lands only
-//     at its thread's wait; until then its destination holds the poison bytes (and is poisoned under
-//     AddressSanitizer), so a read that overtakes the wait is a NaN, or a report at the read.
+//     at its thread's wait; until then its destination holds the poison bytes (and, for copies of 8 or 16
+//     bytes, is poisoned under AddressSanitizer), so a read that overtakes the wait is a NaN, or a report.
 // Dynamic shared memory starts filled with 0xFF bytes (NaN in every floating-point type), so a kernel
 // that reads shared memory it never wrote produces NaN rather than a plausible number.
 //
@@ -542,7 +542,10 @@ inline void copy_async(void* destination, const void* source, size_t bytes, cons
               std::to_string(d - b.shared + static_cast<std::ptrdiff_t>(bytes)) + ") of a dynamic shared memory of " +
               std::to_string(b.shared_bytes) + " bytes (out of range)");
   std::memset(destination, kPoisonByte, bytes);
-  FASTRNN_SIMT_POISON(destination, bytes);
+  // AddressSanitizer's shadow describes 8-byte granules, and each emulated thread is an OS thread: two
+  // 4-byte copies into one granule would update its shadow byte concurrently (a race that made ASan report
+  // a correct kernel now and then). Such copies keep the poison bytes alone (a read before the wait is NaN).
+  if (bytes % 8 == 0) FASTRNN_SIMT_POISON(destination, bytes);
   for (const CopyInFlight& copy : self().copies)
     if (copy.destination == destination)
       fail_here("asynchronous copy at " + describe_site(file, line) + " to a destination whose copy issued at " +
@@ -554,7 +557,7 @@ inline void copy_async(void* destination, const void* source, size_t bytes, cons
 inline void wait_async_copies() {
   ThreadState& t = self();
   for (const CopyInFlight& copy : t.copies) {
-    FASTRNN_SIMT_UNPOISON(copy.destination, copy.bytes);
+    if (copy.bytes % 8 == 0) FASTRNN_SIMT_UNPOISON(copy.destination, copy.bytes);
     std::memcpy(copy.destination, copy.source, copy.bytes);
   }
   t.copies.clear();
