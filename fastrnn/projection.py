@@ -6,8 +6,9 @@ against oneDNN's 200 on a Zen 5 core) runs well under the core's FMA peak; oneDN
 ships for its own compiled graphs (torch.ops.mkldnn._linear_pointwise), does not. Which to run is
 measured once per process on the running CPU (`choice()`), on a projection-sized problem, or set by
 FASTRNN_PROJECTION_GEMM=onednn|matmul (the two round differently in the last bits; matmul also keeps the
-small products on torch's matmul). oneDNN's linear costs ~12 us a call before any arithmetic, as much as
-a short layer's whole projection: products up to OWN_MAX_WORK run on the cpp kernels' (csrc/cpu/projection.h).
+small products on torch's matmul). Products up to OWN_MAX_WORK run on the cpp kernels' (csrc/cpu/projection.h)
+whichever was measured: oneDNN's linear costs ~12 us a call before any arithmetic, as much as a short layer's
+whole projection, and the own kernel also beat MKL's matmul where MKL runs well (an Intel core).
 
 Only the eager float32 CPU path changes: under torch.compile, tracing, export, torch.func transforms, for
 other dtypes and devices, or tensor subclasses, the projection is F.linear. The backward is plain torch ops
@@ -44,10 +45,8 @@ def choice() -> str:
     """"onednn" or "matmul": oneDNN's linear where it ran in at most 3/4 of torch's matmul's time on this CPU,
     measured once (about 50 ms) on a (2048, 256) x (256, 1024) float32 problem in the calling thread's CPU time,
     best of 3 runs each; or what FASTRNN_PROJECTION_GEMM says."""
-    forced = os.environ.get(ENVIRONMENT_VARIABLE)
+    forced = _forced()
     if forced is not None:
-        if forced not in ("onednn", "matmul"):
-            raise ValueError(f"{ENVIRONMENT_VARIABLE} must be 'onednn' or 'matmul', got {forced!r}")
         if forced == "onednn" and not torch.backends.mkldnn.is_available():
             raise RuntimeError(f"{ENVIRONMENT_VARIABLE}=onednn, but this torch has no oneDNN (torch.backends.mkldnn)")
         return forced
@@ -72,6 +71,14 @@ def choice() -> str:
         return min(times)
 
     return "onednn" if best(_onednn_linear) <= CLEARLY_FASTER * best(F.linear) else "matmul"
+
+
+def _forced() -> str | None:
+    """What FASTRNN_PROJECTION_GEMM sets ("onednn" or "matmul"), or None where it is unset."""
+    forced = os.environ.get(ENVIRONMENT_VARIABLE)
+    if forced is not None and forced not in ("onednn", "matmul"):
+        raise ValueError(f"{ENVIRONMENT_VARIABLE} must be 'onednn' or 'matmul', got {forced!r}")
+    return forced
 
 
 def _eligible(*tensors: Tensor | None) -> bool:
@@ -172,7 +179,11 @@ LINEAR_MIN_WORK = 2**20
 # FASTRNN_PROJECTION_GEMM=matmul. Measured on a Zen 5 core, AVX-512, against oneDNN's linear, 1 thread:
 # (128 x 64) x (64 x 256) 20.7 us against 29.4, 128 x 256 x 1024 278 against 296, 1024 x 256 x 1024 level
 # (2240 / 2179), 4096 x 256 x 1024 0.85x; 2 threads: 11.9 / 22.7, 149 / 164, 1148 / 1129, 128 x 512 x 2048
-# 666 / 590. The narrower variants do not run it: forced onto AVX2 on that core (2 rows of 4 vectors a tile,
+# 666 / 590 (before its panels were read in L2-sized chunks and its depth in blocks). On an Ice Lake core
+# (AVX-512), 1 thread, against torch's matmul (MKL, which runs well there): 128 x 64 x 256 35.0 us against
+# 39.7, 128 x 256 x 1024 485 / 524, 1024 x 64 x 256 268 / 290, 4096 x 64 x 256 1115 / 1222; beyond 2^26
+# 1.02-1.09x matmul's time (before the chunks, 128 x 512 x 2048 took 1.69x: W streamed from L3). The
+# narrower variants do not run it: forced onto AVX2 on that core (2 rows of 4 vectors a tile,
 # load-bound) it took 1.6-2.5x oneDNN's time from 2^21 to 2^28 multiply-adds, the portable code 3.2-5.2x.
 OWN_MAX_WORK = {"avx512": 2**26, "avx512_bf16": 2**26}
 OWN_MAX_WORK_NARROW = 0
@@ -181,20 +192,19 @@ OWN_MAX_WORK_NARROW = 0
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: dict | None = None,
            bias2: Tensor | None = None) -> Tensor:
     """F.linear(x, weight, bias + bias2) (either bias may be None): on the cpp kernels' projection for small
-    products, on oneDNN where `choice()` measured it faster, eligible calls only. `cache`: the layer's dict
+    products (unless FASTRNN_PROJECTION_GEMM=matmul), beyond them on oneDNN where `choice()` measured it faster,
+    eligible calls only. `cache`: the layer's dict
     for prepared weights (fastrnn/backends/cpp.py), where the cpp projection keeps W's panels between calls."""
     if x.dim() < 2 or not _eligible(x, weight, bias, bias2):
         return F.linear(x, weight, _summed(bias, bias2))  # (eligibility first: under torch.compile the sizes may be symbolic)
     work = x.numel() * weight.shape[0]
-    chosen = choice()
     product = None
-    if chosen != "matmul":
-        kernels = _own_projection(work)
-        if kernels is not None:
-            panels = _weight_panels(kernels, cache)
-            product = lambda x, w, b, b2: kernels.linear_cpu(x, w, b, b2, panels)  # noqa: E731
-        elif chosen == "onednn" and work >= LINEAR_MIN_WORK:
-            product = _onednn_product
+    kernels = _own_projection(work)
+    if kernels is not None:
+        panels = _weight_panels(kernels, cache)
+        product = lambda x, w, b, b2: kernels.linear_cpu(x, w, b, b2, panels)  # noqa: E731
+    elif choice() == "onednn" and work >= LINEAR_MIN_WORK:
+        product = _onednn_product
     if product is None:
         return F.linear(x, weight, _summed(bias, bias2))
     rows = x.reshape(-1, x.shape[-1]).contiguous()
@@ -210,7 +220,7 @@ def _own_projection(work: int):
     """The cpp kernels' extension where its projection takes a product of `work` multiply-adds, else None
     (larger, not built, or a build from before it)."""
     kernels = _ext.extension()
-    if kernels is None or not hasattr(kernels, "linear_cpu"):
+    if kernels is None or not hasattr(kernels, "linear_cpu") or _forced() == "matmul":
         return None
     return kernels if work <= _own_max_work(kernels) else None
 
@@ -219,7 +229,7 @@ def own_max_work() -> int:
     """The largest product (multiply-adds) an eligible projection runs on the cpp kernels' own here and now (0:
     none: not built, or FASTRNN_PROJECTION_GEMM=matmul)."""
     kernels = _ext.extension()
-    if kernels is None or not hasattr(kernels, "linear_cpu") or choice() == "matmul":
+    if kernels is None or not hasattr(kernels, "linear_cpu") or _forced() == "matmul":
         return 0
     return _own_max_work(kernels)
 

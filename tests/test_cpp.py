@@ -276,7 +276,7 @@ def test_transposed_refuses_what_it_cannot_copy():
 
 
 @pytest.mark.parametrize("rows, depth, columns", [(1, 1, 1), (1, 64, 256), (7, 3, 17), (13, 29, 211), (370, 64, 96),
-                                                  (129, 130, 67)])
+                                                  (129, 130, 67), (13, 2050, 211), (5, 130, 2000)])  # (the last two: depth blocks; W in chunks)
 def test_projection_matches_float64_as_closely_as_torch(isa, threads, rows, depth, columns):
     """linear_cpu, a small layer's input projection: x w^T + bias (+ bias2) within twice torch's own float32 error
     against float64, with each bias or none, on panels packed for the call and on kept ones."""

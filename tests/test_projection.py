@@ -191,6 +191,17 @@ def test_the_cpp_projection_runs_on_avx512_only():
     assert projection.own_max_work() == projection.OWN_MAX_WORK[kernels.cpu_supported_instruction_sets().split(",")[0]]
 
 
+@OWN
+def test_small_products_run_on_the_cpp_projection_whichever_gemm_was_measured(monkeypatch):
+    """A CPU whose measurement kept torch's matmul (MKL running well, as on Intel cores) still runs the small
+    products on the cpp kernels', which beat both there."""
+    called = _spy(monkeypatch)
+    monkeypatch.setattr(projection, "choice", lambda: "matmul")
+    x, weight, bias = (t.float() for t in _problem(rows=31))
+    assert rel_error(projection.linear(x, weight, bias), F.linear(x, weight, bias)) < 1e-6
+    assert called["cpp"] and not called["onednn"]
+
+
 def test_small_products_stay_off_onednn(monkeypatch):
     called = _spy(monkeypatch)
     x, weight, bias = (t.float() for t in _problem(rows=3, features=5, outputs=7))
