@@ -363,3 +363,17 @@ def test_a_speedup_from_an_oversubscribed_row_or_nn_row_is_marked():
     lines = {line.split()[6]: line for line in report.table(rows).splitlines() if line.startswith("gru")}
     assert "8.00!" in lines["fastrnn-cpp"] and "0.600 " in lines["fastrnn-cpp"]
     assert "oversubscribed" in report.table(rows)  # the legend says what the mark means
+
+
+def test_projection_gemms_are_timed_side_by_side(capsys):
+    from bench import projection as gemms
+    from fastrnn import _ext
+
+    gemms.main(["--rounds", "1", "--shapes", "7x13x29", "40x3x5"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("threads 1; projection.choice() = ") and len(lines) == 3
+    for line, product in zip(lines[1:], ("7 x 13 x 29", "40 x 3 x 5")):
+        assert line.startswith(product) and "matmul" in line and "onednn" in line
+        assert ("own/matmul" in line) == (_ext.extension() is not None)
+    with pytest.raises(SystemExit):
+        gemms.main(["--shapes", "7x13"])
