@@ -73,8 +73,10 @@ def choice() -> str:
     return "onednn" if best(_onednn_linear) <= CLEARLY_FASTER * best(F.linear) else "matmul"
 
 
+@functools.cache
 def _forced() -> str | None:
-    """What FASTRNN_PROJECTION_GEMM sets ("onednn" or "matmul"), or None where it is unset."""
+    """What FASTRNN_PROJECTION_GEMM sets ("onednn" or "matmul"), or None where it is unset; read once per
+    process, as `choice()` is measured once (reading the environment costs ~1 us, on every projection)."""
     forced = os.environ.get(ENVIRONMENT_VARIABLE)
     if forced is not None and forced not in ("onednn", "matmul"):
         raise ValueError(f"{ENVIRONMENT_VARIABLE} must be 'onednn' or 'matmul', got {forced!r}")
@@ -219,15 +221,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: dict | None = 
 def _own_projection(work: int):
     """The cpp kernels' extension where its projection takes a product of `work` multiply-adds, else None
     (larger, not built, or a build from before it)."""
-    kernels = _ext.extension()
-    if kernels is None or not hasattr(kernels, "linear_cpu") or _forced() == "matmul":
-        return None
-    return kernels if work <= _own_max_work(kernels) else None
+    limit = own_max_work()
+    return _ext.extension() if limit and work <= limit else None
 
 
 def own_max_work() -> int:
     """The largest product (multiply-adds) an eligible projection runs on the cpp kernels' own here and now (0:
-    none: not built, or FASTRNN_PROJECTION_GEMM=matmul)."""
+    none: not built, an instruction set without AVX-512, or FASTRNN_PROJECTION_GEMM=matmul)."""
     kernels = _ext.extension()
     if kernels is None or not hasattr(kernels, "linear_cpu") or _forced() == "matmul":
         return 0

@@ -18,6 +18,12 @@ OWN = pytest.mark.skipif(projection.own_max_work() == 0,
                          "without AVX-512, or FASTRNN_PROJECTION_GEMM=matmul)")
 
 
+def _forget_choice():
+    """Makes the next call read FASTRNN_PROJECTION_GEMM and measure again (both are kept for the process)."""
+    projection.choice.cache_clear()
+    projection._forced.cache_clear()
+
+
 def _spy(monkeypatch):
     """Records the products that run on oneDNN's linear and on the cpp kernels' projection."""
     projection.choice()  # measured (on oneDNN's linear too) before the spying starts
@@ -164,7 +170,7 @@ def test_matmul_of_transposed_operands_as_the_backward_passes_them():
 @pytest.mark.parametrize("value", ["onednn", "matmul", "mkl"])
 def test_the_environment_variable_fixes_the_choice(value, monkeypatch):
     monkeypatch.setenv(projection.ENVIRONMENT_VARIABLE, value)
-    projection.choice.cache_clear()
+    _forget_choice()
     try:
         if value == "mkl":
             with pytest.raises(ValueError, match="FASTRNN_PROJECTION_GEMM must be 'onednn' or 'matmul', got 'mkl'"):
@@ -175,7 +181,7 @@ def test_the_environment_variable_fixes_the_choice(value, monkeypatch):
         else:
             assert projection.choice() == value
     finally:
-        projection.choice.cache_clear()
+        _forget_choice()
 
 
 @OWN
@@ -212,11 +218,11 @@ def test_small_products_stay_off_onednn(monkeypatch):
 
 def test_matmul_forced_keeps_every_projection_on_torch_matmul(monkeypatch):
     monkeypatch.setenv(projection.ENVIRONMENT_VARIABLE, "matmul")
-    projection.choice.cache_clear()
+    _forget_choice()
     try:
         called = _spy(monkeypatch)
         x, weight, bias = (t.float() for t in _problem(rows=3, features=5, outputs=7))
         assert torch.equal(projection.linear(x, weight, bias), F.linear(x, weight, bias))
         assert called == {"onednn": [], "cpp": []}
     finally:
-        projection.choice.cache_clear()
+        _forget_choice()
