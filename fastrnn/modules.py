@@ -143,7 +143,8 @@ class _RNNBase(nn.Module):
         # auto's choice for a padded batch, by all that it depends on (the rest is the module's own): kept, as
         # building the workload and asking the rule cost more than a small layer's kernel.
         batch, steps = (input.shape[0], input.shape[1]) if self.batch_first else (input.shape[1], input.shape[0])
-        key = (device, input.dtype, batch, steps == 1, _autocast_enabled(device.type), self._records_backward(input))
+        key = (device, input.dtype, batch, steps == 1, _autocast_enabled(device.type), self._records_backward(input),
+               torch.get_num_threads())
         choices = self.__dict__.setdefault("_auto_choices", {})
         choice = choices.get(key)
         if choice is None:
@@ -174,7 +175,8 @@ class _RNNBase(nn.Module):
             batch, steps = data.shape[0 if self.batch_first else 1], data.shape[1 if self.batch_first else 0]
         dtype = _compute_dtype(data, self._cell) if data.is_floating_point() else self.weight_ih_l0.dtype
         return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed, steps,
-                                 bool(getattr(self, "proj_size", 0)), self._records_backward(data))
+                                 bool(getattr(self, "proj_size", 0)), self._records_backward(data),
+                                 torch.get_num_threads())
 
     def _records_backward(self, data: Tensor) -> bool:
         """Whether a forward now records a backward: grad mode is on and the weights (the first standing for all,
@@ -393,7 +395,8 @@ class _RNNBase(nn.Module):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (data, *states, *self.parameters())):
             return False
         workload = backends.Workload(self.mode, data.dtype, data.shape[0 if self.batch_first else 1], self.hidden_size,
-                                     False, data.shape[1 if self.batch_first else 0], bool(getattr(self, "proj_size", 0)))
+                                     False, data.shape[1 if self.batch_first else 0], bool(getattr(self, "proj_size", 0)),
+                                     threads=backends.auto.threads_now())
         return backends.auto.compiled_inference_runs_torch(data.device, workload)
 
     def _forward_torch_op(self, input: Tensor, data: Tensor, hx):

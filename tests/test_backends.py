@@ -71,6 +71,38 @@ INFER = backends.auto.LSTM_CPP_INFERENCE_MAX_BATCH
 DTYPE_NAMES = "float32/float64"
 
 
+PARALLEL_BATCH = backends.auto.LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH
+PARALLEL_SIZE = backends.auto.LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH_X_HIDDEN
+
+
+@pytest.mark.parametrize("batch,hidden,threads,expected", [
+    (PARALLEL_BATCH, PARALLEL_SIZE // PARALLEL_BATCH, 2, "cpp"),
+    (INFER + 1, PARALLEL_SIZE // (INFER + 1), 2, "cpp"),
+    (PARALLEL_BATCH, PARALLEL_SIZE // PARALLEL_BATCH, 1, "aten"),  # one thread: oneDNN's LSTM
+    (PARALLEL_BATCH, PARALLEL_SIZE // PARALLEL_BATCH + 1, 2, "aten"),  # too wide
+    (PARALLEL_BATCH + 1, 16, 2, "aten"),  # too many sequences
+])
+def test_auto_runs_small_lstm_inferences_on_the_cpp_kernels_when_two_threads_split_their_steps(batch, hidden, threads,
+                                                                                             expected):
+    if not _cpp_runs():
+        pytest.skip("the cpp backend cannot run here")
+    model = fastrnn.LSTM(3, hidden)
+    x = torch.randn(5, batch, 3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            assert model.selected_backend(input=x) == expected
+            model(x)
+            assert model.last_backend == expected
+        assert model.selected_backend(input=x) == "aten"  # records a backward: training stays on oneDNN
+    finally:
+        torch.set_num_threads(before)
+    kind = (f"LSTM, {DTYPE_NAMES}, padded, inference, 2+ threads, batch <= {PARALLEL_BATCH} and batch x hidden <= "
+            f"{PARALLEL_SIZE}")
+    assert _auto_table(fastrnn.explain("cpu"))[kind][0] == "cpp"
+
+
 # The bfloat16 rows of auto's rule differ by how fast this CPU's pair products are (backends/auto.py).
 OTHERWISE = "LSTM, GRU or RNN in bfloat16/float16 otherwise"
 if backends.auto.pair_products_are_fast():
@@ -102,7 +134,7 @@ else:
     ("LSTM", torch.float32, 8, 300, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch <= {INFER}"),
     ("LSTM", torch.float64, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch <= {INFER}"),
     ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch > {INFER} and batch x "
-     f"hidden > {SMALL}"),
+     f"hidden > {SMALL}, otherwise"),
     ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch > 1 and batch x hidden > "
      f"{SMALL}"),
     ("LSTM", torch.float32, 8, 300, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch > 1 and batch x hidden > "

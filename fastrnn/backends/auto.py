@@ -4,7 +4,7 @@ On a CPU the fused C++ kernels ("cpp") run where `python -m bench` measured them
 own code (bench/RESULTS.md, CPU section): every GRU and Elman RNN (torch's CPU code for both is a generic
 per-step path),
 every packed LSTM (likewise), padded LSTMs of one sequence or small enough that the per-step cost
-dominates, padded LSTM inferences up to batch 8, and every one-step call (T = 1, as a streaming or decoding loop makes them), which runs as the
+dominates, padded LSTM inferences up to batch 8 (on two threads or more also small ones up to batch 32), and every one-step call (T = 1, as a streaming or decoding loop makes them), which runs as the
 fused cell step on weights packed once; larger padded LSTMs keep torch's oneDNN LSTM. On a GPU a kernel backend runs only once it has been measured
 faster than cuDNN there (none has yet). Under torch.compile, which cannot trace torch's RNN code,
 auto runs a traceable custom op instead: the cpp kernels on a CPU, the reference loop elsewhere; on a
@@ -90,6 +90,14 @@ LSTM_CPP_MAX_BATCH_X_HIDDEN = 64
 # inference 1.01-1.06x oneDNN's LSTM on 1 thread and 1.05-2.08x on 2; training there 0.97-0.98x on 1 thread
 # (kept on oneDNN); batch 32 inference 0.90-0.97x on 1 thread.
 LSTM_CPP_INFERENCE_MAX_BATCH = 8
+# On two threads or more the cpp kernels split each step's units between the threads with a barrier that
+# costs less than oneDNN's per-step fork-join, so their inferences win further: up to this batch and this
+# batch x hidden size. Measured with `python -m bench --cells lstm --batch 16 32 64 --hidden 64 128 --seq-len 128
+# --modes forward --impls fastrnn-cpp fastrnn-auto onnxruntime --threads 2` at commit 8c1e949 on an Intel Ice
+# Lake core: cpp over oneDNN 1.33x (B 16, H 64), 1.29x (B 32, H 64), 1.06x (B 16, H 128); 1.01x at B 32 H 128,
+# 0.85-1.05x at B 64; and at B 32 H 64 1.39x on a Zen 5 core (commit 5d8c319).
+LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH = 32
+LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH_X_HIDDEN = 2048
 
 # auto's preference on a CUDA device, before torch's own code (cuDNN). A kernel backend joins this list
 # only once the bench suite has measured it faster than cuDNN on a GPU; none has been timed on one yet.
@@ -108,6 +116,16 @@ class Workload:
     steps: int = 0  # T, the longest sequence (0: not known)
     projection: bool = False  # an LSTM with proj_size
     training: bool = False  # the forward records a backward (grad mode on, and the weights require gradients)
+    threads: int = 1  # the threads the forward's kernels may use (torch.get_num_threads())
+
+
+def threads_now() -> int:
+    """torch.get_num_threads(), for a Workload: while torch.compile traces, read once and kept out of the graph
+    as a constant (Dynamo cannot put an int-returning torch function in one), like the choice it feeds."""
+    return torch.get_num_threads()
+
+
+threads_now._dynamo_marked_constant = True
 
 
 def _cpu_prefers_cpp(workload: Workload | None) -> bool:
@@ -119,8 +137,16 @@ def _cpu_prefers_cpp(workload: Workload | None) -> bool:
         return False
     if workload.cell != "LSTM" or workload.packed or is_one_step(workload):
         return True
-    return (workload.batch == 1 or workload.batch * workload.hidden <= LSTM_CPP_MAX_BATCH_X_HIDDEN
-            or (not workload.training and workload.batch <= LSTM_CPP_INFERENCE_MAX_BATCH))
+    if workload.batch == 1 or workload.batch * workload.hidden <= LSTM_CPP_MAX_BATCH_X_HIDDEN:
+        return True
+    if workload.training:
+        return False
+    return workload.batch <= LSTM_CPP_INFERENCE_MAX_BATCH or _parallel_inference_prefers_cpp(workload)
+
+
+def _parallel_inference_prefers_cpp(workload: Workload) -> bool:
+    return (workload.threads >= 2 and workload.batch <= LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH
+            and workload.batch * workload.hidden <= LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH_X_HIDDEN)
 
 
 # A one-step call runs as the fused cell step: `python -m bench --cells gru lstm --seq-len 1` style timings
@@ -181,8 +207,13 @@ def kinds(device: torch.device) -> list[tuple[str, Workload]]:
         (f"LSTM, {dtypes}, padded, batch x hidden <= {small}", Workload("LSTM", torch.float32, 4, small // 4, False)),
         (f"LSTM, {dtypes}, padded, inference, batch <= {LSTM_CPP_INFERENCE_MAX_BATCH}",
          Workload("LSTM", torch.float32, LSTM_CPP_INFERENCE_MAX_BATCH, 512, False)),
-        (f"LSTM, {dtypes}, padded, inference, batch > {LSTM_CPP_INFERENCE_MAX_BATCH} and batch x hidden > {small}",
-         Workload("LSTM", torch.float32, LSTM_CPP_INFERENCE_MAX_BATCH + 1, small, False)),
+        (f"LSTM, {dtypes}, padded, inference, 2+ threads, batch <= {LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH} and "
+         f"batch x hidden <= {LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH_X_HIDDEN}",
+         Workload("LSTM", torch.float32, LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH,
+                  LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH_X_HIDDEN // LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH, False,
+                  threads=2)),
+        (f"LSTM, {dtypes}, padded, inference, batch > {LSTM_CPP_INFERENCE_MAX_BATCH} and batch x hidden > {small}, "
+         "otherwise", Workload("LSTM", torch.float32, LSTM_CPP_INFERENCE_MAX_BATCH + 1, small, False)),
         (f"LSTM, {dtypes}, padded, training, batch > 1 and batch x hidden > {small}",
          Workload("LSTM", torch.float32, 2, small, False, training=True)),
         (f"LSTM, GRU or RNN, {dtypes}, one step (T = 1), padded, no projection",
