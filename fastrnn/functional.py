@@ -273,8 +273,12 @@ def _direct(*tensors: Tensor | None) -> bool:
     tensors, the op's dispatch is pure overhead (tens of microseconds a call: most of the cost of a small
     layer); tracing (torch.compile, torch.jit.trace), fake tensors and tensor subclasses go through the op,
     which they record (a direct call would leave the trace with the kernel's empty outputs)."""
-    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and all(t is None or type(t) in _PLAIN for t in tensors))
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    for tensor in tensors:  # a loop, not all(generator): this runs on every layer call
+        if tensor is not None and type(tensor) not in _PLAIN:
+            return False
+    return True
 
 
 def _recurrence(name: str, op, backend: str, cache: dict | None, *tensors: Tensor | None, **direct_options):
@@ -294,7 +298,9 @@ def _inference(x: Tensor | PackedRows, *tensors: Tensor | None) -> bool:
 
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 def functorch_active() -> bool:

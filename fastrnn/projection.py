@@ -87,8 +87,11 @@ def _eligible(*tensors: Tensor | None) -> bool:
     """Whether oneDNN may run this projection: eager mode, plain float32 CPU tensors, no transform."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
         return False
-    return all(t is None or (type(t) in _PLAIN and t.dtype == torch.float32 and t.device.type == "cpu")
-               for t in tensors)
+    for tensor in tensors:  # a loop, not all(generator): this runs on every projection
+        if tensor is not None and (type(tensor) not in _PLAIN or tensor.dtype != torch.float32 or
+                                   tensor.device.type != "cpu"):
+            return False
+    return True
 
 
 class _Linear(torch.autograd.Function):
@@ -237,8 +240,13 @@ def own_max_work() -> int:
 def _own_max_work(kernels) -> int:
     isa = kernels.cpu_instruction_set()  # the variant the call runs on: chosen, or the widest one ("auto")
     if isa == "auto":
-        isa = kernels.cpu_supported_instruction_sets().split(",")[0]
+        isa = _widest_instruction_set(kernels)
     return OWN_MAX_WORK.get(isa, OWN_MAX_WORK_NARROW)
+
+
+@functools.cache
+def _widest_instruction_set(kernels) -> str:
+    return kernels.cpu_supported_instruction_sets().split(",")[0]
 
 
 def _weight_panels(kernels, cache: dict | None):
