@@ -638,7 +638,9 @@ class _RNNBase(nn.Module):
         """Whether a one-step forward runs as the fused cell step (see backends/auto.py, is_one_step): on
         the cpp kernels, in their dtypes, without a projection, eagerly on plain tensors (the custom ops of
         the layer are what torch.compile, tracing and torch.func see)."""
-        return (backend == "cpp" and dtype in backends.auto.CPP_DTYPES and not getattr(self, "proj_size", 0)
+        # proj_size from the instance's dict: only an LSTM has one, and getattr's miss on the others raises an
+        # AttributeError inside nn.Module.__getattr__ on every call.
+        return (backend == "cpp" and dtype in backends.auto.CPP_DTYPES and not self.__dict__.get("proj_size", 0)
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
                 and not torch._C._are_functorch_transforms_active() and type(x) in functional._PLAIN)
 
