@@ -176,7 +176,7 @@ class _RNNBase(nn.Module):
         dtype = _compute_dtype(data, self._cell) if data.is_floating_point() else self.weight_ih_l0.dtype
         return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed, steps,
                                  bool(getattr(self, "proj_size", 0)), self._records_backward(data),
-                                 torch.get_num_threads())
+                                 backends.auto.threads_now())
 
     def _records_backward(self, data: Tensor) -> bool:
         """Whether a forward now records a backward: grad mode is on and the weights (the first standing for all,
@@ -307,24 +307,14 @@ class _RNNBase(nn.Module):
             return None
         params = self._parameters
         w_ih, w_hh = params.get("weight_ih_l0"), params.get("weight_hh_l0")
-        if w_ih is None or w_hh is None or input.dtype != w_ih.dtype or input.device != w_ih.device:
-            return None  # parametrized weights, or a mismatch for the general road to report
-        if torch.jit.is_tracing() or _autocast_enabled(input.device.type) or _exporting_to_onnx():
-            return None  # the general road's choices (torch's graph; autocast's dtype)
+        if w_hh is None or not self._short_roads_open(input):
+            return None
         batch, size, hidden = input.shape[0 if batch_first else 1], input.shape[2], self.hidden_size
         two = len(self._cell.states) == 2
-        if hx is None:
-            states = (input.new_zeros(batch, hidden),) * (2 if two else 1)
-        elif two and type(hx) is tuple and len(hx) == 2 and type(hx[0]) is Tensor and type(hx[1]) is Tensor:
-            states = (hx[0], hx[1])
-        elif not two and type(hx) is Tensor:
-            states = (hx,)
-        else:
+        states = (input.new_zeros(batch, hidden),) * (2 if two else 1) if hx is None else \
+            self._short_road_states(input, hx, batch)
+        if states is None:
             return None
-        if hx is not None:
-            for state in states:
-                if state.shape != (1, batch, hidden) or state.dtype != input.dtype or state.device != input.device:
-                    return None
         if size != self.input_size:
             return None
         backend = self._backend_for(input.device, input)
@@ -349,29 +339,15 @@ class _RNNBase(nn.Module):
         general road's Python cost was ~70 us a call, a quarter of an LSTM's at B = 1, H = 64, T = 128."""
         if torch.is_grad_enabled() or self.__dict__.get("proj_size") or (self.dropout and self.training):
             return None
-        params = self._parameters
-        weight = params.get("weight_ih_l0")
-        if weight is None or input.dtype != weight.dtype or input.device != weight.device:
-            return None  # parametrized weights, or a mismatch for the general road to report
         batch_first = self.batch_first
         batch, steps = (input.shape[0], input.shape[1]) if batch_first else (input.shape[1], input.shape[0])
-        if batch == 0 or steps < 2 or input.shape[2] != self.input_size:
-            return None
-        if torch.jit.is_tracing() or _autocast_enabled(input.device.type) or _exporting_to_onnx() or \
+        if batch == 0 or steps < 2 or input.shape[2] != self.input_size or not self._short_roads_open(input) or \
                 torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-            return None  # the general road's choices (torch's graph; autocast's dtype; traceable ops)
-        count, hidden = len(self._cell.states), self.hidden_size
-        if hx is not None:
-            states = hx if count == 2 and type(hx) is tuple and len(hx) == 2 else (hx,) if count == 1 else None
-            if states is None:
-                return None
-            shape = (self.num_layers * self.num_directions, batch, hidden)
-            for state in states:
-                if type(state) is not Tensor or state.shape != shape or state.dtype != input.dtype or \
-                        state.device != input.device:
-                    return None
-        else:
-            states = None
+            return None  # (compiling, torch.func: the layer's traceable ops; the one-step road asks _steps_as_cell)
+        count = len(self._cell.states)
+        states = None if hx is None else self._short_road_states(input, hx, batch)
+        if hx is not None and states is None:
+            return None
         backend = self._backend_for(input.device, input)
         if backend != "cpp":
             return None
@@ -381,6 +357,32 @@ class _RNNBase(nn.Module):
         if batch_first:
             output = output.transpose(0, 1).contiguous()
         return output, tuple(finals) if count == 2 else finals[0]
+
+    def _short_roads_open(self, input: Tensor) -> bool:
+        """What both short roads (_forward_one_step, _forward_inference) need first: weights read from the parameter
+        dict in the input's dtype and on its device (else parametrized weights, or a mismatch for the general
+        road to report), and none of the general road's own choices (torch's graph when tracing or exporting;
+        autocast's dtype)."""
+        weight = self._parameters.get("weight_ih_l0")
+        if weight is None or input.dtype != weight.dtype or input.device != weight.device:
+            return False
+        return not (torch.jit.is_tracing() or _autocast_enabled(input.device.type) or _exporting_to_onnx())
+
+    def _short_road_states(self, input: Tensor, hx, batch: int) -> tuple[Tensor, ...] | None:
+        """hx as the short roads take it: a plain tensor (an LSTM: a tuple of two) of exactly (L*D, B, H), in the
+        input's dtype and on its device; None for anything else, which the general road checks and reports."""
+        if len(self._cell.states) == 2:
+            if type(hx) is not tuple or len(hx) != 2:
+                return None
+            states = hx
+        else:
+            states = (hx,)
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        for state in states:
+            if type(state) is not Tensor or state.shape != shape or state.dtype != input.dtype or \
+                    state.device != input.device:
+                return None
+        return states
 
     def _returned_states(self, finals: list[Tensor]):
         """nn's form of the final states: (h_n, c_n) for an LSTM, h_n for the others."""
