@@ -325,9 +325,9 @@ class _RNNBase(nn.Module):
         new = cell_step.step(self.mode, backend, self.__dict__.setdefault("_step_packs", {}).setdefault(0, {}),
                              input.view(batch, size), tuple(s.reshape(batch, hidden).contiguous() for s in states),
                              w_ih, w_hh, params["bias_ih_l0"] if bias else None, params["bias_hh_l0"] if bias else None)
-        output = new[0].view((batch, 1, hidden) if batch_first else (1, batch, hidden))
-        if output.requires_grad:
-            output = output.clone()  # the step keeps h for its backward: an in-place op on the output must not touch it
+        # A copy: the output and h_n are separate tensors, as nn's are (an in-place op on one must not change the
+        # other; with a gradient recorded, the step also keeps h for its backward).
+        output = new[0].clone().view((batch, 1, hidden) if batch_first else (1, batch, hidden))
         finals = tuple(state.unsqueeze(0) for state in new)
         return output, finals if two else finals[0]
 
