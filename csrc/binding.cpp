@@ -9,6 +9,7 @@
 // entry points take CPU tensors and run the CUDA kernels' sources in the SIMT emulator (csrc/emulation/).
 #include <torch/extension.h>
 
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -539,29 +540,13 @@ int64_t check_packed(const Tensor& packed, const char* name, const Tensor& x, in
   return lanes;
 }
 
-std::tuple<Tensor, Tensor, Tensor> cell_forward(const std::string& mode_name, const Tensor& x, const Tensor& h,
-                                                const std::optional<Tensor>& c, const Tensor& packed_ih,
-                                                const Tensor& packed_hh, const std::optional<Tensor>& b_ih,
-                                                const std::optional<Tensor>& b_hh, bool save) {
-  const cpu::CellMode mode = cell_mode(mode_name);
-  const int64_t gates = gates_of(mode);
-  const bool lstm = mode == cpu::CellMode::lstm, keeps = save && gates > 1;
-  check_storage(x);
-  TORCH_CHECK(x.dim() == 2 && h.dim() == 2, "fastrnn cpp backend: x and h must be 2-D (batch, features), got ",
-              x.sizes(), " and ", h.sizes());
-  const int64_t B = x.size(0), I = x.size(1), H = h.size(1);
-  check_input(x, "x", x, {B, I}, "x");
-  check_input(h, "h", x, {B, H}, "x");
-  TORCH_CHECK(c.has_value() == lstm, "fastrnn cpp backend: the ", mode_name, " cell ",
-              lstm ? "needs the cell state c" : "has no cell state: c must be None");
-  if (lstm) check_input(*c, "c", x, {B, H}, "x");
-  const int64_t lanes = check_packed(packed_ih, "packed_ih", x, gates, H, I);
-  check_packed(packed_hh, "packed_hh", x, gates, H, H);
-  if (b_ih.has_value()) check_input(*b_ih, "b_ih", x, {gates * H}, "x");
-  if (b_hh.has_value()) check_input(*b_hh, "b_hh", x, {gates * H}, "x");
-  Tensor h_new = cell_output({B, H}, x);
-  Tensor c_new = lstm ? cell_output({B, H}, x) : cell_output({0}, x);
-  Tensor saved = keeps ? cell_output({B, 4 * H}, x) : cell_output({0}, x);
+// The step itself, on arguments its callers have checked: (B, I) rows of x, (B, H) rows of h and c, each
+// contiguous; writes h_new, c_new (LSTM) and saved (when given).
+void run_cell_forward(cpu::CellMode mode, int64_t B, int64_t I, int64_t H, int64_t lanes, const Tensor& x,
+                      const Tensor& h, const std::optional<Tensor>& c, const Tensor& packed_ih, const Tensor& packed_hh,
+                      const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, const Tensor& h_new,
+                      const Tensor& c_new, const Tensor& saved, bool keeps) {
+  const bool lstm = mode == cpu::CellMode::lstm;
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "fastrnn_cell_forward", [&] {
     const cpu::CellForward<kernel_t<scalar_t>> args{mode,
@@ -581,13 +566,79 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(const std::string& mode_name, co
                                                     lstm ? data<scalar_t>(c_new) : nullptr,
                                                     keeps ? data<scalar_t>(saved) : nullptr};
     std::optional<pybind11::gil_scoped_release> no_gil;
-    if (B * gates * H * (I + H) >= kReleaseGilFromWork) no_gil.emplace();
+    if (B * gates_of(mode) * H * (I + H) >= kReleaseGilFromWork) no_gil.emplace();
     done = cpu::cell_forward(args);
   });
   TORCH_CHECK(done, "fastrnn cpp backend: the weights were packed for vectors of ", lanes,
               " lanes, but the instruction set in use (", cpu::instruction_set(), ") has ",
               lanes_now(compute_type(x.scalar_type())), ": pack the weights again (cell_pack_cpu)");
+}
+
+// The checks both entries share, on x and the states in the shapes the caller gives; returns the packing's lanes.
+int64_t check_cell_arguments(cpu::CellMode mode, const std::string& mode_name, const Tensor& x, const Tensor& h,
+                             const std::optional<Tensor>& c, const Tensor& packed_ih, const Tensor& packed_hh,
+                             const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                             at::IntArrayRef x_shape, at::IntArrayRef state_shape, int64_t I, int64_t H) {
+  const int64_t gates = gates_of(mode);
+  const bool lstm = mode == cpu::CellMode::lstm;
+  check_input(x, "x", x, x_shape, "x");
+  check_input(h, "h", x, state_shape, "x");
+  TORCH_CHECK(c.has_value() == lstm, "fastrnn cpp backend: the ", mode_name, " cell ",
+              lstm ? "needs the cell state c" : "has no cell state: c must be None");
+  if (lstm) check_input(*c, "c", x, state_shape, "x");
+  const int64_t lanes = check_packed(packed_ih, "packed_ih", x, gates, H, I);
+  check_packed(packed_hh, "packed_hh", x, gates, H, H);
+  if (b_ih.has_value()) check_input(*b_ih, "b_ih", x, {gates * H}, "x");
+  if (b_hh.has_value()) check_input(*b_hh, "b_hh", x, {gates * H}, "x");
+  return lanes;
+}
+
+std::tuple<Tensor, Tensor, Tensor> cell_forward(const std::string& mode_name, const Tensor& x, const Tensor& h,
+                                                const std::optional<Tensor>& c, const Tensor& packed_ih,
+                                                const Tensor& packed_hh, const std::optional<Tensor>& b_ih,
+                                                const std::optional<Tensor>& b_hh, bool save) {
+  const cpu::CellMode mode = cell_mode(mode_name);
+  const bool lstm = mode == cpu::CellMode::lstm, keeps = save && gates_of(mode) > 1;
+  check_storage(x);
+  TORCH_CHECK(x.dim() == 2 && h.dim() == 2, "fastrnn cpp backend: x and h must be 2-D (batch, features), got ",
+              x.sizes(), " and ", h.sizes());
+  const int64_t B = x.size(0), I = x.size(1), H = h.size(1);
+  const int64_t lanes =
+      check_cell_arguments(mode, mode_name, x, h, c, packed_ih, packed_hh, b_ih, b_hh, {B, I}, {B, H}, I, H);
+  Tensor h_new = cell_output({B, H}, x);
+  Tensor c_new = lstm ? cell_output({B, H}, x) : cell_output({0}, x);
+  Tensor saved = keeps ? cell_output({B, 4 * H}, x) : cell_output({0}, x);
+  run_cell_forward(mode, B, I, H, lanes, x, h, c, packed_ih, packed_hh, b_ih, b_hh, h_new, c_new, saved, keeps);
   return {h_new, c_new, saved};
+}
+
+// One step of a one-layer, one-direction layer (T = 1) in the layer's own shapes: x (1, B, I), or (B, 1, I) when
+// batch_first; h and c (1, B, H). Returns (output, h_n, c_n, saved; c_n empty but for the LSTM, saved as
+// cell_forward's), the output in x's layout: a copy of h_n, as nn's layers return two tensors. The layer's
+// streaming calls take this road, where a view, a copy or a squeeze from Python each cost more than the step's
+// arithmetic at small sizes.
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_step(const std::string& mode_name, const Tensor& x, const Tensor& h,
+                                                      const std::optional<Tensor>& c, const Tensor& packed_ih,
+                                                      const Tensor& packed_hh, const std::optional<Tensor>& b_ih,
+                                                      const std::optional<Tensor>& b_hh, bool batch_first, bool save) {
+  const cpu::CellMode mode = cell_mode(mode_name);
+  const bool lstm = mode == cpu::CellMode::lstm, keeps = save && gates_of(mode) > 1;
+  check_storage(x);
+  TORCH_CHECK(x.dim() == 3 && h.dim() == 3 && x.size(batch_first ? 1 : 0) == 1,
+              "fastrnn cpp backend: layer_step_cpu takes one step of x (", batch_first ? "B, 1" : "1, B",
+              ", features) and h (1, B, hidden), got ", x.sizes(), " and ", h.sizes());
+  const int64_t B = x.size(batch_first ? 0 : 1), I = x.size(2), H = h.size(2);
+  const std::vector<int64_t> x_shape =
+      batch_first ? std::vector<int64_t>{B, 1, I} : std::vector<int64_t>{1, B, I};
+  const int64_t lanes = check_cell_arguments(mode, mode_name, x, h, c, packed_ih, packed_hh, b_ih, b_hh, x_shape,
+                                             {1, B, H}, I, H);
+  Tensor h_n = cell_output({1, B, H}, x);
+  Tensor c_n = lstm ? cell_output({1, B, H}, x) : cell_output({0}, x);
+  Tensor saved = keeps ? cell_output({B, 4 * H}, x) : cell_output({0}, x);
+  Tensor output = cell_output(batch_first ? at::IntArrayRef{B, 1, H} : at::IntArrayRef{1, B, H}, x);
+  run_cell_forward(mode, B, I, H, lanes, x, h, c, packed_ih, packed_hh, b_ih, b_hh, h_n, c_n, saved, keeps);
+  std::memcpy(output.data_ptr(), h_n.data_ptr(), static_cast<size_t>(h_n.numel()) * h_n.element_size());
+  return {output, h_n, c_n, saved};
 }
 
 // The pointwise backward of one step: (dgx, dgh, dh_direct, dc_prev), empty where the cell has none;
@@ -1156,6 +1207,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cell_forward_cpu", &cell_forward, "One cell step (LSTM, GRU, RNN_TANH, RNN_RELU) on packed weights (CPU): "
         "(h_new, c_new, saved)", py::arg("mode"), py::arg("x"), py::arg("h"), py::arg("c"), py::arg("packed_ih"),
         py::arg("packed_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("save") = true);
+  m.def("layer_step_cpu", &layer_step, "One step (T = 1) of a one-layer, one-direction layer in its own shapes: "
+        "x (1, B, I) or (B, 1, I), h and c (1, B, H) -> (output, h_n, c_n, saved)", py::arg("mode"), py::arg("x"),
+        py::arg("h"), py::arg("c"), py::arg("packed_ih"), py::arg("packed_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("batch_first"), py::arg("save") = true);
   m.def("cell_backward_cpu", &cell_backward, "One cell step's pointwise backward (CPU): (dgx, dgh, dh_direct, "
         "dc_prev)", py::arg("mode"), py::arg("dh"), py::arg("dc"), py::arg("h"), py::arg("c"), py::arg("h_new"),
         py::arg("c_new"), py::arg("saved"));

@@ -76,11 +76,11 @@ def _gradients(needs, dgx: Tensor, dgh: Tensor, direct, x: Tensor, states, w_ih:
     return (dx, dw_ih, dw_hh, db_ih, db_hh, *d_states)
 
 
-def _plain_step_gradients(ctx, inputs: tuple[Tensor | None, ...], grads: tuple[Tensor, ...]):
+def _plain_step_gradients(ctx, needs, inputs: tuple[Tensor | None, ...], grads: tuple[Tensor, ...]):
     """The step's gradients as ops autograd can differentiate again (create_graph=True, batched gradients):
-    the step re-run as cell_math's plain ops (reference.cell_forward) and differentiated by autograd."""
+    the step re-run as cell_math's plain ops (reference.cell_forward) and differentiated by autograd. `needs`
+    as _gradients'."""
     create_graph = torch.is_grad_enabled()
-    needs = ctx.needs_input_grad[4:]
     with torch.enable_grad():
         aliases = [None if t is None else t.view_as(t) for t in inputs]
         x, w_ih, w_hh, b_ih, b_hh, *states = aliases
@@ -89,6 +89,26 @@ def _plain_step_gradients(ctx, inputs: tuple[Tensor | None, ...], grads: tuple[T
         found = iter(torch.autograd.grad(new, wanted, grads, create_graph=create_graph, allow_unused=True,
                                          materialize_grads=True))
     return tuple(next(found) if need and a is not None else None for a, need in zip(aliases, needs))
+
+
+def _step_gradients(ctx, needs, x, w_ih, w_hh, b_ih, b_hh, states, new, saved, d_new):
+    """A step's backward on its (B, ·) tensors: (dx, dw_ih, dw_hh, db_ih, db_hh, *d states), `needs` as
+    _gradients'. Weight gradients go to the weight tap where the step came through one (ctx.pending)."""
+    if _backward_is_differentiated(*d_new):
+        return _plain_step_gradients(ctx, needs, (x, w_ih, w_hh, b_ih, b_hh, *states), d_new)
+    d_new = tuple(d.contiguous() for d in d_new)
+    if _direct(*d_new):
+        dgx, dgh, direct = kernels(ctx.backend).cell_backward(ctx.mode, d_new, states, new, saved)
+    else:
+        dgx, dgh, *direct = cell_backward(ctx.mode, list(d_new), list(states), list(new), saved, ctx.backend)
+    pending = ctx.pending
+    if pending is not None and pending.node is None:
+        pending.open = False  # an untapped step's backward has run: the module's next step starts afresh
+    elif pending is not None:  # the weights come through a tap: their gradients are its to sum
+        if pending.defers():
+            pending.add(dgx, x, dgh, states[0])
+        needs = (needs[0], False, False, False, False, *needs[5:])
+    return _gradients(needs, dgx, dgh, direct, x, states, w_ih, w_hh, b_ih is not None)
 
 
 class CellStep(torch.autograd.Function):
@@ -111,22 +131,41 @@ class CellStep(torch.autograd.Function):
         x, w_ih, w_hh, b_ih, b_hh, *rest = ctx.saved_tensors
         count = ctx.count
         states, new, saved = tuple(rest[:count]), tuple(rest[count:2 * count]), rest[-1]
-        if _backward_is_differentiated(*d_new):
-            return (None,) * 4 + _plain_step_gradients(ctx, (x, w_ih, w_hh, b_ih, b_hh, *states), d_new)
-        d_new = tuple(d.contiguous() for d in d_new)
-        if _direct(*d_new):
-            dgx, dgh, direct = kernels(ctx.backend).cell_backward(ctx.mode, d_new, states, new, saved)
-        else:
-            dgx, dgh, *direct = cell_backward(ctx.mode, list(d_new), list(states), list(new), saved, ctx.backend)
-        needs = ctx.needs_input_grad[4:]
-        pending = ctx.pending
-        if pending is not None and pending.node is None:
-            pending.open = False  # an untapped step's backward has run: the module's next step starts afresh
-        elif pending is not None:  # the weights come through a tap: their gradients are its to sum
-            if pending.defers():
-                pending.add(dgx, x, dgh, states[0])
-            needs = (needs[0], False, False, False, False, *needs[5:])
-        return (None,) * 4 + _gradients(needs, dgx, dgh, direct, x, states, w_ih, w_hh, b_ih is not None)
+        return (None,) * 4 + _step_gradients(ctx, ctx.needs_input_grad[4:], x, w_ih, w_hh, b_ih, b_hh, states, new,
+                                             saved, d_new)
+
+
+class LayerStep(torch.autograd.Function):
+    """CellStep in the shapes of a one-layer, one-direction layer's step (modules._forward_one_step), so that
+    the layer adds no view or copy nodes of its own: x (1, B, I), or (B, 1, I) when batch_first, and states
+    (1, B, H); outputs (output in x's layout, *new states), the output a copy of h_n, as nn's layers return
+    two tensors. Inputs (mode, backend, cache, pending, batch_first, x, w_ih, w_hh, b_ih, b_hh, *states), plain
+    tensors on the cpp kernels."""
+
+    @staticmethod
+    def forward(ctx, mode, backend, cache, pending, batch_first, x, w_ih, w_hh, b_ih, b_hh, *states):
+        output, new, saved = kernels(backend).layer_step(mode, x, states, w_ih, w_hh, b_ih, b_hh, batch_first, True,
+                                                         cache)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, *states, *new, saved)
+        ctx.mode, ctx.backend, ctx.count, ctx.pending = mode, backend, len(states), pending
+        return (output, *new)
+
+    @staticmethod
+    def backward(ctx, d_output, *d_new):
+        x, w_ih, w_hh, b_ih, b_hh, *rest = ctx.saved_tensors
+        count = ctx.count
+        batch, hidden = rest[0].shape[1], rest[0].shape[2]
+
+        def rows(tensor):
+            return tensor.reshape(batch, tensor.shape[-1])
+
+        states, new = tuple(map(rows, rest[:count])), tuple(map(rows, rest[count:2 * count]))
+        # The output is h_n's copy: both gradients reach h.
+        d_new = (rows(d_new[0]) + rows(d_output), *map(rows, d_new[1:]))
+        dx, *grads = _step_gradients(ctx, ctx.needs_input_grad[5:], rows(x), w_ih, w_hh, b_ih, b_hh, states, new,
+                                     rest[-1], d_new)
+        d_states = [None if d is None else d.view(1, batch, hidden) for d in grads[4:]]
+        return (None,) * 5 + (None if dx is None else dx.view(x.shape), *grads[:4], *d_states)
 
 
 # --- the custom op's own autograd: what a torch.compile'd or exported step differentiates ----------
@@ -171,6 +210,19 @@ def _requires_grad(tensors) -> bool:
         if tensor is not None and tensor.requires_grad:
             return True
     return False
+
+
+def layer_step(mode: str, backend: str, cache: dict, x: Tensor, states: tuple[Tensor, ...], w_ih: Tensor, w_hh: Tensor,
+               b_ih: Tensor | None, b_hh: Tensor | None, batch_first: bool) -> tuple[Tensor, ...]:
+    """One step of a one-layer, one-direction layer in its own shapes (LayerStep's), on plain tensors eagerly
+    (the caller, modules._forward_one_step, checks): (output, *new states). The kernel alone when nothing needs
+    a gradient, else the autograd node, on weights through the module's tap as `step` gives them."""
+    tensors = (x, w_ih, w_hh, b_ih, b_hh, *states)
+    if not _requires_grad(tensors):
+        output, new, _ = kernels(backend).layer_step(mode, x, states, w_ih, w_hh, b_ih, b_hh, batch_first, False, cache)
+        return (output, *new)
+    (w_ih, w_hh, b_ih, b_hh), pending = weight_tap.tapped(cache, (w_ih, w_hh, b_ih, b_hh))
+    return LayerStep.apply(mode, backend, cache, pending, batch_first, x, w_ih, w_hh, b_ih, b_hh, *states)
 
 
 def step(mode: str, backend: str, cache: dict | None, x: Tensor, states: tuple[Tensor, ...], w_ih: Tensor,

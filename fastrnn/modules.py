@@ -298,38 +298,39 @@ class _RNNBase(nn.Module):
         """A streaming call's short road: one step (T = 1) of one layer and direction, without a projection, on
         the cpp kernels' fused cell step, checked as cheaply as the cases it takes allow. Everything else, an
         input or state that is in any way wrong included, returns None and takes the general road (which gives
-        the errors). The same cell step and weight packing as _run_one_step; measured on the CPU, the general
-        road's own Python cost was several times the step's (80 us a call against 14 at H=64, B=1)."""
-        if self.num_layers != 1 or self.bidirectional or not input.is_contiguous():
-            return None
-        batch_first = self.batch_first
-        if input.shape[1 if batch_first else 0] != 1:
+        the errors). The same cell step and weight packing as _run_one_step, in the layer's own shapes
+        (cell_step.layer_step): measured on the CPU, the general road's Python cost was several times the
+        step's (80 us a call against 14 at H=64, B=1), and the views and copies between the layer's shapes and
+        the cell's cost as much again with a gradient recorded (21 us)."""
+        if self.num_layers != 1 or self.bidirectional or self.__dict__.get("proj_size") or not input.is_contiguous():
             return None
         params = self._parameters
         w_ih, w_hh = params.get("weight_ih_l0"), params.get("weight_hh_l0")
-        if w_hh is None or not self._short_roads_open(input):
+        if w_hh is None or not self._short_roads_open(input) or input.dtype not in backends.auto.CPP_DTYPES or \
+                input.shape[2] != self.input_size:
             return None
-        batch, size, hidden = input.shape[0 if batch_first else 1], input.shape[2], self.hidden_size
+        batch_first = self.batch_first
+        batch, hidden = input.shape[0 if batch_first else 1], self.hidden_size
         two = len(self._cell.states) == 2
-        states = (input.new_zeros(batch, hidden),) * (2 if two else 1) if hx is None else \
-            self._short_road_states(input, hx, batch)
-        if states is None:
-            return None
-        if size != self.input_size:
+        if hx is None:
+            zeros = input.new_zeros(1, batch, hidden)
+            states = (zeros, zeros) if two else (zeros,)
+        else:
+            states = self._short_road_states(input, hx, batch)
+            if states is None:
+                return None
+        biases = (params["bias_ih_l0"], params["bias_hh_l0"]) if self.bias else (None, None)
+        if type(w_ih) not in functional._PLAIN or type(w_hh) not in functional._PLAIN or \
+                (self.bias and (type(biases[0]) not in functional._PLAIN or type(biases[1]) not in functional._PLAIN)):
             return None
         backend = self._backend_for(input.device, input)
-        if not self._steps_as_cell(backend, input.dtype, input):
+        if backend != "cpp":
             return None
         self.__dict__["last_backend"] = backend
-        bias = self.bias
-        new = cell_step.step(self.mode, backend, self.__dict__.setdefault("_step_packs", {}).setdefault(0, {}),
-                             input.view(batch, size), tuple(s.reshape(batch, hidden).contiguous() for s in states),
-                             w_ih, w_hh, params["bias_ih_l0"] if bias else None, params["bias_hh_l0"] if bias else None)
-        # A copy: the output and h_n are separate tensors, as nn's are (an in-place op on one must not change the
-        # other; with a gradient recorded, the step also keeps h for its backward).
-        output = new[0].clone().view((batch, 1, hidden) if batch_first else (1, batch, hidden))
-        finals = tuple(state.unsqueeze(0) for state in new)
-        return output, finals if two else finals[0]
+        cache = self.__dict__.setdefault("_step_packs", {}).setdefault(0, {})
+        output, *finals = cell_step.layer_step(self.mode, backend, cache, input, states, w_ih, w_hh, *biases,
+                                               batch_first)
+        return output, tuple(finals) if two else finals[0]
 
     def _forward_inference(self, input: Tensor, hx):
         """An inference's short road: padded input of T > 1 steps, no gradient recorded (grad mode off), every
@@ -341,9 +342,8 @@ class _RNNBase(nn.Module):
             return None
         batch_first = self.batch_first
         batch, steps = (input.shape[0], input.shape[1]) if batch_first else (input.shape[1], input.shape[0])
-        if batch == 0 or steps < 2 or input.shape[2] != self.input_size or not self._short_roads_open(input) or \
-                torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-            return None  # (compiling, torch.func: the layer's traceable ops; the one-step road asks _steps_as_cell)
+        if batch == 0 or steps < 2 or input.shape[2] != self.input_size or not self._short_roads_open(input):
+            return None
         count = len(self._cell.states)
         states = None if hx is None else self._short_road_states(input, hx, batch)
         if hx is not None and states is None:
@@ -361,16 +361,18 @@ class _RNNBase(nn.Module):
     def _short_roads_open(self, input: Tensor) -> bool:
         """What both short roads (_forward_one_step, _forward_inference) need first: weights read from the parameter
         dict in the input's dtype and on its device (else parametrized weights, or a mismatch for the general
-        road to report), and none of the general road's own choices (torch's graph when tracing or exporting;
-        autocast's dtype)."""
+        road to report), and a plain eager call: none of the general road's own choices (torch's graph when
+        tracing or exporting; autocast's dtype; the layer's traceable ops under torch.compile and torch.func)."""
         weight = self._parameters.get("weight_ih_l0")
         if weight is None or input.dtype != weight.dtype or input.device != weight.device:
             return False
-        return not (torch.jit.is_tracing() or _autocast_enabled(input.device.type) or _exporting_to_onnx())
+        return not (torch._C._get_tracing_state() or torch.compiler.is_compiling()
+                    or torch._C._is_any_autocast_enabled() or torch._C._are_functorch_transforms_active()
+                    or _exporting_to_onnx())
 
     def _short_road_states(self, input: Tensor, hx, batch: int) -> tuple[Tensor, ...] | None:
-        """hx as the short roads take it: a plain tensor (an LSTM: a tuple of two) of exactly (L*D, B, H), in the
-        input's dtype and on its device; None for anything else, which the general road checks and reports."""
+        """hx as the short roads take it: a plain contiguous tensor (an LSTM: a tuple of two) of exactly (L*D, B, H),
+        in the input's dtype and on its device; None for anything else, which the general road checks and reports."""
         if len(self._cell.states) == 2:
             if type(hx) is not tuple or len(hx) != 2:
                 return None
@@ -380,7 +382,7 @@ class _RNNBase(nn.Module):
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         for state in states:
             if type(state) is not Tensor or state.shape != shape or state.dtype != input.dtype or \
-                    state.device != input.device:
+                    state.device != input.device or not state.is_contiguous():
                 return None
         return states
 

@@ -368,3 +368,40 @@ def test_cell_refuses_mismatched_packings_and_arguments():
     with pytest.raises(RuntimeError, match=r"cell_pack_cpu takes a weight of shape \(gates \* hidden, depth\) with "
                                            r"gates = 4, got \[35, 9\]"):
         kernels.cell_pack_cpu(w_hh[:35], 4)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("save", [False, True])
+def test_a_layer_s_step_is_the_cell_step_in_the_layer_s_shapes(mode, batch_first, save):
+    kernels = _ext.extension()
+    x, states, w_ih, w_hh, b_ih, b_hh = _cell_args(mode, 3, 9, True, seed=18, dtype=torch.float32)
+    gates = cells.CELLS[mode].gates
+    packed = kernels.cell_pack_cpu(w_ih, gates), kernels.cell_pack_cpu(w_hh, gates)
+    c = states[1] if mode == "LSTM" else None
+    h_new, c_new, saved = kernels.cell_forward_cpu(mode, x, states[0], c, *packed, b_ih, b_hh, save)
+    x3 = x.unsqueeze(1) if batch_first else x.unsqueeze(0)
+    output, h_n, c_n, saved3 = kernels.layer_step_cpu(mode, x3, states[0].unsqueeze(0),
+                                                      None if c is None else c.unsqueeze(0), *packed, b_ih, b_hh,
+                                                      batch_first, save)
+    assert output.shape == ((3, 1, 9) if batch_first else (1, 3, 9))
+    assert torch.equal(output.view(3, 9), h_new) and torch.equal(h_n, h_new.unsqueeze(0))
+    assert output.data_ptr() != h_n.data_ptr()
+    assert (torch.equal(c_n, c_new.unsqueeze(0)) if mode == "LSTM" else c_n.numel() == 0)
+    assert torch.equal(saved3, saved)
+
+
+def test_a_layer_s_step_refuses_what_is_not_one_step_in_the_layer_s_shapes():
+    kernels = _ext.extension()
+    x, (h, c), w_ih, w_hh, b_ih, b_hh = _cell_args("LSTM", 2, 9, True, seed=19, dtype=torch.float32)
+    packed = kernels.cell_pack_cpu(w_ih, 4), kernels.cell_pack_cpu(w_hh, 4)
+    with pytest.raises(RuntimeError, match=r"layer_step_cpu takes one step of x \(1, B, features\) and h \(1, B, "
+                                           r"hidden\), got \[2, 1, \d+\] and \[1, 2, 9\]"):
+        kernels.layer_step_cpu("LSTM", x.unsqueeze(1), h[None], c[None], *packed, b_ih, b_hh, False, False)
+    with pytest.raises(RuntimeError, match=r"layer_step_cpu takes one step of x \(B, 1, features\)"):
+        kernels.layer_step_cpu("LSTM", x, h, c, *packed, b_ih, b_hh, True, False)
+    with pytest.raises(RuntimeError, match=r"c must have shape \[1, 2, 9\], got \[2, 9\]"):
+        kernels.layer_step_cpu("LSTM", x[None], h[None], c, *packed, b_ih, b_hh, False, False)
+    with pytest.raises(RuntimeError, match=r"h must be contiguous"):
+        wide = torch.randn(1, 9, 2).transpose(1, 2)
+        kernels.layer_step_cpu("LSTM", x[None], wide, c[None], *packed, b_ih, b_hh, False, False)

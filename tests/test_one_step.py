@@ -124,3 +124,98 @@ def test_a_weight_update_between_calls_is_seen():
             module.weight_hh_l0.mul_(0.5)
     with torch.no_grad():
         torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-12, atol=1e-12)
+
+
+# --- the short road: one layer, one direction, in the layer's own shapes (cell_step.layer_step) ----------------
+
+def spy_on_the_short_road(module):
+    """Counts the forwards the one-step short road finished (returned a result rather than None)."""
+    taken = []
+    road = module._forward_one_step
+
+    def counted(*args):
+        result = road(*args)
+        taken.append(result is not None)
+        return result
+
+    module._forward_one_step = counted
+    return taken
+
+
+def initial_states(mode, batch, requires_grad):
+    count = 2 if mode == "LSTM" else 1
+    hx = [torch.randn(1, batch, 4, dtype=torch.float64, requires_grad=requires_grad) for _ in range(count)]
+    return tuple(hx) if mode == "LSTM" else hx[0]
+
+
+@pytest.mark.parametrize("mode", LAYERS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_one_layer_streaming_loop_trains_as_nn_s(mode, batch_first):
+    """Every step on the short road, the weights through the module's tap; both the outputs' and the final
+    states' gradients reach h (the output is h_n's copy)."""
+    theirs, ours = twins(mode, batch_first=batch_first)
+    taken = spy_on_the_short_road(ours)
+    torch.manual_seed(2)
+    xs = torch.randn(5, 3, 1, 5, dtype=torch.float64) if batch_first else torch.randn(5, 1, 3, 5, dtype=torch.float64)
+    hx = initial_states(mode, 3, requires_grad=True)
+    results = []
+    for module in (theirs, ours):
+        state, loss = hx, 0
+        for x in xs:
+            y, state = module(x, state)
+            loss = loss + y.sin().sum()
+        loss = loss + sum(s.square().sum() for s in states_of(state))
+        results.append([loss.detach(), *torch.autograd.grad(loss, [*states_of(hx), *module.parameters()])])
+    assert_close(*results)
+    assert taken == [True] * len(xs)
+
+
+@pytest.mark.parametrize("mode", LAYERS)
+def test_the_short_road_s_inference_is_the_cell_step_s_bit_for_bit(mode):
+    _, ours = twins(mode)
+    x = torch.randn(1, 3, 5, dtype=torch.float64)
+    hx = initial_states(mode, 3, requires_grad=False)
+    with torch.no_grad():
+        found = ours(x, hx)
+        general = ours._run_one_step(x, [s for s in states_of(hx)], ours._weights_now(), "cpp", torch.float64)
+    assert torch.equal(found[0], general[0])
+    for f, g in zip(states_of(found[1]), general[1], strict=True):
+        assert torch.equal(f, g)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_a_gradient_to_the_initial_states_of_a_frozen_layer_is_recorded(mode):
+    theirs, ours = twins(mode)
+    for module in (theirs, ours):
+        module.requires_grad_(False)
+    x = torch.randn(1, 2, 5, dtype=torch.float64)
+    hx = initial_states(mode, 2, requires_grad=True)
+    grads = [torch.autograd.grad(module(x, hx)[0].sum(), states_of(hx)) for module in (theirs, ours)]
+    assert_close(*grads)
+
+
+@pytest.mark.parametrize("mode", LAYERS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_the_short_road_differentiates_twice(mode, batch_first):
+    _, ours = twins(mode, batch_first=batch_first)
+    taken = spy_on_the_short_road(ours)
+    x = torch.randn((2, 1, 5) if batch_first else (1, 2, 5), dtype=torch.float64, requires_grad=True)
+    hx = initial_states(mode, 2, requires_grad=True)
+
+    def flat(x, *hx):
+        y, final = ours(x, tuple(hx) if mode == "LSTM" else hx[0])
+        return (y, *states_of(final))
+
+    torch.autograd.gradgradcheck(flat, (x, *states_of(hx)))
+    assert all(taken)
+
+
+def test_non_contiguous_states_take_the_general_road():
+    theirs, ours = twins("LSTM")
+    taken = spy_on_the_short_road(ours)
+    x = torch.randn(1, 3, 5, dtype=torch.float64)
+    hx = tuple(torch.randn(1, 4, 3, dtype=torch.float64).transpose(1, 2) for _ in range(2))
+    with torch.no_grad():
+        expected, found = theirs(x, hx), ours(x, hx)
+    assert_close([expected[0], *expected[1]], [found[0], *found[1]])
+    assert taken == [False]

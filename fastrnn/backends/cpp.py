@@ -117,6 +117,21 @@ def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None)
     return (h,), saved if gates == 3 else x.new_empty(0)  # the Elman cell keeps nothing: reference's (0,) tensor
 
 
+def layer_step(mode, x, states, w_ih, w_hh, b_ih, b_hh, batch_first, save, cache):
+    """cell_forward for one step (T = 1) of a one-layer, one-direction layer in the layer's own shapes: x (1, B, I),
+    or (B, 1, I) when batch_first, and states (1, B, H). Returns (output in x's layout, new states, saved)."""
+    kernels = _module or _cell_kernels()
+    gates = cells.CELLS[mode].gates
+    isa = kernels.cpu_instruction_set()
+    packed_ih = _packed(kernels, cache, "ih", w_ih, gates, isa)
+    packed_hh = _packed(kernels, cache, "hh", w_hh, gates, isa)
+    output, h_n, c_n, saved = kernels.layer_step_cpu(mode, x, states[0], states[1] if gates == 4 else None, packed_ih,
+                                                     packed_hh, b_ih, b_hh, batch_first, save)
+    if gates == 4:
+        return output, (h_n, c_n), saved
+    return output, (h_n,), saved if gates == 3 else x.new_empty(0)
+
+
 def cell_backward(mode, d_new, states, new, saved):
     """reference.cell_backward: (d gx, d gh, the direct part of each state's gradient or None)."""
     kernels = _module or _cell_kernels()
