@@ -377,3 +377,14 @@ def test_projection_gemms_are_timed_side_by_side(capsys):
         assert ("own/matmul" in line) == (_ext.extension() is not None)
     with pytest.raises(SystemExit):
         gemms.main(["--shapes", "7x13"])
+
+
+def test_one_step_calls_are_timed_against_nn_s_cell_and_layer(capsys):
+    from bench import one_step
+
+    one_step.main(["--cells", "gru", "lstm", "--hidden", "5", "--batch", "2", "--rounds", "1", "--calls", "50"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("torch ") and len(lines) == 1 + 2 * 3
+    for line, (cell, mode) in zip(lines[1:], [(c, m) for c in ("gru", "lstm") for m in ("inference", "forward", "train")]):
+        assert line.startswith(f"{cell} H 5 B 2 {mode}: fastrnn ") and "nn-cell" in line and "nn-layer" in line
+        assert float(line.rsplit(" ", 1)[1]) > 0
