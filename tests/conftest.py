@@ -159,3 +159,19 @@ def detached(x, hx):
 def compare(ours: dict, theirs: dict) -> dict[str, float]:
     assert ours.keys() == theirs.keys()
     return {name: rel_error(ours[name], theirs[name]) for name in theirs}
+
+
+def spy_on_road(module: nn.Module, road: str) -> list[bool]:
+    """Counts the forwards a short road of `module` (its method `road`, e.g. "_forward_inference") finished: one
+    entry per call, True where it returned a result rather than None (and the general road ran)."""
+    taken = []
+    method = getattr(module, road)
+
+    def counted(*args):
+        result = method(*args)
+        taken.append(result is not None)
+        return result
+
+    setattr(module, road, counted)
+    return taken
+

@@ -10,6 +10,8 @@ from torch import nn
 import fastrnn
 from fastrnn import backends
 
+from conftest import spy_on_road
+
 pytestmark = pytest.mark.skipif(backends.unavailable_reason("cpp", "cpu") is not None,
                                 reason=f"the cpp backend is unavailable: {backends.unavailable_reason('cpp', 'cpu')}")
 
@@ -32,17 +34,7 @@ def flat(result):
 
 
 def spy_on_the_short_road(module):
-    """Counts the forwards the short road finished (returned a result rather than None)."""
-    taken = []
-    road = module._forward_inference
-
-    def counted(*args):
-        result = road(*args)
-        taken.append(result is not None)
-        return result
-
-    module._forward_inference = counted
-    return taken
+    return spy_on_road(module, "_forward_inference")
 
 
 @pytest.mark.parametrize("mode", LAYERS)

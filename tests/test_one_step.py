@@ -10,6 +10,8 @@ from torch.nn.utils.rnn import pack_sequence
 import fastrnn
 from fastrnn import backends
 
+from conftest import spy_on_road
+
 pytestmark = pytest.mark.skipif(backends.unavailable_reason("cpp", "cpu") is not None,
                                 reason=f"the cpp backend is unavailable: {backends.unavailable_reason('cpp', 'cpu')}")
 
@@ -129,17 +131,7 @@ def test_a_weight_update_between_calls_is_seen():
 # --- the short road: one layer, one direction, in the layer's own shapes (cell_step.layer_step) ----------------
 
 def spy_on_the_short_road(module):
-    """Counts the forwards the one-step short road finished (returned a result rather than None)."""
-    taken = []
-    road = module._forward_one_step
-
-    def counted(*args):
-        result = road(*args)
-        taken.append(result is not None)
-        return result
-
-    module._forward_one_step = counted
-    return taken
+    return spy_on_road(module, "_forward_one_step")
 
 
 def initial_states(mode, batch, requires_grad):
