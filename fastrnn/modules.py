@@ -295,20 +295,30 @@ class _RNNBase(nn.Module):
         return output, self._returned_states(finals)
 
     def _forward_one_step(self, input: Tensor, hx):
-        """A streaming call's short road: one step (T = 1) of one layer and direction, without a projection, on
-        the cpp kernels' fused cell step, checked as cheaply as the cases it takes allow. Everything else, an
-        input or state that is in any way wrong included, returns None and takes the general road (which gives
-        the errors). The same cell step and weight packing as _run_one_step, in the layer's own shapes
-        (cell_step.layer_step): measured on the CPU, the general road's Python cost was several times the
-        step's (80 us a call against 14 at H=64, B=1), and the views and copies between the layer's shapes and
-        the cell's cost as much again with a gradient recorded (21 us)."""
-        if self.num_layers != 1 or self.bidirectional or self.__dict__.get("proj_size") or not input.is_contiguous():
+        """A streaming call's short road: one step (T = 1) of a one-direction layer stack without a projection (nor
+        training-mode dropout between layers), on the cpp kernels' fused cell step, checked as cheaply as the
+        cases it takes allow. Everything else, an input or state that is in any way wrong included, returns None
+        and takes the general road (which gives the errors). The same cell step and weight packing as
+        _run_one_step, in the layer's own shapes (cell_step.layer_step): measured on the CPU, the general road's
+        Python cost was several times the step's (80 us a call against 14 at H=64, B=1), and the views and copies
+        between the layer's shapes and the cell's cost as much again with a gradient recorded (21 us)."""
+        layers = self.num_layers
+        if self.bidirectional or self.__dict__.get("proj_size") or not input.is_contiguous() or \
+                (layers > 1 and self.dropout and self.training):
             return None
         params = self._parameters
-        w_ih, w_hh = params.get("weight_ih_l0"), params.get("weight_hh_l0")
-        if w_hh is None or not self._short_roads_open(input) or input.dtype not in backends.auto.CPP_DTYPES or \
+        if not self._short_roads_open(input) or input.dtype not in backends.auto.CPP_DTYPES or \
                 input.shape[2] != self.input_size:
             return None
+        # Each layer's (w_ih, w_hh, b_ih, b_hh): all plain tensors of the input's dtype and device, or the general road.
+        names, per_layer = self._flat_weights_names, 4 if self.bias else 2
+        weights = []
+        for layer in range(layers):
+            tensors = [params.get(name) for name in names[layer * per_layer:(layer + 1) * per_layer]]
+            for tensor in tensors:
+                if type(tensor) not in functional._PLAIN or tensor.dtype != input.dtype or tensor.device != input.device:
+                    return None
+            weights.append(tensors if self.bias else tensors + [None, None])
         batch_first = self.batch_first
         batch, hidden = input.shape[0 if batch_first else 1], self.hidden_size
         two = len(self._cell.states) == 2
@@ -319,17 +329,23 @@ class _RNNBase(nn.Module):
             states = self._short_road_states(input, hx, batch)
             if states is None:
                 return None
-        biases = (params["bias_ih_l0"], params["bias_hh_l0"]) if self.bias else (None, None)
-        if type(w_ih) not in functional._PLAIN or type(w_hh) not in functional._PLAIN or \
-                (self.bias and (type(biases[0]) not in functional._PLAIN or type(biases[1]) not in functional._PLAIN)):
-            return None
         backend = self._backend_for(input.device, input)
         if backend != "cpp":
             return None
         self.__dict__["last_backend"] = backend
-        cache = self.__dict__.setdefault("_step_packs", {}).setdefault(0, {})
-        output, *finals = cell_step.layer_step(self.mode, backend, cache, input, states, w_ih, w_hh, *biases,
-                                               batch_first)
+        caches = self.__dict__.setdefault("_step_packs", {})
+        if layers == 1:
+            output, *finals = cell_step.layer_step(self.mode, backend, caches.setdefault(0, {}), input, states,
+                                                   *weights[0], batch_first)
+            return output, tuple(finals) if two else finals[0]
+        output, finals = input, [[] for _ in states]
+        for layer in range(layers):
+            initial = states if hx is None else tuple(state[layer:layer + 1] for state in states)
+            output, *new = cell_step.layer_step(self.mode, backend, caches.setdefault(layer, {}), output, initial,
+                                                *weights[layer], batch_first)
+            for collected, state in zip(finals, new):
+                collected.append(state)
+        finals = [torch.cat(collected) for collected in finals]
         return output, tuple(finals) if two else finals[0]
 
     def _forward_inference(self, input: Tensor, hx):

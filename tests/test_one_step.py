@@ -211,3 +211,28 @@ def test_non_contiguous_states_take_the_general_road():
         expected, found = theirs(x, hx), ours(x, hx)
     assert_close([expected[0], *expected[1]], [found[0], *found[1]])
     assert taken == [False]
+
+
+@pytest.mark.parametrize("mode", LAYERS)
+@pytest.mark.parametrize("given", [False, True])
+def test_a_stack_of_layers_takes_the_short_road_layer_by_layer(mode, given):
+    theirs, ours = twins(mode, num_layers=3, batch_first=True)
+    taken = spy_on_the_short_road(ours)
+    x = torch.randn(2, 1, 5, dtype=torch.float64)
+    hx = None
+    if given:
+        hx = tuple(torch.randn(3, 2, 4, dtype=torch.float64) for _ in range(2)) if mode == "LSTM" else \
+            torch.randn(3, 2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected, found = theirs(x, hx), ours(x, hx)
+    assert_close([expected[0], *states_of(expected[1])], [found[0], *states_of(found[1])])
+    assert taken == [True]
+
+
+def test_a_layer_whose_weight_differs_in_dtype_takes_the_general_road():
+    _, ours = twins("GRU", num_layers=2)
+    ours.weight_hh_l1.data = ours.weight_hh_l1.data.float()
+    taken = spy_on_the_short_road(ours)
+    with torch.no_grad():
+        output, _ = ours(torch.randn(1, 2, 5, dtype=torch.float64))  # the general road computes in the input's dtype
+    assert taken == [False] and output.dtype == torch.float64 and output.isfinite().all()
