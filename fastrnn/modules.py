@@ -310,7 +310,8 @@ class _RNNBase(nn.Module):
         if not self._short_roads_open(input) or input.dtype not in backends.auto.CPP_DTYPES or \
                 input.shape[2] != self.input_size:
             return None
-        # Each layer's (w_ih, w_hh, b_ih, b_hh): all plain tensors of the input's dtype and device, or the general road.
+        # Each layer's (w_ih, w_hh, b_ih, b_hh), in nn's order of _flat_weights_names: all plain tensors of the input's
+        # dtype and device, or the general road.
         names, per_layer = self._flat_weights_names, 4 if self.bias else 2
         weights = []
         for layer in range(layers):
@@ -334,18 +335,14 @@ class _RNNBase(nn.Module):
             return None
         self.__dict__["last_backend"] = backend
         caches = self.__dict__.setdefault("_step_packs", {})
-        if layers == 1:
-            output, *finals = cell_step.layer_step(self.mode, backend, caches.setdefault(0, {}), input, states,
-                                                   *weights[0], batch_first)
-            return output, tuple(finals) if two else finals[0]
         output, finals = input, [[] for _ in states]
         for layer in range(layers):
-            initial = states if hx is None else tuple(state[layer:layer + 1] for state in states)
+            initial = states if hx is None or layers == 1 else tuple(state[layer:layer + 1] for state in states)
             output, *new = cell_step.layer_step(self.mode, backend, caches.setdefault(layer, {}), output, initial,
                                                 *weights[layer], batch_first)
             for collected, state in zip(finals, new):
                 collected.append(state)
-        finals = [torch.cat(collected) for collected in finals]
+        finals = [collected[0] if layers == 1 else torch.cat(collected) for collected in finals]
         return output, tuple(finals) if two else finals[0]
 
     def _forward_inference(self, input: Tensor, hx):

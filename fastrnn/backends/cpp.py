@@ -99,22 +99,31 @@ def _packed(kernels, cache, slot, w, gates, isa):
     return entry[1]
 
 
+def _cell_packings(kernels, cache, w_ih, w_hh, gates):
+    """(packed w_ih, packed w_hh) for the cell kernels: from `cache` while the weights are unchanged (None: packed
+    for this call)."""
+    if cache is None:
+        return kernels.cell_pack_cpu(w_ih, gates), kernels.cell_pack_cpu(w_hh, gates)
+    isa = kernels.cpu_instruction_set()
+    return _packed(kernels, cache, "ih", w_ih, gates, isa), _packed(kernels, cache, "hh", w_hh, gates, isa)
+
+
+def _cell_results(h, c, saved, gates, x):
+    """The kernels' (h, c, saved) as (new states, saved): the Elman cell keeps nothing (reference's (0,) tensor)."""
+    if gates == 4:
+        return (h, c), saved
+    return (h,), saved if gates == 3 else x.new_empty(0)
+
+
 def cell_forward(mode, x, states, w_ih, w_hh, b_ih, b_hh, save=True, cache=None):
     """reference.cell_forward on the C++ cell kernels; `cache` (a dict the caller owns and keeps, or None:
     pack on every call) holds the packed weights between calls."""
     kernels = _module or _cell_kernels()
     gates = cells.CELLS[mode].gates
-    if cache is None:
-        packed_ih, packed_hh = kernels.cell_pack_cpu(w_ih, gates), kernels.cell_pack_cpu(w_hh, gates)
-    else:
-        isa = kernels.cpu_instruction_set()
-        packed_ih = _packed(kernels, cache, "ih", w_ih, gates, isa)
-        packed_hh = _packed(kernels, cache, "hh", w_hh, gates, isa)
-    if gates == 4:
-        h, c, saved = kernels.cell_forward_cpu(mode, x, states[0], states[1], packed_ih, packed_hh, b_ih, b_hh, save)
-        return (h, c), saved
-    h, _, saved = kernels.cell_forward_cpu(mode, x, states[0], None, packed_ih, packed_hh, b_ih, b_hh, save)
-    return (h,), saved if gates == 3 else x.new_empty(0)  # the Elman cell keeps nothing: reference's (0,) tensor
+    packed_ih, packed_hh = _cell_packings(kernels, cache, w_ih, w_hh, gates)
+    h, c, saved = kernels.cell_forward_cpu(mode, x, states[0], states[1] if gates == 4 else None, packed_ih,
+                                           packed_hh, b_ih, b_hh, save)
+    return _cell_results(h, c, saved, gates, x)
 
 
 def layer_step(mode, x, states, w_ih, w_hh, b_ih, b_hh, batch_first, save, cache):
@@ -122,14 +131,10 @@ def layer_step(mode, x, states, w_ih, w_hh, b_ih, b_hh, batch_first, save, cache
     or (B, 1, I) when batch_first, and states (1, B, H). Returns (output in x's layout, new states, saved)."""
     kernels = _module or _cell_kernels()
     gates = cells.CELLS[mode].gates
-    isa = kernels.cpu_instruction_set()
-    packed_ih = _packed(kernels, cache, "ih", w_ih, gates, isa)
-    packed_hh = _packed(kernels, cache, "hh", w_hh, gates, isa)
+    packed_ih, packed_hh = _cell_packings(kernels, cache, w_ih, w_hh, gates)
     output, h_n, c_n, saved = kernels.layer_step_cpu(mode, x, states[0], states[1] if gates == 4 else None, packed_ih,
                                                      packed_hh, b_ih, b_hh, batch_first, save)
-    if gates == 4:
-        return output, (h_n, c_n), saved
-    return output, (h_n,), saved if gates == 3 else x.new_empty(0)
+    return (output, *_cell_results(h_n, c_n, saved, gates, x))
 
 
 def cell_backward(mode, d_new, states, new, saved):
