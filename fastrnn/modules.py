@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, cell_step, cells, functional
+from . import backends, cell_step, cells, functional, projection
+from .backends import cpp
 from .quantization import QConfigSlot
 
 
@@ -306,20 +307,12 @@ class _RNNBase(nn.Module):
         if self.bidirectional or self.__dict__.get("proj_size") or not input.is_contiguous() or \
                 (layers > 1 and self.dropout and self.training):
             return None
-        params = self._parameters
         if not self._short_roads_open(input) or input.dtype not in backends.auto.CPP_DTYPES or \
                 input.shape[2] != self.input_size:
             return None
-        # Each layer's (w_ih, w_hh, b_ih, b_hh), in nn's order of _flat_weights_names: all plain tensors of the input's
-        # dtype and device, or the general road.
-        names, per_layer = self._flat_weights_names, 4 if self.bias else 2
-        weights = []
-        for layer in range(layers):
-            tensors = [params.get(name) for name in names[layer * per_layer:(layer + 1) * per_layer]]
-            for tensor in tensors:
-                if type(tensor) not in functional._PLAIN or tensor.dtype != input.dtype or tensor.device != input.device:
-                    return None
-            weights.append(tensors if self.bias else tensors + [None, None])
+        weights = self._plain_weights(input)
+        if weights is None:
+            return None
         batch_first = self.batch_first
         batch, hidden = input.shape[0 if batch_first else 1], self.hidden_size
         two = len(self._cell.states) == 2
@@ -339,7 +332,7 @@ class _RNNBase(nn.Module):
         for layer in range(layers):
             initial = states if hx is None or layers == 1 else tuple(state[layer:layer + 1] for state in states)
             output, *new = cell_step.layer_step(self.mode, backend, caches.setdefault(layer, {}), output, initial,
-                                                *weights[layer], batch_first)
+                                                *weights[4 * layer:4 * layer + 4], batch_first)
             for collected, state in zip(finals, new):
                 collected.append(state)
         finals = [collected[0] if layers == 1 else torch.cat(collected) for collected in finals]
@@ -350,7 +343,9 @@ class _RNNBase(nn.Module):
         layer and direction on the cpp kernels through the layer functions, as _run_layers runs them, checked
         only as cheaply as the cases it takes allow. Anything else, an input or state that is in any way wrong
         included, returns None and takes the general road (which gives the errors). Measured on the CPU, the
-        general road's Python cost was ~70 us a call, a quarter of an LSTM's at B = 1, H = 64, T = 128."""
+        general road's Python cost was ~70 us a call, a quarter of an LSTM's at B = 1, H = 64, T = 128; the
+        layer-by-layer road's ~50 us, which the whole stack as one call (cpp.stack_inference, where it projects as
+        the layer functions would) cuts to ~15 (Ice Lake core, 1 thread: 215 -> 167 us a call there)."""
         if torch.is_grad_enabled() or self.__dict__.get("proj_size") or (self.dropout and self.training):
             return None
         batch_first = self.batch_first
@@ -365,11 +360,53 @@ class _RNNBase(nn.Module):
         if backend != "cpp":
             return None
         self.__dict__["last_backend"] = backend
-        x = input.transpose(0, 1).contiguous() if batch_first else input.contiguous()
-        output, finals = self._run_layers(x, states, self._weights_now(), None, backend, input.dtype)
-        if batch_first:
-            output = output.transpose(0, 1).contiguous()
+        own_limit = self._own_projection_limit_in_one_call(input.dtype, batch, steps)
+        weights = None if own_limit is None else self._plain_weights(input)
+        if weights is not None:
+            output, finals = cpp.stack_inference(self.mode, input, states or (), weights, self._stack_panels(),
+                                                 self.num_layers, self.bidirectional, batch_first, own_limit)
+        else:
+            x = input.transpose(0, 1).contiguous() if batch_first else input.contiguous()
+            output, finals = self._run_layers(x, states, self._weights_now(), None, backend, input.dtype)
+            if batch_first:
+                output = output.transpose(0, 1).contiguous()
         return output, tuple(finals) if count == 2 else finals[0]
+
+    def _own_projection_limit_in_one_call(self, dtype: torch.dtype, batch: int, steps: int) -> int | None:
+        """Whether an inference's whole layer stack runs as one call of the cpp kernels (cpp.stack_inference), which
+        projects as the layer road would (fastrnn/projection.py: the own kernel for float32 products up to its limit,
+        else torch's matmul): the own projection's limit to pass it, or None where that road would do otherwise
+        (oneDNN's linear for a large float32 product; a projected input large enough to run in chunks)."""
+        width = self._cell.gates * self.hidden_size
+        if steps * batch * width > functional.CHUNK_ELEMENTS:
+            return None
+        own = projection.own_max_work()
+        if dtype != torch.float32:
+            return own
+        work = steps * batch * width * max(self.input_size, self.hidden_size * self.num_directions)
+        if work <= own or work < projection.LINEAR_MIN_WORK or projection.choice() == "matmul":
+            return own
+        return None
+
+    def _stack_panels(self) -> list:
+        """(W_ih's, W_hh's) kept panels of each layer-direction, for cpp.stack_inference: the objects the layer road
+        keeps in _layer_panels (which _apply replaces with the module's tensors)."""
+        caches = self.__dict__.setdefault("_layer_panels", {})
+        return cpp.stack_panels([caches.setdefault(index, {}) for index in range(self.num_layers * self.num_directions)])
+
+    def _plain_weights(self, input: Tensor) -> list[Tensor | None] | None:
+        """(w_ih, w_hh, b_ih, b_hh) of each layer-direction, in nn's order (_flat_weights_names; biases None in a
+        layer without them), for the short roads of a layer without a projection: each a plain tensor of the input's
+        dtype and on its device, or None, for the general road (a parametrized weight, or one of another dtype)."""
+        params, bias, weights = self._parameters, self.bias, []
+        for position, name in enumerate(self._flat_weights_names):
+            tensor = params.get(name)
+            if type(tensor) not in functional._PLAIN or tensor.dtype != input.dtype or tensor.device != input.device:
+                return None
+            weights.append(tensor)
+            if not bias and position % 2:
+                weights += (None, None)
+        return weights
 
     def _short_roads_open(self, input: Tensor) -> bool:
         """What both short roads (_forward_one_step, _forward_inference) need first: weights read from the parameter

@@ -129,3 +129,92 @@ def test_cases_the_short_road_does_not_take_go_the_general_road(case):
                 for e, f in zip(flat(expected), flat(found), strict=True):
                     torch.testing.assert_close(f, e, rtol=1e-12, atol=1e-12)
     assert True not in taken
+
+
+def spy_on_the_one_call(monkeypatch):
+    """Counts the calls of cpp.stack_inference, the short road's one call for the whole layer stack."""
+    calls = []
+    original = backends.cpp.stack_inference
+
+    def counted(*args):
+        calls.append(args[0])
+        return original(*args)
+
+    monkeypatch.setattr(backends.cpp, "stack_inference", counted)
+    return calls
+
+
+@pytest.mark.parametrize("mode", LAYERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layers, bidirectional, batch_first, bias", [(1, False, False, True), (2, True, True, True),
+                                                                      (3, False, True, False), (1, True, False, False)])
+def test_the_whole_stack_in_one_call_equals_the_layer_by_layer_road_bit_for_bit(monkeypatch, mode, dtype, layers,
+                                                                                bidirectional, batch_first, bias):
+    """The short road runs the whole stack as one call of the cpp kernels (cpp.stack_inference): the same
+    projections (float32: the own kernel; the other dtypes: torch's matmul) and recurrences as the layer functions,
+    so the same bits as the layer road, with and without given states."""
+    theirs, ours = twins(mode, dtype=dtype, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                         bias=bias)
+    torch.manual_seed(2)
+    batch, steps = 5, 7
+    x = torch.randn((batch, steps, 5) if batch_first else (steps, batch, 5)).to(dtype)
+    count = layers * (2 if bidirectional else 1)
+    states = [torch.randn(count, batch, 7).to(dtype) for _ in range(2 if mode == "LSTM" else 1)]
+    calls = spy_on_the_one_call(monkeypatch)
+    for hx in (None, tuple(states) if mode == "LSTM" else states[0]):
+        with torch.no_grad():
+            one_call = flat(ours(x, hx))
+            ours._own_projection_limit_in_one_call = lambda *args: None  # the layer-by-layer road
+            layer_by_layer = flat(ours(x, hx))
+            del ours._own_projection_limit_in_one_call
+            expected = flat(theirs(x, hx))
+        for a, b in zip(one_call, layer_by_layer, strict=True):
+            assert a.dtype == dtype and torch.equal(a, b)
+        for e, f in zip(expected, one_call, strict=True):
+            tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 0.05}[dtype]
+            torch.testing.assert_close(f, e, rtol=tolerance, atol=tolerance)
+    assert calls == [mode, mode]
+
+
+def test_the_one_call_keeps_its_panels_with_the_layer_road_s_and_drops_them_with_the_module_s_tensors(monkeypatch):
+    theirs, ours = twins("GRU", dtype=torch.float32, num_layers=2, bidirectional=True)
+    calls = spy_on_the_one_call(monkeypatch)
+    x = torch.randn(6, 3, 5)
+    with torch.no_grad():
+        ours(x)
+    assert calls == ["GRU"] and sorted(ours._layer_panels) == [0, 1, 2, 3]
+    assert backends.cpp.packed_weight_bytes(ours) > 0  # W_ih's and W_hh's panels, accounted with the module's
+    ours.double()  # new tensors: the panels of the old ones go
+    assert backends.cpp.packed_weight_bytes(ours) == 0
+    with torch.no_grad():
+        found, expected = flat(ours(x.double())), flat(theirs.double()(x.double()))
+    assert len(calls) == 2 and backends.cpp.packed_weight_bytes(ours) > 0
+    for e, f in zip(expected, found, strict=True):
+        torch.testing.assert_close(f, e, rtol=1e-12, atol=1e-12)
+
+
+def test_an_inference_whose_projected_input_runs_in_chunks_takes_the_layer_road(monkeypatch):
+    """The layer road runs a projected input over functional.CHUNK_ELEMENTS in chunks of steps; the one call does not
+    chunk, so such a stack goes layer by layer."""
+    theirs, ours = twins("LSTM", dtype=torch.float32)
+    calls = spy_on_the_one_call(monkeypatch)
+    monkeypatch.setattr(fastrnn.functional, "CHUNK_ELEMENTS", 4 * 28 * 3)  # 4 steps of (B 3, 4 * H 28) per chunk
+    x = torch.randn(10, 3, 5)
+    with torch.no_grad():
+        found, expected = flat(ours(x)), flat(theirs(x))
+    assert calls == [] and ours.last_backend == "cpp"
+    for e, f in zip(expected, found, strict=True):
+        torch.testing.assert_close(f, e)
+
+
+def test_the_one_call_s_argument_errors():
+    kernels = fastrnn._ext.extension()
+    w = torch.randn(28, 5)
+    with pytest.raises(RuntimeError, match="4 weights and 2 panels per layer-direction"):
+        kernels.stack_inference_cpu("LSTM", torch.randn(4, 2, 5), [], [w, w], [None, None], 1, False, False, 0)
+    with pytest.raises(RuntimeError, match="both biases or neither"):
+        kernels.stack_inference_cpu("LSTM", torch.randn(4, 2, 5), [], [w, torch.randn(28, 7), torch.randn(28), None],
+                                    [None, None], 1, False, False, 0)
+    with pytest.raises(RuntimeError, match="unknown cell mode 'LSTMX'"):
+        kernels.stack_inference_cpu("LSTMX", torch.randn(4, 2, 5), [], [w, w, None, None], [None, None], 1, False,
+                                    False, 0)

@@ -74,6 +74,22 @@ def rnn_backward(dy, dh_n, y, w_hh, relu, lengths, reverse, cache=None):
     return _kernels().rnn_backward_cpu(dy, dh_n, y, w_hh, relu, lengths, reverse, _panels(cache, "hh"))
 
 
+def stack_panels(caches: list[dict]) -> list:
+    """(W_ih's, W_hh's) panels of each layer-direction's cache, as stack_inference takes them: the objects the layer
+    functions use (the projection's "ih", the recurrence's "hh"), made where a cache has none yet."""
+    return [panels for cache in caches for panels in (_panels(cache, "ih"), _panels(cache, "hh"))]
+
+
+def stack_inference(mode, input, states, weights, panels, layers, bidirectional, batch_first, own_projection_limit):
+    """An inference's whole layer stack in one call (padded input, no proj_size, save=False throughout): per
+    layer-direction the input projection (the own kernel for float32 products up to own_projection_limit
+    multiply-adds, torch's matmul beyond) and the recurrence, as the layer functions run them. input (T, B, I) or
+    (B, T, I); states: () or nn's (L * D, B, H) tensors; weights: (w_ih, w_hh, b_ih, b_hh) per layer-direction;
+    panels: stack_panels. Returns (output, [final states])."""
+    return _kernels().stack_inference_cpu(mode, input, states, weights, panels, layers, bidirectional, batch_first,
+                                          own_projection_limit)
+
+
 # --- the cells: one step per call, on weights packed once ------------------------------------------
 # A decoder calls these once per step, so the path is kept short: the module is looked up once, and a
 # cache entry is one tuple compare per weight.
