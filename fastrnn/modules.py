@@ -239,8 +239,9 @@ class _RNNBase(nn.Module):
 
     def forward(self, input, hx=None):
         if type(input) is Tensor and input.dim() == 3:
-            short = self._forward_one_step(input, hx) if input.shape[1 if self.batch_first else 0] == 1 else \
-                self._forward_inference(input, hx)
+            short = self._forward_one_step(input, hx) if input.shape[1 if self.batch_first else 0] == 1 else None
+            if short is None:
+                short = self._forward_inference(input, hx)
             if short is not None:
                 return short
         packed = isinstance(input, PackedSequence)
@@ -339,8 +340,9 @@ class _RNNBase(nn.Module):
         return output, tuple(finals) if two else finals[0]
 
     def _forward_inference(self, input: Tensor, hx):
-        """An inference's short road: padded input of T > 1 steps, no gradient recorded (grad mode off), every
-        layer and direction on the cpp kernels through the layer functions, as _run_layers runs them, checked
+        """An inference's short road: padded input (T = 1 too, where the one-step road declines it: a bidirectional
+        stack), no gradient recorded (grad mode off), every layer and direction on the cpp kernels through the layer
+        functions, as _run_layers runs them, checked
         only as cheaply as the cases it takes allow. Anything else, an input or state that is in any way wrong
         included, returns None and takes the general road (which gives the errors). Measured on the CPU, the
         general road's Python cost was ~70 us a call, a quarter of an LSTM's at B = 1, H = 64, T = 128; the
@@ -350,7 +352,7 @@ class _RNNBase(nn.Module):
             return None
         batch_first = self.batch_first
         batch, steps = (input.shape[0], input.shape[1]) if batch_first else (input.shape[1], input.shape[0])
-        if batch == 0 or steps < 2 or input.shape[2] != self.input_size or not self._short_roads_open(input):
+        if batch == 0 or steps == 0 or input.shape[2] != self.input_size or not self._short_roads_open(input):
             return None
         count = len(self._cell.states)
         states = None if hx is None else self._short_road_states(input, hx, batch)
@@ -365,6 +367,8 @@ class _RNNBase(nn.Module):
         if weights is not None:
             output, finals = cpp.stack_inference(self.mode, input, states or (), weights, self._stack_panels(),
                                                  self.num_layers, self.bidirectional, batch_first, own_limit)
+        elif steps == 1:
+            return None  # the general road's one-step stack (_run_one_step)
         else:
             x = input.transpose(0, 1).contiguous() if batch_first else input.contiguous()
             output, finals = self._run_layers(x, states, self._weights_now(), None, backend, input.dtype)

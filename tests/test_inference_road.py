@@ -218,3 +218,23 @@ def test_the_one_call_s_argument_errors():
     with pytest.raises(RuntimeError, match="unknown cell mode 'LSTMX'"):
         kernels.stack_inference_cpu("LSTMX", torch.randn(4, 2, 5), [], [w, w, None, None], [None, None], 1, False,
                                     False, 0)
+
+
+@pytest.mark.parametrize("mode", LAYERS)
+@pytest.mark.parametrize("layers, batch_first, given_states", [(1, False, False), (2, True, True)])
+def test_a_bidirectional_single_step_inference_takes_the_one_call(monkeypatch, mode, layers, batch_first, given_states):
+    """The one-step road takes one-direction stacks only; a bidirectional T = 1 inference runs the one call (on the
+    layer kernels' kept panels; measured on an Ice Lake core, LSTM(64) B 1: 95 -> 49 us a call), equal to nn's."""
+    theirs, ours = twins(mode, dtype=torch.float32, num_layers=layers, bidirectional=True, batch_first=batch_first)
+    calls = spy_on_the_one_call(monkeypatch)
+    x = torch.randn((3, 1, 5) if batch_first else (1, 3, 5))
+    hx = None
+    if given_states:
+        states = [torch.randn(2 * layers, 3, 7) for _ in range(2 if mode == "LSTM" else 1)]
+        hx = tuple(states) if mode == "LSTM" else states[0]
+    with torch.no_grad():
+        found, expected = flat(ours(x, hx)), flat(theirs(x, hx))
+    assert calls == [mode] and ours.last_backend == "cpp"
+    for e, f in zip(expected, found, strict=True):
+        assert f.shape == e.shape
+        torch.testing.assert_close(f, e)
