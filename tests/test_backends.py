@@ -68,6 +68,7 @@ def _auto_table(report: str) -> dict[str, tuple[str, str, str]]:
 
 SMALL = backends.auto.LSTM_CPP_MAX_BATCH_X_HIDDEN
 INFER = backends.auto.LSTM_CPP_INFERENCE_MAX_BATCH
+TRAIN = backends.auto.LSTM_CPP_TRAINING_MAX_BATCH
 DTYPE_NAMES = "float32/float64"
 
 
@@ -142,10 +143,12 @@ else:
     ("LSTM", torch.float64, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch <= {INFER}"),
     ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch > {INFER} and batch x "
      f"hidden > {SMALL}, otherwise"),
-    ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch > 1 and batch x hidden > "
-     f"{SMALL}"),
-    ("LSTM", torch.float32, 8, 300, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch > 1 and batch x hidden > "
-     f"{SMALL}"),
+    ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch <= {TRAIN}"),
+    ("LSTM", torch.float64, TRAIN, 300, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch <= {TRAIN}"),
+    ("LSTM", torch.float32, TRAIN + 1, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch > {TRAIN} and "
+     f"batch x hidden > {SMALL}"),
+    ("LSTM", torch.float32, 8, 300, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch > {TRAIN} and batch x "
+     f"hidden > {SMALL}"),
     *BFLOAT16_ROWS,
     ("LSTM", torch.bfloat16, 8, 4, False, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),
     ("LSTM", torch.bfloat16, 1, 4, True, "LSTM, GRU or RNN in bfloat16/float16 otherwise"),

@@ -4,7 +4,8 @@ On a CPU the fused C++ kernels ("cpp") run where `python -m bench` measured them
 own code (bench/RESULTS.md, CPU section): every GRU and Elman RNN (torch's CPU code for both is a generic
 per-step path),
 every packed LSTM (likewise), padded LSTMs of one sequence or small enough that the per-step cost
-dominates, padded LSTM inferences up to batch 8 (on two threads or more also small ones up to batch 32), and every one-step call (T = 1, as a streaming or decoding loop makes them), which runs as the
+dominates, padded LSTM training up to batch 4, padded LSTM inferences up to batch 8 (on two threads or more also
+small ones up to batch 32), and every one-step call (T = 1, as a streaming or decoding loop makes them), which runs as the
 fused cell step on weights packed once; larger padded LSTMs keep torch's oneDNN LSTM. On a GPU a kernel backend runs only once it has been measured
 faster than cuDNN there (none has yet). Under torch.compile, which cannot trace torch's RNN code,
 auto runs a traceable custom op instead: the cpp kernels on a CPU, the reference loop elsewhere; on a
@@ -90,6 +91,14 @@ LSTM_CPP_MAX_BATCH_X_HIDDEN = 64
 # inference 1.01-1.06x oneDNN's LSTM on 1 thread and 1.05-2.08x on 2; training there 0.97-0.98x on 1 thread
 # (kept on oneDNN); batch 32 inference 0.90-0.97x on 1 thread.
 LSTM_CPP_INFERENCE_MAX_BATCH = 8
+# Training (a forward that records a backward) of a padded LSTM runs on the cpp kernels up to this batch, past
+# batch x hidden <= 64. Measured on an Intel Ice Lake core with `python -m bench --cells lstm --batch 2 3 4 6
+# --hidden 64 128 256 512 --seq-len 128 --modes train --impls fastrnn-cpp --threads 1|2` at commit f288d21 (after
+# 3498c1b, the 2-row tiles' single loads): cpp over oneDNN 0.98-1.54x at B 2-4 on 1 thread (the 0.98 at B 4 H 128,
+# a row flagged for spread) and 1.18-1.83x on 2; at B 6 1.08-1.17x and 1.09-1.32x, at B 8 1.03-1.18x (1 thread).
+# On a Zen 5 core batch 1 won (1.07-1.38x) and batch 8 tied (0.97-0.98x, commit 5d8c319); B 2-4 were not measured
+# there, so the rule stops at 4, where Ice Lake's margins are widest.
+LSTM_CPP_TRAINING_MAX_BATCH = 4
 # On two threads or more the cpp kernels split each step's units between the threads with a barrier that
 # costs less than oneDNN's per-step fork-join, so their inferences win further: up to this batch and this
 # batch x hidden size. Measured with `python -m bench --cells lstm --batch 16 32 64 --hidden 64 128 --seq-len 128
@@ -140,7 +149,7 @@ def _cpu_prefers_cpp(workload: Workload | None) -> bool:
     if workload.batch == 1 or workload.batch * workload.hidden <= LSTM_CPP_MAX_BATCH_X_HIDDEN:
         return True
     if workload.training:
-        return False
+        return workload.batch <= LSTM_CPP_TRAINING_MAX_BATCH
     return workload.batch <= LSTM_CPP_INFERENCE_MAX_BATCH or _parallel_inference_prefers_cpp(workload)
 
 
@@ -214,8 +223,10 @@ def kinds(device: torch.device) -> list[tuple[str, Workload]]:
                   threads=2)),
         (f"LSTM, {dtypes}, padded, inference, batch > {LSTM_CPP_INFERENCE_MAX_BATCH} and batch x hidden > {small}, "
          "otherwise", Workload("LSTM", torch.float32, LSTM_CPP_INFERENCE_MAX_BATCH + 1, small, False)),
-        (f"LSTM, {dtypes}, padded, training, batch > 1 and batch x hidden > {small}",
-         Workload("LSTM", torch.float32, 2, small, False, training=True)),
+        (f"LSTM, {dtypes}, padded, training, batch <= {LSTM_CPP_TRAINING_MAX_BATCH}",
+         Workload("LSTM", torch.float32, LSTM_CPP_TRAINING_MAX_BATCH, 512, False, training=True)),
+        (f"LSTM, {dtypes}, padded, training, batch > {LSTM_CPP_TRAINING_MAX_BATCH} and batch x hidden > {small}",
+         Workload("LSTM", torch.float32, LSTM_CPP_TRAINING_MAX_BATCH + 1, small, False, training=True)),
         (f"LSTM, GRU or RNN, {dtypes}, one step (T = 1), padded, no projection",
          Workload("LSTM", torch.float32, 64, 512, False, steps=1)),
         *bfloat16_kinds(),
