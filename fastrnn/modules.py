@@ -341,13 +341,12 @@ class _RNNBase(nn.Module):
 
     def _forward_inference(self, input: Tensor, hx):
         """An inference's short road: padded input (T = 1 too, where the one-step road declines it: a bidirectional
-        stack), no gradient recorded (grad mode off), every layer and direction on the cpp kernels through the layer
-        functions, as _run_layers runs them, checked
-        only as cheaply as the cases it takes allow. Anything else, an input or state that is in any way wrong
-        included, returns None and takes the general road (which gives the errors). Measured on the CPU, the
-        general road's Python cost was ~70 us a call, a quarter of an LSTM's at B = 1, H = 64, T = 128; the
-        layer-by-layer road's ~50 us, which the whole stack as one call (cpp.stack_inference, where it projects as
-        the layer functions would) cuts to ~15 (Ice Lake core, 1 thread: 215 -> 167 us a call there)."""
+        stack), no gradient recorded (grad mode off), every layer and direction on the cpp kernels, checked only as
+        cheaply as the cases it takes allow: the whole stack as one call (cpp.stack_inference) where it projects as
+        the layer functions would, else layer by layer as _run_layers runs them. Anything else, an input or state
+        that is in any way wrong included, returns None and takes the general road (which gives the errors).
+        Measured on the CPU, the general road's Python cost was ~70 us a call, a quarter of an LSTM's at B = 1,
+        H = 64, T = 128; layer by layer ~50 us; the one call ~15 (Ice Lake core, 1 thread: 215 -> 167 us a call)."""
         if torch.is_grad_enabled() or self.__dict__.get("proj_size") or (self.dropout and self.training):
             return None
         batch_first = self.batch_first
@@ -362,7 +361,7 @@ class _RNNBase(nn.Module):
         if backend != "cpp":
             return None
         self.__dict__["last_backend"] = backend
-        own_limit = self._own_projection_limit_in_one_call(input.dtype, batch, steps)
+        own_limit = self._one_call_projection_limit(input.dtype, batch, steps)
         weights = None if own_limit is None else self._plain_weights(input)
         if weights is not None:
             output, finals = cpp.stack_inference(self.mode, input, states or (), weights, self._stack_panels(),
@@ -376,7 +375,7 @@ class _RNNBase(nn.Module):
                 output = output.transpose(0, 1).contiguous()
         return output, tuple(finals) if count == 2 else finals[0]
 
-    def _own_projection_limit_in_one_call(self, dtype: torch.dtype, batch: int, steps: int) -> int | None:
+    def _one_call_projection_limit(self, dtype: torch.dtype, batch: int, steps: int) -> int | None:
         """Whether an inference's whole layer stack runs as one call of the cpp kernels (cpp.stack_inference), which
         projects as the layer road would (fastrnn/projection.py: the own kernel for float32 products up to its limit,
         else torch's matmul): the own projection's limit to pass it, or None where that road would do otherwise

@@ -164,9 +164,9 @@ def test_the_whole_stack_in_one_call_equals_the_layer_by_layer_road_bit_for_bit(
     for hx in (None, tuple(states) if mode == "LSTM" else states[0]):
         with torch.no_grad():
             one_call = flat(ours(x, hx))
-            ours._own_projection_limit_in_one_call = lambda *args: None  # the layer-by-layer road
+            ours._one_call_projection_limit = lambda *args: None  # the layer-by-layer road
             layer_by_layer = flat(ours(x, hx))
-            del ours._own_projection_limit_in_one_call
+            del ours._one_call_projection_limit
             expected = flat(theirs(x, hx))
         for a, b in zip(one_call, layer_by_layer, strict=True):
             assert a.dtype == dtype and torch.equal(a, b)
