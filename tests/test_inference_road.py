@@ -19,11 +19,11 @@ LAYERS = {"LSTM": (nn.LSTM, fastrnn.LSTM, {}), "GRU": (nn.GRU, fastrnn.GRU, {}),
           "RNN_TANH": (nn.RNN, fastrnn.RNN, {}), "RNN_RELU": (nn.RNN, fastrnn.RNN, {"nonlinearity": "relu"})}
 
 
-def twins(mode, dtype=torch.float64, **kwargs):
+def twins(mode, dtype=torch.float64, hidden=7, **kwargs):
     theirs_type, ours_type, extra = LAYERS[mode]
     torch.manual_seed(0)
-    theirs = theirs_type(5, 7, dtype=dtype, **extra, **kwargs)
-    ours = ours_type(5, 7, dtype=dtype, backend="cpp", **extra, **kwargs)
+    theirs = theirs_type(5, hidden, dtype=dtype, **extra, **kwargs)
+    ours = ours_type(5, hidden, dtype=dtype, backend="cpp", **extra, **kwargs)
     ours.load_state_dict(theirs.state_dict())
     return theirs.eval(), ours.eval()
 
@@ -238,3 +238,27 @@ def test_a_bidirectional_single_step_inference_takes_the_one_call(monkeypatch, m
     for e, f in zip(expected, found, strict=True):
         assert f.shape == e.shape
         torch.testing.assert_close(f, e)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_the_one_call_under_inference_mode_on_two_threads(monkeypatch, mode):
+    """torch.inference_mode() (tensors made without version counters) and two threads splitting each step's units:
+    the one call runs, and equals the layer-by-layer road bit for bit and nn's layer."""
+    theirs, ours = twins(mode, dtype=torch.float32, num_layers=2, bidirectional=True, hidden=40)
+    calls = spy_on_the_one_call(monkeypatch)
+    x = torch.randn(9, 16, 5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            one_call = flat(ours(x))
+            ours._one_call_projection_limit = lambda *args: None
+            layer_by_layer = flat(ours(x))
+            del ours._one_call_projection_limit
+            expected = flat(theirs(x))
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [mode]
+    for a, b, e in zip(one_call, layer_by_layer, expected, strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, e)
