@@ -192,7 +192,7 @@ void pack_panels(P* packed, const S* src, int64_t k_stride, int64_t c_stride, in
 
 // v, held in a register from here on. GCC otherwise folds a panel load into each row's FMA as a memory operand
 // where a tile has 2 rows (and loads every panel vector twice): measured on an Ice Lake core, 1 thread, an LSTM
-// step at B = 2 cost twice the B = 1 step (H = 64 and 256), and more than a B = 4 step.
+// step at B = 2 cost twice the B = 1 step (H = 64 to 256), and at H = 128 and 256 more than a B = 4 step.
 template <class V>
 V in_register(V v) {
 #if defined(__x86_64__) || defined(__i386__)
