@@ -277,48 +277,126 @@ void check_float(const Tensor& xp) {
   TORCH_CHECK(xp.dim() == 3, "fastrnn cpp backend: xp must be 3-D (T, B, gates), got ", xp.dim(), "-D");
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& xp, const Tensor& h0, const Tensor& c0,
-                                                                const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-                                                                const std::optional<Tensor>& lengths, bool reverse,
-                                                                bool save, WeightPanels* w_hh_panels,
-                                                                WeightPanels* w_hr_panels, bool scratch_xp) {
-  check_float(xp);
-  const int64_t T = xp.size(0), B = xp.size(1), H = xp.size(2) / 4, R = h0.size(-1);
-  TORCH_CHECK(xp.size(2) == 4 * H, "fastrnn cpp backend: xp's last dimension must be 4 * hidden, got ", xp.size(2));
-  check_input(xp, "xp", xp, {T, B, 4 * H});
-  check_input(h0, "h0", xp, {B, R});
-  check_input(c0, "c0", xp, {B, H});
-  check_input(w_hh, "w_hh", xp, {4 * H, R});
-  if (w_hr.has_value()) check_input(*w_hr, "w_hr", xp, {R, H});
+// The biases that add to a layer's input projection, where it has them (both or neither; else undefined): b_ih +
+// b_hh, but for a GRU b_ih + (b_hr, b_hz, 0): its b_hn stays inside the reset product (fastrnn/functional.py,
+// gru_layer, says the same in Python).
+Tensor projection_bias(cpu::CellMode mode, const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "fastrnn cpp backend: a layer has both biases or neither");
+  if (!b_ih.has_value()) return Tensor();
+  if (mode != cpu::CellMode::gru) return *b_ih + *b_hh;
+  TORCH_CHECK(b_ih->dim() == 1 && b_ih->sizes() == b_hh->sizes() && b_ih->size(0) % 3 == 0,
+              "fastrnn cpp backend: a GRU's biases must both have shape [3 * hidden], got ", b_ih->sizes(), " and ",
+              b_hh->sizes());
+  const int64_t H = b_ih->size(0) / 3;
+  Tensor sum = b_ih->clone();
+  sum.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
+  return sum;
+}
+
+// The input projection run inside the recurrence's steps in place of an xp (cpu::LstmForward's x, w_ih, bias).
+struct ProjectionInSteps {
+  const Tensor& x;     // (T, B, I)
+  const Tensor& w_ih;  // (4H, I)
+  Tensor bias;         // (4H) b_ih + b_hh, or undefined
+  WeightPanels* panels;
+};
+
+// xp, or where it is null the projection's x: 3-D, of a storage type the kernels take (x: float32 or float64, which
+// the GEMMs read as they are).
+void check_projection_input(const Tensor* xp, const ProjectionInSteps* projection) {
+  const Tensor& like = xp ? *xp : projection->x;
+  check_storage(like);
+  TORCH_CHECK(like.dim() == 3, "fastrnn cpp backend: ", xp ? "xp" : "x", " must be 3-D (T, B, ",
+              xp ? "gates" : "input", "), got ", like.dim(), "-D");
+  if (!xp)
+    TORCH_CHECK(like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble,
+                "fastrnn cpp backend: the projection in the steps takes float32 or float64, got ", like.scalar_type());
+}
+
+void check_projection(const ProjectionInSteps& projection, int64_t columns) {
+  const Tensor& x = projection.x;
+  check_input(x, "x", x, {x.size(0), x.size(1), x.size(2)}, "x");
+  check_input(projection.w_ih, "w_ih", x, {columns, x.size(2)}, "x");
+  if (projection.bias.defined()) check_input(projection.bias, "the bias", x, {columns}, "x");
+}
+
+// The LSTM recurrence on xp, or (xp null) on x with the projection in its steps.
+using LstmResults = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;  // y, h_n, c_n, gates, c_all
+
+LstmResults run_lstm_forward(const Tensor* xp, const ProjectionInSteps* projection, const Tensor& h0, const Tensor& c0,
+                             const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+                             const std::optional<Tensor>& lengths, bool reverse, bool save, WeightPanels* w_hh_panels,
+                             WeightPanels* w_hr_panels, bool scratch_xp) {
+  const Tensor& like = xp ? *xp : projection->x;
+  const char* like_name = xp ? "xp" : "x";
+  check_projection_input(xp, projection);
+  TORCH_CHECK(w_hh.dim() == 2, "fastrnn cpp backend: w_hh must be 2-D (4 * hidden, state), got ", w_hh.dim(), "-D");
+  const int64_t T = like.size(0), B = like.size(1), R = h0.size(-1);
+  const int64_t H = xp ? xp->size(2) / 4 : w_hh.size(0) / 4;
+  if (xp) {
+    TORCH_CHECK(xp->size(2) == 4 * H, "fastrnn cpp backend: xp's last dimension must be 4 * hidden, got ", xp->size(2));
+    check_input(*xp, "xp", like, {T, B, 4 * H});
+  } else {
+    check_projection(*projection, 4 * H);
+  }
+  check_input(h0, "h0", like, {B, R}, like_name);
+  check_input(c0, "c0", like, {B, H}, like_name);
+  check_input(w_hh, "w_hh", like, {4 * H, R}, like_name);
+  if (w_hr.has_value()) check_input(*w_hr, "w_hr", like, {R, H}, like_name);
   else TORCH_CHECK(R == H, "fastrnn cpp backend: without w_hr the state width must equal hidden (", H, "), got ", R);
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
-  Tensor y = output(xp, {T, B, R}, zeroed), h_n = at::empty_like(h0), c_n = at::empty_like(c0);
+  Tensor y = output(like, {T, B, R}, zeroed), h_n = at::empty_like(h0), c_n = at::empty_like(c0);
   // scratch_xp: xp is the caller's to overwrite, and the gates go into it (each step reads a unit block's xp
   // just before it writes that block's gates, on the same thread): no second (T, B, 4H) buffer to allocate
   // and fault in, and its lines are in cache when written. Padded input only: with lengths the gates of
   // finished rows must read 0.
   TORCH_CHECK(!(scratch_xp && zeroed), "fastrnn cpp backend: scratch_xp takes padded input (no lengths)");
-  Tensor gates = !save ? at::empty({0}, xp.options()) : scratch_xp ? xp : output(xp, {T, B, 4 * H}, zeroed);
-  Tensor c_all = save ? output(xp, {T, B, H}, zeroed) : at::empty({0}, xp.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_lstm_forward", [&] {
-    const cpu::LstmForward<kernel_t<scalar_t>> args{make_shape(T, B, H, R, reverse, live),
-                                          data<scalar_t>(xp),
-                                          data<scalar_t>(h0),
-                                          data<scalar_t>(c0),
-                                          data<scalar_t>(w_hh),
-                                          data_or_null<scalar_t>(w_hr),
-                                          data<scalar_t>(y),
-                                          data<scalar_t>(h_n),
-                                          data<scalar_t>(c_n),
-                                          save ? data<scalar_t>(gates) : nullptr,
-                                          save ? data<scalar_t>(c_all) : nullptr,
-                                          cached(w_hh_panels, w_hh),
-                                          cached(w_hr_panels, w_hr)};
+  TORCH_CHECK(!(scratch_xp && !xp), "fastrnn cpp backend: scratch_xp needs an xp");
+  Tensor gates = !save ? at::empty({0}, like.options()) : scratch_xp ? *xp : output(like, {T, B, 4 * H}, zeroed);
+  Tensor c_all = save ? output(like, {T, B, H}, zeroed) : at::empty({0}, like.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, like.scalar_type(), "fastrnn_lstm_forward", [&] {
+    cpu::LstmForward<kernel_t<scalar_t>> args{make_shape(T, B, H, R, reverse, live),
+                                              xp ? data<scalar_t>(*xp) : nullptr,
+                                              data<scalar_t>(h0),
+                                              data<scalar_t>(c0),
+                                              data<scalar_t>(w_hh),
+                                              data_or_null<scalar_t>(w_hr),
+                                              data<scalar_t>(y),
+                                              data<scalar_t>(h_n),
+                                              data<scalar_t>(c_n),
+                                              save ? data<scalar_t>(gates) : nullptr,
+                                              save ? data<scalar_t>(c_all) : nullptr,
+                                              cached(w_hh_panels, w_hh),
+                                              cached(w_hr_panels, w_hr)};
+    if (projection) {
+      args.x = data<scalar_t>(projection->x);
+      args.w_ih = data<scalar_t>(projection->w_ih);
+      args.bias = projection->bias.defined() ? data<scalar_t>(projection->bias) : nullptr;
+      args.input = projection->x.size(2);
+      args.w_ih_panels = cached(projection->panels, projection->w_ih);
+    }
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_forward(args);
   });
   return {y, h_n, c_n, gates, c_all};
+}
+
+LstmResults lstm_forward(const Tensor& xp, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                         const std::optional<Tensor>& w_hr, const std::optional<Tensor>& lengths, bool reverse,
+                         bool save, WeightPanels* w_hh_panels, WeightPanels* w_hr_panels, bool scratch_xp) {
+  return run_lstm_forward(&xp, nullptr, h0, c0, w_hh, w_hr, lengths, reverse, save, w_hh_panels, w_hr_panels,
+                          scratch_xp);
+}
+
+// The LSTM recurrence with x W_ih^T + b_ih + b_hh computed inside its steps (no xp buffer).
+LstmResults lstm_forward_projecting(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
+                                    const std::optional<Tensor>& b_hh, const Tensor& h0, const Tensor& c0,
+                                    const Tensor& w_hh, const std::optional<Tensor>& lengths, bool reverse, bool save,
+                                    WeightPanels* w_ih_panels, WeightPanels* w_hh_panels) {
+  const ProjectionInSteps projection{x, w_ih, projection_bias(cpu::CellMode::lstm, b_ih, b_hh), w_ih_panels};
+  return run_lstm_forward(nullptr, &projection, h0, c0, w_hh, std::nullopt, lengths, reverse, save, w_hh_panels,
+                          nullptr, false);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
@@ -364,33 +442,68 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const
   return {dgates, dh_all, dh0, dc0};
 }
 
-std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
-                                               const std::optional<Tensor>& b_hn, const std::optional<Tensor>& lengths,
-                                               bool reverse, bool save, WeightPanels* w_hh_panels) {
-  check_float(xp);
-  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(-1);
-  check_input(xp, "xp", xp, {T, B, 3 * H});
-  check_input(h0, "h0", xp, {B, H});
-  check_input(w_hh, "w_hh", xp, {3 * H, H});
-  if (b_hn.has_value()) check_input(*b_hn, "b_hn", xp, {H});
+// The GRU recurrence on xp, or (xp null) on x with the projection in its steps (bias: b_ir + b_hr, b_iz + b_hz, b_in).
+std::tuple<Tensor, Tensor, Tensor> run_gru_forward(const Tensor* xp, const ProjectionInSteps* projection,
+                                                   const Tensor& h0, const Tensor& w_hh,
+                                                   const std::optional<Tensor>& b_hn,
+                                                   const std::optional<Tensor>& lengths, bool reverse, bool save,
+                                                   WeightPanels* w_hh_panels) {
+  const Tensor& like = xp ? *xp : projection->x;
+  const char* like_name = xp ? "xp" : "x";
+  check_projection_input(xp, projection);
+  const int64_t T = like.size(0), B = like.size(1), H = h0.size(-1);
+  if (xp) check_input(*xp, "xp", like, {T, B, 3 * H});
+  else check_projection(*projection, 3 * H);
+  check_input(h0, "h0", like, {B, H}, like_name);
+  check_input(w_hh, "w_hh", like, {3 * H, H}, like_name);
+  if (b_hn.has_value()) check_input(*b_hn, "b_hn", like, {H}, like_name);
   const std::vector<int64_t> live = live_rows(lengths, T, B);
   const bool zeroed = lengths.has_value();
-  Tensor y = output(xp, {T, B, H}, zeroed), h_n = at::empty_like(h0);
-  Tensor saved = save ? output(xp, {T, B, 4 * H}, zeroed) : at::empty({0}, xp.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_gru_forward", [&] {
-    const cpu::GruForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live),
-                                         data<scalar_t>(xp),
-                                         data<scalar_t>(h0),
-                                         data<scalar_t>(w_hh),
-                                         data_or_null<scalar_t>(b_hn),
-                                         data<scalar_t>(y),
-                                         data<scalar_t>(h_n),
-                                         save ? data<scalar_t>(saved) : nullptr,
-                                         cached(w_hh_panels, w_hh)};
+  Tensor y = output(like, {T, B, H}, zeroed), h_n = at::empty_like(h0);
+  Tensor saved = save ? output(like, {T, B, 4 * H}, zeroed) : at::empty({0}, like.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, like.scalar_type(), "fastrnn_gru_forward", [&] {
+    cpu::GruForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live),
+                                             xp ? data<scalar_t>(*xp) : nullptr,
+                                             data<scalar_t>(h0),
+                                             data<scalar_t>(w_hh),
+                                             data_or_null<scalar_t>(b_hn),
+                                             data<scalar_t>(y),
+                                             data<scalar_t>(h_n),
+                                             save ? data<scalar_t>(saved) : nullptr,
+                                             cached(w_hh_panels, w_hh)};
+    if (projection) {
+      args.x = data<scalar_t>(projection->x);
+      args.w_ih = data<scalar_t>(projection->w_ih);
+      args.bias = projection->bias.defined() ? data<scalar_t>(projection->bias) : nullptr;
+      args.input = projection->x.size(2);
+      args.w_ih_panels = cached(projection->panels, projection->w_ih);
+    }
     pybind11::gil_scoped_release no_gil;
     cpu::gru_forward(args);
   });
   return {y, h_n, saved};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
+                                               const std::optional<Tensor>& b_hn, const std::optional<Tensor>& lengths,
+                                               bool reverse, bool save, WeightPanels* w_hh_panels) {
+  return run_gru_forward(&xp, nullptr, h0, w_hh, b_hn, lengths, reverse, save, w_hh_panels);
+}
+
+// The GRU recurrence with x W_ih^T and its biases computed inside its steps (no xp buffer); b_hn stays in the
+// reset product as gru_forward's.
+std::tuple<Tensor, Tensor, Tensor> gru_forward_projecting(const Tensor& x, const Tensor& w_ih,
+                                                          const std::optional<Tensor>& b_ih,
+                                                          const std::optional<Tensor>& b_hh, const Tensor& h0,
+                                                          const Tensor& w_hh, const std::optional<Tensor>& lengths,
+                                                          bool reverse, bool save, WeightPanels* w_ih_panels,
+                                                          WeightPanels* w_hh_panels) {
+  const ProjectionInSteps projection{x, w_ih, projection_bias(cpu::CellMode::gru, b_ih, b_hh), w_ih_panels};
+  const int64_t H = h0.size(-1);
+  const std::optional<Tensor> b_hn =
+      b_hh.has_value() && b_hh->dim() == 1 && b_hh->size(0) == 3 * H ? std::optional<Tensor>(b_hh->narrow(0, 2 * H, H))
+                                                                      : std::nullopt;
+  return run_gru_forward(nullptr, &projection, h0, w_hh, b_hn, lengths, reverse, save, w_hh_panels);
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& h_prev,
@@ -706,12 +819,9 @@ Tensor stack_projection(cpu::CellMode mode, const Tensor& x, const Tensor& w_ih,
                         const std::optional<Tensor>& b_hh, WeightPanels* panels, int64_t own_limit) {
   const int64_t T = x.size(0), B = x.size(1), G = w_ih.size(0);
   const Tensor rows = x.view({T * B, x.size(2)});
-  std::optional<Tensor> bias = b_ih, bias2 = b_hh;
-  if (mode == cpu::CellMode::gru && b_ih.has_value() && b_hh.has_value()) {  // b_hr, b_hz only
-    const int64_t H = G / 3;
-    Tensor sum = b_ih->clone();
-    sum.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
-    bias = sum;
+  std::optional<Tensor> bias = b_ih, bias2 = b_hh;  // summed by the GEMM, as the layer functions pass them
+  if (mode == cpu::CellMode::gru && b_ih.has_value()) {
+    bias = projection_bias(mode, b_ih, b_hh);
     bias2.reset();
   }
   Tensor xp;
@@ -727,12 +837,14 @@ Tensor stack_projection(cpu::CellMode mode, const Tensor& x, const Tensor& w_ih,
 
 // input (T, B, I), or (B, T, I) when batch_first; states: none (zeros) or nn's (L * D, B, H) tensors (h, and c for
 // an LSTM); weights: (w_ih, w_hh, b_ih, b_hh) per layer-direction in nn's order, biases None where the layer has
-// none; panels: (W_ih's, W_hh's) per layer-direction. Returns (output, final states).
+// none; panels: (W_ih's, W_hh's) per layer-direction; in_steps: empty, or per layer-direction whether an LSTM's
+// projection runs inside its steps (lstm_forward_projecting). Returns (output, final states).
 std::tuple<Tensor, std::vector<Tensor>> stack_inference(const std::string& mode_name, const Tensor& input,
                                                         const std::vector<Tensor>& states,
                                                         const std::vector<std::optional<Tensor>>& weights,
                                                         const std::vector<WeightPanels*>& panels, int64_t layers,
-                                                        bool bidirectional, bool batch_first, int64_t own_limit) {
+                                                        bool bidirectional, bool batch_first, int64_t own_limit,
+                                                        const std::vector<bool>& in_steps) {
   const cpu::CellMode mode = cell_mode(mode_name);
   const int64_t directions = bidirectional ? 2 : 1, count = layers * directions;
   const size_t state_count = mode == cpu::CellMode::lstm ? 2 : 1;
@@ -744,6 +856,10 @@ std::tuple<Tensor, std::vector<Tensor>> stack_inference(const std::string& mode_
               count, "), got ", weights.size(), " and ", panels.size());
   TORCH_CHECK(states.empty() || states.size() == state_count, "fastrnn cpp backend: stack_inference_cpu takes ",
               state_count, " initial state tensors or none, got ", states.size());
+  TORCH_CHECK(in_steps.empty() || (in_steps.size() == size_t(count) &&
+                                   (mode == cpu::CellMode::lstm || mode == cpu::CellMode::gru)),
+              "fastrnn cpp backend: stack_inference_cpu's in_steps holds one entry per layer-direction (", count,
+              ") of an LSTM or GRU, got ", in_steps.size(), " for ", mode_name);
   for (int64_t index = 0; index < count; ++index)
     TORCH_CHECK(weights[4 * index].has_value() && weights[4 * index + 1].has_value() &&
                     weights[4 * index + 2].has_value() == weights[4 * index + 3].has_value(),
@@ -763,27 +879,37 @@ std::tuple<Tensor, std::vector<Tensor>> stack_inference(const std::string& mode_
       const Tensor& w_hh = *weights[4 * index + 1];
       const std::optional<Tensor>& b_ih = weights[4 * index + 2];
       const std::optional<Tensor>& b_hh = weights[4 * index + 3];
-      const Tensor xp = stack_projection(mode, x, w_ih, b_ih, b_hh, panels[2 * index], own_limit);
       const bool reverse = direction == 1;
       Tensor y;
+      auto projected = [&] { return stack_projection(mode, x, w_ih, b_ih, b_hh, panels[2 * index], own_limit); };
       if (mode == cpu::CellMode::lstm) {
         Tensor h_n, c_n, unused_gates, unused_c;
-        std::tie(y, h_n, c_n, unused_gates, unused_c) = lstm_forward(
-            xp, initial(0, index), initial(1, index), w_hh, std::nullopt, std::nullopt, reverse, false,
-            panels[2 * index + 1], nullptr, false);
+        if (!in_steps.empty() && in_steps[index])
+          std::tie(y, h_n, c_n, unused_gates, unused_c) =
+              lstm_forward_projecting(x, w_ih, b_ih, b_hh, initial(0, index), initial(1, index), w_hh, std::nullopt,
+                                      reverse, false, panels[2 * index], panels[2 * index + 1]);
+        else
+          std::tie(y, h_n, c_n, unused_gates, unused_c) = lstm_forward(
+              projected(), initial(0, index), initial(1, index), w_hh, std::nullopt, std::nullopt, reverse, false,
+              panels[2 * index + 1], nullptr, false);
         finals[0].push_back(h_n);
         finals[1].push_back(c_n);
       } else if (mode == cpu::CellMode::gru) {
         Tensor h_n, unused_saved;
         const std::optional<Tensor> b_hn =
             b_hh.has_value() ? std::optional<Tensor>(b_hh->narrow(0, 2 * H, H)) : std::nullopt;
-        std::tie(y, h_n, unused_saved) =
-            gru_forward(xp, initial(0, index), w_hh, b_hn, std::nullopt, reverse, false, panels[2 * index + 1]);
+        if (!in_steps.empty() && in_steps[index])
+          std::tie(y, h_n, unused_saved) = gru_forward_projecting(x, w_ih, b_ih, b_hh, initial(0, index), w_hh,
+                                                                  std::nullopt, reverse, false, panels[2 * index],
+                                                                  panels[2 * index + 1]);
+        else
+          std::tie(y, h_n, unused_saved) = gru_forward(projected(), initial(0, index), w_hh, b_hn, std::nullopt,
+                                                       reverse, false, panels[2 * index + 1]);
         finals[0].push_back(h_n);
       } else {
         Tensor h_n;
-        std::tie(y, h_n) = rnn_forward(xp, initial(0, index), w_hh, mode == cpu::CellMode::rnn_relu, std::nullopt,
-                                       reverse, false, panels[2 * index + 1]);
+        std::tie(y, h_n) = rnn_forward(projected(), initial(0, index), w_hh, mode == cpu::CellMode::rnn_relu,
+                                       std::nullopt, reverse, false, panels[2 * index + 1]);
         finals[0].push_back(h_n);
       }
       outputs.push_back(y);
@@ -1285,6 +1411,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward_cpu", &lstm_forward, "LSTM recurrence, one layer-direction (CPU)", py::arg("xp"), py::arg("h0"),
         py::arg("c0"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"), py::arg("reverse"), py::arg("save") = true,
         py::arg("w_hh_panels") = nullptr, py::arg("w_hr_panels") = nullptr, py::arg("scratch_xp") = false);
+  m.def("lstm_forward_projecting_cpu", &lstm_forward_projecting,
+        "LSTM recurrence, one layer-direction, with the input projection inside its steps (CPU, float32/float64)",
+        py::arg("x"), py::arg("w_ih"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("save") = true, py::arg("w_ih_panels") = nullptr,
+        py::arg("w_hh_panels") = nullptr);
+  m.def("gru_forward_projecting_cpu", &gru_forward_projecting,
+        "GRU recurrence, one layer-direction, with the input projection inside its steps (CPU, float32/float64)",
+        py::arg("x"), py::arg("w_ih"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"), py::arg("w_hh"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("save") = true, py::arg("w_ih_panels") = nullptr,
+        py::arg("w_hh_panels") = nullptr);
   m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)", py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("c_prev"), py::arg("w_hh"), py::arg("w_hr"), py::arg("gates"), py::arg("c_all"),
         py::arg("lengths"), py::arg("reverse"), py::arg("w_hh_panels") = nullptr, py::arg("w_hr_panels") = nullptr);
@@ -1317,7 +1453,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stack_inference_cpu", &stack_inference, "An inference's whole layer stack (padded input, no projection): "
         "per layer-direction the input projection and the recurrence -> (output, final states)", py::arg("mode"),
         py::arg("input"), py::arg("states"), py::arg("weights"), py::arg("panels"), py::arg("layers"),
-        py::arg("bidirectional"), py::arg("batch_first"), py::arg("own_projection_limit"));
+        py::arg("bidirectional"), py::arg("batch_first"), py::arg("own_projection_limit"),
+        py::arg("in_steps") = std::vector<bool>{});
   m.def("cell_backward_cpu", &cell_backward, "One cell step's pointwise backward (CPU): (dgx, dgh, dh_direct, "
         "dc_prev)", py::arg("mode"), py::arg("dh"), py::arg("dc"), py::arg("h"), py::arg("c"), py::arg("h_new"),
         py::arg("c_new"), py::arg("saved"));

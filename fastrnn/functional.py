@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 from . import cell_math, projection
-from .backends import kernels
+from .backends import cpp, kernels
 
 
 # --- custom ops: the recurrence, forward and backward ---------------------------------------
@@ -630,6 +630,11 @@ def lstm_layer(
     h0, c0 = h0.contiguous(), c0.contiguous()
     if _inference(x, h0, c0, w_ih, b_ih, b_hh, w_hh, w_hr):
         # No autograd node, and nothing kept for a backward (the gates and cell states).
+        if backend == "cpp" and w_hr is None and type(x) is Tensor and \
+                cpp.projects_in_steps("LSTM", x.dtype, x.shape[1], x.shape[2], w_hh.shape[1], torch.get_num_threads()):
+            return cpp.lstm_forward_projecting(x.contiguous(), w_ih.contiguous(), b_ih, b_hh, h0, c0, w_hh, lengths,
+                                               reverse, cache)
+
         def run(xp, h, c, part):
             return kernels(backend).lstm_forward(xp, h, c, w_hh, w_hr, part, reverse, save=False, cache=cache)[:3]
         return _run_inference(x, project, run, (h0, c0), lengths, reverse, w_hh.shape[0])
@@ -661,6 +666,11 @@ def gru_layer(
     b_hn = None if b_hh is None else b_hh[2 * w_hh.shape[-1] :].contiguous()
     w_hh, h0 = w_hh.contiguous(), h0.contiguous()
     if _inference(x, h0, w_ih, w_hh, bias, b_hn):
+        if backend == "cpp" and type(x) is Tensor and \
+                cpp.projects_in_steps("GRU", x.dtype, x.shape[1], x.shape[2], w_hh.shape[1], torch.get_num_threads()):
+            return cpp.gru_forward_projecting(x.contiguous(), w_ih.contiguous(), b_ih, b_hh, h0, w_hh, lengths,
+                                              reverse, cache)
+
         def run(xp, h, part):
             return kernels(backend).gru_forward(xp, h, w_hh, b_hn, part, reverse, save=False, cache=cache)[:2]
         return _run_inference(x, project, run, (h0,), lengths, reverse, w_hh.shape[0])

@@ -177,7 +177,11 @@ class _RNNBase(nn.Module):
         dtype = _compute_dtype(data, self._cell) if data.is_floating_point() else self.weight_ih_l0.dtype
         return backends.Workload(self.mode, dtype, batch, self.hidden_size, packed, steps,
                                  bool(getattr(self, "proj_size", 0)), self._records_backward(data),
-                                 backends.auto.threads_now())
+                                 backends.auto.threads_now(), self._widest_input())
+
+    def _widest_input(self) -> int:
+        """The widest input of the stack's layers: the first layer's, or the directions' outputs side by side."""
+        return max(self.input_size, self.hidden_size * self.num_directions if self.num_layers > 1 else 0)
 
     def _records_backward(self, data: Tensor) -> bool:
         """Whether a forward now records a backward: grad mode is on and the weights (the first standing for all,
@@ -361,11 +365,11 @@ class _RNNBase(nn.Module):
         if backend != "cpp":
             return None
         self.__dict__["last_backend"] = backend
-        own_limit = self._one_call_projection_limit(input.dtype, batch, steps)
-        weights = None if own_limit is None else self._plain_weights(input)
+        plan = self._one_call_plan(input.dtype, batch, steps)
+        weights = None if plan is None else self._plain_weights(input)
         if weights is not None:
             output, finals = cpp.stack_inference(self.mode, input, states or (), weights, self._stack_panels(),
-                                                 self.num_layers, self.bidirectional, batch_first, own_limit)
+                                                 self.num_layers, self.bidirectional, batch_first, *plan)
         elif steps == 1:
             return None  # the general road's one-step stack (_run_one_step)
         else:
@@ -375,21 +379,28 @@ class _RNNBase(nn.Module):
                 output = output.transpose(0, 1).contiguous()
         return output, tuple(finals) if count == 2 else finals[0]
 
-    def _one_call_projection_limit(self, dtype: torch.dtype, batch: int, steps: int) -> int | None:
+    def _one_call_plan(self, dtype: torch.dtype, batch: int, steps: int) -> tuple[int, list[bool]] | None:
         """Whether an inference's whole layer stack runs as one call of the cpp kernels (cpp.stack_inference), which
-        projects as the layer road would (fastrnn/projection.py: the own kernel for float32 products up to its limit,
-        else torch's matmul): the own projection's limit to pass it, or None where that road would do otherwise
-        (oneDNN's linear for a large float32 product; a projected input large enough to run in chunks)."""
-        width = self._cell.gates * self.hidden_size
-        if steps * batch * width > functional.CHUNK_ELEMENTS:
-            return None
+        projects as the layer road would: inside an LSTM's steps where cpp.projects_in_steps says so, else by the
+        own kernel for float32 products up to its limit, else by torch's matmul (fastrnn/projection.py). Returns
+        the own projection's limit and, per layer-direction, whether it projects in its steps; None where the
+        layer road would do otherwise for a layer that projects ahead (oneDNN's linear for a large float32
+        product; a projected input large enough to run in chunks)."""
+        hidden, width, threads = self.hidden_size, self._cell.gates * self.hidden_size, torch.get_num_threads()
         own = projection.own_max_work()
-        if dtype != torch.float32:
-            return own
-        work = steps * batch * width * max(self.input_size, self.hidden_size * self.num_directions)
-        if work <= own or work < projection.LINEAR_MIN_WORK or projection.choice() == "matmul":
-            return own
-        return None
+        in_steps = []
+        for layer in range(self.num_layers):
+            input_size = self.input_size if layer == 0 else hidden * self.num_directions
+            here = cpp.projects_in_steps(self.mode, dtype, batch, input_size, hidden, threads)
+            if not here:
+                if steps * batch * width > functional.CHUNK_ELEMENTS:
+                    return None
+                work = steps * batch * width * input_size
+                if dtype == torch.float32 and work > own and work >= projection.LINEAR_MIN_WORK and \
+                        projection.choice() != "matmul":
+                    return None
+            in_steps += [here] * self.num_directions
+        return own, in_steps if any(in_steps) else []
 
     def _stack_panels(self) -> list:
         """(W_ih's, W_hh's) kept panels of each layer-direction, for cpp.stack_inference: the objects the layer road
@@ -495,7 +506,7 @@ class _RNNBase(nn.Module):
             return False
         workload = backends.Workload(self.mode, data.dtype, data.shape[0 if self.batch_first else 1], self.hidden_size,
                                      False, data.shape[1 if self.batch_first else 0], bool(getattr(self, "proj_size", 0)),
-                                     threads=backends.auto.threads_now())
+                                     threads=backends.auto.threads_now(), input_size=self._widest_input())
         return backends.auto.compiled_inference_runs_torch(data.device, workload)
 
     def _forward_torch_op(self, input: Tensor, data: Tensor, hx):

@@ -70,21 +70,20 @@ SMALL = backends.auto.LSTM_CPP_MAX_BATCH_X_HIDDEN
 INFER = backends.auto.LSTM_CPP_INFERENCE_MAX_BATCH
 TRAIN = backends.auto.LSTM_CPP_TRAINING_MAX_BATCH
 DTYPE_NAMES = "float32/float64"
-
-
-PARALLEL_BATCH = backends.auto.LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH
-PARALLEL_SIZE = backends.auto.LSTM_CPP_PARALLEL_INFERENCE_MAX_BATCH_X_HIDDEN
+IN_STEPS = (f"LSTM, {DTYPE_NAMES}, padded, inference, no proj_size, its projection inside the steps (fastrnn.explain's "
+            "input projections)")
 
 
 @pytest.mark.parametrize("batch,hidden,threads,expected", [
-    (PARALLEL_BATCH, PARALLEL_SIZE // PARALLEL_BATCH, 2, "cpp"),
-    (INFER + 1, PARALLEL_SIZE // (INFER + 1), 2, "cpp"),
-    (PARALLEL_BATCH, PARALLEL_SIZE // PARALLEL_BATCH, 1, "aten"),  # one thread: oneDNN's LSTM
-    (PARALLEL_BATCH, PARALLEL_SIZE // PARALLEL_BATCH + 1, 2, "aten"),  # too wide
-    (PARALLEL_BATCH + 1, 16, 2, "aten"),  # too many sequences
+    (32, 64, 1, "cpp"),
+    (128, 256, 1, "cpp"),  # W_ih and W_hh 1.06 MB: the large batches' 2 MiB
+    (9, 256, 2, "cpp"),  # half of them per thread, within 1 MiB
+    (9, 256, 1, "aten"),  # all of them on one thread, at a batch under 32
+    (9, 512, 2, "aten"),  # too wide
+    (40, 600, 2, "aten"),  # too wide for the large batches' 2 MiB too
 ])
-def test_auto_runs_small_lstm_inferences_on_the_cpp_kernels_when_two_threads_split_their_steps(batch, hidden, threads,
-                                                                                             expected):
+def test_auto_runs_lstm_inferences_on_the_cpp_kernels_where_their_projection_runs_in_the_steps(batch, hidden, threads,
+                                                                                               expected):
     if not _cpp_runs():
         pytest.skip("the cpp backend cannot run here")
     model = fastrnn.LSTM(3, hidden)
@@ -99,16 +98,14 @@ def test_auto_runs_small_lstm_inferences_on_the_cpp_kernels_when_two_threads_spl
         assert model.selected_backend(input=x) == "aten"  # records a backward: training stays on oneDNN
     finally:
         torch.set_num_threads(before)
-    if threads == 2 and expected == "cpp":  # auto's kept choice follows a change of the thread count
+    if threads == 2 and expected == "cpp" and batch < 32:  # auto's kept choice follows a change of the thread count
         torch.set_num_threads(1)
         try:
             with torch.no_grad():
                 assert model.selected_backend(input=x) == "aten"
         finally:
             torch.set_num_threads(before)
-    kind = (f"LSTM, {DTYPE_NAMES}, padded, inference, 2+ threads, batch <= {PARALLEL_BATCH} and batch x hidden <= "
-            f"{PARALLEL_SIZE}")
-    assert _auto_table(fastrnn.explain("cpu"))[kind][0] == "cpp"
+    assert _auto_table(fastrnn.explain("cpu"))[IN_STEPS][0] == "cpp"
 
 
 # The bfloat16 rows of auto's rule differ by how fast this CPU's pair products are (backends/auto.py).
@@ -141,7 +138,11 @@ else:
     ("LSTM", torch.float64, 4, SMALL // 4, False, f"LSTM, {DTYPE_NAMES}, padded, batch x hidden <= {SMALL}"),
     ("LSTM", torch.float32, 8, 300, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch <= {INFER}"),
     ("LSTM", torch.float64, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch <= {INFER}"),
-    ("LSTM", torch.float64, 30, 70, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch > {INFER} and batch x "
+    ("LSTM", torch.float64, 30, 70, False, IN_STEPS),
+    ("LSTM", torch.float32, 128, 256, False, IN_STEPS),
+    ("LSTM", torch.float32, 9, 512, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch > {INFER} and batch x "
+     f"hidden > {SMALL}, otherwise"),
+    ("LSTM", torch.float64, 40, 400, False, f"LSTM, {DTYPE_NAMES}, padded, inference, batch > {INFER} and batch x "
      f"hidden > {SMALL}, otherwise"),
     ("LSTM", torch.float32, 2, SMALL, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch <= {TRAIN}"),
     ("LSTM", torch.float64, TRAIN, 300, False, f"LSTM, {DTYPE_NAMES}, padded, training, batch <= {TRAIN}"),

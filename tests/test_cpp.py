@@ -411,13 +411,13 @@ def test_module_on_cpp_backend_matches_nn_on_a_long_sequence():
 
 @pytest.mark.parametrize("options", [dict(), dict(proj_size=3, batch_first=True), dict(bias=False)])
 def test_compiled_inference_runs_torchs_lstm_where_auto_runs_it_eagerly(options):
-    """A padded LSTM that auto gives to oneDNN eagerly (inference: batch > 32, batch x hidden > 64, on any number of
-    threads) runs torch's own code
+    """A padded LSTM that auto gives to oneDNN eagerly (inference: batch > 8, weights too large to project inside
+    the steps, on any number of threads) runs torch's own code
     under torch.compile as well when nothing needs a gradient (an opaque op): nn's answer (bit for bit
     where oneDNN runs it; torch's generic code, for proj_size, differs in the last bits between the
     traced and the eager call). With gradients it runs the cpp kernels, which have a backward."""
     torch.manual_seed(0)
-    ours, theirs = make_pair("LSTM", "auto", dtype=torch.float32, input_size=3, hidden_size=70, num_layers=2,
+    ours, theirs = make_pair("LSTM", "auto", dtype=torch.float32, input_size=3, hidden_size=400, num_layers=2,
                              bidirectional=True, **options)
     torch._dynamo.reset()
     compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")

@@ -164,9 +164,9 @@ def test_the_whole_stack_in_one_call_equals_the_layer_by_layer_road_bit_for_bit(
     for hx in (None, tuple(states) if mode == "LSTM" else states[0]):
         with torch.no_grad():
             one_call = flat(ours(x, hx))
-            ours._one_call_projection_limit = lambda *args: None  # the layer-by-layer road
+            ours._one_call_plan = lambda *args: None  # the layer-by-layer road
             layer_by_layer = flat(ours(x, hx))
-            del ours._one_call_projection_limit
+            del ours._one_call_plan
             expected = flat(theirs(x, hx))
         for a, b in zip(one_call, layer_by_layer, strict=True):
             assert a.dtype == dtype and torch.equal(a, b)
@@ -195,10 +195,11 @@ def test_the_one_call_keeps_its_panels_with_the_layer_road_s_and_drops_them_with
 
 def test_an_inference_whose_projected_input_runs_in_chunks_takes_the_layer_road(monkeypatch):
     """The layer road runs a projected input over functional.CHUNK_ELEMENTS in chunks of steps; the one call does not
-    chunk, so such a stack goes layer by layer."""
+    chunk, so such a stack goes layer by layer (where its projection does not run in the steps)."""
     theirs, ours = twins("LSTM", dtype=torch.float32)
     calls = spy_on_the_one_call(monkeypatch)
     monkeypatch.setattr(fastrnn.functional, "CHUNK_ELEMENTS", 4 * 28 * 3)  # 4 steps of (B 3, 4 * H 28) per chunk
+    monkeypatch.setattr(backends.cpp, "projects_in_steps", lambda *args: False)
     x = torch.randn(10, 3, 5)
     with torch.no_grad():
         found, expected = flat(ours(x)), flat(theirs(x))
@@ -252,9 +253,9 @@ def test_the_one_call_under_inference_mode_on_two_threads(monkeypatch, mode):
     try:
         with torch.inference_mode():
             one_call = flat(ours(x))
-            ours._one_call_projection_limit = lambda *args: None
+            ours._one_call_plan = lambda *args: None
             layer_by_layer = flat(ours(x))
-            del ours._one_call_projection_limit
+            del ours._one_call_plan
             expected = flat(theirs(x))
     finally:
         torch.set_num_threads(before)

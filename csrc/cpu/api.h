@@ -96,6 +96,14 @@ struct LstmForward {
   T* gates;       // [T, B, 4H] the activated gates i, f, g, o, or null (nothing kept for a backward)
   T* c_all;       // [T, B, H] the cell state after each step, null with gates
   CachedPanels w_hh_panels{}, w_hr_panels{};
+  // The input projection inside the steps, in place of xp (null then): each step's gates start from the bias
+  // and add x_t W_ih^T for the same unit blocks, in the same tile as h W_hh^T. Only where the GEMMs read the
+  // storage type itself (not bfloat16 on fp32 panels).
+  const T* x = nullptr;     // [T, B, I]
+  const T* w_ih = nullptr;  // [4H, I]
+  const T* bias = nullptr;  // [4H] b_ih + b_hh, or null
+  int64_t input = 0;        // I
+  CachedPanels w_ih_panels{};
 };
 
 template <class T>
@@ -127,6 +135,12 @@ struct GruForward {
   T* h_n;            // [B, H]
   T* saved;          // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn, or null (nothing kept)
   CachedPanels w_hh_panels{};
+  // The input projection inside the steps, in place of xp (null then), as LstmForward's.
+  const T* x = nullptr;     // [T, B, I]
+  const T* w_ih = nullptr;  // [3H, I]
+  const T* bias = nullptr;  // [3H] (b_ir + b_hr, b_iz + b_hz, b_in), or null
+  int64_t input = 0;        // I
+  CachedPanels w_ih_panels{};
 };
 
 template <class T>

@@ -19,7 +19,8 @@ struct GruKernels {
 
   struct Forward {
     const GruForward<S>& a;
-    const GemmT* w_packed;  // W_hh^T, r, z, n interleaved per unit block (depth H)
+    const GemmT* w_packed;   // W_hh^T, r, z, n interleaved per unit block (depth H)
+    const GemmT* wi_packed;  // W_ih^T like W_hh^T (depth I) where the projection runs in the steps, or null
     GemmT* h_buffers[2];
     Barrier barrier;
 
@@ -27,14 +28,15 @@ struct GruKernels {
       const Shape& s = a.shape;
       const int64_t H = s.hidden, B = s.batch, G = 3 * H;
       const Range my_units = share(ceil_div(H, N), thread, threads);
-      const PanelGeometry<N, GemmT> panels{H, 3};
+      const PanelGeometry<N, GemmT> panels{H, 3}, input_panels{a.input, 3};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;
         const GemmT* h_in = h_buffers[parity];
         GemmT* h_out = h_buffers[parity ^ 1];
-        const S* xp = a.xp + t * B * G;
+        const S* xp = a.xp ? a.xp + t * B * G : nullptr;
+        const GemmT* x_t = wi_packed ? reinterpret_cast<const GemmT*>(a.x) + t * B * a.input : nullptr;
         S* saved = a.saved ? a.saved + t * B * 4 * H : nullptr;  // null: an inference call keeps nothing
         S* y = a.y + t * B * H;
         for (int64_t index = 0; index < my_units.end - my_units.begin; ++index) {
@@ -42,10 +44,21 @@ struct GruKernels {
           const int64_t u0 = block * N;
           const int width = block_width<N>(H, u0);
           const V b_hn = a.b_hn ? load_n<V>(a.b_hn + u0, width) : V(T(0));
+          V bias[3];  // the projection's bias where it runs here (xp has it otherwise)
+          for (int q = 0; q < 3; ++q) bias[q] = x_t && a.bias ? load_n<V>(a.bias + q * H + u0, width) : V(T(0));
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
-            for (int m = 0; m < MR; ++m)
-              for (int q = 0; q < 3; ++q) __builtin_prefetch(xp + (r0 + m) * G + q * H + u0);
+            // The input parts (xr, xz, xn): the projection's own accumulators, since n keeps xn and hn apart.
+            V from_x[MR][3];
+            if (x_t) {
+              for (int m = 0; m < MR; ++m)
+                for (int q = 0; q < 3; ++q) from_x[m][q] = bias[q];
+              accumulate(from_x, x_t + r0 * a.input, a.input, a.input, wi_packed + input_panels.block_offset(block),
+                         input_panels.k_stride(), input_panels.gate_stride());
+            } else {
+              for (int m = 0; m < MR; ++m)
+                for (int q = 0; q < 3; ++q) __builtin_prefetch(xp + (r0 + m) * G + q * H + u0);
+            }
             V acc[MR][3];
             zero(acc);
             accumulate(acc, h_in + r0 * H, H, H, w_packed + panels.block_offset(block), panels.k_stride(),
@@ -53,11 +66,12 @@ struct GruKernels {
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m) {
               const int64_t b = r0 + m;
-              const S* x = xp + b * G + u0;
+              if (!x_t)
+                for (int q = 0; q < 3; ++q) from_x[m][q] = load_n<V>(xp + b * G + q * H + u0, width);
               const V hn = acc[m][2] + b_hn;
               V r, z, n, h;
-              gru_cell_forward(load_n<V>(x, width), load_n<V>(x + H, width), load_n<V>(x + 2 * H, width), acc[m][0],
-                               acc[m][1], hn, load_n<V>(h_in + b * H + u0, width), r, z, n, h);
+              gru_cell_forward(from_x[m][0], from_x[m][1], from_x[m][2], acc[m][0], acc[m][1], hn,
+                               load_n<V>(h_in + b * H + u0, width), r, z, n, h);
               if (saved) {
                 S* out = saved + b * 4 * H + u0;
                 store_n(r, out, width);
@@ -80,9 +94,13 @@ struct GruKernels {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
     const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, H, 3, H, a.w_hh_panels);
+    // The projection in the steps reads x as the GEMM's rows, so only where they are the storage type.
+    const bool project_here = kGemmReadsStorage && a.x;
+    const auto wi_packed = PackedPanels<GemmT, N>::from_rows(project_here ? a.w_ih : nullptr, a.input, 3,
+                                                             project_here ? H : 0, a.w_ih_panels);
     const HiddenBuffers<GemmT> h(a.h0, B * H);
-    Forward job{a, w_packed.get(), {h[0], h[1]}, {}};
-    run_job(job, choose_threads(s, B * 3 * H * H, ceil_div(H, N)));
+    Forward job{a, w_packed.get(), project_here ? wi_packed.get() : nullptr, {h[0], h[1]}, {}};
+    run_job(job, choose_threads(s, B * 3 * H * (H + (project_here ? a.input : 0)), ceil_div(H, N)));
     gather_final_state(s, a.y, a.h0, a.h_n, H);
   }
 

@@ -38,6 +38,7 @@ struct LstmKernels {
     const LstmForward<S>& a;
     const GemmT* w_packed;   // W_hh^T, 4 gates interleaved per unit block (depth R)
     const GemmT* wr_packed;  // W_hr^T in column panels (depth H), or null
+    const GemmT* wi_packed;  // W_ih^T like W_hh^T (depth I) where the projection runs in the steps, or null
     GemmT* h_buffers[2];     // [B, R] each
     GemmT* units;            // [B, H] the unprojected o * tanh(c) (with proj_size)
     T* c;                // [B, H] the carried cell state
@@ -48,14 +49,15 @@ struct LstmKernels {
       const int64_t H = s.hidden, R = s.state, B = s.batch, G = 4 * H;
       const Range my_units = share(ceil_div(H, N), thread, threads);
       const Range my_columns = share(ceil_div(R, N), thread, threads);
-      const PanelGeometry<N, GemmT> gate_panels{R, 4}, proj_panels{H, 1};
+      const PanelGeometry<N, GemmT> gate_panels{R, 4}, proj_panels{H, 1}, input_panels{a.input, 4};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;  // every thread skips the same steps
         const GemmT* h_in = h_buffers[parity];
         GemmT* h_out = h_buffers[parity ^ 1];
-        const S* xp = a.xp + t * B * G;
+        const S* xp = a.xp ? a.xp + t * B * G : nullptr;
+        const GemmT* x_t = wi_packed ? reinterpret_cast<const GemmT*>(a.x) + t * B * a.input : nullptr;
         S* gates = a.gates ? a.gates + t * B * G : nullptr;
         S* c_all = a.c_all ? a.c_all + t * B * H : nullptr;
         S* y = a.y + t * B * R;
@@ -64,22 +66,31 @@ struct LstmKernels {
           const int64_t u0 = block * N;
           const int width = block_width<N>(H, u0);
           const GemmT* panel = w_packed + gate_panels.block_offset(block);
+          V bias[4];  // the projection's bias where it runs here (xp has it otherwise)
+          for (int q = 0; q < 4; ++q) bias[q] = x_t && a.bias ? load_n<V>(a.bias + q * H + u0, width) : V(T(0));
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
-            // The epilogue's inputs are cold (xp was written long ago): fetch them during the GEMM.
-            for (int m = 0; m < MR; ++m)
-              for (int q = 0; q < 4; ++q) __builtin_prefetch(xp + (r0 + m) * G + q * H + u0);
             V acc[MR][4];
-            zero(acc);
+            if (x_t) {
+              for (int m = 0; m < MR; ++m)
+                for (int q = 0; q < 4; ++q) acc[m][q] = bias[q];
+              accumulate(acc, x_t + r0 * a.input, a.input, a.input, wi_packed + input_panels.block_offset(block),
+                         input_panels.k_stride(), input_panels.gate_stride());
+            } else {
+              // The epilogue's inputs are cold (xp was written long ago): fetch them during the GEMM.
+              for (int m = 0; m < MR; ++m)
+                for (int q = 0; q < 4; ++q) __builtin_prefetch(xp + (r0 + m) * G + q * H + u0);
+              zero(acc);
+            }
             accumulate(acc, h_in + r0 * R, R, R, panel, gate_panels.k_stride(), gate_panels.gate_stride());
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m) {
               const int64_t b = r0 + m;
-              const S* x = xp + b * G + u0;
+              V pre[4] = {acc[m][0], acc[m][1], acc[m][2], acc[m][3]};
+              if (xp)
+                for (int q = 0; q < 4; ++q) pre[q] += load_n<V>(xp + b * G + q * H + u0, width);
               V i, f, g, o, c_new, h;
-              lstm_cell_forward(acc[m][0] + load_n<V>(x, width), acc[m][1] + load_n<V>(x + H, width),
-                                acc[m][2] + load_n<V>(x + 2 * H, width), acc[m][3] + load_n<V>(x + 3 * H, width),
-                                load_n<V>(c + b * H + u0, width), i, f, g, o, c_new, h);
+              lstm_cell_forward(pre[0], pre[1], pre[2], pre[3], load_n<V>(c + b * H + u0, width), i, f, g, o, c_new, h);
               if (gates) {  // kept for the backward; an inference call (no gates) skips the stores
                 S* gate_out = gates + b * G + u0;
                 store_n(i, gate_out, width);
@@ -139,13 +150,18 @@ struct LstmKernels {
     const int64_t unit_blocks = ceil_div(H, N);
     const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, R, 4, H, a.w_hh_panels);
     const auto wr_packed = PackedPanels<GemmT, N>::from_rows(a.w_hr, H, 1, a.w_hr ? R : 0, a.w_hr_panels);
+    // The projection in the steps reads x as the GEMM's rows, so only where they are the storage type.
+    const bool project_here = kGemmReadsStorage && a.x;
+    const auto wi_packed = PackedPanels<GemmT, N>::from_rows(project_here ? a.w_ih : nullptr, a.input, 4,
+                                                             project_here ? H : 0, a.w_ih_panels);
     const HiddenBuffers<GemmT> h(a.h0, B * R);
     Scratch<GemmT> units(a.w_hr ? B * H : 0);
     Scratch<T> c(B * H);
     convert(c.get(), a.c0, B * H);
-    Forward job{a, w_packed.get(), a.w_hr ? wr_packed.get() : nullptr, {h[0], h[1]}, units.get(), c.get(), {}};
+    Forward job{a, w_packed.get(), a.w_hr ? wr_packed.get() : nullptr, project_here ? wi_packed.get() : nullptr,
+                {h[0], h[1]}, units.get(), c.get(), {}};
     const int64_t blocks = a.w_hr ? (unit_blocks < ceil_div(R, N) ? unit_blocks : ceil_div(R, N)) : unit_blocks;
-    run_job(job, choose_threads(s, B * 4 * H * R + (a.w_hr ? B * H * R : 0), blocks));
+    run_job(job, choose_threads(s, B * 4 * H * (R + (project_here ? a.input : 0)) + (a.w_hr ? B * H * R : 0), blocks));
     gather_final_state(s, a.y, a.h0, a.h_n, R);
     convert(a.c_n, c.get(), B * H);  // rows keep their cell state once they stop, so c is final
   }

@@ -202,6 +202,14 @@ def explain(device: torch.device | str | None = None) -> str:
         lines.append("  input projections (float32, eager): " + (
             f"the cpp kernels' own up to 2^{own.bit_length() - 1} multiply-adds (csrc/cpu/projection.h), beyond "
             f"that {how}" if own else how))
+        if unavailable_reason("cpp", device) is None:
+            from . import cpp
+
+            lines.append("  LSTM/GRU inferences on the cpp kernels (float32/float64, padded input, no proj_size): the "
+                         "projection inside the steps where W_ih and W_hh take at most "
+                         f"{cpp.IN_STEPS_RESIDENT_BYTES >> 20} MiB per thread and the batch is "
+                         f"{cpp.IN_STEPS_MIN_BATCH} or more, or {cpp.IN_STEPS_LARGE_BATCH_BYTES >> 20} MiB at batch "
+                         f"{cpp.IN_STEPS_LARGE_BATCH} or more; ahead of them otherwise")
         lines.append(f"  weight-gradient GEMMs (float32, eager): {how}")
         if unavailable_reason("cpp", device) is None:
             lines.append(f"  bfloat16 on the cpp kernels: {_pair_products_line()}")

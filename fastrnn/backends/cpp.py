@@ -53,6 +53,46 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None
                                        None if w_hr is None else _panels(cache, "hr"), scratch_xp and lengths is None)
 
 
+# --- an inference with its input projection inside the steps ---------------------------------------------
+# Each step's tile then starts from the bias and adds x_t W_ih^T before h W_hh^T (LSTM and GRU): no (T, B, G)
+# projected input written and read back, twice the depth per tile, and on two threads the projection is split
+# with the units. It wins where the weights of both GEMMs stay in the thread's L2 from step to step, or where the
+# batch is large enough to hide reading them from further out; a large projection GEMM ahead of the steps wins
+# elsewhere (measured on an Ice Lake core, float32, T = 128, I = H, against the projection ahead, bench/RESULTS.md:
+# 1 thread, LSTM B 2-128 at H 64 and 128 1.07-1.53x, H 256 B 32-128 1.11-1.27x but B 4-16 0.72-0.98x, H 512 B 8-16
+# 0.77x; GRU B 2-128 at H 64 1.14-1.52x, H 256 B 32-128 1.11-1.26x; batch 1 0.89-0.97x).
+IN_STEPS_RESIDENT_BYTES = 1 << 20  # W_ih and W_hh per thread
+IN_STEPS_MIN_BATCH = 2
+IN_STEPS_LARGE_BATCH = 32
+IN_STEPS_LARGE_BATCH_BYTES = 2 << 20
+_IN_STEPS_GATES = {"LSTM": 4, "GRU": 3}
+
+
+def projects_in_steps(mode: str, dtype: torch.dtype, batch: int, input_size: int, hidden: int, threads: int) -> bool:
+    """Whether an inference layer-direction runs on lstm_forward_projecting / gru_forward_projecting (padded input,
+    no proj_size)."""
+    gates = _IN_STEPS_GATES.get(mode)
+    if gates is None or dtype not in (torch.float32, torch.float64) or batch < IN_STEPS_MIN_BATCH:
+        return False
+    per_thread = gates * hidden * (input_size + hidden) * dtype.itemsize // max(1, threads)
+    return per_thread <= IN_STEPS_RESIDENT_BYTES or (batch >= IN_STEPS_LARGE_BATCH and
+                                                     per_thread <= IN_STEPS_LARGE_BATCH_BYTES)
+
+
+def lstm_forward_projecting(x, w_ih, b_ih, b_hh, h0, c0, w_hh, lengths, reverse, cache=None):
+    """The inference recurrence of lstm_forward on x (T, B, I) itself, x W_ih^T + b_ih + b_hh computed in its
+    steps; W_ih's panels kept beside the projection's in the cache's "ih". Returns (y, h_n, c_n)."""
+    return _kernels().lstm_forward_projecting_cpu(x, w_ih, b_ih, b_hh, h0, c0, w_hh, lengths, reverse, False,
+                                                  _panels(cache, "ih"), _panels(cache, "hh"))[:3]
+
+
+def gru_forward_projecting(x, w_ih, b_ih, b_hh, h0, w_hh, lengths, reverse, cache=None):
+    """gru_forward's inference on x itself, as lstm_forward_projecting (b_hn kept in the reset product). Returns
+    (y, h_n)."""
+    return _kernels().gru_forward_projecting_cpu(x, w_ih, b_ih, b_hh, h0, w_hh, lengths, reverse, False,
+                                                 _panels(cache, "ih"), _panels(cache, "hh"))[:2]
+
+
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, cache=None):
     return _kernels().lstm_backward_cpu(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse,
                                         _panels(cache, "hh"), None if w_hr is None else _panels(cache, "hr"))
@@ -80,14 +120,16 @@ def stack_panels(caches: list[dict]) -> list:
     return [panels for cache in caches for panels in (_panels(cache, "ih"), _panels(cache, "hh"))]
 
 
-def stack_inference(mode, input, states, weights, panels, layers, bidirectional, batch_first, own_projection_limit):
+def stack_inference(mode, input, states, weights, panels, layers, bidirectional, batch_first, own_projection_limit,
+                    in_steps=()):
     """An inference's whole layer stack in one call (padded input, no proj_size, save=False throughout): per
     layer-direction the input projection (the own kernel for float32 products up to own_projection_limit
-    multiply-adds, torch's matmul beyond) and the recurrence, as the layer functions run them. input (T, B, I) or
-    (B, T, I); states: () or nn's (L * D, B, H) tensors; weights: (w_ih, w_hh, b_ih, b_hh) per layer-direction;
-    panels: stack_panels. Returns (output, [final states])."""
+    multiply-adds, torch's matmul beyond; inside the steps where in_steps says so, one bool per layer-direction)
+    and the recurrence, as the layer functions run them. input (T, B, I) or (B, T, I); states: () or nn's
+    (L * D, B, H) tensors; weights: (w_ih, w_hh, b_ih, b_hh) per layer-direction; panels: stack_panels. Returns
+    (output, [final states])."""
     return _kernels().stack_inference_cpu(mode, input, states, weights, panels, layers, bidirectional, batch_first,
-                                          own_projection_limit)
+                                          own_projection_limit, list(in_steps))
 
 
 # --- the cells: one step per call, on weights packed once ------------------------------------------
