@@ -536,25 +536,53 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& 
   return {dxp, dhn, dh0};
 }
 
-std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh, bool relu,
-                                       const std::optional<Tensor>& lengths, bool reverse, bool save,
-                                       WeightPanels* w_hh_panels) {
-  (void)save;  // the backward reads act' off y: nothing more to keep
-  check_float(xp);
-  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(-1);
-  check_input(xp, "xp", xp, {T, B, H});
-  check_input(h0, "h0", xp, {B, H});
-  check_input(w_hh, "w_hh", xp, {H, H});
+// The Elman recurrence on xp, or (xp null) on x with the projection in its steps (bias: b_ih + b_hh).
+std::tuple<Tensor, Tensor> run_rnn_forward(const Tensor* xp, const ProjectionInSteps* projection, const Tensor& h0,
+                                           const Tensor& w_hh, bool relu, const std::optional<Tensor>& lengths,
+                                           bool reverse, WeightPanels* w_hh_panels) {
+  const Tensor& like = xp ? *xp : projection->x;
+  const char* like_name = xp ? "xp" : "x";
+  check_projection_input(xp, projection);
+  const int64_t T = like.size(0), B = like.size(1), H = h0.size(-1);
+  if (xp) check_input(*xp, "xp", like, {T, B, H});
+  else check_projection(*projection, H);
+  check_input(h0, "h0", like, {B, H}, like_name);
+  check_input(w_hh, "w_hh", like, {H, H}, like_name);
   const std::vector<int64_t> live = live_rows(lengths, T, B);
-  Tensor y = output(xp, {T, B, H}, lengths.has_value()), h_n = output(h0, {B, H}, false);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xp.scalar_type(), "fastrnn_rnn_forward", [&] {
-    const cpu::RnnForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live), relu, data<scalar_t>(xp),
-                                                   data<scalar_t>(h0), data<scalar_t>(w_hh), data<scalar_t>(y),
-                                                   data<scalar_t>(h_n), cached(w_hh_panels, w_hh)};
+  Tensor y = output(like, {T, B, H}, lengths.has_value()), h_n = output(h0, {B, H}, false);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, like.scalar_type(), "fastrnn_rnn_forward", [&] {
+    cpu::RnnForward<kernel_t<scalar_t>> args{make_shape(T, B, H, H, reverse, live), relu,
+                                             xp ? data<scalar_t>(*xp) : nullptr, data<scalar_t>(h0),
+                                             data<scalar_t>(w_hh), data<scalar_t>(y), data<scalar_t>(h_n),
+                                             cached(w_hh_panels, w_hh)};
+    if (projection) {
+      args.x = data<scalar_t>(projection->x);
+      args.w_ih = data<scalar_t>(projection->w_ih);
+      args.bias = projection->bias.defined() ? data<scalar_t>(projection->bias) : nullptr;
+      args.input = projection->x.size(2);
+      args.w_ih_panels = cached(projection->panels, projection->w_ih);
+    }
     pybind11::gil_scoped_release no_gil;
     cpu::rnn_forward(args);
   });
   return {y, h_n};
+}
+
+std::tuple<Tensor, Tensor> rnn_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh, bool relu,
+                                       const std::optional<Tensor>& lengths, bool reverse, bool save,
+                                       WeightPanels* w_hh_panels) {
+  (void)save;  // the backward reads act' off y: nothing more to keep
+  return run_rnn_forward(&xp, nullptr, h0, w_hh, relu, lengths, reverse, w_hh_panels);
+}
+
+// The Elman recurrence with x W_ih^T + b_ih + b_hh computed inside its steps (no xp buffer).
+std::tuple<Tensor, Tensor> rnn_forward_projecting(const Tensor& x, const Tensor& w_ih,
+                                                  const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                                                  const Tensor& h0, const Tensor& w_hh, bool relu,
+                                                  const std::optional<Tensor>& lengths, bool reverse,
+                                                  WeightPanels* w_ih_panels, WeightPanels* w_hh_panels) {
+  const ProjectionInSteps projection{x, w_ih, projection_bias(cpu::CellMode::rnn_tanh, b_ih, b_hh), w_ih_panels};
+  return run_rnn_forward(nullptr, &projection, h0, w_hh, relu, lengths, reverse, w_hh_panels);
 }
 
 std::tuple<Tensor, Tensor> rnn_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& y, const Tensor& w_hh,
@@ -856,10 +884,9 @@ std::tuple<Tensor, std::vector<Tensor>> stack_inference(const std::string& mode_
               count, "), got ", weights.size(), " and ", panels.size());
   TORCH_CHECK(states.empty() || states.size() == state_count, "fastrnn cpp backend: stack_inference_cpu takes ",
               state_count, " initial state tensors or none, got ", states.size());
-  TORCH_CHECK(in_steps.empty() || (in_steps.size() == size_t(count) &&
-                                   (mode == cpu::CellMode::lstm || mode == cpu::CellMode::gru)),
+  TORCH_CHECK(in_steps.empty() || in_steps.size() == size_t(count),
               "fastrnn cpp backend: stack_inference_cpu's in_steps holds one entry per layer-direction (", count,
-              ") of an LSTM or GRU, got ", in_steps.size(), " for ", mode_name);
+              "), got ", in_steps.size());
   for (int64_t index = 0; index < count; ++index)
     TORCH_CHECK(weights[4 * index].has_value() && weights[4 * index + 1].has_value() &&
                     weights[4 * index + 2].has_value() == weights[4 * index + 3].has_value(),
@@ -908,8 +935,13 @@ std::tuple<Tensor, std::vector<Tensor>> stack_inference(const std::string& mode_
         finals[0].push_back(h_n);
       } else {
         Tensor h_n;
-        std::tie(y, h_n) = rnn_forward(projected(), initial(0, index), w_hh, mode == cpu::CellMode::rnn_relu,
-                                       std::nullopt, reverse, false, panels[2 * index + 1]);
+        const bool relu = mode == cpu::CellMode::rnn_relu;
+        if (!in_steps.empty() && in_steps[index])
+          std::tie(y, h_n) = rnn_forward_projecting(x, w_ih, b_ih, b_hh, initial(0, index), w_hh, relu, std::nullopt,
+                                                    reverse, panels[2 * index], panels[2 * index + 1]);
+        else
+          std::tie(y, h_n) = rnn_forward(projected(), initial(0, index), w_hh, relu, std::nullopt, reverse, false,
+                                         panels[2 * index + 1]);
         finals[0].push_back(h_n);
       }
       outputs.push_back(y);
@@ -1420,6 +1452,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "GRU recurrence, one layer-direction, with the input projection inside its steps (CPU, float32/float64)",
         py::arg("x"), py::arg("w_ih"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"), py::arg("w_hh"),
         py::arg("lengths"), py::arg("reverse"), py::arg("save") = true, py::arg("w_ih_panels") = nullptr,
+        py::arg("w_hh_panels") = nullptr);
+  m.def("rnn_forward_projecting_cpu", &rnn_forward_projecting,
+        "Elman recurrence, one layer-direction, with the input projection inside its steps (CPU, float32/float64)",
+        py::arg("x"), py::arg("w_ih"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"), py::arg("w_hh"),
+        py::arg("relu"), py::arg("lengths"), py::arg("reverse"), py::arg("w_ih_panels") = nullptr,
         py::arg("w_hh_panels") = nullptr);
   m.def("lstm_backward_cpu", &lstm_backward, "LSTM recurrence backward (CPU)", py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("c_prev"), py::arg("w_hh"), py::arg("w_hr"), py::arg("gates"), py::arg("c_all"),

@@ -700,6 +700,12 @@ def rnn_layer(
 
     w_hh, h0 = w_hh.contiguous(), h0.contiguous()
     if _inference(x, h0, w_ih, w_hh, b_ih, b_hh):
+        if backend == "cpp" and type(x) is Tensor and cpp.projects_in_steps(
+                "RNN_RELU" if relu else "RNN_TANH", x.dtype, x.shape[1], x.shape[2], w_hh.shape[1],
+                torch.get_num_threads()):
+            return cpp.rnn_forward_projecting(x.contiguous(), w_ih.contiguous(), b_ih, b_hh, h0, w_hh, relu, lengths,
+                                              reverse, cache)
+
         def run(xp, h, part):
             return kernels(backend).rnn_forward(xp, h, w_hh, relu, part, reverse, save=False, cache=cache)
         return _run_inference(x, project, run, (h0,), lengths, reverse, w_hh.shape[0])

@@ -1,5 +1,5 @@
-"""LSTM and GRU inferences whose input projection runs inside their steps (cpp.lstm_forward_projecting,
-gru_forward_projecting: each step's tile starts from the bias and adds x_t W_ih^T before h W_hh^T, no projected
+"""Inferences whose input projection runs inside their steps (cpp.lstm_forward_projecting, gru_forward_projecting,
+rnn_forward_projecting: each step's tile starts from the bias and adds x_t W_ih^T before h W_hh^T, no projected
 input in memory): the kernels against the reference recurrence in float64, within twice the error of the same
 recurrence run in the kernel's dtype; the layers' roads that take them (the one call for the stack, the layer
 road) against nn's layers; their kept panels; their argument errors."""
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(backends.unavailable_reason("cpp", "cpu") is not
                                 reason=f"the cpp backend is unavailable: {backends.unavailable_reason('cpp', 'cpu')}")
 
 
-GATES = {"LSTM": 4, "GRU": 3}
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 def problem(mode, steps, batch, input_size, hidden, bias, lengths, seed=0):
@@ -49,6 +49,10 @@ def reference_forward(mode, x, w_ih, b_ih, b_hh, *rest, lengths, reverse):
             xp = xp + b_ih + b_hh
         return reference.lstm_forward(xp, h0, c0, w_hh, None, lengths, reverse, save=True)
     h0, w_hh = rest
+    if mode.startswith("RNN"):
+        if b_ih is not None:
+            xp = xp + b_ih + b_hh
+        return reference.rnn_forward(xp, h0, w_hh, mode == "RNN_RELU", lengths, reverse)
     hidden = w_hh.shape[1]
     b_hn = None
     if b_ih is not None:
@@ -58,7 +62,10 @@ def reference_forward(mode, x, w_ih, b_ih, b_hh, *rest, lengths, reverse):
 
 
 def projecting(mode):
+    """The kernel as (x, w_ih, b_ih, b_hh, *states, w_hh, lengths, reverse, save) -> its results."""
     kernels = _ext.extension()
+    if mode.startswith("RNN"):
+        return lambda *args: kernels.rnn_forward_projecting_cpu(*args[:6], mode == "RNN_RELU", *args[6:8])
     return kernels.lstm_forward_projecting_cpu if mode == "LSTM" else kernels.gru_forward_projecting_cpu
 
 
@@ -73,7 +80,7 @@ CASES = list(itertools.product([(7, 5, 3, 37), (4, 13, 20, 16), (3, 9, 33, 100),
 def test_the_kernel_is_bounded_by_the_reference_in_its_own_dtype(mode, dtype, threads, shape, reverse, with_lengths,
                                                                  bias):
     """Outputs, final states, and (save=True) what is kept for a backward (the LSTM's gates and cell states, the
-    GRU's r, z, n, hn), on awkward sizes (unit blocks with ragged edges, depths that are no multiple of a vector),
+    GRU's r, z, n, hn; the Elman cell keeps nothing more), on awkward sizes (unit blocks with ragged edges, depths that are no multiple of a vector),
     lengths, both directions, both thread counts (the units, and with them the projection, split between them)."""
     exact_args, lengths = problem(mode, *shape, bias, with_lengths)
     args = [None if t is None else t.to(dtype) for t in exact_args]
@@ -99,6 +106,9 @@ def test_the_kernel_matches_the_recurrence_on_a_projected_input(mode):
     if mode == "LSTM":
         xp = (x @ w_ih.T + b_ih + b_hh).contiguous()
         ahead = kernels.lstm_forward_cpu(xp, *rest, None, lengths, False, True)
+    elif mode.startswith("RNN"):
+        xp = (x @ w_ih.T + b_ih + b_hh).contiguous()
+        ahead = kernels.rnn_forward_cpu(xp, *rest, mode == "RNN_RELU", lengths, False, True)
     else:
         rz = torch.cat((b_hh[:2 * hidden], torch.zeros(hidden)))
         xp = (x @ w_ih.T + b_ih + rz).contiguous()
@@ -108,14 +118,15 @@ def test_the_kernel_matches_the_recurrence_on_a_projected_input(mode):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=2e-6)
 
 
-LAYERS = {"LSTM": (nn.LSTM, fastrnn.LSTM), "GRU": (nn.GRU, fastrnn.GRU)}
+LAYERS = {"LSTM": (nn.LSTM, fastrnn.LSTM, {}), "GRU": (nn.GRU, fastrnn.GRU, {}),
+          "RNN_TANH": (nn.RNN, fastrnn.RNN, {}), "RNN_RELU": (nn.RNN, fastrnn.RNN, {"nonlinearity": "relu"})}
 
 
 def twins(mode, batch_first=False, **kwargs):
-    theirs_type, ours_type = LAYERS[mode]
+    theirs_type, ours_type, extra = LAYERS[mode]
     torch.manual_seed(0)
-    theirs = theirs_type(10, 24, **kwargs, batch_first=batch_first)
-    ours = ours_type(10, 24, **kwargs, batch_first=batch_first, backend="cpp")
+    theirs = theirs_type(10, 24, **extra, **kwargs, batch_first=batch_first)
+    ours = ours_type(10, 24, **extra, **kwargs, batch_first=batch_first, backend="cpp")
     ours.load_state_dict(theirs.state_dict())
     return theirs.eval(), ours.eval()
 
@@ -130,7 +141,7 @@ def spy(monkeypatch):
         return one_call(*args)
 
     monkeypatch.setattr(backends.cpp, "stack_inference", counted_one_call)
-    for name in ("lstm_forward_projecting", "gru_forward_projecting"):
+    for name in ("lstm_forward_projecting", "gru_forward_projecting", "rnn_forward_projecting"):
         kernel = getattr(backends.cpp, name)
         monkeypatch.setattr(backends.cpp, name,
                             lambda *args, kernel=kernel: layer_calls.append(tuple(args[0].shape)) or kernel(*args))
@@ -234,6 +245,9 @@ def test_the_kernels_argument_errors():
         gru(x, w_ih[:24], b_ih[:24], b_hh[:12], h0, w_hh[:24], None, False)
     with pytest.raises(RuntimeError, match=r"w_hh must have shape \[24, 8\]"):
         gru(x, w_ih[:24], b_ih[:24], b_hh[:24], h0, w_hh, None, False)
-    with pytest.raises(RuntimeError, match="in_steps holds one entry per layer-direction"):
+    with pytest.raises(RuntimeError, match=r"in_steps holds one entry per layer-direction \(1\), got 2"):
         kernels.stack_inference_cpu("RNN_TANH", x, [], [torch.randn(8, 5), torch.randn(8, 8), None, None],
-                                    [None, None], 1, False, False, 0, [True])
+                                    [None, None], 1, False, False, 0, [True, True])
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        kernels.rnn_forward_projecting_cpu(x.transpose(0, 1).contiguous().transpose(0, 1), w_ih[:8], b_ih[:8],
+                                           b_hh[:8], h0, w_hh[:8], False, None, False)

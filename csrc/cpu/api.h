@@ -167,6 +167,12 @@ struct RnnForward {
   T* y;           // [T, B, H]
   T* h_n;         // [B, H]
   CachedPanels w_hh_panels{};
+  // The input projection inside the steps, in place of xp (null then), as LstmForward's.
+  const T* x = nullptr;     // [T, B, I]
+  const T* w_ih = nullptr;  // [H, I]
+  const T* bias = nullptr;  // [H] b_ih + b_hh, or null
+  int64_t input = 0;        // I
+  CachedPanels w_ih_panels{};
 };
 
 template <class T>

@@ -19,7 +19,8 @@ struct RnnKernels {
 
   struct Forward {
     const RnnForward<S>& a;
-    const GemmT* w_packed;  // W_hh^T in column panels (depth H)
+    const GemmT* w_packed;   // W_hh^T in column panels (depth H)
+    const GemmT* wi_packed;  // W_ih^T in column panels (depth I) where the projection runs in the steps, or null
     GemmT* h_buffers[2];
     Barrier barrier;
 
@@ -27,23 +28,34 @@ struct RnnKernels {
       const Shape& s = a.shape;
       const int64_t H = s.hidden, B = s.batch;
       const Range mine = share(ceil_div(H, N), thread, threads);
-      const PanelGeometry<N, GemmT> panels{H, 1};
+      const PanelGeometry<N, GemmT> panels{H, 1}, input_panels{a.input, 1};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
         if (rows == 0) continue;
         const GemmT* h_in = h_buffers[parity];
         GemmT* h_out = h_buffers[parity ^ 1];
-        const S* xp = a.xp + t * B * H;
+        const S* xp = a.xp ? a.xp + t * B * H : nullptr;
+        const GemmT* x_t = wi_packed ? reinterpret_cast<const GemmT*>(a.x) + t * B * a.input : nullptr;
         S* y = a.y + t * B * H;
         for_block_groups(mine.begin, mine.end, [&](auto group, int64_t first) {
           constexpr int NP = decltype(group)::value;
+          V bias[NP];  // the projection's bias where it runs here (xp has it otherwise)
+          for (int q = 0; q < NP; ++q)
+            bias[q] = x_t && a.bias ? load_n<V>(a.bias + (first + q) * N, block_width<N>(H, (first + q) * N)) : V(T(0));
           for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
-            for (int m = 0; m < MR; ++m)
-              for (int q = 0; q < NP; ++q) __builtin_prefetch(xp + (r0 + m) * H + (first + q) * N);
             V acc[MR][NP];
-            zero(acc);
+            if (x_t) {
+              for (int m = 0; m < MR; ++m)
+                for (int q = 0; q < NP; ++q) acc[m][q] = bias[q];
+              accumulate(acc, x_t + r0 * a.input, a.input, a.input, wi_packed + input_panels.block_offset(first),
+                         input_panels.k_stride(), input_panels.block_offset(1));
+            } else {
+              for (int m = 0; m < MR; ++m)
+                for (int q = 0; q < NP; ++q) __builtin_prefetch(xp + (r0 + m) * H + (first + q) * N);
+              zero(acc);
+            }
             accumulate(acc, h_in + r0 * H, H, H, w_packed + panels.block_offset(first), panels.k_stride(),
                        panels.block_offset(1));
             // Not unrolled: a tanh per vector is all of this epilogue, and a copy of it per element of
@@ -52,7 +64,7 @@ struct RnnKernels {
               for (int q = 0; q < NP; ++q) {
                 const int64_t at = (r0 + m) * H + (first + q) * N;
                 const int width = block_width<N>(H, (first + q) * N);
-                const V h = rnn_cell_forward(acc[m][q] + load_n<V>(xp + at, width), a.relu);
+                const V h = rnn_cell_forward(xp ? acc[m][q] + load_n<V>(xp + at, width) : acc[m][q], a.relu);
                 store_n(h, h_out + at, width);
                 store_n(h, y + at, width);
               }
@@ -68,9 +80,13 @@ struct RnnKernels {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
     const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, H, 1, H, a.w_hh_panels);
+    // The projection in the steps reads x as the GEMM's rows, so only where they are the storage type.
+    const bool project_here = kGemmReadsStorage && a.x;
+    const auto wi_packed = PackedPanels<GemmT, N>::from_rows(project_here ? a.w_ih : nullptr, a.input, 1,
+                                                             project_here ? H : 0, a.w_ih_panels);
     const HiddenBuffers<GemmT> h(a.h0, B * H);
-    Forward job{a, w_packed.get(), {h[0], h[1]}, {}};
-    run_job(job, choose_threads(s, B * H * H, ceil_div(H, N)));
+    Forward job{a, w_packed.get(), project_here ? wi_packed.get() : nullptr, {h[0], h[1]}, {}};
+    run_job(job, choose_threads(s, B * H * (H + (project_here ? a.input : 0)), ceil_div(H, N)));
     gather_final_state(s, a.y, a.h0, a.h_n, H);
   }
 

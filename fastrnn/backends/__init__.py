@@ -205,7 +205,7 @@ def explain(device: torch.device | str | None = None) -> str:
         if unavailable_reason("cpp", device) is None:
             from . import cpp
 
-            lines.append("  LSTM/GRU inferences on the cpp kernels (float32/float64, padded input, no proj_size): the "
+            lines.append("  inferences on the cpp kernels (float32/float64, padded input, no proj_size): the "
                          "projection inside the steps where W_ih and W_hh take at most "
                          f"{cpp.IN_STEPS_RESIDENT_BYTES >> 20} MiB per thread and the batch is "
                          f"{cpp.IN_STEPS_MIN_BATCH} or more, or {cpp.IN_STEPS_LARGE_BATCH_BYTES >> 20} MiB at batch "

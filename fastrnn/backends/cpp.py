@@ -54,7 +54,7 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None
 
 
 # --- an inference with its input projection inside the steps ---------------------------------------------
-# Each step's tile then starts from the bias and adds x_t W_ih^T before h W_hh^T (LSTM and GRU): no (T, B, G)
+# Each step's tile then starts from the bias and adds x_t W_ih^T before h W_hh^T (every cell): no (T, B, G)
 # projected input written and read back, twice the depth per tile, and on two threads the projection is split
 # with the units. It wins where the weights of both GEMMs stay in the thread's L2 from step to step, or where the
 # batch is large enough to hide reading them from further out; a large projection GEMM ahead of the steps wins
@@ -65,12 +65,12 @@ IN_STEPS_RESIDENT_BYTES = 1 << 20  # W_ih and W_hh per thread
 IN_STEPS_MIN_BATCH = 2
 IN_STEPS_LARGE_BATCH = 32
 IN_STEPS_LARGE_BATCH_BYTES = 2 << 20
-_IN_STEPS_GATES = {"LSTM": 4, "GRU": 3}
+_IN_STEPS_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 def projects_in_steps(mode: str, dtype: torch.dtype, batch: int, input_size: int, hidden: int, threads: int) -> bool:
-    """Whether an inference layer-direction runs on lstm_forward_projecting / gru_forward_projecting (padded input,
-    no proj_size)."""
+    """Whether an inference layer-direction runs on lstm_forward_projecting, gru_forward_projecting or
+    rnn_forward_projecting (padded input, no proj_size)."""
     gates = _IN_STEPS_GATES.get(mode)
     if gates is None or dtype not in (torch.float32, torch.float64) or batch < IN_STEPS_MIN_BATCH:
         return False
@@ -91,6 +91,12 @@ def gru_forward_projecting(x, w_ih, b_ih, b_hh, h0, w_hh, lengths, reverse, cach
     (y, h_n)."""
     return _kernels().gru_forward_projecting_cpu(x, w_ih, b_ih, b_hh, h0, w_hh, lengths, reverse, False,
                                                  _panels(cache, "ih"), _panels(cache, "hh"))[:2]
+
+
+def rnn_forward_projecting(x, w_ih, b_ih, b_hh, h0, w_hh, relu, lengths, reverse, cache=None):
+    """rnn_forward's inference on x itself, as lstm_forward_projecting. Returns (y, h_n)."""
+    return _kernels().rnn_forward_projecting_cpu(x, w_ih, b_ih, b_hh, h0, w_hh, relu, lengths, reverse,
+                                                 _panels(cache, "ih"), _panels(cache, "hh"))
 
 
 def lstm_backward(dy, dh_n, dc_n, c_prev, w_hh, w_hr, gates, c_all, lengths, reverse, cache=None):
