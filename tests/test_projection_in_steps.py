@@ -251,3 +251,19 @@ def test_the_kernels_argument_errors():
     with pytest.raises(RuntimeError, match="x must be contiguous"):
         kernels.rnn_forward_projecting_cpu(x.transpose(0, 1).contiguous().transpose(0, 1), w_ih[:8], b_ih[:8],
                                            b_hh[:8], h0, w_hh[:8], False, None, False)
+
+
+@pytest.mark.parametrize("mode, dtype, batch, hidden, threads, expected", [
+    ("LSTM", torch.float32, 3, 64, 1, False),  # under the minimum batch
+    ("LSTM", torch.float32, 4, 64, 1, True),
+    ("GRU", torch.float64, 4, 128, 1, True),  # 3 x 128 x 256 x 8 bytes: 768 KB
+    ("LSTM", torch.float32, 8, 256, 1, False),  # 2 MiB on one thread under batch 32
+    ("LSTM", torch.float32, 8, 256, 2, True),  # 1 MiB a thread
+    ("LSTM", torch.float32, 32, 256, 1, True),  # 2 MiB at batch 32
+    ("LSTM", torch.float32, 128, 512, 1, False),  # 8 MiB
+    ("RNN_RELU", torch.float32, 16, 256, 1, True),  # one gate: 512 KB
+    ("LSTM", torch.bfloat16, 32, 64, 1, False),  # the GEMMs would not read the storage type
+    ("LSTMX", torch.float32, 32, 64, 1, False),
+])
+def test_the_rule_for_projecting_in_the_steps(mode, dtype, batch, hidden, threads, expected):
+    assert backends.cpp.projects_in_steps(mode, dtype, batch, hidden, hidden, threads) == expected

@@ -58,11 +58,11 @@ def lstm_forward(xp, h0, c0, w_hh, w_hr, lengths, reverse, save=True, cache=None
 # projected input written and read back, twice the depth per tile, and on two threads the projection is split
 # with the units. It wins where the weights of both GEMMs stay in the thread's L2 from step to step, or where the
 # batch is large enough to hide reading them from further out; a large projection GEMM ahead of the steps wins
-# elsewhere (measured on an Ice Lake core, float32, T = 128, I = H, against the projection ahead, bench/RESULTS.md:
-# 1 thread, LSTM B 2-128 at H 64 and 128 1.07-1.53x, H 256 B 32-128 1.11-1.27x but B 4-16 0.72-0.98x, H 512 B 8-16
-# 0.77x; GRU B 2-128 at H 64 1.14-1.52x, H 256 B 32-128 1.11-1.26x; batch 1 0.89-0.97x).
+# elsewhere. Measured on an Ice Lake core, float32, T = 128, I = H, against the projection ahead (bench/RESULTS.md,
+# "The input projection inside the steps"): 1 thread, B 8-128 at H 64 1.13-1.59x (LSTM, GRU, Elman), H 256 B 32-128
+# 1.08-1.39x, but the LSTM at H 256 B 4-16 0.72-0.98x and H 512 B 8-16 0.77x; B 2 level (0.94-1.02x), B 1 0.89-0.97x.
 IN_STEPS_RESIDENT_BYTES = 1 << 20  # W_ih and W_hh per thread
-IN_STEPS_MIN_BATCH = 2
+IN_STEPS_MIN_BATCH = 4
 IN_STEPS_LARGE_BATCH = 32
 IN_STEPS_LARGE_BATCH_BYTES = 2 << 20
 _IN_STEPS_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
