@@ -301,6 +301,15 @@ struct ProjectionInSteps {
   WeightPanels* panels;
 };
 
+// The kernels' view of a projection in the steps (none: an empty one, the forward reads xp).
+template <class T>
+cpu::StepProjection<kernel_t<T>> step_projection(const ProjectionInSteps* projection) {
+  if (!projection) return {};
+  const Tensor& bias = projection->bias;
+  return {data<T>(projection->x), data<T>(projection->w_ih), bias.defined() ? data<T>(bias) : nullptr,
+          projection->x.size(2), cached(projection->panels, projection->w_ih)};
+}
+
 // xp, or where it is null the projection's x: 3-D, of a storage type the kernels take (x: float32 or float64, which
 // the GEMMs read as they are).
 void check_projection_input(const Tensor* xp, const ProjectionInSteps* projection) {
@@ -369,13 +378,7 @@ LstmResults run_lstm_forward(const Tensor* xp, const ProjectionInSteps* projecti
                                               save ? data<scalar_t>(c_all) : nullptr,
                                               cached(w_hh_panels, w_hh),
                                               cached(w_hr_panels, w_hr)};
-    if (projection) {
-      args.x = data<scalar_t>(projection->x);
-      args.w_ih = data<scalar_t>(projection->w_ih);
-      args.bias = projection->bias.defined() ? data<scalar_t>(projection->bias) : nullptr;
-      args.input = projection->x.size(2);
-      args.w_ih_panels = cached(projection->panels, projection->w_ih);
-    }
+    args.in_steps = step_projection<scalar_t>(projection);
     pybind11::gil_scoped_release no_gil;
     cpu::lstm_forward(args);
   });
@@ -471,13 +474,7 @@ std::tuple<Tensor, Tensor, Tensor> run_gru_forward(const Tensor* xp, const Proje
                                              data<scalar_t>(h_n),
                                              save ? data<scalar_t>(saved) : nullptr,
                                              cached(w_hh_panels, w_hh)};
-    if (projection) {
-      args.x = data<scalar_t>(projection->x);
-      args.w_ih = data<scalar_t>(projection->w_ih);
-      args.bias = projection->bias.defined() ? data<scalar_t>(projection->bias) : nullptr;
-      args.input = projection->x.size(2);
-      args.w_ih_panels = cached(projection->panels, projection->w_ih);
-    }
+    args.in_steps = step_projection<scalar_t>(projection);
     pybind11::gil_scoped_release no_gil;
     cpu::gru_forward(args);
   });
@@ -555,13 +552,7 @@ std::tuple<Tensor, Tensor> run_rnn_forward(const Tensor* xp, const ProjectionInS
                                              xp ? data<scalar_t>(*xp) : nullptr, data<scalar_t>(h0),
                                              data<scalar_t>(w_hh), data<scalar_t>(y), data<scalar_t>(h_n),
                                              cached(w_hh_panels, w_hh)};
-    if (projection) {
-      args.x = data<scalar_t>(projection->x);
-      args.w_ih = data<scalar_t>(projection->w_ih);
-      args.bias = projection->bias.defined() ? data<scalar_t>(projection->bias) : nullptr;
-      args.input = projection->x.size(2);
-      args.w_ih_panels = cached(projection->panels, projection->w_ih);
-    }
+    args.in_steps = step_projection<scalar_t>(projection);
     pybind11::gil_scoped_release no_gil;
     cpu::rnn_forward(args);
   });

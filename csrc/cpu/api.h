@@ -82,6 +82,18 @@ void delete_panel_cache(PanelCache* cache);
 // The bytes of panels the cache holds now.
 int64_t panel_cache_bytes(const PanelCache* cache);
 
+// The input projection run inside a layer forward's steps, in place of its xp (null then): each step's tiles start
+// from the bias and add x_t W_ih^T for the same unit blocks before h W_hh^T. Only where the GEMMs read the storage
+// type itself (not bfloat16 on fp32 panels).
+template <class T>
+struct StepProjection {
+  const T* x = nullptr;     // [T, B, I], or null: the forward reads xp
+  const T* w_ih = nullptr;  // [G, I], G the forward's gate width
+  const T* bias = nullptr;  // [G] what adds to x W_ih^T (b_ih + b_hh), or null
+  int64_t input = 0;        // I
+  CachedPanels w_ih_panels{};
+};
+
 template <class T>
 struct LstmForward {
   Shape shape;
@@ -96,14 +108,7 @@ struct LstmForward {
   T* gates;       // [T, B, 4H] the activated gates i, f, g, o, or null (nothing kept for a backward)
   T* c_all;       // [T, B, H] the cell state after each step, null with gates
   CachedPanels w_hh_panels{}, w_hr_panels{};
-  // The input projection inside the steps, in place of xp (null then): each step's gates start from the bias
-  // and add x_t W_ih^T for the same unit blocks, in the same tile as h W_hh^T. Only where the GEMMs read the
-  // storage type itself (not bfloat16 on fp32 panels).
-  const T* x = nullptr;     // [T, B, I]
-  const T* w_ih = nullptr;  // [4H, I]
-  const T* bias = nullptr;  // [4H] b_ih + b_hh, or null
-  int64_t input = 0;        // I
-  CachedPanels w_ih_panels{};
+  StepProjection<T> in_steps{};  // the projection inside the steps, in place of xp (null then)
 };
 
 template <class T>
@@ -135,12 +140,7 @@ struct GruForward {
   T* h_n;            // [B, H]
   T* saved;          // [T, B, 4H] r, z, n and hn = h W_hn^T + b_hn, or null (nothing kept)
   CachedPanels w_hh_panels{};
-  // The input projection inside the steps, in place of xp (null then), as LstmForward's.
-  const T* x = nullptr;     // [T, B, I]
-  const T* w_ih = nullptr;  // [3H, I]
-  const T* bias = nullptr;  // [3H] (b_ir + b_hr, b_iz + b_hz, b_in), or null
-  int64_t input = 0;        // I
-  CachedPanels w_ih_panels{};
+  StepProjection<T> in_steps{};  // bias: (b_ir + b_hr, b_iz + b_hz, b_in); b_hn stays apart
 };
 
 template <class T>
@@ -167,12 +167,7 @@ struct RnnForward {
   T* y;           // [T, B, H]
   T* h_n;         // [B, H]
   CachedPanels w_hh_panels{};
-  // The input projection inside the steps, in place of xp (null then), as LstmForward's.
-  const T* x = nullptr;     // [T, B, I]
-  const T* w_ih = nullptr;  // [H, I]
-  const T* bias = nullptr;  // [H] b_ih + b_hh, or null
-  int64_t input = 0;        // I
-  CachedPanels w_ih_panels{};
+  StepProjection<T> in_steps{};
 };
 
 template <class T>

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <type_traits>
 
 #include "api.h"
 #include "gemm.h"
@@ -66,6 +67,22 @@ class PackedPanels {
   }
   PanelLease lease_;
 };
+
+// W_ih's panels for a forward whose projection runs in its steps (StepProjection; `gates` interleaved per unit
+// block, as W_hh's), where the GEMMs read the storage type S as it is; none otherwise.
+template <class P, int N, class S>
+PackedPanels<P, N> step_projection_panels(const StepProjection<S>& in_steps, int64_t gates, int64_t units) {
+  const bool here = std::is_same_v<S, P> && in_steps.x;
+  return PackedPanels<P, N>::from_rows(here ? in_steps.w_ih : nullptr, in_steps.input, gates, here ? units : 0,
+                                       in_steps.w_ih_panels);
+}
+
+// Step t's rows of the projection's x as the GEMMs read them, or null where the projection does not run here.
+template <class P, class S>
+FASTRNN_HD const P* step_projection_rows(const StepProjection<S>& in_steps, const P* panels, int64_t t,
+                                         int64_t batch) {
+  return panels ? reinterpret_cast<const P*>(in_steps.x) + t * batch * in_steps.input : nullptr;
+}
 
 // A forward's double buffer of h, both halves starting as h0: rows that start late (reverse, lengths)
 // find h0 in either.

@@ -26,9 +26,9 @@ struct GruKernels {
 
     void run(int thread, int threads) {
       const Shape& s = a.shape;
-      const int64_t H = s.hidden, B = s.batch, G = 3 * H;
+      const int64_t H = s.hidden, B = s.batch, G = 3 * H, I = a.in_steps.input;
       const Range my_units = share(ceil_div(H, N), thread, threads);
-      const PanelGeometry<N, GemmT> panels{H, 3}, input_panels{a.input, 3};
+      const PanelGeometry<N, GemmT> panels{H, 3}, input_panels{I, 3};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
@@ -36,7 +36,8 @@ struct GruKernels {
         const GemmT* h_in = h_buffers[parity];
         GemmT* h_out = h_buffers[parity ^ 1];
         const S* xp = a.xp ? a.xp + t * B * G : nullptr;
-        const GemmT* x_t = wi_packed ? reinterpret_cast<const GemmT*>(a.x) + t * B * a.input : nullptr;
+        const GemmT* x_t = step_projection_rows(a.in_steps, wi_packed, t, B);
+        const S* x_bias = x_t ? a.in_steps.bias : nullptr;
         S* saved = a.saved ? a.saved + t * B * 4 * H : nullptr;  // null: an inference call keeps nothing
         S* y = a.y + t * B * H;
         for (int64_t index = 0; index < my_units.end - my_units.begin; ++index) {
@@ -45,7 +46,7 @@ struct GruKernels {
           const int width = block_width<N>(H, u0);
           const V b_hn = a.b_hn ? load_n<V>(a.b_hn + u0, width) : V(T(0));
           V bias[3];  // the projection's bias where it runs here (xp has it otherwise)
-          for (int q = 0; q < 3; ++q) bias[q] = x_t && a.bias ? load_n<V>(a.bias + q * H + u0, width) : V(T(0));
+          for (int q = 0; q < 3; ++q) bias[q] = x_bias ? load_n<V>(x_bias + q * H + u0, width) : V(T(0));
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
             // The input parts (xr, xz, xn): the projection's own accumulators, since n keeps xn and hn apart.
@@ -53,7 +54,7 @@ struct GruKernels {
             if (x_t) {
               for (int m = 0; m < MR; ++m)
                 for (int q = 0; q < 3; ++q) from_x[m][q] = bias[q];
-              accumulate(from_x, x_t + r0 * a.input, a.input, a.input, wi_packed + input_panels.block_offset(block),
+              accumulate(from_x, x_t + r0 * I, I, I, wi_packed + input_panels.block_offset(block),
                          input_panels.k_stride(), input_panels.gate_stride());
             } else {
               for (int m = 0; m < MR; ++m)
@@ -95,12 +96,11 @@ struct GruKernels {
     const int64_t H = s.hidden, B = s.batch;
     const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, H, 3, H, a.w_hh_panels);
     // The projection in the steps reads x as the GEMM's rows, so only where they are the storage type.
-    const bool project_here = kGemmReadsStorage && a.x;
-    const auto wi_packed = PackedPanels<GemmT, N>::from_rows(project_here ? a.w_ih : nullptr, a.input, 3,
-                                                             project_here ? H : 0, a.w_ih_panels);
+    const bool project_here = kGemmReadsStorage && a.in_steps.x;
+    const auto wi_packed = step_projection_panels<GemmT, N>(a.in_steps, 3, H);
     const HiddenBuffers<GemmT> h(a.h0, B * H);
     Forward job{a, w_packed.get(), project_here ? wi_packed.get() : nullptr, {h[0], h[1]}, {}};
-    run_job(job, choose_threads(s, B * 3 * H * (H + (project_here ? a.input : 0)), ceil_div(H, N)));
+    run_job(job, choose_threads(s, B * 3 * H * (H + (project_here ? a.in_steps.input : 0)), ceil_div(H, N)));
     gather_final_state(s, a.y, a.h0, a.h_n, H);
   }
 

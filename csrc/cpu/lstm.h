@@ -46,10 +46,10 @@ struct LstmKernels {
 
     void run(int thread, int threads) {
       const Shape& s = a.shape;
-      const int64_t H = s.hidden, R = s.state, B = s.batch, G = 4 * H;
+      const int64_t H = s.hidden, R = s.state, B = s.batch, G = 4 * H, I = a.in_steps.input;
       const Range my_units = share(ceil_div(H, N), thread, threads);
       const Range my_columns = share(ceil_div(R, N), thread, threads);
-      const PanelGeometry<N, GemmT> gate_panels{R, 4}, proj_panels{H, 1}, input_panels{a.input, 4};
+      const PanelGeometry<N, GemmT> gate_panels{R, 4}, proj_panels{H, 1}, input_panels{I, 4};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
@@ -57,7 +57,8 @@ struct LstmKernels {
         const GemmT* h_in = h_buffers[parity];
         GemmT* h_out = h_buffers[parity ^ 1];
         const S* xp = a.xp ? a.xp + t * B * G : nullptr;
-        const GemmT* x_t = wi_packed ? reinterpret_cast<const GemmT*>(a.x) + t * B * a.input : nullptr;
+        const GemmT* x_t = step_projection_rows(a.in_steps, wi_packed, t, B);
+        const S* x_bias = x_t ? a.in_steps.bias : nullptr;
         S* gates = a.gates ? a.gates + t * B * G : nullptr;
         S* c_all = a.c_all ? a.c_all + t * B * H : nullptr;
         S* y = a.y + t * B * R;
@@ -67,14 +68,14 @@ struct LstmKernels {
           const int width = block_width<N>(H, u0);
           const GemmT* panel = w_packed + gate_panels.block_offset(block);
           V bias[4];  // the projection's bias where it runs here (xp has it otherwise)
-          for (int q = 0; q < 4; ++q) bias[q] = x_t && a.bias ? load_n<V>(a.bias + q * H + u0, width) : V(T(0));
+          for (int q = 0; q < 4; ++q) bias[q] = x_bias ? load_n<V>(x_bias + q * H + u0, width) : V(T(0));
           for_row_tiles<kGateRows>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
             V acc[MR][4];
             if (x_t) {
               for (int m = 0; m < MR; ++m)
                 for (int q = 0; q < 4; ++q) acc[m][q] = bias[q];
-              accumulate(acc, x_t + r0 * a.input, a.input, a.input, wi_packed + input_panels.block_offset(block),
+              accumulate(acc, x_t + r0 * I, I, I, wi_packed + input_panels.block_offset(block),
                          input_panels.k_stride(), input_panels.gate_stride());
             } else {
               // The epilogue's inputs are cold (xp was written long ago): fetch them during the GEMM.
@@ -151,9 +152,8 @@ struct LstmKernels {
     const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, R, 4, H, a.w_hh_panels);
     const auto wr_packed = PackedPanels<GemmT, N>::from_rows(a.w_hr, H, 1, a.w_hr ? R : 0, a.w_hr_panels);
     // The projection in the steps reads x as the GEMM's rows, so only where they are the storage type.
-    const bool project_here = kGemmReadsStorage && a.x;
-    const auto wi_packed = PackedPanels<GemmT, N>::from_rows(project_here ? a.w_ih : nullptr, a.input, 4,
-                                                             project_here ? H : 0, a.w_ih_panels);
+    const bool project_here = kGemmReadsStorage && a.in_steps.x;
+    const auto wi_packed = step_projection_panels<GemmT, N>(a.in_steps, 4, H);
     const HiddenBuffers<GemmT> h(a.h0, B * R);
     Scratch<GemmT> units(a.w_hr ? B * H : 0);
     Scratch<T> c(B * H);
@@ -161,7 +161,8 @@ struct LstmKernels {
     Forward job{a, w_packed.get(), a.w_hr ? wr_packed.get() : nullptr, project_here ? wi_packed.get() : nullptr,
                 {h[0], h[1]}, units.get(), c.get(), {}};
     const int64_t blocks = a.w_hr ? (unit_blocks < ceil_div(R, N) ? unit_blocks : ceil_div(R, N)) : unit_blocks;
-    run_job(job, choose_threads(s, B * 4 * H * (R + (project_here ? a.input : 0)) + (a.w_hr ? B * H * R : 0), blocks));
+    const int64_t depth = R + (project_here ? a.in_steps.input : 0);  // of each step's gate GEMMs
+    run_job(job, choose_threads(s, B * 4 * H * depth + (a.w_hr ? B * H * R : 0), blocks));
     gather_final_state(s, a.y, a.h0, a.h_n, R);
     convert(a.c_n, c.get(), B * H);  // rows keep their cell state once they stop, so c is final
   }

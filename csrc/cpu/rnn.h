@@ -26,9 +26,9 @@ struct RnnKernels {
 
     void run(int thread, int threads) {
       const Shape& s = a.shape;
-      const int64_t H = s.hidden, B = s.batch;
+      const int64_t H = s.hidden, B = s.batch, I = a.in_steps.input;
       const Range mine = share(ceil_div(H, N), thread, threads);
-      const PanelGeometry<N, GemmT> panels{H, 1}, input_panels{a.input, 1};
+      const PanelGeometry<N, GemmT> panels{H, 1}, input_panels{I, 1};
       int parity = 0;
       for (int64_t step = 0; step < s.steps; ++step) {
         const int64_t t = step_at(s, step), rows = live_rows(s, t);
@@ -36,20 +36,23 @@ struct RnnKernels {
         const GemmT* h_in = h_buffers[parity];
         GemmT* h_out = h_buffers[parity ^ 1];
         const S* xp = a.xp ? a.xp + t * B * H : nullptr;
-        const GemmT* x_t = wi_packed ? reinterpret_cast<const GemmT*>(a.x) + t * B * a.input : nullptr;
+        const GemmT* x_t = step_projection_rows(a.in_steps, wi_packed, t, B);
+        const S* x_bias = x_t ? a.in_steps.bias : nullptr;
         S* y = a.y + t * B * H;
         for_block_groups(mine.begin, mine.end, [&](auto group, int64_t first) {
           constexpr int NP = decltype(group)::value;
           V bias[NP];  // the projection's bias where it runs here (xp has it otherwise)
-          for (int q = 0; q < NP; ++q)
-            bias[q] = x_t && a.bias ? load_n<V>(a.bias + (first + q) * N, block_width<N>(H, (first + q) * N)) : V(T(0));
+          for (int q = 0; q < NP; ++q) {
+            const int64_t u0 = (first + q) * N;
+            bias[q] = x_bias ? load_n<V>(x_bias + u0, block_width<N>(H, u0)) : V(T(0));
+          }
           for_row_tiles<rows_per_tile(REGISTERS, NP)>(rows, [&](auto tile, int64_t r0) {
             constexpr int MR = decltype(tile)::value;
             V acc[MR][NP];
             if (x_t) {
               for (int m = 0; m < MR; ++m)
                 for (int q = 0; q < NP; ++q) acc[m][q] = bias[q];
-              accumulate(acc, x_t + r0 * a.input, a.input, a.input, wi_packed + input_panels.block_offset(first),
+              accumulate(acc, x_t + r0 * I, I, I, wi_packed + input_panels.block_offset(first),
                          input_panels.k_stride(), input_panels.block_offset(1));
             } else {
               for (int m = 0; m < MR; ++m)
@@ -81,12 +84,11 @@ struct RnnKernels {
     const int64_t H = s.hidden, B = s.batch;
     const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, H, 1, H, a.w_hh_panels);
     // The projection in the steps reads x as the GEMM's rows, so only where they are the storage type.
-    const bool project_here = kGemmReadsStorage && a.x;
-    const auto wi_packed = PackedPanels<GemmT, N>::from_rows(project_here ? a.w_ih : nullptr, a.input, 1,
-                                                             project_here ? H : 0, a.w_ih_panels);
+    const bool project_here = kGemmReadsStorage && a.in_steps.x;
+    const auto wi_packed = step_projection_panels<GemmT, N>(a.in_steps, 1, H);
     const HiddenBuffers<GemmT> h(a.h0, B * H);
     Forward job{a, w_packed.get(), project_here ? wi_packed.get() : nullptr, {h[0], h[1]}, {}};
-    run_job(job, choose_threads(s, B * H * (H + (project_here ? a.input : 0)), ceil_div(H, N)));
+    run_job(job, choose_threads(s, B * H * (H + (project_here ? a.in_steps.input : 0)), ceil_div(H, N)));
     gather_final_state(s, a.y, a.h0, a.h_n, H);
   }
 
