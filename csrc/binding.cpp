@@ -856,8 +856,8 @@ Tensor stack_projection(cpu::CellMode mode, const Tensor& x, const Tensor& w_ih,
 
 // input (T, B, I), or (B, T, I) when batch_first; states: none (zeros) or nn's (L * D, B, H) tensors (h, and c for
 // an LSTM); weights: (w_ih, w_hh, b_ih, b_hh) per layer-direction in nn's order, biases None where the layer has
-// none; panels: (W_ih's, W_hh's) per layer-direction; in_steps: empty, or per layer-direction whether an LSTM's
-// projection runs inside its steps (lstm_forward_projecting). Returns (output, final states).
+// none; panels: (W_ih's, W_hh's) per layer-direction; in_steps: empty, or per layer-direction whether its projection
+// runs inside its steps (lstm_, gru_, rnn_forward_projecting). Returns (output, final states).
 std::tuple<Tensor, std::vector<Tensor>> stack_inference(const std::string& mode_name, const Tensor& input,
                                                         const std::vector<Tensor>& states,
                                                         const std::vector<std::optional<Tensor>>& weights,

@@ -588,6 +588,13 @@ def _reset_update_mask(hidden: int, dtype: torch.dtype, device: torch.device) ->
 CHUNK_ELEMENTS = 2**21
 
 
+def _projects_in_steps(backend: str, mode: str, x: Tensor | PackedRows, w_hh: Tensor) -> bool:
+    """Whether a layer's inference runs on the cpp kernels with its projection inside the steps (padded input;
+    cpp.projects_in_steps's rule)."""
+    return backend == "cpp" and type(x) is Tensor and cpp.projects_in_steps(
+        mode, x.dtype, x.shape[1], x.shape[2], w_hh.shape[1], torch.get_num_threads())
+
+
 def _run_inference(x: Tensor | PackedRows, project, run, states: tuple[Tensor, ...], lengths: Tensor | None,
                    reverse: bool, width: int):
     """An inference's projection and steps, run(project(x), *states, lengths) -> (y, *final states): in one go,
@@ -630,8 +637,7 @@ def lstm_layer(
     h0, c0 = h0.contiguous(), c0.contiguous()
     if _inference(x, h0, c0, w_ih, b_ih, b_hh, w_hh, w_hr):
         # No autograd node, and nothing kept for a backward (the gates and cell states).
-        if backend == "cpp" and w_hr is None and type(x) is Tensor and \
-                cpp.projects_in_steps("LSTM", x.dtype, x.shape[1], x.shape[2], w_hh.shape[1], torch.get_num_threads()):
+        if w_hr is None and _projects_in_steps(backend, "LSTM", x, w_hh):
             return cpp.lstm_forward_projecting(x.contiguous(), w_ih.contiguous(), b_ih, b_hh, h0, c0, w_hh, lengths,
                                                reverse, cache)
 
@@ -666,8 +672,7 @@ def gru_layer(
     b_hn = None if b_hh is None else b_hh[2 * w_hh.shape[-1] :].contiguous()
     w_hh, h0 = w_hh.contiguous(), h0.contiguous()
     if _inference(x, h0, w_ih, w_hh, bias, b_hn):
-        if backend == "cpp" and type(x) is Tensor and \
-                cpp.projects_in_steps("GRU", x.dtype, x.shape[1], x.shape[2], w_hh.shape[1], torch.get_num_threads()):
+        if _projects_in_steps(backend, "GRU", x, w_hh):
             return cpp.gru_forward_projecting(x.contiguous(), w_ih.contiguous(), b_ih, b_hh, h0, w_hh, lengths,
                                               reverse, cache)
 
@@ -700,9 +705,7 @@ def rnn_layer(
 
     w_hh, h0 = w_hh.contiguous(), h0.contiguous()
     if _inference(x, h0, w_ih, w_hh, b_ih, b_hh):
-        if backend == "cpp" and type(x) is Tensor and cpp.projects_in_steps(
-                "RNN_RELU" if relu else "RNN_TANH", x.dtype, x.shape[1], x.shape[2], w_hh.shape[1],
-                torch.get_num_threads()):
+        if _projects_in_steps(backend, "RNN_RELU" if relu else "RNN_TANH", x, w_hh):
             return cpp.rnn_forward_projecting(x.contiguous(), w_ih.contiguous(), b_ih, b_hh, h0, w_hh, relu, lengths,
                                               reverse, cache)
 

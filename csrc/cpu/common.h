@@ -68,11 +68,18 @@ class PackedPanels {
   PanelLease lease_;
 };
 
+// Whether a forward runs its projection in its steps: it was given x, and its GEMMs (of element type P) read the
+// storage type S as it is, x's rows among their operands.
+template <class P, class S>
+bool projects_here(const StepProjection<S>& in_steps) {
+  return std::is_same_v<S, P> && in_steps.x;
+}
+
 // W_ih's panels for a forward whose projection runs in its steps (StepProjection; `gates` interleaved per unit
-// block, as W_hh's), where the GEMMs read the storage type S as it is; none otherwise.
+// block, as W_hh's); none where it does not (projects_here).
 template <class P, int N, class S>
 PackedPanels<P, N> step_projection_panels(const StepProjection<S>& in_steps, int64_t gates, int64_t units) {
-  const bool here = std::is_same_v<S, P> && in_steps.x;
+  const bool here = projects_here<P>(in_steps);
   return PackedPanels<P, N>::from_rows(here ? in_steps.w_ih : nullptr, in_steps.input, gates, here ? units : 0,
                                        in_steps.w_ih_panels);
 }

@@ -95,8 +95,7 @@ struct GruKernels {
     const Shape& s = a.shape;
     const int64_t H = s.hidden, B = s.batch;
     const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, H, 3, H, a.w_hh_panels);
-    // The projection in the steps reads x as the GEMM's rows, so only where they are the storage type.
-    const bool project_here = kGemmReadsStorage && a.in_steps.x;
+    const bool project_here = projects_here<GemmT>(a.in_steps);
     const auto wi_packed = step_projection_panels<GemmT, N>(a.in_steps, 3, H);
     const HiddenBuffers<GemmT> h(a.h0, B * H);
     Forward job{a, w_packed.get(), project_here ? wi_packed.get() : nullptr, {h[0], h[1]}, {}};

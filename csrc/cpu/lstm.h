@@ -151,8 +151,7 @@ struct LstmKernels {
     const int64_t unit_blocks = ceil_div(H, N);
     const auto w_packed = PackedPanels<GemmT, N>::from_rows(a.w_hh, R, 4, H, a.w_hh_panels);
     const auto wr_packed = PackedPanels<GemmT, N>::from_rows(a.w_hr, H, 1, a.w_hr ? R : 0, a.w_hr_panels);
-    // The projection in the steps reads x as the GEMM's rows, so only where they are the storage type.
-    const bool project_here = kGemmReadsStorage && a.in_steps.x;
+    const bool project_here = projects_here<GemmT>(a.in_steps);
     const auto wi_packed = step_projection_panels<GemmT, N>(a.in_steps, 4, H);
     const HiddenBuffers<GemmT> h(a.h0, B * R);
     Scratch<GemmT> units(a.w_hr ? B * H : 0);

@@ -146,9 +146,11 @@ def _cpu_prefers_cpp(workload: Workload | None) -> bool:
 
 
 # An inference whose input projection the cpp kernels run inside the steps (cpp.projects_in_steps) runs there at
-# any batch: measured on an Intel Ice Lake core against nn's oneDNN LSTM (per-call alternation, T = 128, I = H, at
-# the commit that added it), 1 thread 1.02-1.16x at B 32-128 and H 64-256, 2 threads 1.10-1.62x; the weights
-# outside the rule (H 512 at B 32) were level with oneDNN on the projection ahead (0.97-0.99x) and stay on it.
+# any batch: measured on an Intel Ice Lake core against nn's oneDNN LSTM (T = 128, I = H, commits c764c75-74c61e9,
+# bench/RESULTS.md "The input projection inside the steps"): 1 thread, the peers bench 1.05-1.15x at B 32-128 and
+# H 64-256, module A/B runs 1.02-1.16x, and 0.91-0.92x at H 256 in one loaded run of few calls (within oneDNN's
+# drift on this machine); 2 threads 1.00-1.94x. The weights outside the rule (H 512 at B 32) were level with
+# oneDNN on the projection ahead (0.94-0.99x) and stay on it.
 # (It takes in all the rule for two threads had before it: B <= 32 and B x H <= 2048, where the cpp kernels had
 # won 1.06-1.39x with the projection ahead, commits 8c1e949 and 5d8c319.)
 def _projects_in_steps(workload: Workload) -> bool:
